@@ -1,0 +1,136 @@
+//! Port-I/O and MMIO buses: address ranges mapped to devices, used by the vCPU threads.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// A device reachable by guest port-I/O or MMIO accesses.
+///
+/// `offset` is relative to the start of the range the device was inserted at. Accesses
+/// come straight from the guest: a device must accept any offset and length without
+/// panicking (ignore writes it does not understand, read back zeroes).
+pub trait BusDevice: Send {
+    /// A guest read of `data.len()` bytes at `offset`.
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    /// A guest write of `data` at `offset`.
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+/// Errors inserting devices on a bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus range {base:#x}+{len:#x} is empty or overlaps another device")]
+    Overlap { base: u64, len: u64 },
+}
+
+/// A shared device handle as stored on the bus.
+pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
+
+#[derive(Clone)]
+struct Entry {
+    len: u64,
+    device: SharedDevice,
+}
+
+/// A set of non-overlapping address ranges, each owned by one device.
+#[derive(Clone, Default)]
+pub struct Bus {
+    ranges: BTreeMap<u64, Entry>,
+}
+
+impl Bus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Maps `[base, base + len)` to `device`.
+    pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
+        let overlap = || BusError::Overlap { base, len };
+        let end = base.checked_add(len).filter(|_| len > 0).ok_or_else(overlap)?;
+        if let Some((b, e)) = self.ranges.range(..end).next_back() {
+            if b + e.len > base {
+                return Err(overlap());
+            }
+        }
+        self.ranges.insert(base, Entry { len, device });
+        Ok(())
+    }
+
+    fn find(&self, addr: u64) -> Option<(u64, &SharedDevice)> {
+        let (base, e) = self.ranges.range(..=addr).next_back()?;
+        (addr - base < e.len).then_some((addr - base, &e.device))
+    }
+
+    /// Dispatches a read; returns false if no device owns `addr`.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        match self.find(addr) {
+            Some((off, dev)) => {
+                lock(dev).read(off, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Dispatches a write; returns false if no device owns `addr`.
+    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+        match self.find(addr) {
+            Some((off, dev)) => {
+                lock(dev).write(off, data);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Locks a device, tolerating a poisoned mutex: a device thread that panicked must not
+/// take the vCPU threads down with it.
+fn lock(dev: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
+    dev.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<(u64, Vec<u8>)>,
+    }
+    impl BusDevice for Recorder {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.writes.push((offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn dispatch_uses_offsets_within_the_range() {
+        let dev = Arc::new(Mutex::new(Recorder::default()));
+        let mut bus = Bus::new();
+        bus.insert(dev.clone(), 0x3f8, 8).unwrap();
+        let mut b = [0u8; 1];
+        assert!(bus.read(0x3fa, &mut b));
+        assert_eq!(b[0], 2);
+        assert!(bus.write(0x3ff, &[7]));
+        assert!(!bus.write(0x400, &[7]));
+        assert!(!bus.read(0x3f7, &mut b));
+        assert_eq!(dev.lock().unwrap().writes, vec![(7, vec![7])]);
+    }
+
+    #[test]
+    fn overlapping_and_empty_ranges_are_rejected() {
+        let mut bus = Bus::new();
+        let d = || Arc::new(Mutex::new(Recorder::default())) as SharedDevice;
+        bus.insert(d(), 0x100, 0x10).unwrap();
+        assert!(bus.insert(d(), 0x10f, 1).is_err());
+        assert!(bus.insert(d(), 0xf8, 0x10).is_err());
+        assert!(bus.insert(d(), 0x200, 0).is_err());
+        assert!(bus.insert(d(), u64::MAX, 2).is_err());
+        bus.insert(d(), 0x110, 1).unwrap();
+        bus.insert(d(), 0xf0, 0x10).unwrap();
+    }
+}

@@ -1,0 +1,3 @@
+//! Devices: legacy (serial, i8042) and virtio-mmio.
+
+pub mod interrupt;

@@ -1,0 +1,6 @@
+//! sandbox-vm's virtual machine monitor: a minimal KVM VMM built on the rust-vmm crates.
+
+pub mod bus;
+pub mod devices;
+pub mod layout;
+pub mod memory;
