@@ -46,7 +46,10 @@ impl Bus {
     /// Maps `[base, base + len)` to `device`.
     pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
         let overlap = || BusError::Overlap { base, len };
-        let end = base.checked_add(len).filter(|_| len > 0).ok_or_else(overlap)?;
+        let end = base
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or_else(overlap)?;
         if let Some((b, e)) = self.ranges.range(..end).next_back() {
             if b + e.len > base {
                 return Err(overlap());

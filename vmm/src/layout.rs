@@ -14,6 +14,7 @@
 //! ...          RAM; the initrd is placed page-aligned at its top
 //! 0xd000_0000  MMIO gap (768 MiB): virtio-mmio windows from here
 //! 0xfec0_0000  IOAPIC, 0xfee0_0000 LAPIC (inside the gap)
+//! 0xfffb_c000  KVM identity-map page, 0xfffb_d000 KVM TSS (3 pages)
 //! 0x1_0000_0000 RAM above 4 GiB when the VM has more than the gap start
 //! ```
 
@@ -57,6 +58,10 @@ pub const VIRTIO_MMIO_MAX_DEVICES: u64 = 16;
 pub const IRQ_FIRST_VIRTIO: u32 = 5;
 /// Last IOAPIC pin usable.
 pub const IRQ_LAST: u32 = 23;
+/// KVM's three-page TSS region (Intel VMX needs it; harmless elsewhere), inside the gap.
+pub const KVM_TSS_START: u64 = 0xfffb_d000;
+/// KVM's identity-map page (for real-mode emulation on VMX), just below the TSS.
+pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;
 /// COM1 legacy port and IRQ.
 pub const COM1_PORT: u16 = 0x3f8;
 /// COM1 interrupt line.
@@ -88,7 +93,10 @@ mod tests {
         for (i, a) in regions.iter().enumerate() {
             assert!(a.0 + a.1 <= EBDA_START, "region {i} runs into the EBDA");
             for b in regions.iter().skip(i + 1) {
-                assert!(a.0 + a.1 <= b.0 || b.0 + b.1 <= a.0, "{a:x?} overlaps {b:x?}");
+                assert!(
+                    a.0 + a.1 <= b.0 || b.0 + b.1 <= a.0,
+                    "{a:x?} overlaps {b:x?}"
+                );
             }
         }
         // The stack grows down from just below the page tables, above the zero page.

@@ -1,6 +1,19 @@
 //! sandbox-vm's virtual machine monitor: a minimal KVM VMM built on the rust-vmm crates.
+//!
+//! `builder::build` turns a `config::VmConfig` into a `vm::Vm`; `Vm::run` runs it until the
+//! guest stops. See `docs/design.md` for the threads and moving parts.
 
+pub mod boot;
+pub mod builder;
 pub mod bus;
+pub mod compat;
+pub mod config;
+pub mod cpu;
 pub mod devices;
+pub mod exits;
+pub mod kvm;
 pub mod layout;
 pub mod memory;
+pub mod stop;
+pub mod vcpu;
+pub mod vm;

@@ -36,10 +36,7 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
     } else {
         vec![
             (GuestAddress(0), MMIO_GAP_START),
-            (
-                GuestAddress(FIRST_ADDR_PAST_32BITS),
-                size - MMIO_GAP_START,
-            ),
+            (GuestAddress(FIRST_ADDR_PAST_32BITS), size - MMIO_GAP_START),
         ]
     }
 }
@@ -98,12 +95,18 @@ mod tests {
         let mem = create_guest_memory(16).unwrap();
         assert_eq!(mem.num_regions(), 1);
         mem.write_obj(0xdead_beefu32, GuestAddress(0x1000)).unwrap();
-        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
         assert!(mem.write_obj(0u8, GuestAddress(16 << 20)).is_err());
     }
 
     #[test]
     fn too_small_is_rejected() {
-        assert!(matches!(create_guest_memory(1), Err(MemoryError::TooSmall(1))));
+        assert!(matches!(
+            create_guest_memory(1),
+            Err(MemoryError::TooSmall(1))
+        ));
     }
 }

@@ -1,0 +1,101 @@
+//! `sandbox-vm boot`: flags (or a JSON config) to a `VmConfig`, then build and run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use vmm::config::{CompatSetting, SerialOutput, VmConfig};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Compat {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Args)]
+pub struct BootArgs {
+    /// Guest kernel: ELF vmlinux or bzImage
+    #[arg(long, required_unless_present = "config")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk (uncompressed cpio is fastest)
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (replaces the default; the VMM still appends what it needs)
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Number of vCPUs [default: 1]
+    #[arg(long)]
+    vcpus: Option<u8>,
+    /// Guest RAM in MiB [default: 128]
+    #[arg(long)]
+    mem_mib: Option<u64>,
+    /// Serial console: "stdout", "off", or a file path to append to [default: stdout]
+    #[arg(long)]
+    serial: Option<String>,
+    /// Host-compatibility profile for hosts whose KVM emulates guest kernel mode
+    /// [default: auto = on when the CPU has no vmx/svm]
+    #[arg(long, value_enum)]
+    compat: Option<Compat>,
+    /// Read the VM config from a JSON file; flags given as well override its fields
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl BootArgs {
+    /// The config file (if any) with flags applied on top.
+    fn into_config(self) -> Result<VmConfig> {
+        let mut c = match &self.config {
+            Some(path) => VmConfig::from_file(path)?,
+            None => VmConfig::new(self.kernel.clone().unwrap_or_default()),
+        };
+        if let Some(k) = self.kernel {
+            c.kernel = k;
+        }
+        if self.initrd.is_some() {
+            c.initrd = self.initrd;
+        }
+        if self.cmdline.is_some() {
+            c.cmdline = self.cmdline;
+        }
+        if let Some(n) = self.vcpus {
+            c.vcpus = n;
+        }
+        if let Some(m) = self.mem_mib {
+            c.mem_mib = m;
+        }
+        if let Some(s) = self.serial {
+            c.serial = match s.as_str() {
+                "stdout" => SerialOutput::Stdout,
+                "off" => SerialOutput::Off,
+                path => SerialOutput::File(path.into()),
+            };
+        }
+        if let Some(p) = self.compat {
+            c.compat_profile = match p {
+                Compat::Auto => CompatSetting::Auto,
+                Compat::On => CompatSetting::On,
+                Compat::Off => CompatSetting::Off,
+            };
+        }
+        Ok(c)
+    }
+}
+
+/// Boots the VM and maps how it ended to the process exit code.
+pub fn run(args: BootArgs) -> Result<ExitCode> {
+    let config = args.into_config()?;
+    let started = Instant::now();
+    let mut vm = vmm::builder::build(&config)?;
+    let reason = vm.run()?;
+    let secs = started.elapsed().as_secs_f64();
+    if reason.is_clean() {
+        eprintln!("sandbox-vm: {reason} after {secs:.1} s");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("sandbox-vm: {reason} (after {secs:.1} s)");
+        Ok(ExitCode::from(2))
+    }
+}

@@ -1,0 +1,245 @@
+//! The build recipe: `VmConfig` in, a ready-to-run `Vm` out, as a straight line of small
+//! steps (KVM → memory → VM → legacy devices → kernel/initrd → boot structures → vCPUs).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::VmFd;
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::boot::{self, BootError, BootParamsInput, LoadedInitrd, LoadedKernel};
+use crate::bus::{Bus, BusError};
+use crate::compat::{self, HostCompatProfile};
+use crate::config::{ConfigError, SerialOutput, VmConfig};
+use crate::cpu::{regs, CpuError, CpuTemplate};
+use crate::devices::interrupt::IrqFd;
+use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::serial::{SerialPort, SerialSink};
+use crate::kvm::{KvmContext, KvmError};
+use crate::layout::{COM1_IRQ, COM1_PORT, I8042_DATA_PORT, KVM_IDENTITY_MAP_START, KVM_TSS_START};
+use crate::memory::{self, GuestMemory, MemoryError};
+use crate::stop::StopSignal;
+use crate::vcpu::{Buses, Vcpu};
+use crate::vm::Vm;
+
+/// The guest command line when the config gives none: a quiet console on COM1 and no
+/// work the boot does not need.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet nokaslr mitigations=off";
+
+/// Always appended: reset through the i8042 (a clean VMM exit) and reboot at once on panic
+/// (which the serial watcher has already noted).
+pub const REQUIRED_CMDLINE: &str = "reboot=k panic=-1";
+
+/// Errors building a VM; each message says what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("cannot set up the VM's {what}: {err}")]
+    Vm {
+        what: &'static str,
+        err: kvm_ioctls::Error,
+    },
+    #[error("cannot open serial output {path}: {err}")]
+    SerialFile {
+        path: std::path::PathBuf,
+        err: std::io::Error,
+    },
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+fn vm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
+    move |err| BuildError::Vm { what, err }
+}
+
+/// Builds a VM from its config, ready for `Vm::run`.
+pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
+    config.validate()?;
+    let kvm = KvmContext::open()?;
+    kvm.check_vcpus(config.vcpus)?;
+    let profile = compat::resolve_for_host(config.compat_profile);
+    if let Some(p) = &profile {
+        log::info!("host-compatibility profile {} is on", p.name);
+    }
+    let mem = memory::create_guest_memory(config.mem_mib)?;
+    let vm_fd = create_vm(&kvm, &mem)?;
+    let stop = Arc::new(StopSignal::new().map_err(BuildError::EventFd)?);
+
+    let mut pio = Bus::new();
+    let mmio = Bus::new();
+    attach_serial(&vm_fd, &mut pio, &config.serial, stop.clone())?;
+    attach_i8042(&mut pio, stop.clone())?;
+
+    let kernel = boot::load_kernel(&mem, &config.kernel)?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(boot::load_initrd(&mem, path, &kernel)?),
+        None => None,
+    };
+    let cmdline = compose_cmdline(config.cmdline.as_deref(), profile.as_ref(), &[]);
+    configure_boot(&mem, &kernel, initrd, &cmdline)?;
+    let vcpus = create_vcpus(&kvm, &vm_fd, config.vcpus, profile, kernel.entry)?;
+
+    Ok(Vm::new(vm_fd, mem, vcpus, Buses { pio, mmio }, stop))
+}
+
+/// Creates the KVM VM with its in-kernel interrupt controllers and timer, and maps RAM.
+fn create_vm(kvm: &KvmContext, mem: &GuestMemory) -> Result<VmFd, BuildError> {
+    let vm = kvm.create_vm()?;
+    vm.set_tss_address(KVM_TSS_START as usize)
+        .map_err(vm_err("TSS address"))?;
+    vm.set_identity_map_address(KVM_IDENTITY_MAP_START)
+        .map_err(vm_err("identity map address"))?;
+    vm.create_irq_chip()
+        .map_err(vm_err("interrupt controller"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(vm_err("PIT timer"))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is a live mapping of `memory_size` bytes owned by `mem`, which
+        // the returned `Vm` keeps alive for as long as the VM exists.
+        unsafe { vm.set_user_memory_region(r) }.map_err(vm_err("guest memory slot"))?;
+    }
+    Ok(vm)
+}
+
+/// COM1 at 0x3f8, IRQ 4, writing to the configured destination.
+fn attach_serial(
+    vm: &VmFd,
+    pio: &mut Bus,
+    output: &SerialOutput,
+    stop: Arc<StopSignal>,
+) -> Result<(), BuildError> {
+    let out: Option<Box<dyn Write + Send>> = match output {
+        SerialOutput::Stdout => Some(Box::new(std::io::stdout())),
+        SerialOutput::File(path) => Some(Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|err| BuildError::SerialFile {
+                    path: path.clone(),
+                    err,
+                })?,
+        )),
+        SerialOutput::Off => None,
+    };
+    let irq = IrqFd::new(COM1_IRQ).map_err(BuildError::EventFd)?;
+    vm.register_irqfd(irq.eventfd(), irq.gsi())
+        .map_err(vm_err("serial interrupt"))?;
+    let port = SerialPort::new(Arc::new(irq), SerialSink::new(out, stop));
+    pio.insert(Arc::new(Mutex::new(port)), u64::from(COM1_PORT), 8)?;
+    Ok(())
+}
+
+/// The i8042 at 0x60..0x64: its reset command ends the VM cleanly.
+fn attach_i8042(pio: &mut Bus, stop: Arc<StopSignal>) -> Result<(), BuildError> {
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(stop))),
+        u64::from(I8042_DATA_PORT),
+        5,
+    )?;
+    Ok(())
+}
+
+/// The guest command line: the configured (or default) base, then what the VMM requires,
+/// the compat profile's switches and the devices' announcements.
+pub fn compose_cmdline(
+    base: Option<&str>,
+    profile: Option<&HostCompatProfile>,
+    device_args: &[String],
+) -> String {
+    let mut parts = vec![base.unwrap_or(DEFAULT_CMDLINE).trim().to_string()];
+    parts.push(REQUIRED_CMDLINE.to_string());
+    if let Some(p) = profile {
+        parts.push(p.cmdline());
+    }
+    parts.extend(device_args.iter().cloned());
+    parts.retain(|p| !p.is_empty());
+    parts.join(" ")
+}
+
+/// Writes the command line, RNG seed, boot page tables and zero page.
+fn configure_boot(
+    mem: &GuestMemory,
+    kernel: &LoadedKernel,
+    initrd: Option<LoadedInitrd>,
+    cmdline: &str,
+) -> Result<(), BuildError> {
+    let cmdline_len = boot::write_cmdline(mem, cmdline)?;
+    let seed = boot::host_random_seed()?;
+    let setup_data = boot::write_rng_seed(mem, &seed)?;
+    regs::write_boot_tables(mem)?;
+    let e820 = boot::e820_map(mem);
+    let params = boot::build_boot_params(&BootParamsInput {
+        kernel,
+        cmdline_len,
+        initrd,
+        setup_data: Some(setup_data),
+        e820: &e820,
+    });
+    boot::write_boot_params(mem, params)?;
+    Ok(())
+}
+
+/// Creates and configures the vCPUs; vCPU 0 starts at the kernel entry.
+fn create_vcpus(
+    kvm: &KvmContext,
+    vm: &VmFd,
+    count: u8,
+    profile: Option<HostCompatProfile>,
+    entry: u64,
+) -> Result<Vec<Vcpu>, BuildError> {
+    let template = CpuTemplate::new(kvm.kvm(), count, profile)?;
+    (0..count)
+        .map(|id| {
+            let fd = vm.create_vcpu(u64::from(id)).map_err(vm_err("vCPU"))?;
+            template.configure(&fd, id, (id == 0).then_some(entry))?;
+            Ok(Vcpu { id, fd })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_order_lets_required_switches_win() {
+        let c = compose_cmdline(Some("console=ttyS0 panic=0"), None, &[]);
+        assert_eq!(c, "console=ttyS0 panic=0 reboot=k panic=-1");
+        let p = HostCompatProfile::emulated_kernel_mode();
+        let c = compose_cmdline(
+            None,
+            Some(&p),
+            &["virtio_mmio.device=4K@0xd0000000:5".into()],
+        );
+        assert!(c.starts_with(DEFAULT_CMDLINE), "{c}");
+        assert!(c.contains("noxsave clearcpuid="), "{c}");
+        assert!(c.ends_with("virtio_mmio.device=4K@0xd0000000:5"), "{c}");
+        assert_eq!(compose_cmdline(Some("  "), None, &[]), REQUIRED_CMDLINE);
+    }
+}

@@ -1,0 +1,182 @@
+//! The host-compatibility profile.
+//!
+//! Some development and CI hosts run KVM without hardware virtualization: guest user mode
+//! runs natively, guest kernel mode is run by KVM's instruction emulator, which lacks XSAVE,
+//! x87, SMAP's CLAC/STAC, POPCNT and more (see `shared/HOST-KVM.md`). On such hosts the
+//! guest must be kept off those instructions. This profile does it in two layers: guest
+//! CPUID hides the features, and the kernel command line (`noxsave clearcpuid=...`) keeps
+//! the kernel's own feature view in line (CPUID alone did not stop the kernel using XSAVE
+//! there). The guest-kernel patches in `guest-kernel-config/patches` cover what neither can.
+//!
+//! The profile is chosen automatically when the host CPU shows no `vmx`/`svm` flag; on real
+//! hardware-virtualization hosts it stays off, so those guests see the full CPU.
+
+use crate::config::CompatSetting;
+
+/// CPUID register a feature bit lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reg {
+    Ebx,
+    Ecx,
+    Edx,
+}
+
+/// A CPU feature the emulating hosts cannot run in guest kernel mode.
+#[derive(Clone, Copy, Debug)]
+pub struct HiddenFeature {
+    /// The kernel's name for it, as `clearcpuid=` takes it.
+    pub name: &'static str,
+    /// CPUID leaf, subleaf, register and bit.
+    pub leaf: u32,
+    pub subleaf: u32,
+    pub reg: Reg,
+    pub bit: u32,
+}
+
+const fn hide(name: &'static str, leaf: u32, subleaf: u32, reg: Reg, bit: u32) -> HiddenFeature {
+    HiddenFeature {
+        name,
+        leaf,
+        subleaf,
+        reg,
+        bit,
+    }
+}
+
+/// Features hidden by the profile. Each was either seen failing in the emulator or is an
+/// instruction-set extension the kernel patches in through alternatives, which the emulator
+/// does not decode.
+pub const HIDDEN_FEATURES: &[HiddenFeature] = &[
+    // XSAVE family: FPU init dies on XSAVE/XRSTOR.
+    hide("xsave", 1, 0, Reg::Ecx, 26),
+    hide("avx", 1, 0, Reg::Ecx, 28),
+    hide("avx2", 7, 0, Reg::Ebx, 5),
+    hide("xsaveopt", 0xd, 1, Reg::Ecx, 0),
+    // POPCNT, patched in by alternatives.
+    hide("popcnt", 1, 0, Reg::Ecx, 23),
+    // SMAP: CLAC/STAC in the entry code. SMEP/UMIP/PKU toggle CR4 paths the emulator lacks.
+    hide("smap", 7, 0, Reg::Ebx, 20),
+    hide("smep", 7, 0, Reg::Ebx, 7),
+    hide("umip", 7, 0, Reg::Ecx, 2),
+    hide("pku", 7, 0, Reg::Ecx, 3),
+    // Instructions the kernel uses when present (alternatives, string ops, TLB flushes).
+    hide("fsgsbase", 7, 0, Reg::Ebx, 0),
+    hide("rdpid", 7, 0, Reg::Ecx, 22),
+    hide("bmi1", 7, 0, Reg::Ebx, 3),
+    hide("bmi2", 7, 0, Reg::Ebx, 8),
+    hide("erms", 7, 0, Reg::Ebx, 9),
+    hide("fsrm", 7, 0, Reg::Edx, 4),
+    hide("invpcid", 7, 0, Reg::Ebx, 10),
+    hide("pcid", 1, 0, Reg::Ecx, 17),
+    hide("rdrand", 1, 0, Reg::Ecx, 30),
+    hide("rdseed", 7, 0, Reg::Ebx, 18),
+    hide("sha_ni", 7, 0, Reg::Ebx, 29),
+    hide("aes", 1, 0, Reg::Ecx, 25),
+    hide("pclmulqdq", 1, 0, Reg::Ecx, 1),
+    hide("movbe", 1, 0, Reg::Ecx, 22),
+    hide("abm", 0x8000_0001, 0, Reg::Ecx, 5),
+];
+
+/// Guest command-line switches beyond `clearcpuid=`, each with the reason.
+pub const EXTRA_CMDLINE: &[(&str, &str)] = &[
+    // The kernel probes XSAVE from CR4/XCR0 paths independent of the CPUID bit.
+    ("noxsave", "keep the FPU code on FXSAVE"),
+];
+
+/// CPUID 0x8000_0008 EBX bit 2 (XSAVEERPTR / "FXSAVE leak fixed"). Without it, Linux on AMD
+/// runs an x87 workaround (FNCLEX; EMMS; FILD) on every FPU restore, which the emulator
+/// cannot run. The hosts' CPUs have it; the profile makes sure the guest sees it.
+pub const XSAVEERPTR: (u32, Reg, u32) = (0x8000_0008, Reg::Ebx, 2);
+
+/// The resolved profile: what the builder applies to CPUID and the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostCompatProfile {
+    /// Name shown in logs.
+    pub name: &'static str,
+}
+
+impl HostCompatProfile {
+    /// The profile for hosts whose KVM emulates guest kernel mode.
+    pub fn emulated_kernel_mode() -> Self {
+        Self {
+            name: "emulated-kernel-mode",
+        }
+    }
+
+    /// Command-line switches to append to the guest kernel command line.
+    pub fn cmdline(&self) -> String {
+        let mut parts: Vec<String> = EXTRA_CMDLINE.iter().map(|(s, _)| s.to_string()).collect();
+        let names: Vec<&str> = HIDDEN_FEATURES.iter().map(|f| f.name).collect();
+        parts.push(format!("clearcpuid={}", names.join(",")));
+        parts.join(" ")
+    }
+}
+
+/// True if `/proc/cpuinfo` text lists `vmx` or `svm` among the flags.
+pub fn host_has_hw_virt(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .flat_map(|l| {
+            l.split_once(':')
+                .map(|(_, f)| f)
+                .unwrap_or("")
+                .split_whitespace()
+        })
+        .any(|f| f == "vmx" || f == "svm")
+}
+
+/// Picks the profile for a setting, given the host's `/proc/cpuinfo`.
+pub fn resolve(setting: CompatSetting, cpuinfo: &str) -> Option<HostCompatProfile> {
+    let on = match setting {
+        CompatSetting::On => true,
+        CompatSetting::Off => false,
+        CompatSetting::Auto => !host_has_hw_virt(cpuinfo),
+    };
+    on.then(HostCompatProfile::emulated_kernel_mode)
+}
+
+/// Reads `/proc/cpuinfo` and picks the profile.
+pub fn resolve_for_host(setting: CompatSetting) -> Option<HostCompatProfile> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    resolve(setting, &cpuinfo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTEL: &str = "processor\t: 0\nflags\t\t: fpu vme de pse vmx ept\n";
+    const AMD: &str = "processor\t: 0\nflags\t\t: fpu svm npt\n";
+    const NO_VIRT: &str = "processor\t: 0\nflags\t\t: fpu sse sse2 xsave\nvmx flags\t: none\n";
+
+    #[test]
+    fn auto_follows_hardware_virtualization() {
+        assert!(host_has_hw_virt(INTEL));
+        assert!(host_has_hw_virt(AMD));
+        assert!(!host_has_hw_virt(NO_VIRT));
+        assert_eq!(resolve(CompatSetting::Auto, INTEL), None);
+        assert_eq!(resolve(CompatSetting::Auto, AMD), None);
+        assert!(resolve(CompatSetting::Auto, NO_VIRT).is_some());
+    }
+
+    #[test]
+    fn forced_settings_win() {
+        assert!(resolve(CompatSetting::On, INTEL).is_some());
+        assert_eq!(resolve(CompatSetting::Off, NO_VIRT), None);
+    }
+
+    #[test]
+    fn cmdline_lists_every_hidden_feature_once() {
+        let c = HostCompatProfile::emulated_kernel_mode().cmdline();
+        assert!(c.starts_with("noxsave clearcpuid="), "{c}");
+        let list = c.split("clearcpuid=").nth(1).unwrap();
+        let names: Vec<&str> = list.split(',').collect();
+        assert_eq!(names.len(), HIDDEN_FEATURES.len());
+        let mut dedup = names.clone();
+        dedup.sort();
+        dedup.dedup();
+        assert_eq!(dedup.len(), names.len());
+        assert!(names.contains(&"smap") && names.contains(&"popcnt"));
+    }
+}

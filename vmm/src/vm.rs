@@ -1,0 +1,94 @@
+//! A built VM: runs its vCPUs until the guest or an error stops it.
+
+use std::sync::Arc;
+
+use kvm_ioctls::VmFd;
+
+use crate::bus::{BusError, SharedDevice};
+use crate::memory::GuestMemory;
+use crate::stop::{StopReason, StopSignal};
+use crate::vcpu::{self, Buses, Vcpu, VcpuError, VcpuShared};
+
+/// A VM ready to run (see `builder::build`).
+pub struct Vm {
+    // Field order is drop order: vCPUs and the VM fd go before the memory they map.
+    vcpus: Vec<Vcpu>,
+    _vm_fd: VmFd,
+    buses: Arc<Buses>,
+    stop: Arc<StopSignal>,
+    mem: GuestMemory,
+}
+
+impl Vm {
+    pub(crate) fn new(
+        vm_fd: VmFd,
+        mem: GuestMemory,
+        vcpus: Vec<Vcpu>,
+        buses: Buses,
+        stop: Arc<StopSignal>,
+    ) -> Self {
+        Self {
+            vcpus,
+            _vm_fd: vm_fd,
+            buses: Arc::new(buses),
+            stop,
+            mem,
+        }
+    }
+
+    /// Maps a device into the guest-physical MMIO space; only before `run`.
+    pub fn attach_mmio(&mut self, dev: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
+        match Arc::get_mut(&mut self.buses) {
+            Some(b) => b.mmio.insert(dev, base, len),
+            None => Err(BusError::Overlap { base, len }),
+        }
+    }
+
+    /// The signal that ends the run; raising it stops the VM from outside.
+    pub fn stop_signal(&self) -> Arc<StopSignal> {
+        self.stop.clone()
+    }
+
+    /// Runs until the VM stops; returns why.
+    pub fn run(&mut self) -> Result<StopReason, VcpuError> {
+        let shared = VcpuShared {
+            buses: self.buses.clone(),
+            stop: self.stop.clone(),
+            mem: self.mem.clone(),
+        };
+        let mut threads = Vec::new();
+        for vcpu in self.vcpus.drain(..) {
+            match vcpu.spawn(shared.clone()) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.stop.request(StopReason::VmmError(e.to_string()));
+                    vcpu::stop_and_join(threads);
+                    return Err(e);
+                }
+            }
+        }
+        wait_readable(self.stop.eventfd());
+        vcpu::stop_and_join(threads);
+        Ok(self
+            .stop
+            .reason()
+            .unwrap_or_else(|| StopReason::VmmError("stopped without a reason".into())))
+    }
+}
+
+/// Blocks until `fd` is readable.
+fn wait_readable(evt: &vmm_sys_util::eventfd::EventFd) {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: evt.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `pfd` is a valid pollfd array of length 1 for the duration of the call.
+        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if r > 0 || (r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)) {
+            return;
+        }
+    }
+}
