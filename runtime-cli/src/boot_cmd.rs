@@ -42,6 +42,9 @@ pub struct BootArgs {
     /// Read the VM config from a JSON file; flags given as well override its fields
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Print the guest kernel command line this configuration produces, then exit
+    #[arg(long)]
+    print_cmdline: bool,
 }
 
 impl BootArgs {
@@ -86,7 +89,16 @@ impl BootArgs {
 
 /// Boots the VM and maps how it ended to the process exit code.
 pub fn run(args: BootArgs) -> Result<ExitCode> {
+    let print_cmdline = args.print_cmdline;
     let config = args.into_config()?;
+    if print_cmdline {
+        let profile = vmm::compat::resolve_for_host(config.compat_profile);
+        println!(
+            "{}",
+            vmm::builder::compose_cmdline(config.cmdline.as_deref(), profile.as_ref(), &[])
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let started = Instant::now();
     let mut vm = vmm::builder::build(&config)?;
     let reason = vm.run()?;

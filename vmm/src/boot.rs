@@ -85,16 +85,24 @@ enum KernelFormat {
 }
 
 fn detect_format(file: &mut File) -> std::io::Result<Option<KernelFormat>> {
-    let mut magic = [0u8; 4];
-    file.seek(SeekFrom::Start(0))?;
-    if file.read_exact(&mut magic).is_ok() && magic == *b"\x7fELF" {
+    if read_magic(file, 0)? == Some(*b"\x7fELF") {
         return Ok(Some(KernelFormat::Elf));
     }
-    file.seek(SeekFrom::Start(0x202))?;
-    if file.read_exact(&mut magic).is_ok() && u32::from_le_bytes(magic) == KERNEL_HDR_MAGIC {
+    if read_magic(file, 0x202)?.map(u32::from_le_bytes) == Some(KERNEL_HDR_MAGIC) {
         return Ok(Some(KernelFormat::BzImage));
     }
     Ok(None)
+}
+
+/// Four bytes at `offset`, `None` if the file is shorter; other read errors are errors.
+fn read_magic(file: &mut File, offset: u64) -> std::io::Result<Option<[u8; 4]>> {
+    let mut magic = [0u8; 4];
+    file.seek(SeekFrom::Start(offset))?;
+    match file.read_exact(&mut magic) {
+        Ok(()) => Ok(Some(magic)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The end of the RAM region that starts at 0 (everything below the MMIO gap).

@@ -1,0 +1,171 @@
+//! Bad input to `sandbox-vm boot` gets one clear line on stderr and a non-zero exit.
+//! Runs without a guest kernel (a tiny ELF stands in where one is needed).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sandbox-vm")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sandbox-vm-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A 64-bit ELF whose one segment (at 2 MiB) asks for 64 MiB of memory.
+fn big_elf(dir: &std::path::Path) -> PathBuf {
+    let mut f = vec![0u8; 120];
+    f[0..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+    f[16] = 2;
+    f[18] = 62;
+    f[20] = 1;
+    f[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes());
+    f[32] = 64;
+    f[52] = 64;
+    f[54] = 56;
+    f[56] = 1;
+    f[64] = 1;
+    f[68] = 7;
+    f[72] = 120;
+    f[80..88].copy_from_slice(&0x20_0000u64.to_le_bytes());
+    f[88..96].copy_from_slice(&0x20_0000u64.to_le_bytes());
+    f[96] = 4;
+    f[104..112].copy_from_slice(&(64u64 << 20).to_le_bytes());
+    f.extend_from_slice(&[0xf4, 0xeb, 0xfd, 0x90]);
+    let p = dir.join("big.elf");
+    std::fs::write(&p, f).unwrap();
+    p
+}
+
+/// Asserts a failed run with exactly one stderr line containing `needle`.
+fn assert_one_line_error(out: Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got {:?}",
+        out.status
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "stderr: {stderr}");
+    assert!(stderr.contains(needle), "missing {needle:?} in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn boot(args: &[&str]) -> Output {
+    Command::new(bin()).arg("boot").args(args).output().unwrap()
+}
+
+#[test]
+fn missing_kernel() {
+    assert_one_line_error(
+        boot(&["--kernel", "/nonexistent/vmlinux"]),
+        "does not exist",
+    );
+}
+
+#[test]
+fn unreadable_kernel() {
+    // A directory opens but cannot be read as a file.
+    assert_one_line_error(boot(&["--kernel", "/"]), "cannot read kernel /");
+}
+
+#[test]
+fn not_a_kernel() {
+    let d = scratch("notkernel");
+    let p = d.join("junk");
+    std::fs::write(&p, vec![0x41u8; 8192]).unwrap();
+    assert_one_line_error(boot(&["--kernel", p.to_str().unwrap()]), "not a kernel");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn memory_too_small_for_the_kernel() {
+    let d = scratch("small");
+    let k = big_elf(&d);
+    assert_one_line_error(
+        boot(&["--kernel", k.to_str().unwrap(), "--mem-mib", "32"]),
+        "too small for kernel",
+    );
+    assert_one_line_error(
+        boot(&["--kernel", k.to_str().unwrap(), "--mem-mib", "1"]),
+        "mem_mib must be at least",
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn zero_vcpus() {
+    let d = scratch("vcpus");
+    let k = big_elf(&d);
+    assert_one_line_error(
+        boot(&["--kernel", k.to_str().unwrap(), "--vcpus", "0"]),
+        "vcpus must be at least 1",
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn bad_config_file() {
+    let d = scratch("config");
+    let c = d.join("vm.json");
+    std::fs::write(&c, r#"{"kernel": "/k", "vcpu": 2}"#).unwrap();
+    assert_one_line_error(
+        boot(&["--config", c.to_str().unwrap()]),
+        "invalid VM config",
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn dev_kvm_absent() {
+    assert!(
+        is_root(),
+        "this test needs root (it hides /dev/kvm in a mount namespace)"
+    );
+    let d = scratch("nokvm");
+    let k = big_elf(&d);
+    // An empty /dev in a private mount namespace: no /dev/kvm.
+    let script = format!(
+        "mount --make-rprivate / && mount -t tmpfs none /dev && exec {} boot --kernel {}",
+        bin(),
+        k.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert_one_line_error(out, "/dev/kvm does not exist");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn dev_kvm_without_permission() {
+    assert!(
+        is_root(),
+        "this test needs root (it drops to an unprivileged uid)"
+    );
+    let d = scratch("noperm");
+    let k = big_elf(&d);
+    std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            bin(),
+            "boot",
+            "--kernel",
+        ])
+        .arg(&k)
+        .output()
+        .unwrap();
+    assert_one_line_error(out, "no permission to open /dev/kvm");
+    let _ = std::fs::remove_dir_all(d);
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine and builds everything: Debian packages, the guest kernel
+# (cached by config hash under ~/.cache/sandbox-vm), the test initramfs and the binaries.
+# Prints `export` lines for the artifact paths on stdout's last lines (eval-able).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils python3
+      linux-source-6.12 qemu-system-x86 busybox-static e2fsprogs util-linux)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "[setup] installing: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq "${missing[@]}" >&2
+fi
+
+echo "[setup] guest kernel" >&2
+KERNEL=$(guest-kernel-config/build.sh | tail -n 1)
+echo "[setup] test initramfs" >&2
+INITRD=$(images/build-test-initramfs.sh | tail -n 1)
+echo "[setup] binaries (cargo build --release)" >&2
+cargo build --release --workspace >&2
+
+echo "export SANDBOX_VM_KERNEL=$KERNEL"
+echo "export SANDBOX_VM_TEST_INITRD=$INITRD"
