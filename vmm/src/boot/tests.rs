@@ -222,3 +222,66 @@ fn boot_params_for_elf_kernel() {
     assert_eq!(p.e820_entries, 1);
     assert_eq!({ p.e820_table[0].size }, 0x1000);
 }
+
+/// A bzImage-shaped file: 4 setup sectors with a boot-protocol 2.15 header, then `payload`.
+fn tiny_bzimage(payload: &[u8], init_size: u32, initrd_addr_max: u32) -> Vec<u8> {
+    let setup_sects = 4u8;
+    let mut f = vec![0u8; (usize::from(setup_sects) + 1) * 512];
+    f[0x1f1] = setup_sects;
+    f[0x1fe..0x200].copy_from_slice(&KERNEL_BOOT_FLAG_MAGIC.to_le_bytes());
+    f[0x202..0x206].copy_from_slice(&KERNEL_HDR_MAGIC.to_le_bytes());
+    f[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    f[0x211] = 1; // LOADED_HIGH
+    f[0x214..0x218].copy_from_slice(&(HIMEM_START as u32).to_le_bytes());
+    f[0x22c..0x230].copy_from_slice(&initrd_addr_max.to_le_bytes());
+    f[0x260..0x264].copy_from_slice(&init_size.to_le_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn bzimage_loads_at_1mib_with_64bit_entry_and_header() {
+    let mem = create_guest_memory(16).unwrap();
+    let (_d, p) = temp_file(
+        "bzImage",
+        &tiny_bzimage(&[0xaa; 0x400], 0x40_0000, 0x7fff_ffff),
+    );
+    let k = load_kernel(&mem, &p).unwrap();
+    assert_eq!(k.entry, HIMEM_START + BZIMAGE_64BIT_ENTRY_OFFSET);
+    // The decompressor's init_size, not the file size, bounds the kernel.
+    assert_eq!(k.end, HIMEM_START + 0x40_0000);
+    let hdr = k.setup_header.expect("bzImage keeps its header");
+    assert_eq!({ hdr.version }, 0x020f);
+    let b: u8 = mem.read_obj(GuestAddress(HIMEM_START + 0x3ff)).unwrap();
+    assert_eq!(b, 0xaa);
+    // The header is carried into boot_params, with our fields on top.
+    let p = build_boot_params(&BootParamsInput {
+        kernel: &k,
+        cmdline_len: 1,
+        initrd: None,
+        setup_data: None,
+        e820: &[],
+    });
+    assert_eq!({ p.hdr.version }, 0x020f);
+    assert_eq!({ p.hdr.type_of_loader }, KERNEL_LOADER_OTHER);
+}
+
+#[test]
+fn bzimage_initrd_respects_initrd_addr_max() {
+    let mem = create_guest_memory(16).unwrap();
+    let (_d, p) = temp_file("bzImage", &tiny_bzimage(&[0; 512], 0x10_0000, 0x7f_ffff));
+    let k = load_kernel(&mem, &p).unwrap();
+    let (_d2, i) = temp_file("initrd", &[1u8; 100]);
+    let placed = load_initrd(&mem, &i, &k).unwrap();
+    assert_eq!(placed.addr, 0x80_0000 - 0x1000);
+}
+
+#[test]
+fn bzimage_needing_more_than_ram_is_rejected() {
+    let mem = create_guest_memory(4).unwrap();
+    let (_d, p) = temp_file("bzImage", &tiny_bzimage(&[0; 512], 8 << 20, 0x7fff_ffff));
+    assert!(matches!(
+        load_kernel(&mem, &p),
+        Err(BootError::KernelTooBig { .. })
+    ));
+}
