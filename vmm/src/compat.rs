@@ -52,6 +52,8 @@ pub const HIDDEN_FEATURES: &[HiddenFeature] = &[
     hide("avx", 1, 0, Reg::Ecx, 28),
     hide("avx2", 7, 0, Reg::Ebx, 5),
     hide("xsaveopt", 0xd, 1, Reg::Ecx, 0),
+    // CMPXCHG16B: SLUB's lockless freelist (`lock cmpxchg16b`) when present.
+    hide("cx16", 1, 0, Reg::Ecx, 13),
     // POPCNT, patched in by alternatives.
     hide("popcnt", 1, 0, Reg::Ecx, 23),
     // SMAP: CLAC/STAC in the entry code. SMEP/UMIP/PKU toggle CR4 paths the emulator lacks.
@@ -77,11 +79,9 @@ pub const HIDDEN_FEATURES: &[HiddenFeature] = &[
     hide("abm", 0x8000_0001, 0, Reg::Ecx, 5),
 ];
 
-/// Guest command-line switches beyond `clearcpuid=`, each with the reason.
-pub const EXTRA_CMDLINE: &[(&str, &str)] = &[
-    // The kernel probes XSAVE from CR4/XCR0 paths independent of the CPUID bit.
-    ("noxsave", "keep the FPU code on FXSAVE"),
-];
+/// Guest command-line switches beyond `clearcpuid=`, each with the reason. (6.12 no
+/// longer knows `noxsave`; `clearcpuid=xsave` does its job.)
+pub const EXTRA_CMDLINE: &[(&str, &str)] = &[];
 
 /// CPUID 0x8000_0008 EBX bit 2 (XSAVEERPTR / "FXSAVE leak fixed"). Without it, Linux on AMD
 /// runs an x87 workaround (FNCLEX; EMMS; FILD) on every FPU restore, which the emulator
@@ -169,7 +169,7 @@ mod tests {
     #[test]
     fn cmdline_lists_every_hidden_feature_once() {
         let c = HostCompatProfile::emulated_kernel_mode().cmdline();
-        assert!(c.starts_with("noxsave clearcpuid="), "{c}");
+        assert!(c.starts_with("clearcpuid="), "{c}");
         let list = c.split("clearcpuid=").nth(1).unwrap();
         let names: Vec<&str> = list.split(',').collect();
         assert_eq!(names.len(), HIDDEN_FEATURES.len());
