@@ -1,3 +1,4 @@
 //! Devices: legacy (serial, i8042) and virtio-mmio.
 
 pub mod interrupt;
+pub mod virtio;
