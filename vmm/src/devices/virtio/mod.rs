@@ -22,7 +22,7 @@
 //! irqfd, event-loop subscription, kernel command line).
 
 pub mod activation;
-// pub mod mmio;
+pub mod mmio;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -216,7 +216,7 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
 }
 
 #[cfg(test)]
-pub(crate) mod test_utils_placeholder {}
+pub(crate) mod test_utils;
 
 #[cfg(test)]
 mod tests {
@@ -229,7 +229,10 @@ mod tests {
         let vi = VirtioInterrupt::new(irq.clone());
         vi.signal_used_queue();
         vi.signal_config_change();
-        assert_eq!(vi.status(), int_status::USED_RING | int_status::CONFIG_CHANGE);
+        assert_eq!(
+            vi.status(),
+            int_status::USED_RING | int_status::CONFIG_CHANGE
+        );
         assert_eq!(vi.config_generation(), 1);
         assert_eq!(irq.eventfd().read().unwrap(), 2);
         vi.ack(int_status::USED_RING);
