@@ -2,5 +2,6 @@
 
 pub mod bus;
 pub mod devices;
+pub mod event_loop;
 pub mod layout;
 pub mod memory;
