@@ -237,11 +237,7 @@ impl MmioTransport {
                     return;
                 }
             }
-            status::DRIVER_OK => {
-                if !self.activate() {
-                    return;
-                }
-            }
+            status::DRIVER_OK if !self.activate() => return,
             _ => {}
         }
         self.device_status = value;
@@ -424,7 +420,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         match <&mut [u8; 4]>::try_from(&mut *data) {
-            Ok(word) if offset % 4 == 0 => *word = self.read_reg(offset).to_le_bytes(),
+            Ok(word) if offset.is_multiple_of(4) => *word = self.read_reg(offset).to_le_bytes(),
             _ => {
                 log::debug!("virtio-mmio {}-byte read at {offset:#x}", data.len());
                 data.fill(0);
@@ -442,7 +438,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         match <[u8; 4]>::try_from(data) {
-            Ok(word) if offset % 4 == 0 => self.write_reg(offset, u32::from_le_bytes(word)),
+            Ok(word) if offset.is_multiple_of(4) => self.write_reg(offset, u32::from_le_bytes(word)),
             _ => log::debug!(
                 "ignoring virtio-mmio {}-byte write at {offset:#x}",
                 data.len()

@@ -22,13 +22,16 @@
 //! irqfd, event-loop subscription, kernel command line).
 
 pub mod activation;
+pub mod blk;
 pub mod mmio;
+pub mod vsock;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::interrupt::Interrupt;
@@ -212,6 +215,69 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     if let Some(src) = config.get(start..) {
         let n = src.len().min(data.len());
         data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+/// Longest descriptor chain a device accepts (indirect tables can be far longer than a
+/// queue); longer chains are returned unused.
+pub const MAX_CHAIN_LEN: usize = 1024;
+
+/// Consumes every chain the driver made available on `queue`: `f` gets the chain's
+/// descriptors (as read from guest memory, not yet validated) and returns how many bytes it
+/// wrote into them, which goes to the used ring. Interrupts the driver if it wants to be.
+///
+/// A used ring the device cannot write sets `DEVICE_NEEDS_RESET`.
+pub fn process_chains(
+    mem: &GuestMemory,
+    queue: &mut Queue,
+    interrupt: &VirtioInterrupt,
+    mut f: impl FnMut(&[Descriptor]) -> u32,
+) {
+    if interrupt.needs_reset() {
+        return;
+    }
+    let mut used_any = false;
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let descs: Vec<Descriptor> = chain.take(MAX_CHAIN_LEN + 1).collect();
+        let len = if descs.len() > MAX_CHAIN_LEN {
+            log::warn!("virtio: descriptor chain longer than {MAX_CHAIN_LEN}, dropped");
+            0
+        } else {
+            f(&descs)
+        };
+        if !add_used(mem, queue, interrupt, head, len) {
+            return;
+        }
+        used_any = true;
+    }
+    if used_any {
+        notify_used(mem, queue, interrupt);
+    }
+}
+
+/// Puts chain `head` in the used ring; false (and `DEVICE_NEEDS_RESET`) if the ring is broken.
+pub fn add_used(
+    mem: &GuestMemory,
+    queue: &mut Queue,
+    interrupt: &VirtioInterrupt,
+    head: u16,
+    len: u32,
+) -> bool {
+    match queue.add_used(mem, head, len) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("virtio: cannot add to the used ring: {e}");
+            interrupt.set_needs_reset();
+            false
+        }
+    }
+}
+
+/// Interrupts the driver after buffers were used, unless it asked not to be.
+pub fn notify_used(mem: &GuestMemory, queue: &mut Queue, interrupt: &VirtioInterrupt) {
+    if queue.needs_notification(mem).unwrap_or(true) {
+        interrupt.signal_used_queue();
     }
 }
 
