@@ -25,6 +25,7 @@ pub mod activation;
 pub mod blk;
 pub mod mmio;
 pub mod vsock;
+pub mod vsock;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

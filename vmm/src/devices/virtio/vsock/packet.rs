@@ -12,8 +12,8 @@
 //! hostile, so every length and address is checked before anything is copied, and a bad
 //! chain is an error, never a panic.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 /// Size of `struct virtio_vsock_hdr`.
 pub const HDR_SIZE: usize = 44;
@@ -349,7 +349,8 @@ mod tests {
     #[test]
     fn tx_header_and_data_in_separate_descriptors() {
         let m = mem();
-        m.write_slice(&sample_hdr(5).to_bytes(), GuestAddress(0x1000)).unwrap();
+        m.write_slice(&sample_hdr(5).to_bytes(), GuestAddress(0x1000))
+            .unwrap();
         m.write_slice(b"hello", GuestAddress(0x2000)).unwrap();
         let mut buf = vec![0u8; MAX_PKT_DATA];
         let h = read_tx_packet(&m, [desc(0x1000, 44, 0), desc(0x2000, 5, 0)], &mut buf).unwrap();
@@ -382,7 +383,8 @@ mod tests {
     #[test]
     fn tx_single_buffer_holding_header_and_data() {
         let m = mem();
-        m.write_slice(&sample_hdr(3).to_bytes(), GuestAddress(0x1000)).unwrap();
+        m.write_slice(&sample_hdr(3).to_bytes(), GuestAddress(0x1000))
+            .unwrap();
         m.write_slice(b"xyz", GuestAddress(0x1000 + 44)).unwrap();
         let mut buf = vec![0u8; MAX_PKT_DATA];
         read_tx_packet(&m, [desc(0x1000, 47, 0)], &mut buf).unwrap();
@@ -393,7 +395,8 @@ mod tests {
     fn tx_malformed_chains_are_rejected() {
         let m = mem();
         let mut buf = vec![0u8; MAX_PKT_DATA];
-        m.write_slice(&sample_hdr(100).to_bytes(), GuestAddress(0x1000)).unwrap();
+        m.write_slice(&sample_hdr(100).to_bytes(), GuestAddress(0x1000))
+            .unwrap();
         assert_eq!(
             read_tx_packet(&m, [desc(0x1000, 43, 0)], &mut buf),
             Err(PacketError::ChainTooShortForHeader(43))
@@ -404,7 +407,10 @@ mod tests {
         );
         assert_eq!(
             read_tx_packet(&m, [desc(0x1000, 44, 0), desc(0x2000, 50, 0)], &mut buf),
-            Err(PacketError::ChainTooShortForData { need: 100, have: 50 })
+            Err(PacketError::ChainTooShortForData {
+                need: 100,
+                have: 50
+            })
         );
         assert_eq!(
             read_tx_packet(&m, [desc(0x1000, 44, W)], &mut buf),
@@ -420,15 +426,23 @@ mod tests {
             read_tx_packet(&m, [desc(u64::MAX - 4, 44, 0)], &mut buf),
             Err(PacketError::BadAddress { .. })
         ));
-        m.write_slice(&sample_hdr(u32::MAX).to_bytes(), GuestAddress(0x1000)).unwrap();
+        m.write_slice(&sample_hdr(u32::MAX).to_bytes(), GuestAddress(0x1000))
+            .unwrap();
         assert_eq!(
             read_tx_packet(&m, [desc(0x1000, 44, 0)], &mut buf),
             Err(PacketError::DataTooLong(u32::MAX))
         );
-        m.write_slice(&sample_hdr(MAX_PKT_DATA as u32 + 1).to_bytes(), GuestAddress(0x1000))
-            .unwrap();
+        m.write_slice(
+            &sample_hdr(MAX_PKT_DATA as u32 + 1).to_bytes(),
+            GuestAddress(0x1000),
+        )
+        .unwrap();
         assert_eq!(
-            read_tx_packet(&m, [desc(0x1000, 44, 0), desc(0x2000, 0x2_0000, 0)], &mut buf),
+            read_tx_packet(
+                &m,
+                [desc(0x1000, 44, 0), desc(0x2000, 0x2_0000, 0)],
+                &mut buf
+            ),
             Err(PacketError::DataTooLong(MAX_PKT_DATA as u32 + 1))
         );
     }
@@ -436,8 +450,11 @@ mod tests {
     #[test]
     fn rx_writes_header_and_data_across_descriptors() {
         let m = mem();
-        let rx = RxBuffer::new(&m, [desc(0x1000, 20, W), desc(0x2000, 30, W), desc(0x3000, 8, W)])
-            .unwrap();
+        let rx = RxBuffer::new(
+            &m,
+            [desc(0x1000, 20, W), desc(0x2000, 30, W), desc(0x3000, 8, W)],
+        )
+        .unwrap();
         assert_eq!(rx.data_capacity(), 14);
         let n = rx.write(&m, &sample_hdr(999), b"0123456789").unwrap();
         assert_eq!(n, 54);
@@ -446,7 +463,8 @@ mod tests {
         m.read_slice(&mut raw[20..], GuestAddress(0x2000)).unwrap();
         assert_eq!(VsockHeader::from_bytes(&raw), sample_hdr(10));
         let mut data = [0u8; 10];
-        m.read_slice(&mut data[..6], GuestAddress(0x2000 + 24)).unwrap();
+        m.read_slice(&mut data[..6], GuestAddress(0x2000 + 24))
+            .unwrap();
         m.read_slice(&mut data[6..], GuestAddress(0x3000)).unwrap();
         assert_eq!(&data, b"0123456789");
         assert_eq!(
