@@ -22,9 +22,9 @@
 //! irqfd, event-loop subscription, kernel command line).
 
 pub mod activation;
+pub mod attach;
 pub mod blk;
 pub mod mmio;
-pub mod vsock;
 pub mod vsock;
 
 use std::io;
