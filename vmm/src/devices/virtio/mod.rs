@@ -25,6 +25,7 @@ pub mod activation;
 pub mod attach;
 pub mod blk;
 pub mod mmio;
+pub mod rng;
 pub mod vsock;
 
 use std::io;
