@@ -24,6 +24,7 @@
 pub mod activation;
 pub mod attach;
 pub mod blk;
+pub mod console;
 pub mod mmio;
 pub mod rng;
 pub mod vsock;
