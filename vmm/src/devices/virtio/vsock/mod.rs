@@ -9,3 +9,6 @@ mod muxer_tests;
 pub mod packet;
 #[cfg(test)]
 pub mod test_backend;
+pub mod unix;
+#[cfg(test)]
+mod unix_tests;
