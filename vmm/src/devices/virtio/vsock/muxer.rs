@@ -141,6 +141,22 @@ impl<B: VsockBackend> Muxer<B> {
         }
     }
 
+    /// The guest sent a packet with header `hdr` whose payload was unusable (bad chain):
+    /// reset the connection it belongs to, as data was lost.
+    pub fn guest_error(&mut self, hdr: &VsockHeader) {
+        if hdr.src_cid != self.guest_cid {
+            return;
+        }
+        let key = (hdr.dst_port, hdr.src_port);
+        match self.conns.get_mut(&key) {
+            Some(c) => {
+                c.kill(&mut self.backend);
+                self.refresh(key);
+            }
+            None => self.reply_rst(hdr),
+        }
+    }
+
     fn guest_connect(&mut self, hdr: &VsockHeader) {
         if self.conns.len() >= MAX_CONNECTIONS {
             debug!(

@@ -427,6 +427,18 @@ fn protocol_violations_reset_the_connection() {
 }
 
 #[test]
+fn unusable_packet_resets_its_connection() {
+    let mut m = muxer();
+    let s = guest_connect(&mut m, 1234);
+    m.guest_error(&pkt(op::RW, 1234, 5000));
+    assert_eq!(ops(&recv(&mut m)), [op::RST]);
+    assert!(m.backend_mut().stream(s).closed);
+    // For no connection: a plain RST.
+    m.guest_error(&pkt(op::RW, 1, 2));
+    assert_eq!(ops(&recv(&mut m)), [op::RST]);
+}
+
+#[test]
 fn many_concurrent_streams_up_to_the_cap() {
     let mut m = muxer();
     for port in 0..MAX_CONNECTIONS as u32 {

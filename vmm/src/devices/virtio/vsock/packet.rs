@@ -224,6 +224,29 @@ fn scatter<M: GuestMemoryBackend>(
     Ok(())
 }
 
+/// Reads only the header of a TX chain (to name the connection of a packet whose payload
+/// is unusable).
+pub fn read_tx_header<M: GuestMemoryBackend>(
+    mem: &M,
+    descs: impl IntoIterator<Item = Descriptor>,
+) -> Result<VsockHeader, PacketError> {
+    let (segs, total) = segments(mem, descs, false)?;
+    header_of(mem, &segs, total)
+}
+
+fn header_of<M: GuestMemoryBackend>(
+    mem: &M,
+    segs: &[Segment],
+    total: usize,
+) -> Result<VsockHeader, PacketError> {
+    if total < HDR_SIZE {
+        return Err(PacketError::ChainTooShortForHeader(total));
+    }
+    let mut raw = [0u8; HDR_SIZE];
+    gather(mem, segs, 0, &mut raw)?;
+    Ok(VsockHeader::from_bytes(&raw))
+}
+
 /// Reads the packet a guest placed in a TX chain: the header, and its payload into
 /// `data[..hdr.len]` (`data` must hold [`MAX_PKT_DATA`] bytes).
 ///
@@ -235,12 +258,7 @@ pub fn read_tx_packet<M: GuestMemoryBackend>(
     data: &mut [u8],
 ) -> Result<VsockHeader, PacketError> {
     let (segs, total) = segments(mem, descs, false)?;
-    if total < HDR_SIZE {
-        return Err(PacketError::ChainTooShortForHeader(total));
-    }
-    let mut raw = [0u8; HDR_SIZE];
-    gather(mem, &segs, 0, &mut raw)?;
-    let hdr = VsockHeader::from_bytes(&raw);
+    let hdr = header_of(mem, &segs, total)?;
     let len = hdr.len as usize;
     if len > MAX_PKT_DATA || len > data.len() {
         return Err(PacketError::DataTooLong(hdr.len));
