@@ -364,6 +364,8 @@ impl Connection {
             {
                 self.kill(backend)
             }
+            // It had already finished sending: it will not receive either.
+            _ if self.host_eof => self.shut_to_send |= SHUTDOWN_BOTH & !self.shut_sent,
             // Drain what the host sent before leaving, then SHUTDOWN both ways.
             _ => self.host_readable = true,
         }

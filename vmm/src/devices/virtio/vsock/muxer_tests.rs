@@ -337,6 +337,20 @@ fn host_half_close_sends_shutdown_send_only() {
 }
 
 #[test]
+fn host_half_close_then_close_completes_the_shutdown() {
+    let mut m = muxer();
+    let s = guest_connect(&mut m, 1234);
+    m.backend_mut().host_shutdown(s);
+    assert_eq!(recv(&mut m)[0].0.flags, SHUTDOWN_SEND);
+    m.backend_mut().host_close(s);
+    let r = recv(&mut m);
+    assert_eq!(ops(&r), [op::SHUTDOWN]);
+    assert_eq!(r[0].0.flags, SHUTDOWN_RCV);
+    send(&mut m, pkt(op::RST, 1234, 5000), &[]);
+    assert_eq!(m.connection_count(), 0);
+}
+
+#[test]
 fn host_hangup_with_undelivered_guest_data_resets() {
     let mut m = muxer();
     let s = guest_connect(&mut m, 1234);

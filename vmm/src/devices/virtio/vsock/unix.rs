@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -91,7 +91,7 @@ impl Stream {
     /// Writes what is left of `out`; true when it is all gone.
     fn flush_out(&mut self) -> bool {
         while !self.out.is_empty() {
-            match self.sock.write(&self.out) {
+            match send(&self.sock, &self.out) {
                 Ok(0) => return false,
                 Ok(n) => {
                     self.out.drain(..n);
@@ -136,6 +136,26 @@ fn parse_connect(line: &[u8]) -> Option<u32> {
         return None;
     }
     port.parse().ok()
+}
+
+/// `send(2)` with `MSG_NOSIGNAL`: a host peer that went away yields `EPIPE`, never a
+/// SIGPIPE that would kill the VMM if its binary did not ignore the signal.
+fn send(sock: &UnixStream, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the duration of the call,
+    // and the fd is owned by `sock`. The result is checked.
+    let n = unsafe {
+        libc::send(
+            sock.as_raw_fd(),
+            buf.as_ptr().cast::<libc::c_void>(),
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Non-negative and at most `buf.len()`.
+    Ok(n as usize)
 }
 
 /// `connect(2)` on a non-blocking socket, so that a host listener with a full backlog
@@ -535,8 +555,7 @@ impl VsockBackend for UnixBackend {
             self.update_registration(id);
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        // Rust programs ignore SIGPIPE: a peer that went away yields EPIPE here.
-        s.sock.write(buf)
+        send(&s.sock, buf)
     }
 
     fn shutdown_write(&mut self, id: StreamId) {

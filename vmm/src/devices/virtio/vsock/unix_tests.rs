@@ -227,6 +227,20 @@ fn bad_handshakes_are_dropped() {
 }
 
 #[test]
+fn guest_silence_times_out_the_host_connection() {
+    let mut g = Guest::new();
+    g.m.set_timeout(Duration::from_millis(50));
+    let mut c = UnixStream::connect(g.path()).unwrap();
+    c.write_all(b"CONNECT 1234\n").unwrap();
+    g.pump_until_op(op::REQUEST);
+    // The muxer's deadline wakes the backend's timerfd; no guest activity needed.
+    let r = g.pump_until_op(op::RST);
+    assert_eq!(r.last().unwrap().0.dst_port, 1234);
+    assert!(client_sees_eof(&mut c, &mut g));
+    assert_eq!(g.m.connection_count(), 0);
+}
+
+#[test]
 fn guest_refusal_closes_the_host_stream() {
     let mut g = Guest::new();
     let mut c = UnixStream::connect(g.path()).unwrap();
