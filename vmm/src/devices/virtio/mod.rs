@@ -26,6 +26,7 @@ pub mod attach;
 pub mod blk;
 pub mod console;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod vsock;
 
