@@ -1,7 +1,6 @@
 //! Test helpers: guest memory, and a driver-side view of a split virtqueue laid out in it
 //! (addresses computed by virtio-queue's `MockSplitQueue`).
 
-#![allow(dead_code)] // Not every device test uses every helper.
 use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
