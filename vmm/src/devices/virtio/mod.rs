@@ -286,6 +286,8 @@ pub fn notify_used(mem: &GuestMemory, queue: &mut Queue, interrupt: &VirtioInter
 }
 
 #[cfg(test)]
+mod e2e_tests;
+#[cfg(test)]
 pub(crate) mod test_utils;
 
 #[cfg(test)]
