@@ -438,7 +438,9 @@ impl BusDevice for MmioTransport {
             return;
         }
         match <[u8; 4]>::try_from(data) {
-            Ok(word) if offset.is_multiple_of(4) => self.write_reg(offset, u32::from_le_bytes(word)),
+            Ok(word) if offset.is_multiple_of(4) => {
+                self.write_reg(offset, u32::from_le_bytes(word))
+            }
             _ => log::debug!(
                 "ignoring virtio-mmio {}-byte write at {offset:#x}",
                 data.len()
