@@ -237,7 +237,7 @@ pub fn process_chains(
     interrupt: &VirtioInterrupt,
     mut f: impl FnMut(&[Descriptor]) -> u32,
 ) {
-    if interrupt.needs_reset() {
+    if !avail_ring_sane(mem, queue, interrupt) {
         return;
     }
     let mut used_any = false;
@@ -257,6 +257,32 @@ pub fn process_chains(
     }
     if used_any {
         notify_used(mem, queue, interrupt);
+    }
+}
+
+/// Checks the driver's available index before popping chains: an index more than a queue
+/// size ahead of ours means a corrupted ring (virtio-queue would silently stop popping), so
+/// the device fails with `DEVICE_NEEDS_RESET`. False if the queue must not be processed.
+pub fn avail_ring_sane(mem: &GuestMemory, queue: &Queue, interrupt: &VirtioInterrupt) -> bool {
+    if interrupt.needs_reset() {
+        return false;
+    }
+    match queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
+        Ok(idx) if (idx - std::num::Wrapping(queue.next_avail())).0 <= queue.size() => true,
+        Ok(idx) => {
+            log::warn!(
+                "virtio: available index {} is more than a queue ahead of {}",
+                idx.0,
+                queue.next_avail()
+            );
+            interrupt.set_needs_reset();
+            false
+        }
+        Err(e) => {
+            log::warn!("virtio: cannot read the available ring: {e}");
+            interrupt.set_needs_reset();
+            false
+        }
     }
 }
 

@@ -68,10 +68,28 @@ fn queue_round_trip_and_loops() {
     assert_eq!(irq.eventfd().read().unwrap(), 1);
     assert_eq!(interrupt.status() & 1, 1);
 
-    // Head index outside the table: nothing used, no panic.
+    // Head index outside the table: cannot be returned, the device needs a reset.
     q.publish(200);
     b.process_queue();
     assert_eq!(q.used().len(), 2);
+    assert!(interrupt.needs_reset());
+    b.reset();
+    interrupt.reset();
+
+    // An available index far ahead of ours: needs reset, nothing popped.
+    let q2 = TestQueue::new(&mem, 0x20_0000, 16);
+    b.activate(activate_ctx(
+        &mem,
+        &[&q2],
+        interrupt.clone(),
+        VIRTIO_F_VERSION_1,
+    ))
+    .unwrap();
+    mem.write_obj(40u16, GuestAddress(q2.addrs().1 + 2))
+        .unwrap();
+    b.process_queue();
+    assert!(interrupt.needs_reset());
+    assert!(q2.used().is_empty());
 
     b.reset();
     b.process_queue();

@@ -7,7 +7,7 @@ use virtio_queue::QueueT;
 
 use super::{request, Console, MAX_PENDING_INPUT, RX_QUEUE, TX_QUEUE};
 use crate::devices::virtio::activation::{Change, FIRST_BACKEND_TOKEN};
-use crate::devices::virtio::{add_used, notify_used, process_chains};
+use crate::devices::virtio::{add_used, avail_ring_sane, notify_used, process_chains};
 
 /// `Events::data()` of the host input fd.
 const INPUT_TOKEN: u32 = FIRST_BACKEND_TOKEN;
@@ -29,7 +29,7 @@ impl Console {
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        if a.interrupt.needs_reset() {
+        if !avail_ring_sane(&a.mem, &a.rx, &a.interrupt) {
             return;
         }
         let mut used = false;

@@ -8,7 +8,9 @@ use virtio_queue::QueueT;
 
 use super::{request, Net, RX_QUEUE, TX_QUEUE};
 use crate::devices::virtio::activation::{Change, FIRST_BACKEND_TOKEN};
-use crate::devices::virtio::{add_used, notify_used, process_chains, MAX_CHAIN_LEN};
+use crate::devices::virtio::{
+    add_used, avail_ring_sane, notify_used, process_chains, MAX_CHAIN_LEN,
+};
 
 /// `Events::data()` of the backend fd.
 const BACKEND_TOKEN: u32 = FIRST_BACKEND_TOKEN;
@@ -49,7 +51,7 @@ impl Net {
         };
         let mut used = false;
         let state = loop {
-            if a.interrupt.needs_reset() {
+            if !avail_ring_sane(&a.mem, &a.rx, &a.interrupt) {
                 break RxState::Drained;
             }
             if self.rx_len == 0 {
