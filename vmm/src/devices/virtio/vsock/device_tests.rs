@@ -310,6 +310,28 @@ fn malformed_chains_are_dropped_or_reset_never_panic() {
 }
 
 #[test]
+fn runaway_available_index_fails_the_device() {
+    let mut dev = test_device();
+    let mut d = Driver::new();
+    let (interrupt, _) = test_interrupt();
+    let ctx = activate_ctx(
+        &d.mem,
+        &[&d.rx, &d.tx, &d.ev],
+        interrupt.clone(),
+        VIRTIO_F_VERSION_1,
+    );
+    dev.activate(ctx).unwrap();
+    d.send(guest_pkt(op::REQUEST, 1234, 5000, 0), b"");
+    let (_, avail, _) = d.tx.addrs();
+    d.mem.write_obj(1000u16, GuestAddress(avail + 2)).unwrap();
+    dev.process_tx();
+    assert!(interrupt.needs_reset());
+    assert!(d.tx.used().is_empty());
+    dev.process_rx();
+    assert_eq!(dev.muxer().connection_count(), 0);
+}
+
+#[test]
 fn reset_drops_connections_and_reactivation_works() {
     let mut dev = test_device();
     let mut d = Driver::new();

@@ -9,7 +9,7 @@ use virtio_queue::{QueueOwnedT, QueueT};
 use super::packet::{read_tx_header, read_tx_packet, RxBuffer};
 use super::{Vsock, VsockBackend, EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
 use crate::devices::virtio::activation::{Change, FIRST_BACKEND_TOKEN};
-use crate::devices::virtio::{add_used, notify_used, MAX_CHAIN_LEN};
+use crate::devices::virtio::{add_used, avail_ring_sane, notify_used, MAX_CHAIN_LEN};
 
 const BACKEND_TOKEN: u32 = FIRST_BACKEND_TOKEN;
 
@@ -23,7 +23,7 @@ impl<B: VsockBackend> Vsock<B> {
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        if a.interrupt.needs_reset() {
+        if !avail_ring_sane(&a.mem, &a.tx, &a.interrupt) {
             return;
         }
         let mut used_any = false;
@@ -61,7 +61,7 @@ impl<B: VsockBackend> Vsock<B> {
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        if a.interrupt.needs_reset() {
+        if !self.muxer.has_pending_rx() || !avail_ring_sane(&a.mem, &a.rx, &a.interrupt) {
             return;
         }
         let mut used_any = false;
