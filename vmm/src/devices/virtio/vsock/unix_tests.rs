@@ -428,3 +428,56 @@ fn bulk_host_to_guest_respects_guest_credit() {
     assert_eq!(got.len(), TOTAL);
     assert!(got == data);
 }
+
+#[test]
+fn many_concurrent_host_connections() {
+    const N: u32 = 50;
+    let mut g = Guest::new();
+    let mut clients: Vec<UnixStream> = (0..N)
+        .map(|i| {
+            let mut c = UnixStream::connect(g.path()).unwrap();
+            c.write_all(format!("CONNECT {}\n", 2000 + i).as_bytes())
+                .unwrap();
+            c
+        })
+        .collect();
+    let mut reqs = Vec::new();
+    let start = Instant::now();
+    while reqs.len() < N as usize && start.elapsed() < Duration::from_secs(5) {
+        reqs.extend(
+            g.pump(Duration::from_millis(20))
+                .into_iter()
+                .filter(|p| p.0.op == op::REQUEST),
+        );
+    }
+    assert_eq!(reqs.len(), N as usize);
+    for (h, _) in &reqs {
+        g.send(op::RESPONSE, h.dst_port, h.src_port, b"");
+        let msg = format!("hello {}", h.dst_port);
+        g.send(op::RW, h.dst_port, h.src_port, msg.as_bytes());
+    }
+    let mut local_ports = std::collections::HashSet::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let ok = read_line(c);
+        let port: u32 = ok.strip_prefix("OK ").unwrap().parse().unwrap();
+        assert!(port >= FIRST_LOCAL_PORT);
+        assert!(local_ports.insert(port), "local ports are unique");
+        let want = format!("hello {}", 2000 + i);
+        let mut got = vec![0u8; want.len()];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(got, want.as_bytes());
+        c.write_all(format!("back {i}").as_bytes()).unwrap();
+    }
+    let mut back = std::collections::HashMap::new();
+    let start = Instant::now();
+    while back.len() < N as usize && start.elapsed() < Duration::from_secs(5) {
+        for (h, d) in g.pump(Duration::from_millis(20)) {
+            assert_eq!(h.op, op::RW);
+            back.insert(h.dst_port, d);
+        }
+    }
+    for i in 0..N {
+        assert_eq!(back[&(2000 + i)], format!("back {i}").as_bytes());
+    }
+    assert_eq!(g.m.connection_count(), N as usize);
+}
