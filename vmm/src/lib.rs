@@ -10,6 +10,7 @@ pub mod compat;
 pub mod config;
 pub mod cpu;
 pub mod devices;
+pub mod event_loop;
 pub mod exits;
 pub mod kvm;
 pub mod layout;

@@ -2,3 +2,4 @@
 
 pub mod interrupt;
 pub mod legacy;
+pub mod virtio;
