@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use vmm::config::{CompatSetting, SerialOutput, VmConfig};
+use vmm::config::{CompatSetting, DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Compat {
@@ -39,6 +39,23 @@ pub struct BootArgs {
     /// [default: auto = on when the CPU has no vmx/svm]
     #[arg(long, value_enum)]
     compat: Option<Compat>,
+    /// Add a virtio-blk disk from a raw image file; `PATH:ro` makes it read-only (repeatable;
+    /// the guest sees /dev/vda, /dev/vdb, ... in this order)
+    #[arg(long = "disk", value_name = "PATH[:ro]")]
+    disks: Vec<String>,
+    /// Add a virtio-vsock device listening on this Unix socket (host connects and sends
+    /// `CONNECT <port>`; guest connections to host port N go to `PATH_N`)
+    #[arg(long, value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+    /// The guest's vsock context ID [default: 3]
+    #[arg(long, value_name = "CID", requires = "vsock_uds")]
+    vsock_cid: Option<u64>,
+    /// Add a virtio-rng device (/dev/hwrng in the guest) fed from the host's getrandom
+    #[arg(long)]
+    rng: bool,
+    /// Add a virtio-net device on a TAP interface; `TAP,MAC` sets the guest MAC (repeatable)
+    #[arg(long = "net", value_name = "TAP[,MAC]")]
+    net: Vec<String>,
     /// Read the VM config from a JSON file; flags given as well override its fields
     #[arg(long)]
     config: Option<PathBuf>,
@@ -76,6 +93,31 @@ impl BootArgs {
                 path => SerialOutput::File(path.into()),
             };
         }
+        for d in self.disks {
+            let (path, read_only) = match d.strip_suffix(":ro") {
+                Some(p) => (p.to_string(), true),
+                None => (d, false),
+            };
+            c.disks.push(DiskConfig {
+                path: path.into(),
+                read_only,
+                id: None,
+            });
+        }
+        if let Some(uds_path) = self.vsock_uds {
+            c.vsock = Some(VsockConfig {
+                guest_cid: self.vsock_cid.unwrap_or(3),
+                uds_path,
+            });
+        }
+        c.rng |= self.rng;
+        for n in self.net {
+            let (tap, mac) = match n.split_once(',') {
+                Some((t, m)) => (t.to_string(), Some(m.to_string())),
+                None => (n, None),
+            };
+            c.net.push(NetConfig { tap, mac });
+        }
         if let Some(p) = self.compat {
             c.compat_profile = match p {
                 Compat::Auto => CompatSetting::Auto,
@@ -95,7 +137,7 @@ pub fn run(args: BootArgs) -> Result<ExitCode> {
         let profile = vmm::compat::resolve_for_host(config.compat_profile);
         println!(
             "{}",
-            vmm::builder::compose_cmdline(config.cmdline.as_deref(), profile.as_ref(), &[])
+            vmm::builder::compose_cmdline(config.cmdline.as_deref(), profile.as_ref(), "")
         );
         return Ok(ExitCode::SUCCESS);
     }

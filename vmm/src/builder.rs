@@ -12,11 +12,17 @@ use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use crate::boot::{self, BootError, BootParamsInput, LoadedInitrd, LoadedKernel};
 use crate::bus::{Bus, BusError};
 use crate::compat::{self, HostCompatProfile};
-use crate::config::{ConfigError, SerialOutput, VmConfig};
+use crate::config::{ConfigError, DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 use crate::cpu::{regs, CpuError, CpuTemplate};
 use crate::devices::interrupt::IrqFd;
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{SerialPort, SerialSink};
+use crate::devices::virtio::attach::{attach_virtio_mmio, AttachError, VirtioMmioAllocator};
+use crate::devices::virtio::blk::{Block, BlockError};
+use crate::devices::virtio::net::{tap::Tap, tap::TapError, Net, NetError};
+use crate::devices::virtio::rng::{Rng, RngError};
+use crate::devices::virtio::vsock::{Vsock, VsockError};
+use crate::event_loop::{EventLoop, EventLoopError};
 use crate::kvm::{KvmContext, KvmError};
 use crate::layout::{COM1_IRQ, COM1_PORT, I8042_DATA_PORT, KVM_IDENTITY_MAP_START, KVM_TSS_START};
 use crate::memory::{self, GuestMemory, MemoryError};
@@ -61,6 +67,26 @@ pub enum BuildError {
     },
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
+    #[error("cannot start the device event loop: {0}")]
+    EventLoop(#[from] EventLoopError),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error("disk {path}: {err}")]
+    Disk {
+        path: std::path::PathBuf,
+        err: BlockError,
+    },
+    #[error("vsock {path}: {err}")]
+    Vsock {
+        path: std::path::PathBuf,
+        err: VsockError,
+    },
+    #[error("TAP {tap}: {err}")]
+    Tap { tap: String, err: TapError },
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Rng(#[from] RngError),
 }
 
 fn vm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
@@ -81,20 +107,50 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
     let stop = Arc::new(StopSignal::new().map_err(BuildError::EventFd)?);
 
     let mut pio = Bus::new();
-    let mmio = Bus::new();
+    let mut mmio = Bus::new();
     attach_serial(&vm_fd, &mut pio, &config.serial, stop.clone())?;
     attach_i8042(&mut pio, stop.clone())?;
+
+    let event_loop = EventLoop::start()?;
+    let mut virtio = VirtioSetup {
+        vm: &vm_fd,
+        mmio: &mut mmio,
+        cmdline: String::new(),
+        slots: VirtioMmioAllocator::new(),
+        event_loop: &event_loop,
+        mem: &mem,
+    };
+    for (i, disk) in config.disks.iter().enumerate() {
+        attach_block(&mut virtio, i, disk)?;
+    }
+    if let Some(vsock) = &config.vsock {
+        attach_vsock(&mut virtio, vsock)?;
+    }
+    if config.rng {
+        attach_rng(&mut virtio)?;
+    }
+    for net in &config.net {
+        attach_net(&mut virtio, net)?;
+    }
+    let device_args = virtio.cmdline;
 
     let kernel = boot::load_kernel(&mem, &config.kernel)?;
     let initrd = match &config.initrd {
         Some(path) => Some(boot::load_initrd(&mem, path, &kernel)?),
         None => None,
     };
-    let cmdline = compose_cmdline(config.cmdline.as_deref(), profile.as_ref(), &[]);
+    let cmdline = compose_cmdline(config.cmdline.as_deref(), profile.as_ref(), &device_args);
     configure_boot(&mem, &kernel, initrd, &cmdline)?;
     let vcpus = create_vcpus(&kvm, &vm_fd, config.vcpus, profile, kernel.entry)?;
 
-    Ok(Vm::new(vm_fd, mem, vcpus, Buses { pio, mmio }, stop))
+    Ok(Vm::new(
+        vm_fd,
+        mem,
+        vcpus,
+        Buses { pio, mmio },
+        stop,
+        event_loop,
+    ))
 }
 
 /// Creates the KVM VM with its in-kernel interrupt controllers and timer, and maps RAM.
@@ -165,19 +221,101 @@ fn attach_i8042(pio: &mut Bus, stop: Arc<StopSignal>) -> Result<(), BuildError> 
     Ok(())
 }
 
+/// What attaching a virtio device needs from the build in progress.
+struct VirtioSetup<'a> {
+    vm: &'a VmFd,
+    mmio: &'a mut Bus,
+    /// `virtio_mmio.device=` announcements for the kernel command line.
+    cmdline: String,
+    slots: VirtioMmioAllocator,
+    event_loop: &'a EventLoop,
+    mem: &'a GuestMemory,
+}
+
+impl VirtioSetup<'_> {
+    fn attach<D>(&mut self, device: D) -> Result<(), BuildError>
+    where
+        D: crate::devices::virtio::VirtioDevice
+            + event_manager::MutEventSubscriber
+            + Send
+            + 'static,
+    {
+        attach_virtio_mmio(
+            self.vm,
+            self.mmio,
+            &mut self.cmdline,
+            &mut self.slots,
+            self.event_loop,
+            self.mem,
+            Arc::new(Mutex::new(device)),
+        )?;
+        Ok(())
+    }
+}
+
+/// A virtio-blk disk over a raw host file.
+fn attach_block(v: &mut VirtioSetup, index: usize, disk: &DiskConfig) -> Result<(), BuildError> {
+    let id = disk.id.clone().unwrap_or_else(|| format!("disk{index}"));
+    let dev = Block::new(&disk.path, disk.read_only, &id).map_err(|err| BuildError::Disk {
+        path: disk.path.clone(),
+        err,
+    })?;
+    v.attach(dev)
+}
+
+/// virtio-vsock over the hybrid Unix-socket backend.
+fn attach_vsock(v: &mut VirtioSetup, cfg: &VsockConfig) -> Result<(), BuildError> {
+    raise_fd_limit();
+    let dev = Vsock::new(cfg.guest_cid, &cfg.uds_path).map_err(|err| BuildError::Vsock {
+        path: cfg.uds_path.clone(),
+        err,
+    })?;
+    v.attach(dev)
+}
+
+/// virtio-rng fed from the host's getrandom.
+fn attach_rng(v: &mut VirtioSetup) -> Result<(), BuildError> {
+    v.attach(Rng::new()?)
+}
+
+/// virtio-net on a TAP interface.
+fn attach_net(v: &mut VirtioSetup, cfg: &NetConfig) -> Result<(), BuildError> {
+    let tap = Tap::open(&cfg.tap).map_err(|err| BuildError::Tap {
+        tap: cfg.tap.clone(),
+        err,
+    })?;
+    v.attach(Net::new(Box::new(tap), cfg.mac_bytes()?)?)
+}
+
+/// Each vsock connection holds host file descriptors (up to 1023 streams plus pending
+/// handshakes): lift the soft open-file limit to the hard one.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the plain struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// The guest command line: the configured (or default) base, then what the VMM requires,
 /// the compat profile's switches and the devices' announcements.
 pub fn compose_cmdline(
     base: Option<&str>,
     profile: Option<&HostCompatProfile>,
-    device_args: &[String],
+    device_args: &str,
 ) -> String {
     let mut parts = vec![base.unwrap_or(DEFAULT_CMDLINE).trim().to_string()];
     parts.push(REQUIRED_CMDLINE.to_string());
     if let Some(p) = profile {
         parts.push(p.cmdline());
     }
-    parts.extend(device_args.iter().cloned());
+    parts.push(device_args.trim().to_string());
     parts.retain(|p| !p.is_empty());
     parts.join(" ")
 }
@@ -229,17 +367,13 @@ mod tests {
 
     #[test]
     fn cmdline_order_lets_required_switches_win() {
-        let c = compose_cmdline(Some("console=ttyS0 panic=0"), None, &[]);
+        let c = compose_cmdline(Some("console=ttyS0 panic=0"), None, "");
         assert_eq!(c, "console=ttyS0 panic=0 reboot=k panic=-1");
         let p = HostCompatProfile::emulated_kernel_mode();
-        let c = compose_cmdline(
-            None,
-            Some(&p),
-            &["virtio_mmio.device=4K@0xd0000000:5".into()],
-        );
+        let c = compose_cmdline(None, Some(&p), " virtio_mmio.device=4K@0xd0000000:5");
         assert!(c.starts_with(DEFAULT_CMDLINE), "{c}");
         assert!(c.contains(" clearcpuid="), "{c}");
         assert!(c.ends_with("virtio_mmio.device=4K@0xd0000000:5"), "{c}");
-        assert_eq!(compose_cmdline(Some("  "), None, &[]), REQUIRED_CMDLINE);
+        assert_eq!(compose_cmdline(Some("  "), None, ""), REQUIRED_CMDLINE);
     }
 }

@@ -19,6 +19,76 @@ pub enum ConfigError {
     NoVcpus,
     #[error("mem_mib must be at least {min}, got {0}", min = crate::layout::MIN_MEM_BYTES >> 20)]
     MemTooSmall(u64),
+    #[error("vsock guest_cid must be between 3 and {max}, got {0}", max = u32::MAX - 1)]
+    BadCid(u64),
+    #[error("invalid MAC address {0:?} (expected six hex bytes like 02:00:00:00:00:01)")]
+    BadMac(String),
+    #[error("too many virtio devices: {0} (at most {max})", max = crate::layout::VIRTIO_MMIO_MAX_DEVICES)]
+    TooManyDevices(usize),
+}
+
+/// A virtio-blk disk backed by a raw host file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Host file (raw image).
+    pub path: PathBuf,
+    /// Guest writes fail with an I/O error.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Serial string the guest reads (VIRTIO_BLK_T_GET_ID); defaults to the disk's index.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+fn default_cid() -> u64 {
+    3
+}
+
+/// A virtio-vsock device backed by Unix sockets (Firecracker's hybrid scheme): the host
+/// connects to `uds_path` and sends `CONNECT <port>`; guest connections to the host on port
+/// N go to `<uds_path>_N`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context ID.
+    #[serde(default = "default_cid")]
+    pub guest_cid: u64,
+    /// Unix socket the VMM listens on.
+    pub uds_path: PathBuf,
+}
+
+/// A virtio-net device on a host TAP interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// TAP interface name (created if absent and permitted).
+    pub tap: String,
+    /// Guest MAC address, `aa:bb:cc:dd:ee:ff`; random if absent.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+impl NetConfig {
+    /// The MAC as bytes, if one is configured.
+    pub fn mac_bytes(&self) -> Result<Option<[u8; 6]>, ConfigError> {
+        let Some(text) = &self.mac else {
+            return Ok(None);
+        };
+        let bad = || ConfigError::BadMac(text.clone());
+        let parts: Vec<&str> = text.split(':').collect();
+        if parts.len() != 6 {
+            return Err(bad());
+        }
+        let mut mac = [0u8; 6];
+        for (b, p) in mac.iter_mut().zip(parts) {
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        Ok(Some(mac))
+    }
 }
 
 /// Where the guest's 8250 serial console goes.
@@ -80,6 +150,18 @@ pub struct VmConfig {
     /// Host-compatibility profile.
     #[serde(default)]
     pub compat_profile: CompatSetting,
+    /// virtio-blk disks, in guest order (`/dev/vda`, `/dev/vdb`, ...).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// virtio-vsock device.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// A virtio-rng device (`/dev/hwrng`) fed from the host's getrandom.
+    #[serde(default)]
+    pub rng: bool,
+    /// virtio-net devices.
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
 }
 
 impl VmConfig {
@@ -93,6 +175,10 @@ impl VmConfig {
             mem_mib: default_mem_mib(),
             serial: SerialOutput::default(),
             compat_profile: CompatSetting::default(),
+            disks: Vec::new(),
+            vsock: None,
+            rng: false,
+            net: Vec::new(),
         }
     }
 
@@ -115,6 +201,21 @@ impl VmConfig {
         }
         if self.mem_mib.saturating_mul(1 << 20) < crate::layout::MIN_MEM_BYTES {
             return Err(ConfigError::MemTooSmall(self.mem_mib));
+        }
+        if let Some(v) = &self.vsock {
+            if v.guest_cid < 3 || v.guest_cid >= u64::from(u32::MAX) {
+                return Err(ConfigError::BadCid(v.guest_cid));
+            }
+        }
+        for n in &self.net {
+            n.mac_bytes()?;
+        }
+        let devices = self.disks.len()
+            + self.net.len()
+            + usize::from(self.rng)
+            + usize::from(self.vsock.is_some());
+        if devices as u64 > crate::layout::VIRTIO_MMIO_MAX_DEVICES {
+            return Err(ConfigError::TooManyDevices(devices));
         }
         Ok(())
     }
@@ -140,6 +241,34 @@ mod tests {
         assert_eq!(c.compat_profile, CompatSetting::Off);
         let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn devices_parse_and_validate() {
+        let text = r#"{"kernel":"/k","disks":[{"path":"/d","read_only":true}],
+            "vsock":{"uds_path":"/v.sock"},"rng":true,"net":[{"tap":"tap0","mac":"02:00:00:00:00:0a"}]}"#;
+        let c: VmConfig = serde_json::from_str(text).unwrap();
+        c.validate().unwrap();
+        assert!(c.disks[0].read_only);
+        assert_eq!(c.vsock.as_ref().unwrap().guest_cid, 3);
+        assert_eq!(c.net[0].mac_bytes().unwrap(), Some([2, 0, 0, 0, 0, 10]));
+        let mut bad = c.clone();
+        bad.vsock.as_mut().unwrap().guest_cid = 2;
+        assert!(matches!(bad.validate(), Err(ConfigError::BadCid(2))));
+        for mac in ["02:00:00:00:00", "02:00:00:00:00:zz", "0200:00:00:00:00:0a"] {
+            let mut bad = c.clone();
+            bad.net[0].mac = Some(mac.into());
+            assert!(
+                matches!(bad.validate(), Err(ConfigError::BadMac(_))),
+                "{mac}"
+            );
+        }
+        let mut many = c;
+        many.disks = vec![many.disks[0].clone(); 20];
+        assert!(matches!(
+            many.validate(),
+            Err(ConfigError::TooManyDevices(23))
+        ));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use kvm_ioctls::VmFd;
 
 use crate::bus::{BusError, SharedDevice};
+use crate::event_loop::EventLoop;
 use crate::memory::GuestMemory;
 use crate::stop::{StopReason, StopSignal};
 use crate::vcpu::{self, Buses, Vcpu, VcpuError, VcpuShared};
@@ -16,6 +17,7 @@ pub struct Vm {
     _vm_fd: VmFd,
     buses: Arc<Buses>,
     stop: Arc<StopSignal>,
+    event_loop: Option<EventLoop>,
     mem: GuestMemory,
 }
 
@@ -26,12 +28,14 @@ impl Vm {
         vcpus: Vec<Vcpu>,
         buses: Buses,
         stop: Arc<StopSignal>,
+        event_loop: EventLoop,
     ) -> Self {
         Self {
             vcpus,
             _vm_fd: vm_fd,
             buses: Arc::new(buses),
             stop,
+            event_loop: Some(event_loop),
             mem,
         }
     }
@@ -69,6 +73,11 @@ impl Vm {
         }
         wait_readable(self.stop.eventfd());
         vcpu::stop_and_join(threads);
+        if let Some(el) = self.event_loop.take() {
+            if let Err(e) = el.stop() {
+                log::warn!("device event loop did not stop cleanly: {e}");
+            }
+        }
         Ok(self
             .stop
             .reason()

@@ -153,7 +153,14 @@ fn vsock_listen(port: u32) -> Result<OwnedFd, String> {
 
 fn vsock_accept(l: &OwnedFd) -> Result<File, String> {
     // SAFETY: accept(2) without an address buffer.
-    let fd = unsafe { libc::accept4(l.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+    let fd = unsafe {
+        libc::accept4(
+            l.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
     if fd < 0 {
         return Err(errno("accept"));
     }
@@ -200,7 +207,10 @@ fn bench() {
                 total += n as u64;
             }
             let s = start.elapsed().as_secs_f64();
-            println!("VB blk-seq-read {:.2} MiB/s ({total} bytes in {s:.2} s)", total as f64 / (1 << 20) as f64 / s);
+            println!(
+                "VB blk-seq-read {:.2} MiB/s ({total} bytes in {s:.2} s)",
+                total as f64 / (1 << 20) as f64 / s
+            );
         }
         Err(e) => println!("VB blk-seq-read FAIL {e}"),
     }
@@ -211,7 +221,10 @@ fn bench() {
             let mut b = [0u8; 1];
             let start = Instant::now();
             for _ in 0..rounds {
-                if s.write_all(b"p").and_then(|_| s.read_exact(&mut b)).is_err() {
+                if s.write_all(b"p")
+                    .and_then(|_| s.read_exact(&mut b))
+                    .is_err()
+                {
                     println!("VB vsock-rtt FAIL");
                     break;
                 }
@@ -233,7 +246,11 @@ fn bench() {
             let mut ack = Vec::new();
             let _ = s.read_to_end(&mut ack);
             let secs = start.elapsed().as_secs_f64();
-            println!("VB vsock-throughput {:.2} MiB/s ({sent} bytes, host counted {})", sent as f64 / (1 << 20) as f64 / secs, String::from_utf8_lossy(&ack).trim());
+            println!(
+                "VB vsock-throughput {:.2} MiB/s ({sent} bytes, host counted {})",
+                sent as f64 / (1 << 20) as f64 / secs,
+                String::from_utf8_lossy(&ack).trim()
+            );
         }
         Err(e) => println!("VB vsock FAIL {e}"),
     }
