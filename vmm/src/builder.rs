@@ -304,18 +304,28 @@ fn raise_fd_limit() {
 }
 
 /// The guest command line: the configured (or default) base, then what the VMM requires,
-/// the compat profile's switches and the devices' announcements.
+/// the compat profile's switches and the devices' announcements. Arguments for init (after
+/// a `--` in the base) stay last, where the kernel expects them.
 pub fn compose_cmdline(
     base: Option<&str>,
     profile: Option<&HostCompatProfile>,
     device_args: &str,
 ) -> String {
-    let mut parts = vec![base.unwrap_or(DEFAULT_CMDLINE).trim().to_string()];
+    let base = base.unwrap_or(DEFAULT_CMDLINE);
+    let words: Vec<&str> = base.split_whitespace().collect();
+    let (kernel_words, init_words) = match words.iter().position(|w| *w == "--") {
+        Some(i) => (&words[..i], Some(&words[i + 1..])),
+        None => (&words[..], None),
+    };
+    let mut parts = vec![kernel_words.join(" ")];
     parts.push(REQUIRED_CMDLINE.to_string());
     if let Some(p) = profile {
         parts.push(p.cmdline());
     }
     parts.push(device_args.trim().to_string());
+    if let Some(init) = init_words {
+        parts.push(format!("-- {}", init.join(" ")).trim_end().to_string());
+    }
     parts.retain(|p| !p.is_empty());
     parts.join(" ")
 }
@@ -375,5 +385,18 @@ mod tests {
         assert!(c.contains(" clearcpuid="), "{c}");
         assert!(c.ends_with("virtio_mmio.device=4K@0xd0000000:5"), "{c}");
         assert_eq!(compose_cmdline(Some("  "), None, ""), REQUIRED_CMDLINE);
+    }
+
+    #[test]
+    fn init_arguments_stay_last() {
+        let c = compose_cmdline(
+            Some("console=ttyS0 x=1 -- bench  fast"),
+            None,
+            " virtio_mmio.device=4K@0xd0000000:5",
+        );
+        assert_eq!(
+            c,
+            "console=ttyS0 x=1 reboot=k panic=-1 virtio_mmio.device=4K@0xd0000000:5 -- bench fast"
+        );
     }
 }
