@@ -6,6 +6,9 @@
 //! (`images/build-test-initramfs.sh`); `tests/run.sh` builds both and sets
 //! SANDBOX_VM_KERNEL / SANDBOX_VM_TEST_INITRD.
 
+mod common;
+
+use common::{image, kernel};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -13,38 +16,12 @@ use std::time::Instant;
 
 const MARKER: &str = "SANDBOX-VM-INIT-OK uptime_ms=";
 
-fn artifact(var: &str, default: PathBuf, how: &str) -> PathBuf {
-    let p = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
-    assert!(
-        p.is_file(),
-        "{} not found: set {var} or run {how}",
-        p.display()
-    );
-    p
-}
-
-fn kernel() -> PathBuf {
-    let cache = std::env::var_os("SANDBOX_VM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sandbox-vm"));
-    artifact(
-        "SANDBOX_VM_KERNEL",
-        cache.join("kernel/current/vmlinux"),
-        "guest-kernel-config/build.sh",
-    )
-}
-
-fn test_initrd() -> PathBuf {
-    artifact(
-        "SANDBOX_VM_TEST_INITRD",
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../images/out/test-initramfs.cpio"),
-        "images/build-test-initramfs.sh",
-    )
-}
-
 #[test]
 fn real_kernel_boots_to_init_and_reboots_cleanly() {
-    let (k, i) = (kernel(), test_initrd());
+    let (k, i) = (
+        kernel(),
+        image("SANDBOX_VM_TEST_INITRD", "test-initramfs.cpio"),
+    );
     let start = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
         .args(["boot", "--mem-mib", "128", "--kernel"])

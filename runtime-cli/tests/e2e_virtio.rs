@@ -7,6 +7,9 @@
 //! - the guest connects to the host over vsock (`<uds>_5000`) and data flows both ways;
 //! - the host connects into a guest listener with `CONNECT 6000` and data flows both ways.
 
+mod common;
+
+use common::{image, kernel};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -17,27 +20,6 @@ use std::time::{Duration, Instant};
 const HOST_BYTES: usize = 1 << 20;
 const GUEST_OFFSET: usize = 1 << 20;
 const GUEST_BYTES: usize = 64 << 10;
-
-fn artifact(var: &str, default: PathBuf, how: &str) -> PathBuf {
-    let p = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
-    assert!(
-        p.is_file(),
-        "{} not found: set {var} or run {how}",
-        p.display()
-    );
-    p
-}
-
-fn kernel() -> PathBuf {
-    let cache = std::env::var_os("SANDBOX_VM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sandbox-vm"));
-    artifact(
-        "SANDBOX_VM_KERNEL",
-        cache.join("kernel/current/vmlinux"),
-        "guest-kernel-config/build.sh",
-    )
-}
 
 fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -95,11 +77,7 @@ fn step<'a>(console: &'a str, name: &str) -> &'a str {
 #[test]
 fn guest_uses_blk_vsock_and_rng() {
     let kernel = kernel();
-    let initrd = artifact(
-        "SANDBOX_VM_VIRTIO_INITRD",
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../images/out/virtio-check.cpio"),
-        "scripts/setup.sh",
-    );
+    let initrd = image("SANDBOX_VM_VIRTIO_INITRD", "virtio-check.cpio");
     let dir = std::env::temp_dir().join(format!("sandbox-vm-e2e-virtio-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let disk = dir.join("disk.img");

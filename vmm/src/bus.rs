@@ -15,6 +15,24 @@ pub trait BusDevice: Send {
     fn write(&mut self, offset: u64, data: &[u8]);
 }
 
+/// A guest read of a byte-wide register: `reg` answers for `offset` (when it fits a byte),
+/// the value goes in the first byte, any wider access reads the rest as zero.
+pub fn read_byte_register(offset: u64, data: &mut [u8], reg: impl FnOnce(u8) -> u8) {
+    let v = u8::try_from(offset).map(reg).unwrap_or(0);
+    data.fill(0);
+    if let Some(b) = data.first_mut() {
+        *b = v;
+    }
+}
+
+/// A guest write to a byte-wide register: only single-byte writes at offsets that fit a
+/// byte reach `reg`; others are dropped.
+pub fn write_byte_register(offset: u64, data: &[u8], reg: impl FnOnce(u8, u8)) {
+    if let (Ok(o), [v]) = (u8::try_from(offset), data) {
+        reg(o, *v);
+    }
+}
+
 /// Errors inserting devices on a bus.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use vm_superio::{I8042Device, Trigger};
 
-use crate::bus::BusDevice;
+use crate::bus::{read_byte_register, write_byte_register, BusDevice};
 use crate::stop::{StopReason, StopSignal};
 
 /// Turns the controller's CPU-reset command into a clean VM stop.
@@ -32,18 +32,14 @@ impl I8042 {
 
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let v = u8::try_from(offset).map(|o| self.0.read(o)).unwrap_or(0);
-        data.fill(0);
-        if let Some(b) = data.first_mut() {
-            *b = v;
-        }
+        read_byte_register(offset, data, |o| self.0.read(o));
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Ok(o), [v]) = (u8::try_from(offset), data) {
-            // The trigger cannot fail.
-            let _ = self.0.write(o, *v);
-        }
+        // The trigger cannot fail.
+        write_byte_register(offset, data, |o, v| {
+            let _ = self.0.write(o, v);
+        });
     }
 }
 

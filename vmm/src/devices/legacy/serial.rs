@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use vm_superio::{serial::NoEvents, Serial, Trigger};
 
-use crate::bus::BusDevice;
+use crate::bus::{read_byte_register, write_byte_register, BusDevice};
 use crate::devices::interrupt::Interrupt;
 use crate::stop::StopSignal;
 
@@ -89,19 +89,15 @@ impl SerialPort {
 
 impl BusDevice for SerialPort {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let v = u8::try_from(offset).map(|o| self.0.read(o)).unwrap_or(0);
-        data.fill(0);
-        if let Some(b) = data.first_mut() {
-            *b = v;
-        }
+        read_byte_register(offset, data, |o| self.0.read(o));
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Ok(o), [v]) = (u8::try_from(offset), data) {
-            // Output errors were swallowed by the sink; interrupt errors leave the guest
-            // polling, which Linux copes with.
-            let _ = self.0.write(o, *v);
-        }
+        // Output errors were swallowed by the sink; interrupt errors leave the guest
+        // polling, which Linux copes with.
+        write_byte_register(offset, data, |o, v| {
+            let _ = self.0.write(o, v);
+        });
     }
 }
 
