@@ -10,7 +10,6 @@ mod common;
 
 use common::{image, kernel};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
