@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The test suite: setup (idempotent, cached), formatting and lint checks, then every
-# test in the workspace (unit, KVM tiny-guest, CLI, and the e2e boot of the real kernel).
+# The test suite: setup (idempotent, cached), formatting and lint checks, a brief run of
+# the fuzz targets, then every test in the workspace (unit, KVM tiny-guest, CLI, agent, and
+# the e2e boots of the real kernel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/setup.sh)"
-export SANDBOX_VM_KERNEL SANDBOX_VM_TEST_INITRD
+export SANDBOX_VM_KERNEL SANDBOX_VM_TEST_INITRD SANDBOX_VM_VIRTIO_INITRD
 echo "[test] cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "[test] cargo clippy" >&2
 cargo clippy --workspace --all-targets -- -D warnings
+echo "[test] fuzz targets, briefly" >&2
+bash tests/fuzz-brief.sh
 echo "[test] cargo test" >&2
 cargo test --workspace -- --nocapture 2>&1
