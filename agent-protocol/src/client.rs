@@ -272,16 +272,12 @@ impl Client {
         if let Some(e) = self.events.pop_front() {
             return Ok(e);
         }
-        loop {
-            match read_frame::<_, ServerMessage>(&mut self.stream)? {
-                ServerMessage::Event(e) => return Ok(e),
-                ServerMessage::Error(e) => return Err(ClientError::Agent(e)),
-                ServerMessage::Reply { id, .. } => {
-                    return Err(ClientError::Unexpected(format!(
-                        "reply to request {id} while waiting for an event"
-                    )))
-                }
-            }
+        match read_frame::<_, ServerMessage>(&mut self.stream)? {
+            ServerMessage::Event(e) => Ok(e),
+            ServerMessage::Error(e) => Err(ClientError::Agent(e)),
+            ServerMessage::Reply { id, .. } => Err(ClientError::Unexpected(format!(
+                "reply to request {id} while waiting for an event"
+            ))),
         }
     }
 
