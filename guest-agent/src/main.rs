@@ -113,7 +113,16 @@ fn run(pid1: bool) -> anyhow::Result<()> {
     let sig_agent = agent.clone();
     std::thread::Builder::new()
         .stack_size(128 * 1024)
-        .spawn(move || process::signal_loop(sig_agent.reaper.clone(), || sig_agent.power_off()))
+        .spawn(move || {
+            process::signal_loop(sig_agent.reaper.clone(), || {
+                // Power off elsewhere: this thread must keep reaping while
+                // the containers are being killed.
+                let a = sig_agent.clone();
+                let _ = std::thread::Builder::new()
+                    .stack_size(128 * 1024)
+                    .spawn(move || a.power_off());
+            })
+        })
         .context("cannot start the signal thread")?;
     let err = server::serve(listener, agent);
     Err(err).context("cannot accept connections")

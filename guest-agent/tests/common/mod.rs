@@ -93,7 +93,10 @@ impl Agent {
         require_root();
         let dir = TempDir::new("agent");
         let sock = dir.path().join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_guest-agent"))
+        // GUEST_AGENT_BIN runs the suite against another build (e.g. the
+        // static release binary from build-static.sh).
+        let bin = std::env::var("GUEST_AGENT_BIN").unwrap_or(env!("CARGO_BIN_EXE_guest-agent").into());
+        let child = Command::new(bin)
             .arg("--unix")
             .arg(&sock)
             .arg("--state-dir")
