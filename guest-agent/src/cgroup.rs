@@ -122,7 +122,8 @@ impl CgroupManager {
 
     fn from_tables(mi: &str, sc: &str, controllers: impl Fn(&Path) -> String) -> Self {
         let mounts = cgroup_mounts(mi);
-        let v2 = mounts.iter().find(|(m, t, _)| {
+        // Later mounts hide earlier ones at the same place: search from the end.
+        let v2 = mounts.iter().rev().find(|(m, t, _)| {
             t == "cgroup2" && controllers(m).split_whitespace().any(|c| c == "memory")
         });
         if let Some((m, _, _)) = v2 {
@@ -139,6 +140,7 @@ impl CgroupManager {
             .filter_map(|&ctrl| {
                 let (m, _, _) = mounts
                     .iter()
+                    .rev()
                     .find(|(_, t, o)| t == "cgroup" && o.split(',').any(|x| x == ctrl.name()))?;
                 Some(Hier {
                     ctrl,

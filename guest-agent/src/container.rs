@@ -377,6 +377,8 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
             None => unshare_flags |= flag,
         }
     }
+    // Join in NAMESPACES order (mount last), whatever the spec's order.
+    ns_names.sort_by_key(|(f, _)| NAMESPACES.iter().position(|(_, g, _)| g == f));
     if !unshare_flags.contains(CloneFlags::CLONE_NEWNS) {
         return Err(ContainerError::Invalid(
             "the spec must ask for a new mount namespace".into(),

@@ -88,9 +88,12 @@ fn mount_cgroups() -> Vec<InitError> {
     if let Err(e) = mnt("tmpfs", ROOT, nse, Some("mode=0755")) {
         errs.push(e);
     }
+    // One hierarchy per controller: binding cpu and cpuacct together fails
+    // where they are already mounted apart (a kernel allows one layout).
     for (target, ctrls) in [
         ("/sys/fs/cgroup/memory", "memory"),
-        ("/sys/fs/cgroup/cpu,cpuacct", "cpu,cpuacct"),
+        ("/sys/fs/cgroup/cpu", "cpu"),
+        ("/sys/fs/cgroup/cpuacct", "cpuacct"),
         ("/sys/fs/cgroup/pids", "pids"),
     ] {
         let _ = fs::create_dir_all(target);

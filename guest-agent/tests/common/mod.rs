@@ -95,7 +95,8 @@ impl Agent {
         let sock = dir.path().join("agent.sock");
         // GUEST_AGENT_BIN runs the suite against another build (e.g. the
         // static release binary from build-static.sh).
-        let bin = std::env::var("GUEST_AGENT_BIN").unwrap_or(env!("CARGO_BIN_EXE_guest-agent").into());
+        let bin =
+            std::env::var("GUEST_AGENT_BIN").unwrap_or(env!("CARGO_BIN_EXE_guest-agent").into());
         let child = Command::new(bin)
             .arg("--unix")
             .arg(&sock)
@@ -121,22 +122,29 @@ impl Agent {
     }
 
     pub fn client(&self) -> Client {
-        let c = Client::connect(&self.endpoint).unwrap();
-        c.set_timeout(Some(Duration::from_secs(60))).unwrap();
-        c
+        client(&self.endpoint)
     }
 
     pub fn attach(&self, id: &str, exec_id: Option<&str>, stream: StreamKind) -> Stream {
-        attach_stdio(
-            &self.endpoint,
-            StreamId {
-                container_id: id.into(),
-                exec_id: exec_id.map(Into::into),
-                stream,
-            },
-        )
-        .unwrap()
+        attach(&self.endpoint, id, exec_id, stream)
     }
+}
+
+/// Opens one stdio stream.
+pub fn attach(ep: &Endpoint, id: &str, exec_id: Option<&str>, stream: StreamKind) -> Stream {
+    let sid = StreamId {
+        container_id: id.into(),
+        exec_id: exec_id.map(Into::into),
+        stream,
+    };
+    attach_stdio(ep, sid).unwrap()
+}
+
+/// A control connection with a generous reply timeout.
+pub fn client(ep: &Endpoint) -> Client {
+    let c = Client::connect(ep).unwrap();
+    c.set_timeout(Some(Duration::from_secs(60))).unwrap();
+    c
 }
 
 impl Drop for Agent {
@@ -210,11 +218,16 @@ impl Run {
 
 /// Creates, starts and waits for a container; removes it afterwards.
 pub fn run(agent: &Agent, id: &str, spec: Spec, rootfs: &Path) -> Run {
-    let mut c = agent.client();
+    run_at(&agent.endpoint, id, spec, rootfs)
+}
+
+/// [`run`] against any endpoint.
+pub fn run_at(ep: &Endpoint, id: &str, spec: Spec, rootfs: &Path) -> Run {
+    let mut c = client(ep);
     c.create_container(create_req(id, spec, rootfs, StdioConfig::OUTPUT))
         .unwrap();
-    let out = reader(agent.attach(id, None, StreamKind::Stdout));
-    let err = reader(agent.attach(id, None, StreamKind::Stderr));
+    let out = reader(attach(ep, id, None, StreamKind::Stdout));
+    let err = reader(attach(ep, id, None, StreamKind::Stderr));
     c.start_container(id).unwrap();
     let exit = c.wait(id, None).unwrap();
     let run = Run {
