@@ -286,3 +286,104 @@ fn remove_running_container_needs_force() {
     c.remove_container(&id2, true).unwrap();
     assert!(c.list_processes(&id).is_err());
 }
+
+#[test]
+fn user_groups_rlimits_caps_and_no_new_privs() {
+    let agent = Agent::start();
+    let root = busybox_rootfs();
+    let mut s = spec(
+        &[
+            "sh",
+            "-c",
+            "id; ulimit -n; grep -E '^(CapBnd|CapEff|NoNewPrivs)' /proc/self/status",
+        ],
+        "h",
+        None,
+    );
+    let mut p = s.process().clone().unwrap();
+    let mut u = p.user().clone();
+    u.set_uid(1000);
+    u.set_gid(1001);
+    u.set_additional_gids(Some(vec![10, 20]));
+    p.set_user(u);
+    s.set_process(Some(p));
+    let r = run(&agent, &unique("user"), s, root.path());
+    assert_eq!(
+        r.exit.status,
+        ExitStatus::Code(0),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    // Default spec: 1024 files; all five capability sets are
+    // CAP_AUDIT_WRITE|CAP_KILL|CAP_NET_BIND_SERVICE, and through the ambient
+    // set a non-root user keeps them effective across exec.
+    assert_eq!(
+        r.out(),
+        "uid=1000 gid=1001 groups=10,20\n1024\nCapEff:\t0000000020000420\n\
+         CapBnd:\t0000000020000420\nNoNewPrivs:\t1\n"
+    );
+}
+
+#[test]
+fn block_device_rootfs() {
+    let root = busybox_rootfs();
+    let img = TempDir::new("img");
+    let file = img.path().join("rootfs.ext4");
+    let ok = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-d"])
+        .arg(root.path())
+        .arg(&file)
+        .arg("16M")
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs) is needed");
+    assert!(ok.success());
+    let out = std::process::Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!(
+            "SKIPPED block_device_rootfs: no loop device ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return;
+    }
+    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .arg("-d")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+
+    let agent = Agent::start();
+    let id = unique("blk");
+    let mut c = agent.client();
+    let mut req = create_req(
+        &id,
+        spec(&["sh", "-c", "grep ' / ' /proc/mounts"], "h", None),
+        root.path(),
+        StdioConfig::OUTPUT,
+    );
+    req.rootfs = agent_protocol::Rootfs::BlockDevice {
+        path: dev.clone(),
+        fstype: "ext4".into(),
+        options: vec!["noatime".into()],
+    };
+    c.create_container(req).unwrap();
+    let out = reader(agent.attach(&id, None, StreamKind::Stdout));
+    let _err = reader(agent.attach(&id, None, StreamKind::Stderr));
+    c.start_container(&id).unwrap();
+    assert_eq!(c.wait(&id, None).unwrap().status, ExitStatus::Code(0));
+    let out = String::from_utf8(out.join().unwrap()).unwrap();
+    assert!(out.contains(" / ext4 ro,"), "{out}");
+    c.remove_container(&id, false).unwrap();
+    // The agent unmounted the device: it can be detached.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&dev), "{dev} still mounted");
+}

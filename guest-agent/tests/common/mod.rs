@@ -60,7 +60,7 @@ impl Drop for TempDir {
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "sleep", "cat", "hostname", "dd", "yes", "head", "ls", "id", "true", "false",
-    "tty", "stty", "wc", "ps",
+    "tty", "stty", "wc", "ps", "grep", "ulimit",
 ];
 
 /// A rootfs with Debian's static busybox and a few applet links.
