@@ -24,7 +24,7 @@ pub enum FrameError {
     Closed,
     /// The underlying stream failed (including EOF in the middle of a frame).
     #[error("agent connection I/O failed: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// The length prefix announced a body larger than the limit.
     #[error("frame of {len} bytes exceeds the {max}-byte limit")]
     TooLarge {
@@ -40,6 +40,12 @@ pub enum FrameError {
     /// A message could not be serialized.
     #[error("cannot encode message: {0}")]
     Encode(serde_json::Error),
+}
+
+impl From<io::Error> for FrameError {
+    fn from(e: io::Error) -> Self {
+        FrameError::Io(e)
+    }
 }
 
 impl FrameError {

@@ -41,14 +41,14 @@ pub enum Endpoint {
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// Socket creation, bind, connect or accept failed.
-    #[error("{what} {endpoint}: {source}")]
+    #[error("{what} {endpoint}: {cause}")]
     Socket {
         /// What was attempted.
         what: &'static str,
         /// The endpoint, for the message.
         endpoint: String,
         /// Cause.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The VMM refused or garbled the hybrid vsock `CONNECT`.
     #[error("hybrid vsock CONNECT to port {port} via {path} failed: {reason}; is the guest agent running?")]
@@ -167,10 +167,10 @@ impl From<Stream> for OwnedFd {
 
 fn sock_err(what: &'static str, ep: &Endpoint) -> impl FnOnce(io::Error) -> TransportError {
     let endpoint = ep.to_string();
-    move |source| TransportError::Socket {
+    move |cause| TransportError::Socket {
         what,
         endpoint,
-        source,
+        cause,
     }
 }
 

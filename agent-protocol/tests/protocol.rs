@@ -298,8 +298,8 @@ fn vsock_listener_binds() {
     };
     match ep.listen() {
         Ok(_) => {}
-        Err(TransportError::Socket { source, .. })
-            if source.raw_os_error() == Some(97 /* EAFNOSUPPORT */) =>
+        Err(TransportError::Socket { cause, .. })
+            if cause.raw_os_error() == Some(97 /* EAFNOSUPPORT */) =>
         {
             eprintln!("SKIPPED vsock_listener_binds: kernel without AF_VSOCK");
         }

@@ -183,7 +183,7 @@ impl Agent {
                 if let (true, Some(h)) = (self.cfg.pid1, &sb.hostname) {
                     nix::unistd::sethostname(h).map_err(|e| ContainerError::Sys {
                         op: "sethostname",
-                        source: e.into(),
+                        cause: e.into(),
                     })?;
                 }
                 *self.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(sb);

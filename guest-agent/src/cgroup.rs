@@ -17,22 +17,22 @@ use agent_protocol::ContainerStats;
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     /// mkdir failed.
-    #[error("cannot create cgroup {path}: {source}")]
+    #[error("cannot create cgroup {path}: {cause}")]
     Create {
         /// Directory.
         path: PathBuf,
         /// Cause.
-        source: io::Error,
+        cause: io::Error,
     },
     /// Writing a control file failed.
-    #[error("cannot write {value:?} to {path}: {source}")]
+    #[error("cannot write {value:?} to {path}: {cause}")]
     Write {
         /// File.
         path: PathBuf,
         /// Value.
         value: String,
         /// Cause.
-        source: io::Error,
+        cause: io::Error,
     },
     /// A limit needs a controller this kernel does not offer.
     #[error("the spec sets a {0} limit but the guest has no {0} cgroup controller; drop the limit or enable the controller")]
@@ -187,9 +187,9 @@ impl CgroupManager {
             if h.ctrl == Ctrl::Unified {
                 enable_v2_controllers(&h.mount, &dir);
             }
-            fs::create_dir_all(&dir).map_err(|source| CgroupError::Create {
+            fs::create_dir_all(&dir).map_err(|cause| CgroupError::Create {
                 path: dir.clone(),
-                source,
+                cause,
             })?;
             dirs.push((h.ctrl, dir));
         }
@@ -342,10 +342,10 @@ impl Cgroup {
     fn write(&self, ctrl: Ctrl, file: &str, value: &str) -> Result<(), CgroupError> {
         let dir = self.dir(ctrl).ok_or(CgroupError::Missing(ctrl.name()))?;
         let path = dir.join(file);
-        fs::write(&path, value).map_err(|source| CgroupError::Write {
+        fs::write(&path, value).map_err(|cause| CgroupError::Write {
             path,
             value: value.to_string(),
-            source,
+            cause,
         })
     }
 
@@ -370,10 +370,10 @@ impl Cgroup {
             let f = OpenOptions::new()
                 .write(true)
                 .open(&path)
-                .map_err(|source| CgroupError::Write {
+                .map_err(|cause| CgroupError::Write {
                     path,
                     value: "0".into(),
-                    source,
+                    cause,
                 })?;
             files.push(f);
         }

@@ -40,27 +40,27 @@ pub enum ChildError {
     #[error(transparent)]
     Security(#[from] SecurityError),
     /// A system call failed.
-    #[error("{op} failed: {source}")]
+    #[error("{op} failed: {cause}")]
     Sys {
         /// Operation.
         op: &'static str,
         /// Cause.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The program could not be executed.
-    #[error("cannot execute {program:?}: {source}")]
+    #[error("cannot execute {program:?}: {cause}")]
     Exec {
         /// argv\[0\].
         program: String,
         /// Cause.
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
 fn sys(op: &'static str) -> impl FnOnce(nix::Error) -> ChildError {
     move |e| ChildError::Sys {
         op,
-        source: e.into(),
+        cause: e.into(),
     }
 }
 
@@ -163,9 +163,9 @@ fn setup(plan: &ChildPlan, sync: &mut UnixStream) -> Result<Infallible, ChildErr
     close_other_fds(keep);
 
     for mut f in plan.cgroup_procs.iter() {
-        f.write_all(b"0").map_err(|source| ChildError::Sys {
+        f.write_all(b"0").map_err(|cause| ChildError::Sys {
             op: "join cgroup",
-            source,
+            cause,
         })?;
     }
     for (fd, kind) in &plan.join {
@@ -178,9 +178,9 @@ fn setup(plan: &ChildPlan, sync: &mut UnixStream) -> Result<Infallible, ChildErr
         build_root(root)?;
     }
     if plan.wait_for_start {
-        sync.write_all(b"R").map_err(|source| ChildError::Sys {
+        sync.write_all(b"R").map_err(|cause| ChildError::Sys {
             op: "report ready",
-            source,
+            cause,
         })?;
         let mut b = [0u8; 1];
         match sync.read(&mut b) {
@@ -203,9 +203,9 @@ fn build_root(r: &RootPlan) -> Result<(), ChildError> {
     mounts::enter_rootfs(&r.rootfs)?;
     for (k, v) in &r.sysctl {
         let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
-        std::fs::write(&p, v).map_err(|source| ChildError::Sys {
+        std::fs::write(&p, v).map_err(|cause| ChildError::Sys {
             op: "write sysctl",
-            source,
+            cause,
         })?;
     }
     mounts::mask_paths(&r.masked)?;
@@ -226,7 +226,7 @@ fn exec_process(p: &ProcessPlan, sync_fd: RawFd) -> Result<Infallible, ChildErro
         if unsafe { libc::dup2(fd, target as RawFd) } < 0 {
             return Err(ChildError::Sys {
                 op: "dup2 stdio",
-                source: io::Error::last_os_error(),
+                cause: io::Error::last_os_error(),
             });
         }
     }
@@ -239,7 +239,7 @@ fn exec_process(p: &ProcessPlan, sync_fd: RawFd) -> Result<Infallible, ChildErro
         if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
             return Err(ChildError::Sys {
                 op: "set controlling terminal",
-                source: io::Error::last_os_error(),
+                cause: io::Error::last_os_error(),
             });
         }
     }
@@ -279,6 +279,6 @@ fn exec_process(p: &ProcessPlan, sync_fd: RawFd) -> Result<Infallible, ChildErro
     }
     Err(ChildError::Exec {
         program: OsStr::from_bytes(bytes).to_string_lossy().into_owned(),
-        source: err,
+        cause: err,
     })
 }

@@ -56,12 +56,12 @@ pub enum ContainerError {
     #[error(transparent)]
     Stdio(#[from] StdioError),
     /// fork, socketpair, or a namespace file failed.
-    #[error("{op} failed: {source}")]
+    #[error("{op} failed: {cause}")]
     Sys {
         /// Operation.
         op: &'static str,
         /// Cause.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The child reported an error before exec.
     #[error("container process setup failed: {0}")]
@@ -69,7 +69,7 @@ pub enum ContainerError {
 }
 
 fn sys(op: &'static str) -> impl FnOnce(io::Error) -> ContainerError {
-    move |source| ContainerError::Sys { op, source }
+    move |cause| ContainerError::Sys { op, cause }
 }
 
 /// Publishes events (to subscribed connections).

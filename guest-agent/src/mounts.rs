@@ -20,14 +20,14 @@ pub enum MountError {
     #[error("mount at {0:?} has no type")]
     NoType(PathBuf),
     /// A system call failed.
-    #[error("{op} {path:?} failed: {source}")]
+    #[error("{op} {path:?} failed: {cause}")]
     Sys {
         /// Operation.
         op: &'static str,
         /// Path.
         path: PathBuf,
         /// Cause.
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -36,13 +36,13 @@ fn sys(op: &'static str, path: &Path) -> impl FnOnce(nix::Error) -> MountError {
     move |e| MountError::Sys {
         op,
         path,
-        source: e.into(),
+        cause: e.into(),
     }
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> MountError {
     let path = path.to_path_buf();
-    move |source| MountError::Sys { op, path, source }
+    move |cause| MountError::Sys { op, path, cause }
 }
 
 /// One mount to perform, with `target` already under the rootfs.

@@ -11,14 +11,14 @@ use nix::mount::{mount, umount, MsFlags};
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
     /// A mount failed.
-    #[error("mount {fstype} on {target} failed: {source}")]
+    #[error("mount {fstype} on {target} failed: {cause}")]
     Mount {
         /// Filesystem type.
         fstype: &'static str,
         /// Mount point.
         target: &'static str,
         /// Cause.
-        source: nix::Error,
+        cause: nix::Error,
     },
 }
 
@@ -31,10 +31,10 @@ fn mnt(
     let _ = fs::create_dir_all(target);
     match mount(Some(fstype), target, Some(fstype), flags, data) {
         Ok(()) | Err(nix::errno::Errno::EBUSY) => Ok(()),
-        Err(source) => Err(InitError::Mount {
+        Err(cause) => Err(InitError::Mount {
             fstype,
             target,
-            source,
+            cause,
         }),
     }
 }
@@ -97,11 +97,11 @@ fn mount_cgroups() -> Vec<InitError> {
         ("/sys/fs/cgroup/pids", "pids"),
     ] {
         let _ = fs::create_dir_all(target);
-        if let Err(source) = mount(Some("cgroup"), target, Some("cgroup"), nse, Some(ctrls)) {
+        if let Err(cause) = mount(Some("cgroup"), target, Some("cgroup"), nse, Some(ctrls)) {
             errs.push(InitError::Mount {
                 fstype: "cgroup",
                 target,
-                source,
+                cause,
             });
         }
     }

@@ -13,19 +13,19 @@ use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
     /// A system call failed.
-    #[error("{op} failed: {source}")]
+    #[error("{op} failed: {cause}")]
     Sys {
         /// Operation.
         op: &'static str,
         /// Cause.
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
 fn sys(op: &'static str) -> impl FnOnce(nix::Error) -> SecurityError {
     move |e| SecurityError::Sys {
         op,
-        source: e.into(),
+        cause: e.into(),
     }
 }
 

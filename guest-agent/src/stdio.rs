@@ -17,19 +17,19 @@ use crate::process::{AgentStdio, Proc};
 #[derive(Debug, thiserror::Error)]
 pub enum StdioError {
     /// pipe2, openpty or /dev/null failed.
-    #[error("cannot create standard streams ({what}): {source}")]
+    #[error("cannot create standard streams ({what}): {cause}")]
     Create {
         /// What failed.
         what: &'static str,
         /// Cause.
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
 fn create_err(what: &'static str) -> impl FnOnce(nix::Error) -> StdioError {
     move |e| StdioError::Create {
         what,
-        source: e.into(),
+        cause: e.into(),
     }
 }
 
@@ -54,9 +54,9 @@ fn dev_null() -> Result<OwnedFd, StdioError> {
         .write(true)
         .open("/dev/null")
         .map(OwnedFd::from)
-        .map_err(|source| StdioError::Create {
+        .map_err(|cause| StdioError::Create {
             what: "/dev/null",
-            source,
+            cause,
         })
 }
 
@@ -66,10 +66,8 @@ fn set_cloexec(fd: &OwnedFd) -> Result<(), StdioError> {
 }
 
 fn dup(fd: &OwnedFd) -> Result<OwnedFd, StdioError> {
-    fd.try_clone().map_err(|source| StdioError::Create {
-        what: "dup",
-        source,
-    })
+    fd.try_clone()
+        .map_err(|cause| StdioError::Create { what: "dup", cause })
 }
 
 /// Creates the streams for a new process.
