@@ -94,6 +94,8 @@ pub struct Config {
     pub pid1: bool,
     /// Where block-device rootfs are mounted.
     pub state_dir: PathBuf,
+    /// Enter rootfs with MS_MOVE + chroot instead of pivot_root.
+    pub no_pivot: bool,
 }
 
 /// What to do after the reply has been sent.
@@ -139,6 +141,7 @@ impl Agent {
             cgroups: &self.cgroups,
             publish,
             state_dir: &self.cfg.state_dir,
+            no_pivot: self.cfg.no_pivot,
         }
     }
 

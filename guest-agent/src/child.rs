@@ -98,6 +98,8 @@ pub struct RootPlan {
     pub readonly: Vec<String>,
     /// Remount the root read-only at the end.
     pub root_readonly: bool,
+    /// Skip pivot_root (MS_MOVE + chroot).
+    pub no_pivot: bool,
     /// Hostname (needs a UTS namespace).
     pub hostname: Option<String>,
     /// sysctl key/values.
@@ -200,7 +202,7 @@ fn build_root(r: &RootPlan) -> Result<(), ChildError> {
         mounts::do_mount(m)?;
     }
     mounts::create_devices(&r.rootfs, &r.devices)?;
-    mounts::enter_rootfs(&r.rootfs)?;
+    mounts::enter_rootfs(&r.rootfs, r.no_pivot)?;
     for (k, v) in &r.sysctl {
         let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
         std::fs::write(&p, v).map_err(|cause| ChildError::Sys {

@@ -85,6 +85,8 @@ pub struct Env<'a> {
     pub publish: Publish,
     /// Where block-device rootfs are mounted.
     pub state_dir: &'a Path,
+    /// Use MS_MOVE + chroot instead of pivot_root.
+    pub no_pivot: bool,
 }
 
 /// Namespaces a container can have, with their /proc/PID/ns names. Order
@@ -438,6 +440,7 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
                     masked: linux.masked_paths().clone().unwrap_or_default(),
                     readonly: linux.readonly_paths().clone().unwrap_or_default(),
                     root_readonly: readonly,
+                    no_pivot: env.no_pivot,
                     hostname,
                     sysctl: linux
                         .sysctl()

@@ -21,11 +21,13 @@ use agent_protocol::{Endpoint, AGENT_VSOCK_PORT};
 use anyhow::{bail, Context};
 use nix::sys::signal::{pthread_sigmask, SigmaskHow};
 
-const USAGE: &str = "usage: guest-agent [--unix PATH | --vsock-port PORT] [--state-dir DIR]";
+const USAGE: &str =
+    "usage: guest-agent [--unix PATH | --vsock-port PORT] [--state-dir DIR] [--no-pivot]";
 
 struct Args {
     endpoint: Endpoint,
     state_dir: PathBuf,
+    no_pivot: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -34,6 +36,7 @@ fn parse_args() -> anyhow::Result<Args> {
         port: AGENT_VSOCK_PORT,
     };
     let mut state_dir = PathBuf::from("/run/sandbox-agent");
+    let mut no_pivot = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || {
@@ -50,6 +53,7 @@ fn parse_args() -> anyhow::Result<Args> {
                 };
             }
             "--state-dir" => state_dir = val()?.into(),
+            "--no-pivot" => no_pivot = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -60,6 +64,7 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(Args {
         endpoint,
         state_dir,
+        no_pivot,
     })
 }
 
@@ -105,6 +110,7 @@ fn run(pid1: bool) -> anyhow::Result<()> {
     let agent = Arc::new(agent::Agent::new(agent::Config {
         pid1,
         state_dir: args.state_dir,
+        no_pivot: args.no_pivot,
     }));
     let listener = args
         .endpoint

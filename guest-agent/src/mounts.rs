@@ -387,25 +387,24 @@ pub fn create_devices(rootfs: &Path, ops: &[DeviceOp]) -> Result<(), MountError>
 }
 
 /// Makes `rootfs` the root. `pivot_root` cannot move the initial ramfs (the
-/// guest agent runs from an initramfs), so on EINVAL fall back to moving the
-/// rootfs over `/` and chroot, as `switch_root` does.
-pub fn enter_rootfs(rootfs: &Path) -> Result<(), MountError> {
+/// guest agent runs from an initramfs), so on EINVAL, or with `no_pivot`,
+/// move the rootfs over `/` and chroot into it, as `switch_root` does.
+pub fn enter_rootfs(rootfs: &Path, no_pivot: bool) -> Result<(), MountError> {
     chdir(rootfs).map_err(sys("chdir", rootfs))?;
     let dot = Path::new(".");
-    match pivot_root(dot, dot) {
+    let pivoted = if no_pivot {
+        Err(nix::errno::Errno::EINVAL)
+    } else {
+        pivot_root(dot, dot)
+    };
+    match pivoted {
         Ok(()) => {
             // The old root is now stacked on ".": detach it.
             umount2(dot, MntFlags::MNT_DETACH).map_err(sys("detach old root", dot))?;
         }
         Err(nix::errno::Errno::EINVAL) => {
-            mount(
-                Some(rootfs),
-                "/",
-                None::<&str>,
-                MsFlags::MS_MOVE,
-                None::<&str>,
-            )
-            .map_err(sys("move rootfs to /", rootfs))?;
+            mount(Some(dot), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+                .map_err(sys("move rootfs to /", rootfs))?;
             chroot(dot).map_err(sys("chroot", rootfs))?;
         }
         Err(e) => return Err(sys("pivot_root", rootfs)(e)),

@@ -387,3 +387,45 @@ fn block_device_rootfs() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&dev), "{dev} still mounted");
 }
+
+#[test]
+fn no_pivot_moves_rootfs_and_chroots() {
+    // The path the guest takes: its initramfs root cannot be pivoted.
+    let agent = Agent::start_with(&["--no-pivot"]);
+    let root = busybox_rootfs();
+    let r = run(
+        &agent,
+        &unique("nopivot"),
+        spec(&["sh", "-c", "ls /; hostname; echo $$"], "np", None),
+        root.path(),
+    );
+    assert_eq!(
+        r.exit.status,
+        ExitStatus::Code(0),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(r.out(), "bin\ndev\netc\nproc\nroot\nsys\ntmp\nnp\n1\n");
+}
+
+#[test]
+fn exec_into_no_pivot_container_sees_its_root() {
+    let agent = Agent::start_with(&["--no-pivot"]);
+    let root = busybox_rootfs();
+    let id = unique("nopivot-exec");
+    let mut c = agent.client();
+    let s = spec(&["sleep", "600"], "np", None);
+    c.create_container(create_req(&id, s, root.path(), StdioConfig::NONE))
+        .unwrap();
+    c.start_container(&id).unwrap();
+    c.exec(&id, "ls", process(&["ls", "/"]), StdioConfig::OUTPUT)
+        .unwrap();
+    let out = reader(agent.attach(&id, Some("ls"), StreamKind::Stdout));
+    let _err = reader(agent.attach(&id, Some("ls"), StreamKind::Stderr));
+    assert_eq!(c.wait(&id, Some("ls")).unwrap().status, ExitStatus::Code(0));
+    assert_eq!(
+        out.join().unwrap(),
+        b"bin\ndev\netc\nproc\nroot\nsys\ntmp\n"
+    );
+    c.remove_container(&id, true).unwrap();
+}

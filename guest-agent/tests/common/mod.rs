@@ -90,6 +90,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start() -> Agent {
+        Self::start_with(&[])
+    }
+
+    /// Starts the agent with extra arguments.
+    pub fn start_with(extra: &[&str]) -> Agent {
         require_root();
         let dir = TempDir::new("agent");
         let sock = dir.path().join("agent.sock");
@@ -102,6 +107,7 @@ impl Agent {
             .arg(&sock)
             .arg("--state-dir")
             .arg(dir.path().join("state"))
+            .args(extra)
             .spawn()
             .expect("start guest-agent");
         let endpoint = Endpoint::Unix(sock);
