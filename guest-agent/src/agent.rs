@@ -160,6 +160,11 @@ impl Agent {
 
     /// Adds a connection to the event subscribers.
     pub fn subscribe(&self, writer: Arc<Mutex<Stream>>) {
+        // A subscriber that stops reading must not stall event delivery to
+        // the others for long: its writes time out and it is dropped.
+        if let Ok(w) = writer.lock() {
+            let _ = w.set_write_timeout(Some(std::time::Duration::from_secs(5)));
+        }
         self.events
             .subs
             .lock()

@@ -160,8 +160,9 @@ fn exec_signal_ps_and_events() {
         c.wait(&id, Some("s2")).unwrap().status,
         ExitStatus::Signal(libc::SIGTERM)
     );
-    // Container init ignores SIGTERM from outside (no handler): SIGKILL it.
-    c.signal(&id, None, libc::SIGKILL, false).unwrap();
+    // Container init ignores SIGTERM from outside (no handler): SIGKILL
+    // everything.
+    c.signal(&id, None, libc::SIGKILL, true).unwrap();
     assert_eq!(
         c.wait(&id, None).unwrap().status,
         ExitStatus::Signal(libc::SIGKILL)
