@@ -69,32 +69,43 @@ fn parse_args() -> anyhow::Result<Args> {
 }
 
 /// Makes sure fds 0-2 are open, so that no socket or pipe ever lands there
-/// (children get their stdio by dup2 onto 0-2).
-fn ensure_std_fds() {
+/// (children get their stdio by dup2 onto 0-2). As PID 1 without a console
+/// from the kernel, stdout/stderr go to /dev/console so errors stay visible.
+fn ensure_std_fds(pid1: bool) {
+    use std::os::unix::fs::OpenOptionsExt;
     for fd in 0..3 {
         // SAFETY: F_GETFD only queries the fd.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-            if let Ok(f) = std::fs::OpenOptions::new()
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0 {
+            continue;
+        }
+        let open = |path: &str| {
+            std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .open("/dev/null")
-            {
-                if f.as_raw_fd() == fd {
-                    std::mem::forget(f);
-                }
+                .custom_flags(libc::O_NOCTTY)
+                .open(path)
+        };
+        let f = if pid1 && fd > 0 {
+            open("/dev/console").or_else(|_| open("/dev/null"))
+        } else {
+            open("/dev/null")
+        };
+        if let Ok(f) = f {
+            if f.as_raw_fd() == fd {
+                // Keep it open for the life of the agent.
+                std::mem::forget(f);
             }
         }
     }
 }
 
 fn run(pid1: bool) -> anyhow::Result<()> {
-    let args = parse_args()?;
-    if pid1 {
-        for e in pid1::mount_base() {
-            eprintln!("guest-agent: {e}");
-        }
+    let errs = if pid1 { pid1::mount_base() } else { vec![] };
+    ensure_std_fds(pid1);
+    for e in errs {
+        eprintln!("guest-agent: {e}");
     }
-    ensure_std_fds();
+    let args = parse_args()?;
     if !pid1 {
         // Orphans of container processes come back to us to be reaped.
         // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer argument.
