@@ -3,12 +3,13 @@
 
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use agent_protocol::{StdioConfig, Stream};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::pty::{openpty, Winsize};
 
 use crate::process::{AgentStdio, Proc};
@@ -97,7 +98,7 @@ pub fn make_stdio(
             let out = dup(&pty.master)?;
             let _ = std::thread::Builder::new()
                 .stack_size(64 * 1024)
-                .spawn(move || drain(File::from(out), None));
+                .spawn(move || drain(File::from(out), None, None));
         }
         let s = pty.slave.as_raw_fd();
         agent.tty = Some(Arc::new(pty.master));
@@ -151,11 +152,35 @@ fn read_retry(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Copies `src` to `dst` until EOF; once `dst` fails, keeps reading (and
-/// discarding) so the process is never blocked on a full pipe.
-fn drain(mut src: File, mut dst: Option<&Stream>) {
+/// Output that orphaned descendants keep open is abandoned once the process
+/// has exited and the stream stayed idle this long.
+const IDLE_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// Copies `src` to `dst` until EOF (or, with `proc`, until the process has
+/// exited and `src` stayed idle for [`IDLE_AFTER_EXIT`]: a background child
+/// that inherited the pipe must not hold the exit report forever). Once `dst`
+/// fails, keeps reading and discarding so the process never blocks.
+fn drain(mut src: File, mut dst: Option<&Stream>, proc: Option<&Proc>) {
     let mut buf = vec![0u8; 32 * 1024];
+    let mut idle = Duration::ZERO;
+    let tick = Duration::from_millis(500);
     loop {
+        if let Some(p) = proc {
+            let mut fds = [PollFd::new(src.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(tick.as_millis() as u16)) {
+                Ok(0) => {
+                    if p.exit_status().is_some() {
+                        idle += tick;
+                        if idle >= IDLE_AFTER_EXIT {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                Ok(_) | Err(nix::errno::Errno::EINTR) => idle = Duration::ZERO,
+                Err(_) => return,
+            }
+        }
         match read_retry(&mut src, &mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => {
@@ -172,7 +197,7 @@ fn drain(mut src: File, mut dst: Option<&Stream>) {
 /// Serves an output stream: copies everything to `conn`, signals EOF, then
 /// marks the stream delivered on `proc`.
 pub fn serve_output(proc: &Proc, fd: OwnedFd, conn: Stream) {
-    drain(File::from(fd), Some(&conn));
+    drain(File::from(fd), Some(&conn), Some(proc));
     let _ = conn.shutdown_write();
     proc.output_done();
     // Give the client time to read to EOF and close its end, so that closing

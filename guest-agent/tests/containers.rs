@@ -430,3 +430,34 @@ fn exec_into_no_pivot_container_sees_its_root() {
     );
     c.remove_container(&id, true).unwrap();
 }
+
+#[test]
+fn background_child_holding_stdout_does_not_block_exit() {
+    let agent = Agent::start();
+    let root = busybox_rootfs();
+    let id = unique("bg");
+    let mut c = agent.client();
+    c.create_container(create_req(
+        &id,
+        spec(&["sleep", "600"], "h", None),
+        root.path(),
+        StdioConfig::NONE,
+    ))
+    .unwrap();
+    c.start_container(&id).unwrap();
+    // The exec'd shell exits at once; its background sleep keeps stdout open.
+    c.exec(
+        &id,
+        "bg",
+        process(&["sh", "-c", "echo started; sleep 600 &"]),
+        StdioConfig::OUTPUT,
+    )
+    .unwrap();
+    let out = reader(agent.attach(&id, Some("bg"), StreamKind::Stdout));
+    let _err = reader(agent.attach(&id, Some("bg"), StreamKind::Stderr));
+    let t = std::time::Instant::now();
+    assert_eq!(c.wait(&id, Some("bg")).unwrap().status, ExitStatus::Code(0));
+    assert!(t.elapsed() < Duration::from_secs(20));
+    assert_eq!(out.join().unwrap(), b"started\n");
+    c.remove_container(&id, true).unwrap();
+}
