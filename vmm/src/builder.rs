@@ -26,6 +26,7 @@ use crate::event_loop::{EventLoop, EventLoopError};
 use crate::kvm::{KvmContext, KvmError};
 use crate::layout::{COM1_IRQ, COM1_PORT, I8042_DATA_PORT, KVM_IDENTITY_MAP_START, KVM_TSS_START};
 use crate::memory::{self, GuestMemory, MemoryError};
+use crate::mptable::{self, MptableError};
 use crate::stop::StopSignal;
 use crate::vcpu::{Buses, Vcpu};
 use crate::vm::Vm;
@@ -87,6 +88,8 @@ pub enum BuildError {
     Net(#[from] NetError),
     #[error(transparent)]
     Rng(#[from] RngError),
+    #[error(transparent)]
+    Mptable(#[from] MptableError),
 }
 
 fn vm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
@@ -141,6 +144,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
     };
     let cmdline = compose_cmdline(config.cmdline.as_deref(), profile.as_ref(), &device_args);
     configure_boot(&mem, &kernel, initrd, &cmdline)?;
+    mptable::write(&mem, config.vcpus)?;
     let vcpus = create_vcpus(&kvm, &vm_fd, config.vcpus, profile, kernel.entry)?;
 
     Ok(Vm::new(

@@ -9,7 +9,7 @@
 //! 0x0000_8ff0  initial stack pointer       (BOOT_STACK_POINTER)
 //! 0x0000_9000  PML4, 0xa000 PDPTE, 0xb000 PDE (identity map of the first 1 GiB)
 //! 0x0002_0000  kernel command line         (CMDLINE_START)
-//! 0x0009_fc00  EBDA start: not RAM from here to 1 MiB
+//! 0x0009_fc00  EBDA start: not RAM from here to 1 MiB; the MP table lives here
 //! 0x0010_0000  kernel load address         (HIMEM_START)
 //! ...          RAM; the initrd is placed page-aligned at its top
 //! 0xd000_0000  MMIO gap (768 MiB): virtio-mmio windows from here
@@ -42,10 +42,19 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Extended BIOS data area: the low RAM region ends here.
 pub const EBDA_START: u64 = 0x9fc00;
+/// The MP table (floating pointer, then the configuration table): the last KiB of base
+/// memory, where Linux looks for it; it may run on into the legacy hole below 1 MiB.
+pub const MPTABLE_START: u64 = EBDA_START;
+/// The MP table must end here.
+pub const MPTABLE_MAX_END: u64 = HIMEM_START;
 /// Where the kernel is loaded (1 MiB).
 pub const HIMEM_START: u64 = 0x10_0000;
 /// First address of the 32-bit MMIO gap.
 pub const MMIO_GAP_START: u64 = 0xd000_0000;
+/// The IOAPIC's register window (in the MMIO gap).
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// The local APICs' register window.
+pub const LAPIC_START: u64 = 0xfee0_0000;
 /// First address past 32 bits.
 pub const FIRST_ADDR_PAST_32BITS: u64 = 1 << 32;
 /// Size of the MMIO gap.
@@ -107,7 +116,7 @@ mod tests {
     #[test]
     fn virtio_windows_fit_in_gap_below_ioapic() {
         let end = MMIO_GAP_START + VIRTIO_MMIO_WINDOW * VIRTIO_MMIO_MAX_DEVICES;
-        assert!(end <= 0xfec0_0000);
+        assert!(end <= IOAPIC_START);
         const { assert!(IRQ_FIRST_VIRTIO + VIRTIO_MMIO_MAX_DEVICES as u32 - 1 <= IRQ_LAST) };
     }
 }

@@ -15,6 +15,7 @@ pub mod exits;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
+pub mod mptable;
 pub mod stop;
 pub mod vcpu;
 pub mod vm;
