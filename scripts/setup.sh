@@ -24,9 +24,12 @@ echo "[setup] test initramfs" >&2
 INITRD=$(images/build-test-initramfs.sh | tail -n 1)
 echo "[setup] virtio e2e initramfs" >&2
 VIRTIO_INITRD=$(images/build-virtio-initramfs.sh | tail -n 1)
+echo "[setup] guest image (agent disk)" >&2
+AGENT_DISK=$(images/build-agent-disk.sh | tail -n 1)
 echo "[setup] binaries (cargo build --release)" >&2
 cargo build --release --workspace >&2
 
 echo "export SANDBOX_VM_KERNEL=$KERNEL"
 echo "export SANDBOX_VM_TEST_INITRD=$INITRD"
 echo "export SANDBOX_VM_VIRTIO_INITRD=$VIRTIO_INITRD"
+echo "export SANDBOX_VM_AGENT_DISK=$AGENT_DISK"

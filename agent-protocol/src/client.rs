@@ -69,6 +69,15 @@ pub fn attach_stdio(endpoint: &Endpoint, id: StreamId) -> Result<Stream, ClientE
     Ok(s)
 }
 
+/// What a ping tells about the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentInfo {
+    /// Agent build version.
+    pub version: String,
+    /// The agent's resident set size in KiB (0 if unknown).
+    pub rss_kib: u64,
+}
+
 /// A control connection to the agent.
 #[derive(Debug)]
 pub struct Client {
@@ -147,9 +156,15 @@ impl Client {
     }
 
     /// Liveness check; returns the agent's version string.
-    pub fn ping(&mut self) -> Result<String, ClientError> {
+    pub fn ping(&mut self) -> Result<AgentInfo, ClientError> {
         match self.call(Request::Ping)? {
-            Response::Pong { agent_version } => Ok(agent_version),
+            Response::Pong {
+                agent_version,
+                rss_kib,
+            } => Ok(AgentInfo {
+                version: agent_version,
+                rss_kib,
+            }),
             r => Err(unexpected("expected Pong", r)),
         }
     }

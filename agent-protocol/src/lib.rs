@@ -9,7 +9,7 @@ pub mod frame;
 pub mod messages;
 pub mod transport;
 
-pub use client::{attach_stdio, handshake, Client, ClientError};
+pub use client::{attach_stdio, handshake, AgentInfo, Client, ClientError};
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME_LEN};
 pub use messages::*;
 pub use oci_spec;

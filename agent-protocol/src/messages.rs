@@ -277,6 +277,9 @@ pub enum Response {
     Pong {
         /// Agent build version.
         agent_version: String,
+        /// The agent's resident set size in KiB (0 if unknown).
+        #[serde(default)]
+        rss_kib: u64,
     },
     /// A process exists (created container or started exec).
     Process {

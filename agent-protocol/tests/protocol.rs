@@ -113,6 +113,7 @@ fn every_message_round_trips() {
         Ok(Response::Done),
         Ok(Response::Pong {
             agent_version: "0.1.0".into(),
+            rss_kib: 1234,
         }),
         Ok(Response::Process { pid: 42 }),
         Ok(Response::Exited(ExitInfo {
@@ -221,6 +222,7 @@ fn client_reports_rejection_and_agent_errors() {
                 id: req.id,
                 result: Ok(Response::Pong {
                     agent_version: "t".into(),
+                    rss_kib: 0,
                 }),
             },
         )
@@ -236,7 +238,7 @@ fn client_reports_rejection_and_agent_errors() {
         .unwrap();
     });
     let mut c = Client::from_stream(Stream::from(a)).unwrap();
-    assert_eq!(c.ping().unwrap(), "t");
+    assert_eq!(c.ping().unwrap().version, "t");
     let err = c.stats("x").unwrap_err();
     assert_eq!(err.agent_error().unwrap().code, ErrorCode::NotFound);
     assert!(matches!(c.next_event().unwrap(), Event::Exit { .. }));

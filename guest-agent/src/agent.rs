@@ -186,6 +186,7 @@ impl Agent {
         match req {
             Request::Ping => Ok(Response::Pong {
                 agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                rss_kib: own_rss_kib(),
             }),
             Request::CreateSandbox(sb) => {
                 if let (true, Some(h)) = (self.cfg.pid1, &sb.hostname) {
@@ -307,4 +308,16 @@ impl Agent {
         }
         std::process::exit(0)
     }
+}
+
+/// VmRSS of this process from /proc/self/status, in KiB (0 if unreadable).
+fn own_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -117,7 +117,9 @@ fn bad_requests_get_errors_and_agent_keeps_serving() {
         ErrorCode::NotFound
     );
 
-    assert!(!c.ping().unwrap().is_empty());
+    let info = c.ping().unwrap();
+    assert!(!info.version.is_empty());
+    assert!(info.rss_kib > 0, "the agent reports its RSS");
 }
 
 fn raw_control(agent: &Agent) -> agent_protocol::Stream {
