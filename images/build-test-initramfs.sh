@@ -6,9 +6,7 @@
 # Default output: images/out/test-initramfs.cpio. Last line of stdout: its
 # absolute path. Re-running is cheap and leaves an unchanged file untouched.
 #
-# The archive is written by a few lines of Python rather than cpio(1) so that
-# it needs no staging directory, no mknod and no root, and is byte-for-byte
-# reproducible (fixed inode numbers, owners and mtimes).
+# The archive is written by images/mkinitramfs.py (reproducible, no root).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,46 +26,5 @@ echo "[initramfs] building test-init" >&2
 init_bin="$crate/target/release/test-init"
 [[ -f $init_bin ]] || die "cargo did not produce $init_bin"
 
-mkdir -p "$(dirname "$out")"
-out=$(cd "$(dirname "$out")" && pwd)/$(basename "$out")
-tmp=$(mktemp "$out.XXXXXX")
-trap 'rm -f "$tmp"' EXIT
-
-python3 - "$init_bin" "$tmp" <<'PY'
-import sys
-
-init_path, out_path = sys.argv[1], sys.argv[2]
-init = open(init_path, "rb").read()
-
-def pad4(n):
-    return (4 - n % 4) % 4
-
-def entry(ino, name, mode, data=b"", nlink=1, rmajor=0, rminor=0):
-    name_b = name.encode() + b"\0"
-    # newc header: magic then 13 eight-digit hex fields.
-    fields = [ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rmajor, rminor,
-              len(name_b), 0]
-    hdr = b"070701" + b"".join(b"%08x" % f for f in fields)
-    rec = hdr + name_b
-    rec += b"\0" * pad4(len(rec))
-    rec += data + b"\0" * pad4(len(data))
-    return rec
-
-S_IFDIR, S_IFCHR, S_IFREG = 0o040000, 0o020000, 0o100000
-archive = b"".join([
-    entry(1, "dev", S_IFDIR | 0o755, nlink=2),
-    entry(2, "dev/console", S_IFCHR | 0o600, rmajor=5, rminor=1),
-    entry(3, "init", S_IFREG | 0o755, init),
-    entry(0, "TRAILER!!!", 0, nlink=1),
-])
-open(out_path, "wb").write(archive)
-PY
-
-if cmp -s "$tmp" "$out"; then
-    echo "[initramfs] up to date" >&2
-else
-    chmod 0644 "$tmp"
-    mv -f "$tmp" "$out"
-    echo "[initramfs] wrote $(stat -c %s "$out") bytes (init: $(stat -c %s "$init_bin") bytes)" >&2
-fi
-echo "$out"
+"$here/mkinitramfs.py" "$out" "$init_bin" | tail -n 1
+echo "[initramfs] $(stat -c %s "$out") bytes (init: $(stat -c %s "$init_bin") bytes)" >&2

@@ -203,12 +203,13 @@ fn plan_process(
             "process.cwd {cwd:?} must be absolute"
         )));
     }
-    let env = p.env().clone().unwrap_or_default();
+    let mut env = p.env().clone().unwrap_or_default();
     if let Some(bad) = env.iter().find(|e| !e.contains('=')) {
         return Err(ContainerError::Invalid(format!(
             "process.env entry {bad:?} has no '='"
         )));
     }
+    inherit_compat_env(&mut env, std::env::var("GLIBC_TUNABLES").ok());
     let path = env
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))
@@ -712,5 +713,34 @@ impl Container {
             }
         }
         Ok(())
+    }
+}
+
+/// On hosts whose KVM emulates guest kernel mode the VMM starts the agent with
+/// `GLIBC_TUNABLES` set (vector state beyond SSE is not preserved between guest processes
+/// there, so glibc must not pick AVX code). Processes get it too unless their spec sets it.
+fn inherit_compat_env(env: &mut Vec<String>, tunables: Option<String>) {
+    if let Some(t) = tunables {
+        if !env.iter().any(|e| e.starts_with("GLIBC_TUNABLES=")) {
+            env.push(format!("GLIBC_TUNABLES={t}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod compat_env_tests {
+    use super::inherit_compat_env;
+
+    #[test]
+    fn agent_tunables_reach_processes_unless_the_spec_sets_them() {
+        let mut env = vec!["PATH=/bin".to_string()];
+        inherit_compat_env(&mut env, Some("glibc.cpu.hwcaps=-AVX".into()));
+        assert_eq!(env, ["PATH=/bin", "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX"]);
+        let mut own = vec!["GLIBC_TUNABLES=x".to_string()];
+        inherit_compat_env(&mut own, Some("y".into()));
+        assert_eq!(own, ["GLIBC_TUNABLES=x"]);
+        let mut none = vec![];
+        inherit_compat_env(&mut none, None);
+        assert!(none.is_empty());
     }
 }

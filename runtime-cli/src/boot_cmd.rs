@@ -134,11 +134,7 @@ pub fn run(args: BootArgs) -> Result<ExitCode> {
     let print_cmdline = args.print_cmdline;
     let config = args.into_config()?;
     if print_cmdline {
-        let profile = vmm::compat::resolve_for_host(config.compat_profile);
-        println!(
-            "{}",
-            vmm::builder::compose_cmdline(config.cmdline.as_deref(), profile.as_ref(), "")
-        );
+        println!("{}", vmm::builder::guest_cmdline(&config)?);
         return Ok(ExitCode::SUCCESS);
     }
     let started = Instant::now();

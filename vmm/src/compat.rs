@@ -79,9 +79,17 @@ pub const HIDDEN_FEATURES: &[HiddenFeature] = &[
     hide("abm", 0x8000_0001, 0, Reg::Ecx, 5),
 ];
 
-/// Guest command-line switches beyond `clearcpuid=`, each with the reason. (6.12 no
-/// longer knows `noxsave`; `clearcpuid=xsave` does its job.)
-pub const EXTRA_CMDLINE: &[(&str, &str)] = &[];
+/// Features the kernel command line clears too (`clearcpuid=`), beyond hiding them in CPUID:
+/// those seen killing a boot in the emulator. The kernel reads at most 127 characters of the
+/// list, so it holds only these.
+pub const CMDLINE_CLEARED: &[&str] = &["xsave", "cx16", "popcnt", "smap"];
+
+/// Guest user mode runs natively here and sees the host's CPUID and XCR0, so glibc picks
+/// AVX/AVX-512 string functions; but the guest kernel can only switch x87/SSE state (XSAVE
+/// is not emulated), so upper vector state leaks between guest processes and corrupts them.
+/// This environment variable (the kernel hands `NAME=value` words to init, and the agent
+/// passes it on to container processes) keeps glibc on SSE code.
+pub const GLIBC_TUNABLES: &str = "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX_Fast_Unaligned_Load,-EVEX";
 
 /// CPUID 0x8000_0008 EBX bit 2 (XSAVEERPTR / "FXSAVE leak fixed"). Without it, Linux on AMD
 /// runs an x87 workaround (FNCLEX; EMMS; FILD) on every FPU restore, which the emulator
@@ -103,11 +111,15 @@ impl HostCompatProfile {
         }
     }
 
-    /// Command-line switches to append to the guest kernel command line.
-    pub fn cmdline(&self) -> String {
-        let mut parts: Vec<String> = EXTRA_CMDLINE.iter().map(|(s, _)| s.to_string()).collect();
-        let names: Vec<&str> = HIDDEN_FEATURES.iter().map(|f| f.name).collect();
-        parts.push(format!("clearcpuid={}", names.join(",")));
+    /// Command-line switches to append to the guest kernel command line. `tsc_khz` (from
+    /// KVM_GET_TSC_KHZ) gives the guest its TSC rate: calibrating it against the PIT fails
+    /// under the emulator, which leaves the guest on the 10 ms jiffies clock.
+    pub fn cmdline(&self, tsc_khz: Option<u32>) -> String {
+        let mut parts = vec![format!("clearcpuid={}", CMDLINE_CLEARED.join(","))];
+        if let Some(khz) = tsc_khz.filter(|k| *k > 0) {
+            parts.push(format!("tsc_early_khz={khz} tsc=reliable"));
+        }
+        parts.push(GLIBC_TUNABLES.to_string());
         parts.join(" ")
     }
 }
@@ -167,16 +179,26 @@ mod tests {
     }
 
     #[test]
-    fn cmdline_lists_every_hidden_feature_once() {
-        let c = HostCompatProfile::emulated_kernel_mode().cmdline();
-        assert!(c.starts_with("clearcpuid="), "{c}");
-        let list = c.split("clearcpuid=").nth(1).unwrap();
-        let names: Vec<&str> = list.split(',').collect();
-        assert_eq!(names.len(), HIDDEN_FEATURES.len());
-        let mut dedup = names.clone();
-        dedup.sort();
-        dedup.dedup();
-        assert_eq!(dedup.len(), names.len());
-        assert!(names.contains(&"smap") && names.contains(&"popcnt"));
+    fn cmdline_clears_the_fatal_features_within_the_kernel_limit() {
+        let c = HostCompatProfile::emulated_kernel_mode().cmdline(Some(2_596_124));
+        let list = c
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("clearcpuid="))
+            .unwrap();
+        assert!(
+            list.len() <= 127,
+            "the kernel ignores clearcpuid= past 127 chars"
+        );
+        for f in ["xsave", "smap", "popcnt", "cx16"] {
+            assert!(list.split(',').any(|n| n == f), "{f} in {list}");
+            assert!(
+                HIDDEN_FEATURES.iter().any(|h| h.name == f),
+                "{f} also hidden in CPUID"
+            );
+        }
+        assert!(c.contains("tsc_early_khz=2596124 tsc=reliable"), "{c}");
+        assert!(c.contains("GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,"), "{c}");
+        let no_tsc = HostCompatProfile::emulated_kernel_mode().cmdline(None);
+        assert!(!no_tsc.contains("tsc_early_khz"), "{no_tsc}");
     }
 }

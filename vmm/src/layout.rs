@@ -75,6 +75,8 @@ pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;
 pub const COM1_PORT: u16 = 0x3f8;
 /// COM1 interrupt line.
 pub const COM1_IRQ: u32 = 4;
+/// CMOS RTC index port (data at +1).
+pub const CMOS_PORT: u16 = 0x70;
 /// i8042 keyboard controller data/command ports (used for the reset path).
 pub const I8042_DATA_PORT: u16 = 0x60;
 /// i8042 command/status port.

@@ -1,4 +1,5 @@
-//! Legacy PC devices: the 8250 serial console and the i8042 reset line.
+//! Legacy PC devices: the 8250 serial console, the i8042 reset line and the CMOS clock.
 
+pub mod cmos;
 pub mod i8042;
 pub mod serial;
