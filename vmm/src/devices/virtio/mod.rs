@@ -95,6 +95,16 @@ pub struct ActivateContext {
     pub acked_features: u64,
 }
 
+impl ActivateContext {
+    /// Takes the queues, which must be exactly `N` (else the error the device reports).
+    pub fn take_queues<const N: usize>(&mut self) -> Result<[Queue; N], ActivateError> {
+        let got = self.queues.len();
+        std::mem::take(&mut self.queues)
+            .try_into()
+            .map_err(|_| ActivateError::QueueCount { expected: N, got })
+    }
+}
+
 /// A virtio device as the transport sees it.
 ///
 /// Every method is called with guest-controlled arguments: implementations must not panic on

@@ -108,12 +108,8 @@ impl VirtioDevice for Net {
         read_config_bytes(&config, offset, data);
     }
 
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let got = ctx.queues.len();
-        let mut queues = ctx.queues.into_iter();
-        let (Some(rx), Some(tx), None) = (queues.next(), queues.next(), queues.next()) else {
-            return Err(ActivateError::QueueCount { expected: 2, got });
-        };
+    fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
+        let [rx, tx] = ctx.take_queues()?;
         self.active = Some(Active {
             mem: ctx.mem,
             rx,

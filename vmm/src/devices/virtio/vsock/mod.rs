@@ -154,21 +154,9 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
         read_config_bytes(&self.guest_cid().to_le_bytes(), offset, data);
     }
 
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let got = ctx.queues.len();
-        if got != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got,
-            });
-        }
-        let mut queues = ctx.queues.into_iter();
-        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got,
-            });
-        };
+    fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
+        // The event queue only carries transport resets, which this device never sends.
+        let [rx, tx, _event] = ctx.take_queues::<NUM_QUEUES>()?;
         self.active = Some(Active {
             mem: ctx.mem,
             rx,
