@@ -1,0 +1,16 @@
+//! The protocol between the sandbox-vm host runtime and the guest agent.
+//!
+//! See `README.md` for the wire format. Modules: [`frame`] (length-prefixed
+//! JSON), [`messages`] (handshake, requests, replies, events), [`transport`]
+//! (vsock, Unix, hybrid vsock) and [`client`] (blocking client).
+
+pub mod client;
+pub mod frame;
+pub mod messages;
+pub mod transport;
+
+pub use client::{attach_stdio, handshake, Client, ClientError};
+pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME_LEN};
+pub use messages::*;
+pub use oci_spec;
+pub use transport::{Endpoint, Listener, Stream, TransportError};

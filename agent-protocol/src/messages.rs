@@ -1,0 +1,450 @@
+//! Every message that crosses an agent connection.
+//!
+//! Connection life: the client sends a [`Hello`] frame, the agent answers with
+//! a [`HelloReply`]. On a [`Channel::Control`] connection the client then sends
+//! [`RequestFrame`]s and the agent sends [`ServerMessage`]s (replies, tagged
+//! with the request id, possibly out of order, and events once subscribed). On
+//! a [`Channel::Stdio`] connection the stream is raw bytes after the reply.
+
+use oci_spec::runtime::{Process, Spec};
+use serde::{Deserialize, Serialize};
+
+/// Identifies this protocol in the handshake.
+pub const MAGIC: &str = "sandbox-vm-agent";
+/// Newest protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Oldest protocol version this crate accepts.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// vsock port the agent listens on inside the guest.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// First frame on every connection, from the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// Must equal [`MAGIC`].
+    pub magic: String,
+    /// Newest version the client speaks.
+    pub version: u32,
+    /// What the connection is for.
+    pub channel: Channel,
+}
+
+impl Hello {
+    /// A hello for this crate's version.
+    pub fn new(channel: Channel) -> Self {
+        Hello {
+            magic: MAGIC.to_string(),
+            version: PROTOCOL_VERSION,
+            channel,
+        }
+    }
+}
+
+/// Purpose of a connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Channel {
+    /// Requests, replies and events.
+    Control,
+    /// One standard stream of one process.
+    Stdio(StreamId),
+}
+
+/// Names one standard stream of one process.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamId {
+    /// Container id.
+    pub container_id: String,
+    /// `None` for the container's main process, else the exec id.
+    pub exec_id: Option<String>,
+    /// Which stream.
+    pub stream: StreamKind,
+}
+
+/// Which standard stream. With a terminal, `Stdout` carries the terminal
+/// output and `Stdin` its input; `Stderr` is not used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    /// Client to process.
+    Stdin,
+    /// Process to client.
+    Stdout,
+    /// Process to client.
+    Stderr,
+}
+
+/// The agent's answer to a [`Hello`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum HelloReply {
+    /// The connection is open, speaking `version`.
+    Accepted {
+        /// Version both sides will speak.
+        version: u32,
+    },
+    /// The connection will be closed.
+    Rejected(ErrorReply),
+}
+
+/// One request on a control connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestFrame {
+    /// Chosen by the client; echoed in the reply.
+    pub id: u64,
+    /// The request.
+    pub request: Request,
+}
+
+/// What the client asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Liveness check; answered with [`Response::Pong`].
+    Ping,
+    /// Sandbox-wide settings; call once before creating containers.
+    CreateSandbox(CreateSandbox),
+    /// Sets up a container up to (not including) running its process.
+    CreateContainer(CreateContainer),
+    /// Runs the container's process.
+    StartContainer {
+        /// Container id.
+        container_id: String,
+    },
+    /// Runs an extra process in a running container.
+    Exec(ExecProcess),
+    /// Sends a signal.
+    Signal(SignalProcess),
+    /// Blocks until the process exits and its output has been delivered.
+    Wait {
+        /// Container id.
+        container_id: String,
+        /// `None` for the main process.
+        exec_id: Option<String>,
+    },
+    /// Processes of a container.
+    ListProcesses {
+        /// Container id.
+        container_id: String,
+    },
+    /// cgroup statistics of a container.
+    Stats {
+        /// Container id.
+        container_id: String,
+    },
+    /// Removes a stopped container (or kills it first with `force`).
+    RemoveContainer {
+        /// Container id.
+        container_id: String,
+        /// Kill the container if it is still running.
+        force: bool,
+    },
+    /// Sets a terminal's window size.
+    ResizeTty {
+        /// Container id.
+        container_id: String,
+        /// `None` for the main process.
+        exec_id: Option<String>,
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// Sends [`Event`]s on this connection from now on.
+    SubscribeEvents,
+    /// Syncs and powers the guest off (reboot, which the VMM treats as exit).
+    Shutdown,
+}
+
+/// Sandbox-wide settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandbox {
+    /// Sandbox id (for logs).
+    pub sandbox_id: String,
+    /// Guest hostname; set only when the agent is PID 1.
+    pub hostname: Option<String>,
+}
+
+/// Where a container's root filesystem comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Rootfs {
+    /// An existing directory in the guest.
+    Directory {
+        /// Absolute path.
+        path: String,
+    },
+    /// A block device the agent mounts (read-only if the spec's root is).
+    BlockDevice {
+        /// Device path, e.g. `/dev/vdb`.
+        path: String,
+        /// Filesystem type, e.g. `ext4`.
+        fstype: String,
+        /// Extra mount data, e.g. `["noatime"]` is not data but flags are
+        /// accepted too.
+        options: Vec<String>,
+    },
+}
+
+/// Which standard streams the client will attach. A stream not attached is
+/// connected to `/dev/null`. An attached output stream must be read: the
+/// exit of a process is reported only after its output has been delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdioConfig {
+    /// Attach stdin.
+    pub stdin: bool,
+    /// Attach stdout (or the terminal).
+    pub stdout: bool,
+    /// Attach stderr (ignored with a terminal).
+    pub stderr: bool,
+}
+
+impl StdioConfig {
+    /// No streams: everything goes to `/dev/null`.
+    pub const NONE: StdioConfig = StdioConfig {
+        stdin: false,
+        stdout: false,
+        stderr: false,
+    };
+    /// stdout and stderr attached, stdin from `/dev/null`.
+    pub const OUTPUT: StdioConfig = StdioConfig {
+        stdin: false,
+        stdout: true,
+        stderr: true,
+    };
+    /// All three attached.
+    pub const ALL: StdioConfig = StdioConfig {
+        stdin: true,
+        stdout: true,
+        stderr: true,
+    };
+}
+
+/// Creates a container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateContainer {
+    /// Unique container id (`[A-Za-z0-9_.-]`, at most 64 bytes).
+    pub container_id: String,
+    /// The OCI runtime spec (`root.path` is ignored: see `rootfs`).
+    pub spec: Box<Spec>,
+    /// Root filesystem.
+    pub rootfs: Rootfs,
+    /// Streams of the main process.
+    pub stdio: StdioConfig,
+}
+
+/// Runs an extra process in a container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecProcess {
+    /// Container id.
+    pub container_id: String,
+    /// Unique within the container.
+    pub exec_id: String,
+    /// The OCI process.
+    pub process: Box<Process>,
+    /// Streams of the process.
+    pub stdio: StdioConfig,
+}
+
+/// Sends a signal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalProcess {
+    /// Container id.
+    pub container_id: String,
+    /// `None` for the main process.
+    pub exec_id: Option<String>,
+    /// Signal number.
+    pub signal: i32,
+    /// Signal every process of the container.
+    pub all: bool,
+}
+
+/// Successful answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response {
+    /// Request done, nothing to report.
+    Done,
+    /// Answer to [`Request::Ping`].
+    Pong {
+        /// Agent build version.
+        agent_version: String,
+    },
+    /// A process exists (created container or started exec).
+    Process {
+        /// Its pid in the agent's PID namespace.
+        pid: i32,
+    },
+    /// Answer to [`Request::Wait`].
+    Exited(ExitInfo),
+    /// Answer to [`Request::ListProcesses`].
+    Processes(Vec<ProcessInfo>),
+    /// Answer to [`Request::Stats`].
+    Stats(ContainerStats),
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ExitStatus {
+    /// `exit(code)`.
+    Code(i32),
+    /// Killed by a signal.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// Shell-style status: the code, or 128 + signal.
+    pub fn as_shell_status(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// A process's exit, reported after all its output has been delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitInfo {
+    /// Status.
+    pub status: ExitStatus,
+    /// The container's memory cgroup recorded an OOM kill.
+    pub oom_killed: bool,
+}
+
+/// One process of a container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessInfo {
+    /// Pid in the agent's PID namespace.
+    pub pid: i32,
+    /// `/proc/PID/comm`.
+    pub command: String,
+}
+
+/// cgroup statistics (absent when the controller is not available).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerStats {
+    /// Current memory use, bytes.
+    pub memory_usage: Option<u64>,
+    /// Memory limit, bytes (`None` if unlimited or unknown).
+    pub memory_limit: Option<u64>,
+    /// OOM kills so far.
+    pub oom_kills: Option<u64>,
+    /// CPU time used, nanoseconds.
+    pub cpu_usage_ns: Option<u64>,
+    /// Current number of tasks.
+    pub pids_current: Option<u64>,
+    /// Task limit (`None` if unlimited or unknown).
+    pub pids_limit: Option<u64>,
+}
+
+/// What went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not a valid message.
+    BadFrame,
+    /// The frame exceeds the size limit.
+    FrameTooLarge,
+    /// The hello is wrong (magic, channel).
+    BadHandshake,
+    /// No common protocol version.
+    UnsupportedVersion,
+    /// No such container, process or stream.
+    NotFound,
+    /// The id is taken, or the stream is already attached.
+    AlreadyExists,
+    /// The request or spec is invalid.
+    InvalidArgument,
+    /// The object is not in a state that allows the request.
+    InvalidState,
+    /// The agent does not implement this.
+    NotSupported,
+    /// The operation failed in the guest.
+    Internal,
+}
+
+/// An error answer; the connection stays usable unless it was a framing or
+/// handshake error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(deny_unknown_fields)]
+#[error("{message} ({code:?})")]
+pub struct ErrorReply {
+    /// Category.
+    pub code: ErrorCode,
+    /// One line saying what failed.
+    pub message: String,
+}
+
+impl ErrorReply {
+    /// Builds an error reply.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorReply {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Unsolicited notifications (after [`Request::SubscribeEvents`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Event {
+    /// A process exited and its output has been delivered.
+    Exit {
+        /// Container id.
+        container_id: String,
+        /// `None` for the main process.
+        exec_id: Option<String>,
+        /// How it ended.
+        exit: ExitInfo,
+    },
+}
+
+/// Everything the agent sends on a control connection after the handshake.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerMessage {
+    /// Answer to the request with this id.
+    Reply {
+        /// Request id.
+        id: u64,
+        /// Outcome.
+        result: Result<Response, ErrorReply>,
+    },
+    /// A notification.
+    Event(Event),
+    /// A frame that could not be parsed (so its id is unknown).
+    Error(ErrorReply),
+}
+
+/// The agent's side of version negotiation: the version to speak, or why not.
+pub fn negotiate(hello: &Hello) -> Result<u32, ErrorReply> {
+    if hello.magic != MAGIC {
+        return Err(ErrorReply::new(
+            ErrorCode::BadHandshake,
+            format!("bad magic {:?}: not a sandbox-vm agent client", hello.magic),
+        ));
+    }
+    if hello.version < MIN_PROTOCOL_VERSION {
+        return Err(ErrorReply::new(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "protocol version {} is not supported (agent speaks {}..={}); upgrade the runtime",
+                hello.version, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
+            ),
+        ));
+    }
+    Ok(hello.version.min(PROTOCOL_VERSION))
+}

@@ -1,0 +1,289 @@
+//! Round trips of every message, framing limits and version negotiation.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::thread;
+
+use agent_protocol::oci_spec::runtime::{Process, Spec};
+use agent_protocol::*;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(msg: T) {
+    let mut buf = Vec::new();
+    write_frame(&mut buf, &msg).unwrap();
+    let back: T = read_frame(&mut &buf[..]).unwrap();
+    assert_eq!(back, msg);
+}
+
+fn sid(stream: StreamKind) -> StreamId {
+    StreamId {
+        container_id: "c1".into(),
+        exec_id: Some("e1".into()),
+        stream,
+    }
+}
+
+#[test]
+fn every_message_round_trips() {
+    round_trip(Hello::new(Channel::Control));
+    for k in [StreamKind::Stdin, StreamKind::Stdout, StreamKind::Stderr] {
+        round_trip(Hello::new(Channel::Stdio(sid(k))));
+    }
+    round_trip(HelloReply::Accepted { version: 1 });
+    round_trip(HelloReply::Rejected(ErrorReply::new(
+        ErrorCode::UnsupportedVersion,
+        "no",
+    )));
+
+    let requests = vec![
+        Request::Ping,
+        Request::CreateSandbox(CreateSandbox {
+            sandbox_id: "sb".into(),
+            hostname: Some("h".into()),
+        }),
+        Request::CreateContainer(CreateContainer {
+            container_id: "c1".into(),
+            spec: Box::default(),
+            rootfs: Rootfs::Directory {
+                path: "/rootfs".into(),
+            },
+            stdio: StdioConfig::ALL,
+        }),
+        Request::CreateContainer(CreateContainer {
+            container_id: "c2".into(),
+            spec: Box::new(Spec::default()),
+            rootfs: Rootfs::BlockDevice {
+                path: "/dev/vdb".into(),
+                fstype: "ext4".into(),
+                options: vec!["noatime".into()],
+            },
+            stdio: StdioConfig::NONE,
+        }),
+        Request::StartContainer {
+            container_id: "c1".into(),
+        },
+        Request::Exec(ExecProcess {
+            container_id: "c1".into(),
+            exec_id: "e1".into(),
+            process: Box::new(Process::default()),
+            stdio: StdioConfig::OUTPUT,
+        }),
+        Request::Signal(SignalProcess {
+            container_id: "c1".into(),
+            exec_id: None,
+            signal: 9,
+            all: true,
+        }),
+        Request::Wait {
+            container_id: "c1".into(),
+            exec_id: Some("e1".into()),
+        },
+        Request::ListProcesses {
+            container_id: "c1".into(),
+        },
+        Request::Stats {
+            container_id: "c1".into(),
+        },
+        Request::RemoveContainer {
+            container_id: "c1".into(),
+            force: true,
+        },
+        Request::ResizeTty {
+            container_id: "c1".into(),
+            exec_id: None,
+            rows: 24,
+            cols: 80,
+        },
+        Request::SubscribeEvents,
+        Request::Shutdown,
+    ];
+    for (i, request) in requests.into_iter().enumerate() {
+        round_trip(RequestFrame {
+            id: i as u64,
+            request,
+        });
+    }
+
+    let exit = ExitInfo {
+        status: ExitStatus::Signal(9),
+        oom_killed: true,
+    };
+    let responses = vec![
+        Ok(Response::Done),
+        Ok(Response::Pong {
+            agent_version: "0.1.0".into(),
+        }),
+        Ok(Response::Process { pid: 42 }),
+        Ok(Response::Exited(ExitInfo {
+            status: ExitStatus::Code(3),
+            oom_killed: false,
+        })),
+        Ok(Response::Exited(exit)),
+        Ok(Response::Processes(vec![ProcessInfo {
+            pid: 1,
+            command: "sh".into(),
+        }])),
+        Ok(Response::Stats(ContainerStats {
+            memory_usage: Some(1),
+            memory_limit: None,
+            oom_kills: Some(0),
+            cpu_usage_ns: Some(5),
+            pids_current: Some(2),
+            pids_limit: Some(10),
+        })),
+        Err(ErrorReply::new(ErrorCode::NotFound, "no container c9")),
+    ];
+    for (i, result) in responses.into_iter().enumerate() {
+        round_trip(ServerMessage::Reply {
+            id: i as u64,
+            result,
+        });
+    }
+    round_trip(ServerMessage::Event(Event::Exit {
+        container_id: "c1".into(),
+        exec_id: None,
+        exit,
+    }));
+    round_trip(ServerMessage::Error(ErrorReply::new(
+        ErrorCode::BadFrame,
+        "x",
+    )));
+}
+
+#[test]
+fn malformed_and_unknown_messages_are_rejected() {
+    for body in [
+        &b"not json"[..],
+        b"{}",
+        b"{\"id\":1,\"request\":\"launch_missiles\"}",
+        b"{\"id\":1,\"request\":\"ping\",\"extra\":true}",
+        b"",
+    ] {
+        let mut buf = (body.len() as u32).to_le_bytes().to_vec();
+        buf.extend_from_slice(body);
+        let err = read_frame::<_, RequestFrame>(&mut &buf[..]).unwrap_err();
+        assert!(matches!(err, FrameError::Malformed(_)), "{err}");
+    }
+}
+
+#[test]
+fn oversized_frames_are_rejected() {
+    let hdr = ((MAX_FRAME_LEN as u32) + 1).to_le_bytes();
+    let err = read_frame::<_, RequestFrame>(&mut &hdr[..]).unwrap_err();
+    assert!(matches!(err, FrameError::TooLarge { .. }));
+    let hdr = u32::MAX.to_le_bytes();
+    assert!(matches!(
+        read_frame::<_, RequestFrame>(&mut &hdr[..]),
+        Err(FrameError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn version_negotiation() {
+    let mut h = Hello::new(Channel::Control);
+    assert_eq!(negotiate(&h), Ok(PROTOCOL_VERSION));
+    h.version = PROTOCOL_VERSION + 7;
+    assert_eq!(negotiate(&h), Ok(PROTOCOL_VERSION));
+    h.version = MIN_PROTOCOL_VERSION - 1;
+    assert_eq!(
+        negotiate(&h).unwrap_err().code,
+        ErrorCode::UnsupportedVersion
+    );
+    let mut h = Hello::new(Channel::Control);
+    h.magic = "http".into();
+    assert_eq!(negotiate(&h).unwrap_err().code, ErrorCode::BadHandshake);
+}
+
+#[test]
+fn client_reports_rejection_and_agent_errors() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let server = thread::spawn(move || {
+        let mut b = Stream::from(b);
+        let hello: Hello = read_frame(&mut b).unwrap();
+        assert_eq!(hello.channel, Channel::Control);
+        write_frame(&mut b, &HelloReply::Accepted { version: 1 }).unwrap();
+        let req: RequestFrame = read_frame(&mut b).unwrap();
+        assert_eq!(req.request, Request::Ping);
+        // An event first, then the reply.
+        let ev = Event::Exit {
+            container_id: "c".into(),
+            exec_id: None,
+            exit: ExitInfo {
+                status: ExitStatus::Code(0),
+                oom_killed: false,
+            },
+        };
+        write_frame(&mut b, &ServerMessage::Event(ev)).unwrap();
+        write_frame(
+            &mut b,
+            &ServerMessage::Reply {
+                id: req.id,
+                result: Ok(Response::Pong {
+                    agent_version: "t".into(),
+                }),
+            },
+        )
+        .unwrap();
+        let req: RequestFrame = read_frame(&mut b).unwrap();
+        write_frame(
+            &mut b,
+            &ServerMessage::Reply {
+                id: req.id,
+                result: Err(ErrorReply::new(ErrorCode::NotFound, "no container x")),
+            },
+        )
+        .unwrap();
+    });
+    let mut c = Client::from_stream(Stream::from(a)).unwrap();
+    assert_eq!(c.ping().unwrap(), "t");
+    let err = c.stats("x").unwrap_err();
+    assert_eq!(err.agent_error().unwrap().code, ErrorCode::NotFound);
+    assert!(matches!(c.next_event().unwrap(), Event::Exit { .. }));
+    server.join().unwrap();
+
+    let (a, b) = UnixStream::pair().unwrap();
+    let server = thread::spawn(move || {
+        let mut b = Stream::from(b);
+        let _: Hello = read_frame(&mut b).unwrap();
+        write_frame(
+            &mut b,
+            &HelloReply::Rejected(ErrorReply::new(ErrorCode::UnsupportedVersion, "old")),
+        )
+        .unwrap();
+    });
+    let err = Client::from_stream(Stream::from(a)).unwrap_err();
+    assert!(matches!(err, ClientError::Rejected(_)));
+    server.join().unwrap();
+}
+
+#[test]
+fn hybrid_vsock_connect() {
+    let dir = std::env::temp_dir().join(format!("ap-hv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("v.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let server = thread::spawn(move || {
+        for answer in [&b"OK 1073741824\nX"[..], b"NOPE\n"] {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut line = [0u8; 13];
+            std::io::Read::read_exact(&mut s, &mut line).unwrap();
+            assert_eq!(&line, b"CONNECT 1024\n");
+            s.write_all(answer).unwrap();
+        }
+    });
+    let ep = Endpoint::HybridVsock {
+        path: path.clone(),
+        port: AGENT_VSOCK_PORT,
+    };
+    let mut s = ep.connect().unwrap();
+    let mut x = [0u8; 1];
+    std::io::Read::read_exact(&mut s, &mut x).unwrap();
+    assert_eq!(&x, b"X", "bytes after the OK line stay in the stream");
+    assert!(matches!(
+        ep.connect(),
+        Err(TransportError::HybridConnect { .. })
+    ));
+    server.join().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}

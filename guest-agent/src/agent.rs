@@ -1,0 +1,302 @@
+//! The agent's state and request handlers: sandbox settings, the container
+//! table, event subscribers and shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use agent_protocol::{
+    write_frame, CreateSandbox, ErrorCode, ErrorReply, Event, Request, Response, ServerMessage,
+    Stream, StreamId,
+};
+
+use crate::cgroup::CgroupManager;
+use crate::container::{self, Container, ContainerError, Env, Publish};
+use crate::process::{Proc, ProcError, Reaper};
+
+/// Handler failures that are not container errors.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Unknown container.
+    #[error("no container {0}; create it first")]
+    NoContainer(String),
+    /// Id taken.
+    #[error("container {0} already exists")]
+    Exists(String),
+    /// Malformed id.
+    #[error("invalid container id {0:?}: use 1-64 of [A-Za-z0-9_.-]")]
+    BadId(String),
+    /// A container operation failed.
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    /// A stream could not be attached.
+    #[error(transparent)]
+    Stream(#[from] ProcError),
+    /// Resizing failed.
+    #[error("cannot resize terminal: {0}")]
+    Resize(std::io::Error),
+    /// No terminal.
+    #[error("the process has no terminal")]
+    NoTty,
+}
+
+impl AgentError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            AgentError::NoContainer(_) => ErrorCode::NotFound,
+            AgentError::Exists(_) => ErrorCode::AlreadyExists,
+            AgentError::BadId(_) => ErrorCode::InvalidArgument,
+            AgentError::Stream(ProcError::AlreadyAttached(_)) => ErrorCode::AlreadyExists,
+            AgentError::Stream(ProcError::NotConfigured(_)) => ErrorCode::NotFound,
+            AgentError::Resize(_) => ErrorCode::Internal,
+            AgentError::NoTty => ErrorCode::InvalidState,
+            AgentError::Container(c) => match c {
+                ContainerError::Invalid(_) | ContainerError::Mount(_) => ErrorCode::InvalidArgument,
+                ContainerError::NotSupported(_) => ErrorCode::NotSupported,
+                ContainerError::NotFound(_) | ContainerError::Rootfs(_) => ErrorCode::NotFound,
+                ContainerError::State(_) => ErrorCode::InvalidState,
+                _ => ErrorCode::Internal,
+            },
+        }
+    }
+}
+
+impl From<AgentError> for ErrorReply {
+    fn from(e: AgentError) -> Self {
+        ErrorReply::new(e.code(), e.to_string())
+    }
+}
+
+/// Event subscribers: the writer halves of control connections.
+#[derive(Default)]
+struct EventHub {
+    subs: Mutex<Vec<Arc<Mutex<Stream>>>>,
+}
+
+impl EventHub {
+    fn publish(&self, ev: Event) {
+        let msg = ServerMessage::Event(ev);
+        self.subs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|w| {
+                let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
+                write_frame(&mut *w, &msg).is_ok()
+            });
+    }
+}
+
+/// Agent settings from the command line.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Running as the guest's init.
+    pub pid1: bool,
+    /// Where block-device rootfs are mounted.
+    pub state_dir: PathBuf,
+}
+
+/// What to do after the reply has been sent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum After {
+    /// Nothing.
+    Continue,
+    /// Power off.
+    Shutdown,
+}
+
+/// The agent.
+pub struct Agent {
+    cfg: Config,
+    /// Process table (shared with the signal thread).
+    pub reaper: Arc<Reaper>,
+    cgroups: CgroupManager,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    creating: Mutex<HashSet<String>>,
+    events: Arc<EventHub>,
+    sandbox: Mutex<Option<CreateSandbox>>,
+}
+
+impl Agent {
+    /// A new agent (detects cgroup hierarchies).
+    pub fn new(cfg: Config) -> Self {
+        Agent {
+            cfg,
+            reaper: Arc::new(Reaper::default()),
+            cgroups: CgroupManager::detect(),
+            containers: Mutex::default(),
+            creating: Mutex::default(),
+            events: Arc::default(),
+            sandbox: Mutex::default(),
+        }
+    }
+
+    fn env(&self) -> Env<'_> {
+        let hub = self.events.clone();
+        let publish: Publish = Arc::new(move |e| hub.publish(e));
+        Env {
+            reaper: &self.reaper,
+            cgroups: &self.cgroups,
+            publish,
+            state_dir: &self.cfg.state_dir,
+        }
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>, AgentError> {
+        self.containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::NoContainer(id.to_string()))
+    }
+
+    fn proc(&self, id: &str, exec_id: Option<&str>) -> Result<Arc<Proc>, AgentError> {
+        Ok(self.container(id)?.process(exec_id)?)
+    }
+
+    /// Adds a connection to the event subscribers.
+    pub fn subscribe(&self, writer: Arc<Mutex<Stream>>) {
+        self.events
+            .subs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(writer);
+    }
+
+    /// Handles one request (Wait blocks until the process is done).
+    pub fn handle(&self, req: Request) -> (Result<Response, ErrorReply>, After) {
+        let after = if req == Request::Shutdown {
+            After::Shutdown
+        } else {
+            After::Continue
+        };
+        (self.dispatch(req).map_err(ErrorReply::from), after)
+    }
+
+    fn dispatch(&self, req: Request) -> Result<Response, AgentError> {
+        match req {
+            Request::Ping => Ok(Response::Pong {
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            }),
+            Request::CreateSandbox(sb) => {
+                if let (true, Some(h)) = (self.cfg.pid1, &sb.hostname) {
+                    nix::unistd::sethostname(h).map_err(|e| ContainerError::Sys {
+                        op: "sethostname",
+                        source: e.into(),
+                    })?;
+                }
+                *self.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(sb);
+                Ok(Response::Done)
+            }
+            Request::CreateContainer(req) => {
+                let id = req.container_id.clone();
+                if !container::valid_id(&id) {
+                    return Err(AgentError::BadId(id));
+                }
+                {
+                    let containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+                    if containers.contains_key(&id) || !creating.insert(id.clone()) {
+                        return Err(AgentError::Exists(id));
+                    }
+                }
+                let r = container::create(&self.env(), req);
+                let mut containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
+                self.creating
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                let c = r?;
+                let pid = c.init.pid;
+                containers.insert(id, Arc::new(c));
+                Ok(Response::Process { pid })
+            }
+            Request::StartContainer { container_id } => {
+                self.container(&container_id)?.start()?;
+                Ok(Response::Done)
+            }
+            Request::Exec(req) => {
+                let c = self.container(&req.container_id)?;
+                let p = c.exec(&self.env(), req)?;
+                Ok(Response::Process { pid: p.pid })
+            }
+            Request::Signal(s) => {
+                self.container(&s.container_id)?
+                    .signal(s.exec_id.as_deref(), s.signal, s.all)?;
+                Ok(Response::Done)
+            }
+            Request::Wait {
+                container_id,
+                exec_id,
+            } => {
+                let p = self.proc(&container_id, exec_id.as_deref())?;
+                Ok(Response::Exited(p.wait_final()))
+            }
+            Request::ListProcesses { container_id } => Ok(Response::Processes(
+                self.container(&container_id)?.processes(),
+            )),
+            Request::Stats { container_id } => {
+                Ok(Response::Stats(self.container(&container_id)?.stats()))
+            }
+            Request::RemoveContainer {
+                container_id,
+                force,
+            } => {
+                let c = self.container(&container_id)?;
+                c.destroy(force)?;
+                self.containers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&container_id);
+                Ok(Response::Done)
+            }
+            Request::ResizeTty {
+                container_id,
+                exec_id,
+                rows,
+                cols,
+            } => {
+                let p = self.proc(&container_id, exec_id.as_deref())?;
+                let tty = p.tty().ok_or(AgentError::NoTty)?;
+                crate::stdio::resize(&tty, rows, cols).map_err(AgentError::Resize)?;
+                Ok(Response::Done)
+            }
+            // Handled by the connection (it owns the writer).
+            Request::SubscribeEvents => Ok(Response::Done),
+            Request::Shutdown => Ok(Response::Done),
+        }
+    }
+
+    /// Finds a process's stream for a stdio connection.
+    pub fn take_stream(&self, id: &StreamId) -> Result<(Arc<Proc>, OwnedFd), ErrorReply> {
+        let p = self.proc(&id.container_id, id.exec_id.as_deref())?;
+        let fd = p.take_stream(id.stream).map_err(AgentError::from)?;
+        Ok((p, fd))
+    }
+
+    /// Kills and removes every container.
+    pub fn remove_all(&self) {
+        let all: Vec<Arc<Container>> = self
+            .containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        for c in all {
+            let _ = c.destroy(true);
+        }
+    }
+
+    /// Removes all containers, syncs, and powers off (reboot as PID 1, which
+    /// the VMM treats as a clean exit) or exits (host mode).
+    pub fn power_off(&self) -> ! {
+        self.remove_all();
+        nix::unistd::sync();
+        if self.cfg.pid1 {
+            crate::pid1::reboot()
+        }
+        std::process::exit(0)
+    }
+}

@@ -1,0 +1,284 @@
+//! What a forked child does before `execve`: join its cgroup and namespaces,
+//! (container init only) build the root filesystem and wait for "start", then
+//! set up stdio and identity and exec the OCI process.
+//!
+//! The agent is multi-threaded, so the child must not rely on locks another
+//! thread may have held at fork time. Everything is prepared by the agent in
+//! a [`ChildPlan`]; the child makes system calls and small allocations only
+//! (glibc's `fork` leaves malloc usable in the child).
+//!
+//! Parent/child sync runs over a socketpair: the init child sends `R` when
+//! its filesystem is ready and waits for `S`; any child sends `E<message>` on
+//! failure and exits. A successful `execve` closes the (close-on-exec)
+//! socket, which the agent sees as EOF.
+
+use std::convert::Infallible;
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use nix::mount::MsFlags;
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::unistd::{chdir, execve, sethostname, setsid};
+
+use crate::mounts::{self, DeviceOp, MountError, MountOp};
+use crate::security::{self, Identity, SecurityError};
+use crate::stdio::ChildStdio;
+
+/// Why a child could not exec its process.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    /// Filesystem setup failed.
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    /// Identity setup failed.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    /// A system call failed.
+    #[error("{op} failed: {source}")]
+    Sys {
+        /// Operation.
+        op: &'static str,
+        /// Cause.
+        source: io::Error,
+    },
+    /// The program could not be executed.
+    #[error("cannot execute {program:?}: {source}")]
+    Exec {
+        /// argv\[0\].
+        program: String,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+fn sys(op: &'static str) -> impl FnOnce(nix::Error) -> ChildError {
+    move |e| ChildError::Sys {
+        op,
+        source: e.into(),
+    }
+}
+
+/// The process to exec.
+#[derive(Debug)]
+pub struct ProcessPlan {
+    /// argv.
+    pub args: Vec<CString>,
+    /// Environment.
+    pub env: Vec<CString>,
+    /// Directories to search for a bare argv\[0\].
+    pub path: Vec<PathBuf>,
+    /// Working directory (in the container).
+    pub cwd: PathBuf,
+    /// Who to run as.
+    pub identity: Identity,
+    /// Standard streams.
+    pub stdio: ChildStdio,
+}
+
+/// The container's root filesystem and hostname (init only).
+#[derive(Debug)]
+pub struct RootPlan {
+    /// Rootfs directory in the agent's view.
+    pub rootfs: PathBuf,
+    /// Propagation of `/` in the new mount namespace.
+    pub propagation: MsFlags,
+    /// Mounts.
+    pub mounts: Vec<MountOp>,
+    /// Device nodes.
+    pub devices: Vec<DeviceOp>,
+    /// Masked paths.
+    pub masked: Vec<String>,
+    /// Read-only paths.
+    pub readonly: Vec<String>,
+    /// Remount the root read-only at the end.
+    pub root_readonly: bool,
+    /// Hostname (needs a UTS namespace).
+    pub hostname: Option<String>,
+    /// sysctl key/values.
+    pub sysctl: Vec<(String, String)>,
+}
+
+/// Everything a child does, prepared by the agent.
+#[derive(Debug)]
+pub struct ChildPlan {
+    /// `cgroup.procs` files to join.
+    pub cgroup_procs: Vec<File>,
+    /// Namespaces to join, in order.
+    pub join: Vec<(OwnedFd, CloneFlags)>,
+    /// Namespaces to create (the PID namespace is set up before fork).
+    pub unshare: CloneFlags,
+    /// Root filesystem, for a container's init.
+    pub root: Option<RootPlan>,
+    /// Wait for `S` before exec (container init).
+    pub wait_for_start: bool,
+    /// The process.
+    pub process: ProcessPlan,
+}
+
+/// Runs in the forked child; never returns.
+pub fn run(plan: ChildPlan, mut sync: UnixStream) -> ! {
+    let Err(e) = setup(&plan, &mut sync);
+    let mut msg = b"E".to_vec();
+    msg.extend_from_slice(e.to_string().as_bytes());
+    let _ = sync.write_all(&msg);
+    // SAFETY: _exit is async-signal-safe and skips the parent's atexit
+    // handlers and stdio buffers, which belong to the agent.
+    unsafe { libc::_exit(1) }
+}
+
+/// Closes every fd except 0-2 and `keep`, so that fds another thread opened
+/// for another child do not leak into this one.
+fn close_other_fds(mut keep: Vec<RawFd>) {
+    keep.retain(|&fd| fd > 2);
+    keep.sort_unstable();
+    keep.dedup();
+    let mut first: libc::c_uint = 3;
+    for fd in keep {
+        let fd = fd as libc::c_uint;
+        if fd > first {
+            close_range(first, fd - 1);
+        }
+        first = fd + 1;
+    }
+    close_range(first, libc::c_uint::MAX);
+}
+
+fn close_range(first: libc::c_uint, last: libc::c_uint) {
+    // SAFETY: closes fds in the range; nothing in this single-threaded child
+    // refers to them afterwards (the kept fds are outside the range).
+    unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) };
+}
+
+fn setup(plan: &ChildPlan, sync: &mut UnixStream) -> Result<Infallible, ChildError> {
+    let mut keep: Vec<RawFd> = plan.process.stdio.fds.to_vec();
+    keep.push(sync.as_raw_fd());
+    keep.extend(plan.cgroup_procs.iter().map(|f| f.as_raw_fd()));
+    keep.extend(plan.join.iter().map(|(fd, _)| fd.as_raw_fd()));
+    close_other_fds(keep);
+
+    for mut f in plan.cgroup_procs.iter() {
+        f.write_all(b"0").map_err(|source| ChildError::Sys {
+            op: "join cgroup",
+            source,
+        })?;
+    }
+    for (fd, kind) in &plan.join {
+        setns(fd, *kind).map_err(sys("setns"))?;
+    }
+    if !plan.unshare.is_empty() {
+        unshare(plan.unshare).map_err(sys("unshare"))?;
+    }
+    if let Some(root) = &plan.root {
+        build_root(root)?;
+    }
+    if plan.wait_for_start {
+        sync.write_all(b"R").map_err(|source| ChildError::Sys {
+            op: "report ready",
+            source,
+        })?;
+        let mut b = [0u8; 1];
+        match sync.read(&mut b) {
+            Ok(1) if b[0] == b'S' => {}
+            // The agent dropped the container before starting it.
+            // SAFETY: see `run`.
+            _ => unsafe { libc::_exit(0) },
+        }
+    }
+    exec_process(&plan.process, sync.as_raw_fd())
+}
+
+fn build_root(r: &RootPlan) -> Result<(), ChildError> {
+    mounts::set_root_propagation(r.propagation)?;
+    mounts::bind_rootfs(&r.rootfs)?;
+    for m in &r.mounts {
+        mounts::do_mount(m)?;
+    }
+    mounts::create_devices(&r.rootfs, &r.devices)?;
+    mounts::enter_rootfs(&r.rootfs)?;
+    for (k, v) in &r.sysctl {
+        let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
+        std::fs::write(&p, v).map_err(|source| ChildError::Sys {
+            op: "write sysctl",
+            source,
+        })?;
+    }
+    mounts::mask_paths(&r.masked)?;
+    mounts::readonly_paths(&r.readonly)?;
+    if r.root_readonly {
+        mounts::remount_ro(std::path::Path::new("/"))?;
+    }
+    if let Some(h) = &r.hostname {
+        sethostname(h).map_err(sys("sethostname"))?;
+    }
+    Ok(())
+}
+
+fn exec_process(p: &ProcessPlan, sync_fd: RawFd) -> Result<Infallible, ChildError> {
+    for (target, &fd) in p.stdio.fds.iter().enumerate() {
+        // SAFETY: dup2 on fds this child owns; `fd` was kept open by
+        // `close_other_fds` and `target` is 0, 1 or 2.
+        if unsafe { libc::dup2(fd, target as RawFd) } < 0 {
+            return Err(ChildError::Sys {
+                op: "dup2 stdio",
+                source: io::Error::last_os_error(),
+            });
+        }
+    }
+    // Only 0-2 and the (close-on-exec) sync socket go past this point.
+    close_other_fds(vec![sync_fd]);
+
+    setsid().map_err(sys("setsid"))?;
+    if p.stdio.tty {
+        // SAFETY: TIOCSCTTY takes an integer argument; fd 0 is the terminal.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+            return Err(ChildError::Sys {
+                op: "set controlling terminal",
+                source: io::Error::last_os_error(),
+            });
+        }
+    }
+    // Before dropping privileges (the directory may be root-only) and again
+    // after (it may be on a root-squashed mount).
+    let early_cd = chdir(&p.cwd).is_ok();
+    security::apply_identity(&p.identity)?;
+    if !early_cd {
+        chdir(&p.cwd).map_err(sys("chdir to the process cwd"))?;
+    }
+    // The agent blocks the signals it handles and Rust ignores SIGPIPE;
+    // both would be inherited through execve.
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(sys("sigprocmask"))?;
+    // SAFETY: restoring the default disposition installs no handler.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map_err(sys("reset SIGPIPE"))?;
+
+    let prog = &p.args[0];
+    let bytes = prog.as_bytes();
+    let mut err = io::Error::from_raw_os_error(libc::ENOENT);
+    if bytes.contains(&b'/') {
+        err = execve(prog, &p.args, &p.env).unwrap_err().into();
+    } else {
+        for dir in &p.path {
+            let mut cand = dir.as_os_str().as_bytes().to_vec();
+            cand.push(b'/');
+            cand.extend_from_slice(bytes);
+            let Ok(cand) = CString::new(cand) else {
+                continue;
+            };
+            let e: io::Error = execve(&cand, &p.args, &p.env).unwrap_err().into();
+            // Keep looking after ENOENT/ENOTDIR; remember anything more telling.
+            if !matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) {
+                err = e;
+            }
+        }
+    }
+    Err(ChildError::Exec {
+        program: OsStr::from_bytes(bytes).to_string_lossy().into_owned(),
+        source: err,
+    })
+}

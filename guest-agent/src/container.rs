@@ -1,0 +1,711 @@
+//! Containers: turning a CreateContainer/Exec request into a [`ChildPlan`],
+//! forking the child into the right PID namespace, and the container's
+//! lifecycle afterwards (start, signal, processes, removal).
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent_protocol::oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+use agent_protocol::{
+    CreateContainer, Event, ExecProcess, ExitInfo, ExitStatus, ProcessInfo, Rootfs,
+};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use crate::cgroup::{Cgroup, CgroupError, CgroupManager};
+use crate::child::{self, ChildPlan, ProcessPlan, RootPlan};
+use crate::mounts::{self, MountError};
+use crate::process::{Proc, Reaper};
+use crate::security::{plan_caps, plan_rlimits, Identity};
+use crate::stdio::{make_stdio, StdioError};
+
+/// Container failures, each mapped to a protocol error code by the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// The request or spec is invalid.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The spec asks for something the agent does not do.
+    #[error("not supported: {0}")]
+    NotSupported(String),
+    /// No such process.
+    #[error("{0}")]
+    NotFound(String),
+    /// Wrong state for the request.
+    #[error("{0}")]
+    State(String),
+    /// The rootfs could not be found or mounted.
+    #[error("rootfs: {0}")]
+    Rootfs(String),
+    /// Mount planning failed.
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    /// cgroup setup failed.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// Standard streams could not be created.
+    #[error(transparent)]
+    Stdio(#[from] StdioError),
+    /// fork, socketpair, or a namespace file failed.
+    #[error("{op} failed: {source}")]
+    Sys {
+        /// Operation.
+        op: &'static str,
+        /// Cause.
+        source: io::Error,
+    },
+    /// The child reported an error before exec.
+    #[error("container process setup failed: {0}")]
+    Child(String),
+}
+
+fn sys(op: &'static str) -> impl FnOnce(io::Error) -> ContainerError {
+    move |source| ContainerError::Sys { op, source }
+}
+
+/// Publishes events (to subscribed connections).
+pub type Publish = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// What containers need from the agent.
+pub struct Env<'a> {
+    /// Process table.
+    pub reaper: &'a Reaper,
+    /// cgroup hierarchies.
+    pub cgroups: &'a CgroupManager,
+    /// Event sink.
+    pub publish: Publish,
+    /// Where block-device rootfs are mounted.
+    pub state_dir: &'a Path,
+}
+
+/// Namespaces a container can have, with their /proc/PID/ns names. Order
+/// matters when joining: the mount namespace goes last.
+const NAMESPACES: [(LinuxNamespaceType, CloneFlags, &str); 5] = [
+    (LinuxNamespaceType::Ipc, CloneFlags::CLONE_NEWIPC, "ipc"),
+    (LinuxNamespaceType::Uts, CloneFlags::CLONE_NEWUTS, "uts"),
+    (LinuxNamespaceType::Network, CloneFlags::CLONE_NEWNET, "net"),
+    (
+        LinuxNamespaceType::Cgroup,
+        CloneFlags::CLONE_NEWCGROUP,
+        "cgroup",
+    ),
+    (LinuxNamespaceType::Mount, CloneFlags::CLONE_NEWNS, "mnt"),
+];
+
+/// A container.
+pub struct Container {
+    /// Id.
+    pub id: String,
+    /// The container's main process.
+    pub init: Arc<Proc>,
+    cgroup: Arc<Cgroup>,
+    start: Mutex<Option<UnixStream>>,
+    ns_names: Vec<(CloneFlags, &'static str)>,
+    pid_ns: bool,
+    execs: Mutex<HashMap<String, Arc<Proc>>>,
+    rootfs_mount: Option<PathBuf>,
+    publish: Publish,
+}
+
+enum PidNs {
+    Inherit,
+    New,
+    Join(OwnedFd),
+}
+
+/// Forks a child that runs `plan`, in a new or joined PID namespace if asked.
+///
+/// `unshare(CLONE_NEWPID)` and `setns(CLONE_NEWPID)` only change the PID
+/// namespace of the calling thread's future children, so they are done in a
+/// short-lived thread that then forks: the agent's other threads and later
+/// forks are unaffected, and no helper process or re-exec is needed (a
+/// fork+exec costs seconds in the emulated guest).
+fn fork_child(pid_ns: PidNs, plan: ChildPlan, sync: UnixStream) -> Result<i32, ContainerError> {
+    let inherit = matches!(pid_ns, PidNs::Inherit);
+    let go = move || -> Result<i32, ContainerError> {
+        match &pid_ns {
+            PidNs::Inherit => {}
+            PidNs::New => unshare(CloneFlags::CLONE_NEWPID)
+                .map_err(|e| sys("unshare(CLONE_NEWPID)")(e.into()))?,
+            PidNs::Join(fd) => {
+                setns(fd, CloneFlags::CLONE_NEWPID).map_err(|e| sys("setns(pid)")(e.into()))?
+            }
+        }
+        // SAFETY: the child only runs `child::run`, which uses data prepared
+        // before the fork, system calls and the allocator (made fork-safe by
+        // glibc), then execs or `_exit`s; it never returns here.
+        match unsafe { fork() }.map_err(|e| sys("fork")(e.into()))? {
+            ForkResult::Child => child::run(plan, sync),
+            // Dropping `plan` and `sync` closes the child's ends here.
+            ForkResult::Parent { child } => Ok(child.as_raw()),
+        }
+    };
+    if inherit {
+        return go();
+    }
+    std::thread::scope(|s| {
+        s.spawn(go)
+            .join()
+            .unwrap_or_else(|_| Err(ContainerError::Child("fork thread panicked".into())))
+    })
+}
+
+/// Reads the child's answer: `Ok(Some(b))` for a status byte, `Ok(None)` at
+/// EOF (exec happened or the child died), `Err` with the child's message.
+fn read_sync(s: &mut UnixStream) -> Result<Option<u8>, ContainerError> {
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => Ok(None),
+        Ok(_) if b[0] == b'E' => {
+            let mut msg = String::new();
+            let _ = s.read_to_string(&mut msg);
+            Err(ContainerError::Child(msg))
+        }
+        Ok(_) => Ok(Some(b[0])),
+        Err(e) => Err(sys("read from container process")(e)),
+    }
+}
+
+fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>, ContainerError> {
+    v.iter()
+        .map(|s| {
+            CString::new(s.as_bytes())
+                .map_err(|_| ContainerError::Invalid(format!("{what} contains a NUL byte")))
+        })
+        .collect()
+}
+
+/// Validates an OCI process and turns it into a plan (stdio added later).
+fn plan_process(
+    p: &Process,
+    stdio: crate::stdio::ChildStdio,
+) -> Result<ProcessPlan, ContainerError> {
+    let args = p.args().clone().unwrap_or_default();
+    if args.is_empty() || args[0].is_empty() {
+        return Err(ContainerError::Invalid(
+            "process.args must not be empty".into(),
+        ));
+    }
+    let cwd = p.cwd().clone();
+    if !cwd.is_absolute() {
+        return Err(ContainerError::Invalid(format!(
+            "process.cwd {cwd:?} must be absolute"
+        )));
+    }
+    let env = p.env().clone().unwrap_or_default();
+    if let Some(bad) = env.iter().find(|e| !e.contains('=')) {
+        return Err(ContainerError::Invalid(format!(
+            "process.env entry {bad:?} has no '='"
+        )));
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    let u = p.user();
+    let identity = Identity {
+        uid: u.uid(),
+        gid: u.gid(),
+        groups: u.additional_gids().clone().unwrap_or_default(),
+        umask: u.umask(),
+        caps: p.capabilities().as_ref().map(plan_caps),
+        rlimits: plan_rlimits(p.rlimits().as_deref().unwrap_or(&[])),
+        no_new_privileges: p.no_new_privileges().unwrap_or(false),
+    };
+    Ok(ProcessPlan {
+        args: cstrings(&args, "process.args")?,
+        env: cstrings(&env, "process.env")?,
+        path,
+        cwd,
+        identity,
+        stdio,
+    })
+}
+
+fn console_size(p: &Process) -> Option<(u16, u16)> {
+    p.console_size()
+        .as_ref()
+        .map(|b| (b.height() as u16, b.width() as u16))
+}
+
+/// Checks a container or exec id: `[A-Za-z0-9_.-]{1,64}`, not starting with '.'.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// Mounts a block-device rootfs, or checks a directory rootfs.
+fn prepare_rootfs(
+    id: &str,
+    rootfs: &Rootfs,
+    readonly: bool,
+    state_dir: &Path,
+) -> Result<(PathBuf, Option<PathBuf>), ContainerError> {
+    match rootfs {
+        Rootfs::Directory { path } => {
+            let p = PathBuf::from(path);
+            if !p.is_absolute() || !p.is_dir() {
+                return Err(ContainerError::Rootfs(format!(
+                    "{path:?} is not an existing absolute directory"
+                )));
+            }
+            Ok((p, None))
+        }
+        Rootfs::BlockDevice {
+            path,
+            fstype,
+            options,
+        } => {
+            if !Path::new(path).exists() {
+                return Err(ContainerError::Rootfs(format!(
+                    "block device {path} does not exist; is the disk attached?"
+                )));
+            }
+            let target = state_dir.join(id).join("rootfs");
+            fs::create_dir_all(&target).map_err(sys("create rootfs mount point"))?;
+            let o = mounts::parse_options(options);
+            let mut flags = o.flags;
+            if readonly {
+                flags |= MsFlags::MS_RDONLY;
+            }
+            let data = (!o.data.is_empty()).then(|| o.data.join(","));
+            mount(
+                Some(path.as_str()),
+                &target,
+                Some(fstype.as_str()),
+                flags,
+                data.as_deref(),
+            )
+            .map_err(|e| {
+                ContainerError::Rootfs(format!(
+                    "cannot mount {path} ({fstype}) on {}: {e}",
+                    target.display()
+                ))
+            })?;
+            Ok((target.clone(), Some(target)))
+        }
+    }
+}
+
+fn spawn_monitor(proc: &Arc<Proc>, cgroup: &Arc<Cgroup>, publish: &Publish) {
+    let base = cgroup.oom_kills();
+    let fallback = proc.clone();
+    let (proc, cgroup, publish) = (proc.clone(), cgroup.clone(), publish.clone());
+    let r = std::thread::Builder::new()
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let status = proc.wait_exited_and_drained();
+            let oom_killed =
+                status == ExitStatus::Signal(libc::SIGKILL) && cgroup.oom_kills() > base;
+            let exit = ExitInfo { status, oom_killed };
+            proc.set_final(exit);
+            publish(Event::Exit {
+                container_id: proc.container_id.clone(),
+                exec_id: proc.exec_id.clone(),
+                exit,
+            });
+        });
+    if r.is_err() {
+        // Without a monitor nobody would report the exit: report it as
+        // unknown right away rather than hang waiters.
+        fallback.set_final(ExitInfo {
+            status: ExitStatus::Code(-1),
+            oom_killed: false,
+        });
+    }
+}
+
+/// Creates a container whose init waits for [`Container::start`].
+pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, ContainerError> {
+    let CreateContainer {
+        container_id: id,
+        spec,
+        rootfs,
+        stdio,
+    } = req;
+    let spec: &Spec = &spec;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| ContainerError::Invalid("spec has no process".into()))?;
+    let linux = spec.linux().clone().unwrap_or_default();
+
+    // Namespaces.
+    let mut unshare_flags = CloneFlags::empty();
+    let mut join = vec![];
+    let mut ns_names = vec![];
+    let mut pid_ns = PidNs::Inherit;
+    let mut has_pid_ns = false;
+    let open_ns = |p: &Path| {
+        fs::File::open(p)
+            .map(OwnedFd::from)
+            .map_err(|e| ContainerError::Invalid(format!("namespace path {}: {e}", p.display())))
+    };
+    for ns in linux.namespaces().as_deref().unwrap_or(&[]) {
+        let typ = ns.typ();
+        if typ == LinuxNamespaceType::Pid {
+            has_pid_ns = true;
+            pid_ns = match ns.path() {
+                Some(p) => PidNs::Join(open_ns(p)?),
+                None => PidNs::New,
+            };
+            continue;
+        }
+        let Some(&(_, flag, name)) = NAMESPACES.iter().find(|(t, _, _)| *t == typ) else {
+            return Err(ContainerError::NotSupported(format!("{typ:?} namespaces")));
+        };
+        ns_names.push((flag, name));
+        match ns.path() {
+            Some(p) => join.push((open_ns(p)?, flag)),
+            None => unshare_flags |= flag,
+        }
+    }
+    if !unshare_flags.contains(CloneFlags::CLONE_NEWNS) {
+        return Err(ContainerError::Invalid(
+            "the spec must ask for a new mount namespace".into(),
+        ));
+    }
+    let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
+    if hostname.is_some() && !unshare_flags.contains(CloneFlags::CLONE_NEWUTS) {
+        return Err(ContainerError::Invalid(
+            "spec sets a hostname without a new UTS namespace".into(),
+        ));
+    }
+
+    let readonly = spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
+    let (rootfs_dir, rootfs_mount) = prepare_rootfs(&id, &rootfs, readonly, env.state_dir)?;
+    let undo_rootfs = |m: &Option<PathBuf>| {
+        if let Some(m) = m {
+            let _ = umount2(m, MntFlags::MNT_DETACH);
+        }
+    };
+
+    let result = (|| {
+        let mounts = mounts::plan_mounts(
+            &rootfs_dir,
+            spec.mounts().as_deref().unwrap_or(&[]),
+            env.cgroups.is_v2(),
+        )?;
+        let devices = mounts::plan_devices(&rootfs_dir, linux.devices().as_deref().unwrap_or(&[]))?;
+        let propagation = match linux.rootfs_propagation().as_deref() {
+            None | Some("") => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+            Some(w) => {
+                mounts::propagation(w)
+                    .ok_or_else(|| ContainerError::Invalid(format!("rootfsPropagation {w:?}")))?
+                    | MsFlags::MS_REC
+            }
+        };
+        let cgroup = Arc::new(env.cgroups.create(
+            &id,
+            linux.cgroups_path().as_deref(),
+            linux.resources().as_ref(),
+        )?);
+        let made = (|| {
+            let terminal = process.terminal().unwrap_or(false);
+            let (child_stdio, agent_stdio) = make_stdio(stdio, terminal, console_size(process))?;
+            let plan = ChildPlan {
+                cgroup_procs: cgroup.procs_files()?,
+                join,
+                unshare: unshare_flags,
+                root: Some(RootPlan {
+                    rootfs: rootfs_dir.clone(),
+                    propagation,
+                    mounts,
+                    devices,
+                    masked: linux.masked_paths().clone().unwrap_or_default(),
+                    readonly: linux.readonly_paths().clone().unwrap_or_default(),
+                    root_readonly: readonly,
+                    hostname,
+                    sysctl: linux
+                        .sysctl()
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect(),
+                }),
+                wait_for_start: true,
+                process: plan_process(process, child_stdio)?,
+            };
+            let (mut ours, theirs) = UnixStream::pair().map_err(sys("socketpair"))?;
+            let init = env.reaper.spawn_registered(
+                || fork_child(pid_ns, plan, theirs),
+                |pid| Proc::new(pid, &id, None, agent_stdio),
+            )?;
+            match read_sync(&mut ours) {
+                Ok(Some(b'R')) => Ok((init, ours)),
+                Ok(_) => Err(ContainerError::Child(
+                    "container process exited during setup".into(),
+                )),
+                Err(e) => Err(e),
+            }
+        })();
+        match made {
+            Ok((init, ours)) => Ok((init, ours, cgroup)),
+            Err(e) => {
+                cgroup.remove();
+                Err(e)
+            }
+        }
+    })();
+    let (init, ours, cgroup) = result.inspect_err(|_| undo_rootfs(&rootfs_mount))?;
+    spawn_monitor(&init, &cgroup, &env.publish);
+    Ok(Container {
+        id,
+        init,
+        cgroup,
+        start: Mutex::new(Some(ours)),
+        ns_names,
+        pid_ns: has_pid_ns,
+        execs: Mutex::new(HashMap::new()),
+        rootfs_mount,
+        publish: env.publish.clone(),
+    })
+}
+
+impl Container {
+    /// Lets the init process exec.
+    pub fn start(&self) -> Result<(), ContainerError> {
+        let mut s = self
+            .start
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| {
+                ContainerError::State(format!("container {} was already started", self.id))
+            })?;
+        if self.init.exit_status().is_some() {
+            return Err(ContainerError::State(format!(
+                "container {} has exited",
+                self.id
+            )));
+        }
+        s.write_all(b"S").map_err(sys("signal start"))?;
+        match read_sync(&mut s)? {
+            None => Ok(()),
+            Some(b) => Err(ContainerError::Child(format!("unexpected sync byte {b}"))),
+        }
+    }
+
+    /// True once started and while the init process runs.
+    fn running(&self) -> bool {
+        self.start
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+            && self.init.exit_status().is_none()
+    }
+
+    /// Runs an extra process in the container's namespaces and cgroup.
+    pub fn exec(&self, env: &Env<'_>, req: ExecProcess) -> Result<Arc<Proc>, ContainerError> {
+        if !valid_id(&req.exec_id) {
+            return Err(ContainerError::Invalid(format!(
+                "invalid exec id {:?}",
+                req.exec_id
+            )));
+        }
+        if !self.running() {
+            return Err(ContainerError::State(format!(
+                "container {} is not running",
+                self.id
+            )));
+        }
+        if self
+            .execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&req.exec_id)
+        {
+            return Err(ContainerError::State(format!(
+                "exec id {} is already used in container {}",
+                req.exec_id, self.id
+            )));
+        }
+        let pid = self.init.pid;
+        let open = |name: &str| {
+            fs::File::open(format!("/proc/{pid}/ns/{name}"))
+                .map(OwnedFd::from)
+                .map_err(sys("open container namespace"))
+        };
+        let mut join = vec![];
+        for (flag, name) in &self.ns_names {
+            join.push((open(name)?, *flag));
+        }
+        let pid_ns = if self.pid_ns {
+            PidNs::Join(open("pid")?)
+        } else {
+            PidNs::Inherit
+        };
+        let terminal = req.process.terminal().unwrap_or(false);
+        let (child_stdio, agent_stdio) =
+            make_stdio(req.stdio, terminal, console_size(&req.process))?;
+        let plan = ChildPlan {
+            cgroup_procs: self.cgroup.procs_files()?,
+            join,
+            unshare: CloneFlags::empty(),
+            root: None,
+            wait_for_start: false,
+            process: plan_process(&req.process, child_stdio)?,
+        };
+        let (mut ours, theirs) = UnixStream::pair().map_err(sys("socketpair"))?;
+        let proc = env.reaper.spawn_registered(
+            || fork_child(pid_ns, plan, theirs),
+            |pid| Proc::new(pid, &self.id, Some(&req.exec_id), agent_stdio),
+        )?;
+        read_sync(&mut ours)?;
+        spawn_monitor(&proc, &self.cgroup, &self.publish);
+        self.execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(req.exec_id, proc.clone());
+        Ok(proc)
+    }
+
+    /// The main process (`None`) or an exec.
+    pub fn process(&self, exec_id: Option<&str>) -> Result<Arc<Proc>, ContainerError> {
+        match exec_id {
+            None => Ok(self.init.clone()),
+            Some(e) => self
+                .execs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(e)
+                .cloned()
+                .ok_or_else(|| {
+                    ContainerError::NotFound(format!("no exec {e} in container {}", self.id))
+                }),
+        }
+    }
+
+    /// Pids of the container's processes (agent PID namespace).
+    pub fn pids(&self) -> Vec<i32> {
+        if let Some(p) = self.cgroup.pids() {
+            return p;
+        }
+        // No cgroup hierarchy: the processes sharing the init's PID namespace.
+        let init_ns = fs::read_link(format!("/proc/{}/ns/pid", self.init.pid)).ok();
+        let mut pids = vec![];
+        if let (true, Some(ns), Ok(dir)) = (self.pid_ns, init_ns, fs::read_dir("/proc")) {
+            for e in dir.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                    continue;
+                };
+                if fs::read_link(format!("/proc/{pid}/ns/pid")).ok().as_ref() == Some(&ns) {
+                    pids.push(pid);
+                }
+            }
+        } else {
+            pids.push(self.init.pid);
+            pids.extend(
+                self.execs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .map(|p| p.pid),
+            );
+        }
+        pids
+    }
+
+    /// Processes with their command names.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        self.pids()
+            .into_iter()
+            .map(|pid| ProcessInfo {
+                pid,
+                command: fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .unwrap_or_default()
+                    .trim_end()
+                    .to_string(),
+            })
+            .collect()
+    }
+
+    /// Sends `sig` to one process, or to all with `all`.
+    pub fn signal(&self, exec_id: Option<&str>, sig: i32, all: bool) -> Result<(), ContainerError> {
+        let sig = Signal::try_from(sig)
+            .map_err(|_| ContainerError::Invalid(format!("invalid signal {sig}")))?;
+        if all {
+            for pid in self.pids() {
+                let _ = kill(Pid::from_raw(pid), sig);
+            }
+            return Ok(());
+        }
+        let p = self.process(exec_id)?;
+        if p.exit_status().is_some() {
+            return Err(ContainerError::State(
+                "the process has already exited".into(),
+            ));
+        }
+        kill(Pid::from_raw(p.pid), sig).map_err(|e| sys("kill")(e.into()))
+    }
+
+    /// Cgroup statistics.
+    pub fn stats(&self) -> agent_protocol::ContainerStats {
+        self.cgroup.stats()
+    }
+
+    /// Stops everything (with `force`) and releases the cgroup and rootfs.
+    pub fn destroy(&self, force: bool) -> Result<(), ContainerError> {
+        let created = self
+            .start
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if self.init.exit_status().is_none() && !created && !force {
+            return Err(ContainerError::State(format!(
+                "container {} is running; stop it first or remove it with force",
+                self.id
+            )));
+        }
+        let _ = kill(Pid::from_raw(self.init.pid), Signal::SIGKILL);
+        for pid in self.pids() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        // Unblocks a created init waiting for "start".
+        self.start.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut procs = vec![self.init.clone()];
+        procs.extend(
+            self.execs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned(),
+        );
+        for p in procs {
+            p.abandon_unattached_outputs();
+            while p.exit_status().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.cgroup.remove();
+        if let Some(m) = &self.rootfs_mount {
+            let _ = umount2(m, MntFlags::MNT_DETACH);
+            if let Some(dir) = m.parent() {
+                let _ = fs::remove_dir_all(dir);
+            }
+        }
+        Ok(())
+    }
+}
