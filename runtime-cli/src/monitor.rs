@@ -124,7 +124,12 @@ fn serve(
     ready: &mut Ready,
 ) -> Result<i32, MonitorError> {
     let ep = endpoint(&store.dir(id));
+    let t0 = Instant::now();
     let mut client = wait_for_agent(&ep, stop)?;
+    log_line(
+        &store.dir(id),
+        &format!("agent answered after {:.1} s", t0.elapsed().as_secs_f64()),
+    );
     client.create_sandbox(CreateSandbox {
         sandbox_id: id.into(),
         hostname: plan.container.spec.hostname().clone(),
@@ -135,7 +140,18 @@ fn serve(
     let pumps = stdio::attach(&ep, id, None, io)?;
     store.update(id, |s| s.status = Status::Created)?;
     ready.send("OK");
+    log_line(
+        &store.dir(id),
+        &format!(
+            "container created after {:.1} s",
+            t0.elapsed().as_secs_f64()
+        ),
+    );
     let exit = client.wait(id, None)?;
+    log_line(
+        &store.dir(id),
+        &format!("container exited ({:?})", exit.status),
+    );
     for p in pumps.outputs {
         let _ = p.join();
     }
