@@ -194,6 +194,16 @@ pub fn run(
     if detach {
         return Ok(0);
     }
+    forward_signals(store, &opts.id);
+    let terminal = store
+        .load(&opts.id)
+        .ok()
+        .and_then(|s| s.process)
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    let _raw = (terminal && opts.console_socket.is_none())
+        .then(RawTerminal::stdin)
+        .flatten();
     let code = match monitor.wait() {
         Ok(st) => st.code().unwrap_or(crate::monitor::CRASH_STATUS),
         Err(_) => crate::monitor::CRASH_STATUS,
@@ -202,6 +212,51 @@ pub fn run(
         lifecycle::delete(store, &opts.id, true)?;
     }
     Ok(code)
+}
+
+/// Passes SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to `run` on to the container, as runc
+/// does in the foreground. (Called after the monitor was started, so it does not inherit
+/// the blocked mask.)
+fn forward_signals(store: &Store, id: &str) {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+        set.add(s);
+    }
+    if set.thread_block().is_err() {
+        return;
+    }
+    let (store, id) = (store.clone(), id.to_string());
+    std::thread::spawn(move || {
+        while let Ok(sig) = set.wait() {
+            if let Err(e) = lifecycle::kill(&store, &id, &(sig as i32).to_string(), false) {
+                log::warn!("cannot forward {sig} to container {id}: {e}");
+            }
+        }
+    });
+}
+
+/// Our terminal in raw mode while a container's terminal is attached to it (the guest's
+/// pty does the line discipline); restored on drop.
+struct RawTerminal(nix::sys::termios::Termios);
+
+impl RawTerminal {
+    fn stdin() -> Option<RawTerminal> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
+        Some(RawTerminal(saved))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        use nix::sys::termios::{tcsetattr, SetArg};
+        let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.0);
+    }
 }
 
 /// What `exec` needs from the command line.

@@ -41,7 +41,8 @@ fn bad_bundles_fail_with_one_line_and_leave_nothing() {
     let b = bundle::busybox_bundle(&dir.join("b"), &["true"]);
     let bs = b.to_str().unwrap();
     let log = dir.join("log.json");
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    type Breaker = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Breaker, &str)> = vec![
         (
             "version",
             Box::new(|b| edit_config(b, |c| c["ociVersion"] = "2.0.0".into())),
