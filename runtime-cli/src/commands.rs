@@ -156,7 +156,6 @@ pub fn features() -> String {
 /// The default bundle config: `sh` on a terminal, rootfs `rootfs`.
 pub fn default_spec() -> Spec {
     let mut spec = Spec::default();
-    spec.set_version(crate::oci::OCI_VERSION.into());
     spec.set_hostname(Some("sandbox-vm".into()));
     if let Some(p) = spec.process_mut() {
         p.set_terminal(Some(true));
