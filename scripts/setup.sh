@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PKGS=(build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils python3
       linux-source-6.12 qemu-system-x86 busybox-static e2fsprogs util-linux)
-# podman (optional: tests/e2e_podman.rs, run with --ignored) is not installed here.
+# podman is optional (runtime-cli/tests/e2e_podman.rs, opt-in with --ignored): not installed here.
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -219,7 +219,12 @@ pub fn run(
 fn forward_signals(store: &Store, id: &str) {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         set.add(s);
     }
     if set.thread_block().is_err() {
@@ -404,16 +409,21 @@ fn exec_attached(
     };
     let exec_id = format!("exec-{}-{}", std::process::id(), crate::state::now_secs());
     let ep = crate::monitor::endpoint(&store.dir(id));
+    let t0 = std::time::Instant::now();
     let mut client = connect(store, id)?;
+    log::debug!("exec {exec_id}: connected after {:?}", t0.elapsed());
     client
         .exec(id, &exec_id, process, io.config())
         .map_err(agent_err(id))?;
+    log::debug!("exec {exec_id}: process started after {:?}", t0.elapsed());
     let pumps = stdio::attach(&ep, id, Some(&exec_id), io)?;
+    log::debug!("exec {exec_id}: streams attached after {:?}", t0.elapsed());
     if let Some(mut f) = ready.take() {
         use std::io::Write;
         let _ = writeln!(f, "OK");
     }
     let exit = client.wait(id, Some(&exec_id)).map_err(agent_err(id))?;
+    log::debug!("exec {exec_id}: exited after {:?}", t0.elapsed());
     for p in pumps.outputs {
         let _ = p.join();
     }
