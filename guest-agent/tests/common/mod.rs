@@ -95,7 +95,8 @@ impl Agent {
         let sock = dir.path().join("agent.sock");
         // GUEST_AGENT_BIN runs the suite against another build (e.g. the
         // static release binary from build-static.sh).
-        let bin = std::env::var("GUEST_AGENT_BIN").unwrap_or(env!("CARGO_BIN_EXE_guest-agent").into());
+        let bin =
+            std::env::var("GUEST_AGENT_BIN").unwrap_or(env!("CARGO_BIN_EXE_guest-agent").into());
         let child = Command::new(bin)
             .arg("--unix")
             .arg(&sock)
