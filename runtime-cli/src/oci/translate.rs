@@ -18,6 +18,9 @@ pub const ANN_INITRD: &str = "io.sandbox-vm.initrd";
 pub const ANN_VCPUS: &str = "io.sandbox-vm.vcpus";
 /// Annotation: guest RAM in MiB (overrides the memory limit).
 pub const ANN_MEM_MIB: &str = "io.sandbox-vm.mem-mib";
+/// Annotation: extra guest kernel parameters (appended to the default command line), e.g.
+/// `loglevel=7` to see the guest's messages in `console.log`.
+pub const ANN_KERNEL_PARAMS: &str = "io.sandbox-vm.kernel-params";
 /// Annotation: host-compatibility profile `auto|on|off`.
 pub const ANN_COMPAT: &str = "io.sandbox-vm.compat";
 
@@ -327,6 +330,8 @@ pub fn translate(
 
     let mut vm = VmConfig::new(kernel);
     vm.initrd = Some(initrd);
+    vm.cmdline = annotation::<String>(spec, ANN_KERNEL_PARAMS, "text")?
+        .map(|p| format!("{} {p}", vmm::builder::DEFAULT_CMDLINE));
     vm.vcpus = vcpus;
     vm.mem_mib = mem_mib;
     vm.serial = SerialOutput::File(paths.console_log.clone());
@@ -472,7 +477,7 @@ mod tests {
     fn annotations_override() {
         let s = spec(serde_json::json!({"annotations": {
             ANN_KERNEL: "/a/k", ANN_INITRD: "/a/i", ANN_VCPUS: "2", ANN_MEM_MIB: "300",
-            ANN_COMPAT: "off",
+            ANN_COMPAT: "off", ANN_KERNEL_PARAMS: "loglevel=7",
         }, "linux": {"resources": {"memory": {"limit": 1}}}}));
         let p = translate("c1", &s, &Defaults::default(), &paths(), &no_files).unwrap();
         assert_eq!(p.vm.kernel, PathBuf::from("/a/k"));
@@ -483,6 +488,7 @@ mod tests {
             "vcpus clamped to max 1"
         );
         assert_eq!(p.vm.compat_profile, CompatSetting::Off);
+        assert!(p.vm.cmdline.as_deref().unwrap().ends_with(" loglevel=7"));
         let bad = spec(serde_json::json!({"annotations": {ANN_VCPUS: "many"}}));
         assert!(matches!(
             tr(&bad),
