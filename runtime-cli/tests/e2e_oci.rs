@@ -36,6 +36,23 @@ fn runtime(root: &Path) -> Command {
     c
 }
 
+/// Deletes the container (stopping its VM) however the test ends, so a failed assertion
+/// leaves no monitor behind.
+struct Reap<'a> {
+    root: &'a Path,
+    id: &'a str,
+}
+
+impl Drop for Reap<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
+            .arg("--root")
+            .arg(self.root)
+            .args(["delete", "--force", self.id])
+            .output();
+    }
+}
+
 fn ok(out: Output, what: &str) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
@@ -58,6 +75,10 @@ fn run_shows_guest_kernel_and_only_container_processes() {
     let dir = scratch("run");
     let b = bundle::busybox_bundle(&dir.join("bundle"), &["sh", "-c", "uname -sr; ps"]);
     let root = dir.join("root");
+    let _reap = Reap {
+        root: &root,
+        id: "e2e-run",
+    };
     let t = Instant::now();
     let out = runtime(&root)
         .args(["run", "--bundle"])
@@ -132,6 +153,7 @@ fn create_start_exec_kill_delete() {
     let id = "e2e-life";
     let pid_file = dir.join("pid");
     let stdout_file = dir.join("stdout");
+    let _reap = Reap { root: &root, id };
     let t = Instant::now();
     ok(
         runtime(&root)
