@@ -137,6 +137,18 @@ pub fn create(store: &Store, opts: &CreateOpts) -> Result<Child, LifecycleError>
         &plan.vm.kernel,
         "build it with guest-kernel-config/build.sh or set SANDBOX_VM_KERNEL",
     )?;
+    for d in plan
+        .vm
+        .disks
+        .iter()
+        .filter(|d| d.id.as_deref() == Some("agent"))
+    {
+        check_artifact(
+            "agent disk",
+            &d.path,
+            "build it with images/build-agent-disk.sh or unset SANDBOX_VM_AGENT_DISK",
+        )?;
+    }
     if let Some(initrd) = &plan.vm.initrd {
         check_artifact(
             "agent initramfs",

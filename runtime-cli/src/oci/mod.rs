@@ -52,6 +52,7 @@ pub fn host_defaults() -> translate::Defaults {
     translate::Defaults {
         kernel: default_kernel(),
         initrd: default_initrd(),
+        agent_disk: std::env::var_os("SANDBOX_VM_AGENT_DISK").map(PathBuf::from),
         max_vcpus: cpus.min(255) as u8,
     }
 }

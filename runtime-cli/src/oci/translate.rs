@@ -18,6 +18,11 @@ pub const ANN_INITRD: &str = "io.sandbox-vm.initrd";
 pub const ANN_VCPUS: &str = "io.sandbox-vm.vcpus";
 /// Annotation: guest RAM in MiB (overrides the memory limit).
 pub const ANN_MEM_MIB: &str = "io.sandbox-vm.mem-mib";
+/// Annotation: boot the agent from this read-only ext4 image (`/init` = the agent) instead
+/// of the initramfs; see `images/build-agent-disk.sh`.
+pub const ANN_AGENT_DISK: &str = "io.sandbox-vm.agent-disk";
+/// Kernel parameters that boot the agent from its disk (`/dev/vda`).
+pub const AGENT_DISK_CMDLINE: &str = "root=/dev/vda ro rootfstype=ext4 init=/init";
 /// Annotation: extra guest kernel parameters (appended to the default command line), e.g.
 /// `loglevel=7` to see the guest's messages in `console.log`.
 pub const ANN_KERNEL_PARAMS: &str = "io.sandbox-vm.kernel-params";
@@ -67,6 +72,8 @@ pub enum TranslateError {
 pub struct Defaults {
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
+    /// Opt-in: the agent as a root disk image instead of the initramfs.
+    pub agent_disk: Option<PathBuf>,
     /// vCPUs the host can give one VM (`KVM_CAP_NR_VCPUS`, host CPUs).
     pub max_vcpus: u8,
 }
@@ -307,9 +314,16 @@ pub fn translate(
     let kernel = annotation::<PathBuf>(spec, ANN_KERNEL, "a path")?
         .or_else(|| defaults.kernel.clone())
         .ok_or(TranslateError::NoKernel)?;
-    let initrd = annotation::<PathBuf>(spec, ANN_INITRD, "a path")?
-        .or_else(|| defaults.initrd.clone())
-        .ok_or(TranslateError::NoInitrd)?;
+    let agent_disk = annotation::<PathBuf>(spec, ANN_AGENT_DISK, "a path")?
+        .or_else(|| defaults.agent_disk.clone());
+    let initrd = match agent_disk {
+        Some(_) => None,
+        None => Some(
+            annotation::<PathBuf>(spec, ANN_INITRD, "a path")?
+                .or_else(|| defaults.initrd.clone())
+                .ok_or(TranslateError::NoInitrd)?,
+        ),
+    };
     let compat = match annotation::<String>(spec, ANN_COMPAT, "auto, on or off")?.as_deref() {
         None | Some("auto") => CompatSetting::Auto,
         Some("on") => CompatSetting::On,
@@ -329,9 +343,30 @@ pub fn translate(
         .unwrap_or(false);
 
     let mut vm = VmConfig::new(kernel);
-    vm.initrd = Some(initrd);
-    vm.cmdline = annotation::<String>(spec, ANN_KERNEL_PARAMS, "text")?
-        .map(|p| format!("{} {p}", vmm::builder::DEFAULT_CMDLINE));
+    vm.initrd = initrd;
+    let params = annotation::<String>(spec, ANN_KERNEL_PARAMS, "text")?;
+    let boot_params = agent_disk.as_ref().map(|_| AGENT_DISK_CMDLINE);
+    let extra: Vec<&str> = boot_params.into_iter().chain(params.as_deref()).collect();
+    if !extra.is_empty() {
+        vm.cmdline = Some(format!(
+            "{} {}",
+            vmm::builder::DEFAULT_CMDLINE,
+            extra.join(" ")
+        ));
+    }
+    // The guest names disks in order: the agent's root (if any) first.
+    if let Some(d) = &agent_disk {
+        vm.disks.push(DiskConfig {
+            path: d.clone(),
+            read_only: true,
+            id: Some("agent".into()),
+        });
+    }
+    let rootfs_dev = if agent_disk.is_some() {
+        "/dev/vdb"
+    } else {
+        "/dev/vda"
+    };
     vm.vcpus = vcpus;
     vm.mem_mib = mem_mib;
     vm.serial = SerialOutput::File(paths.console_log.clone());
@@ -351,7 +386,7 @@ pub fn translate(
         container_id: id.into(),
         spec: Box::new(guest_spec(spec, mounts)?),
         rootfs: Rootfs::BlockDevice {
-            path: "/dev/vda".into(),
+            path: rootfs_dev.into(),
             fstype: "ext4".into(),
             options: Vec::new(),
         },
@@ -384,6 +419,7 @@ mod tests {
         Defaults {
             kernel: Some("/k/vmlinux".into()),
             initrd: Some("/k/agent.cpio".into()),
+            agent_disk: None,
             max_vcpus: 2,
         }
     }
@@ -569,6 +605,30 @@ mod tests {
         assert_eq!(
             tr(&u).unwrap_err(),
             TranslateError::Namespace("user".into())
+        );
+    }
+
+    #[test]
+    fn agent_disk_boots_from_vda_and_rootfs_moves_to_vdb() {
+        let s = spec(serde_json::json!({"annotations": {ANN_AGENT_DISK: "/k/agent.img"}}));
+        let mut d = defaults();
+        d.initrd = None;
+        let p = translate("c1", &s, &d, &paths(), &no_files).unwrap();
+        assert_eq!(p.vm.initrd, None);
+        assert_eq!(p.vm.disks[0].path, PathBuf::from("/k/agent.img"));
+        assert!(p.vm.disks[0].read_only);
+        assert_eq!(
+            p.vm.disks[1].path,
+            PathBuf::from("/run/sandbox-vm/c1/rootfs.img")
+        );
+        assert!(p
+            .vm
+            .cmdline
+            .as_deref()
+            .unwrap()
+            .contains(AGENT_DISK_CMDLINE));
+        assert!(
+            matches!(p.container.rootfs, Rootfs::BlockDevice { ref path, .. } if path == "/dev/vdb")
         );
     }
 
