@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 PKGS=(build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils python3
       linux-source-6.12 qemu-system-x86 busybox-static e2fsprogs util-linux)
+# podman is optional (runtime-cli/tests/e2e_podman.rs, opt-in with --ignored): not installed here.
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -26,6 +27,8 @@ echo "[setup] virtio e2e initramfs" >&2
 VIRTIO_INITRD=$(images/build-virtio-initramfs.sh | tail -n 1)
 echo "[setup] guest image (agent disk)" >&2
 AGENT_DISK=$(images/build-agent-disk.sh | tail -n 1)
+echo "[setup] agent initramfs (OCI runtime guest)" >&2
+AGENT_INITRD=$(images/build-agent-initramfs.sh | tail -n 1)
 echo "[setup] binaries (cargo build --release)" >&2
 cargo build --release --workspace >&2
 
@@ -33,3 +36,4 @@ echo "export SANDBOX_VM_KERNEL=$KERNEL"
 echo "export SANDBOX_VM_TEST_INITRD=$INITRD"
 echo "export SANDBOX_VM_VIRTIO_INITRD=$VIRTIO_INITRD"
 echo "export SANDBOX_VM_AGENT_DISK=$AGENT_DISK"
+echo "export SANDBOX_VM_INITRD=$AGENT_INITRD"

@@ -1,39 +1,183 @@
-//! `sandbox-vm`: runs containers in microVMs. For now: `boot`, the developer command that
-//! boots a guest kernel with the VMM.
+//! `sandbox-vm`: an OCI runtime (runc's command line) that runs each container in its own
+//! KVM microVM, plus `boot`, the developer command that boots a guest kernel with the VMM.
 
 mod boot_cmd;
+mod commands;
+mod image;
+mod lifecycle;
+mod logging;
+mod monitor;
+mod oci;
+mod state;
+mod stdio;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::bail;
 use clap::{Parser, Subcommand};
+use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};
+
+use crate::lifecycle::CreateOpts;
+use crate::state::Store;
+
+/// Where container state lives unless `--root` says otherwise.
+const DEFAULT_ROOT: &str = "/run/sandbox-vm";
 
 #[derive(Parser)]
 #[command(
     name = "sandbox-vm",
     version,
-    about = "Run containers, each in its own KVM microVM"
+    about = "Run containers, each in its own KVM microVM (an OCI runtime with runc's command line)"
 )]
 struct Cli {
+    #[command(flatten)]
+    global: GlobalOpts,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Standard(Box<StandardCmd>),
+    #[command(flatten)]
+    Common(Box<CommonCmd>),
     /// Boot a guest kernel in a microVM (developer command); exits 0 when the guest reboots
     /// or powers off, 2 when it crashes, 1 on a VMM error.
-    Boot(boot_cmd::BootArgs),
+    Boot(Box<boot_cmd::BootArgs>),
+    /// The per-container host process that runs the VM (started by `create`).
+    #[command(hide = true)]
+    Monitor { container_id: String },
+}
+
+/// The global flags the monitor and background exec inherit.
+fn global_args(g: &GlobalOpts) -> Vec<String> {
+    let mut a = Vec::new();
+    if let Some(l) = &g.log {
+        a.push("--log".into());
+        a.push(l.display().to_string());
+    }
+    if let Some(f) = &g.log_format {
+        a.push("--log-format".into());
+        a.push(f.clone());
+    }
+    if g.debug {
+        a.push("--debug".into());
+    }
+    a
+}
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(c.clamp(0, 255) as u8)
+}
+
+fn print(s: String) -> anyhow::Result<ExitCode> {
+    if !s.is_empty() {
+        println!("{s}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
+    let gargs = global_args(&cli.global);
+    match cli.command {
+        Command::Boot(args) => boot_cmd::run(*args),
+        Command::Monitor { container_id } => Ok(code(monitor::run(store, &container_id))),
+        Command::Standard(cmd) => match *cmd {
+            StandardCmd::Create(c) => {
+                lifecycle::create(
+                    store,
+                    &CreateOpts {
+                        id: c.container_id,
+                        bundle: c.bundle,
+                        pid_file: c.pid_file,
+                        console_socket: c.console_socket,
+                        global_args: gargs,
+                    },
+                )?;
+                Ok(ExitCode::SUCCESS)
+            }
+            StandardCmd::Start(s) => {
+                lifecycle::start(store, &s.container_id)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            StandardCmd::State(s) => print(commands::state(store, &s.container_id)?),
+            StandardCmd::Kill(k) => {
+                lifecycle::kill(store, &k.container_id, &k.signal, k.all)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            StandardCmd::Delete(d) => {
+                lifecycle::delete(store, &d.container_id, d.force)?;
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        Command::Common(cmd) => match *cmd {
+            CommonCmd::Run(r) => {
+                let opts = CreateOpts {
+                    id: r.container_id,
+                    bundle: r.bundle,
+                    pid_file: r.pid_file,
+                    console_socket: r.console_socket,
+                    global_args: gargs,
+                };
+                Ok(code(commands::run(store, &opts, r.detach, r.keep)?))
+            }
+            CommonCmd::Exec(e) => {
+                let opts = commands::ExecOpts {
+                    id: e.container_id,
+                    process_file: e.process,
+                    command: e.command,
+                    tty: e.tty,
+                    cwd: e.cwd,
+                    env: e.env,
+                    user: e.user,
+                    detach: e.detach,
+                    pid_file: e.pid_file,
+                    console_socket: e.console_socket,
+                    argv: std::env::args().collect(),
+                };
+                Ok(code(commands::exec(store, &opts)?))
+            }
+            CommonCmd::Ps(p) => print(commands::ps(store, &p.container_id, &p.format)?),
+            CommonCmd::List(l) => print(commands::list(store, &l.format, l.quiet)?),
+            CommonCmd::Features(_) => print(commands::features()),
+            CommonCmd::Spec(s) => {
+                commands::spec(s.bundle.as_deref())?;
+                Ok(ExitCode::SUCCESS)
+            }
+            CommonCmd::Checkpointt(_) => bail!("checkpoint is not supported"),
+            CommonCmd::Events(_) => bail!("events is not supported yet"),
+            CommonCmd::Pause(_) | CommonCmd::Resume(_) => {
+                bail!("pause and resume are not supported yet")
+            }
+            CommonCmd::Update(_) => bail!("update is not supported yet"),
+        },
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Boot(args) => boot_cmd::run(args),
-    };
-    match result {
+    let log_path: Option<PathBuf> = cli.global.log.clone();
+    let json = cli.global.log_format.as_deref() == Some("json");
+    if let Err(e) = logging::init(
+        log_path.as_deref(),
+        cli.global.log_format.as_deref(),
+        cli.global.debug,
+    ) {
+        logging::report_error(None, false, &e.to_string());
+        return ExitCode::from(1);
+    }
+    let store = Store::new(
+        cli.global
+            .root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
+    );
+    match dispatch(cli, &store) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("sandbox-vm: {e:#}");
+            logging::report_error(log_path.as_deref(), json, &format!("{e:#}"));
             ExitCode::from(1)
         }
     }
