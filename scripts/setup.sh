@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils python3
-      linux-source-6.12 qemu-system-x86 busybox-static e2fsprogs util-linux)
-# podman is optional (runtime-cli/tests/e2e_podman.rs, opt-in with --ignored): not installed here.
+      linux-source-6.12 qemu-system-x86 busybox-static e2fsprogs util-linux
+      podman runc crun)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -11,7 +11,7 @@ mod oci;
 mod state;
 mod stdio;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::bail;
@@ -79,6 +79,30 @@ fn print(s: String) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `sandbox-vm run bundle/`: when the one positional argument of `run` is a directory with a
+/// `config.json` and `--bundle` was left at its default, it is the bundle, and the container
+/// gets an id from the directory's name and this process's pid.
+fn standalone_bundle(id: String, bundle: PathBuf) -> (String, PathBuf) {
+    let dir = PathBuf::from(&id);
+    if bundle != Path::new(".") || !dir.join("config.json").is_file() {
+        return (id, bundle);
+    }
+    let name: String = std::fs::canonicalize(&dir)
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "_.-".contains(*c))
+        .take(48)
+        .collect();
+    let name = if name.is_empty() {
+        "bundle".into()
+    } else {
+        name
+    };
+    (format!("{name}-{}", std::process::id()), dir)
+}
+
 fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
     let gargs = global_args(&cli.global);
     match cli.command {
@@ -114,9 +138,10 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
         },
         Command::Common(cmd) => match *cmd {
             CommonCmd::Run(r) => {
+                let (id, bundle) = standalone_bundle(r.container_id, r.bundle);
                 let opts = CreateOpts {
-                    id: r.container_id,
-                    bundle: r.bundle,
+                    id,
+                    bundle,
                     pid_file: r.pid_file,
                     console_socket: r.console_socket,
                     global_args: gargs,
@@ -180,5 +205,32 @@ fn main() -> ExitCode {
             logging::report_error(log_path.as_deref(), json, &format!("{e:#}"));
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod standalone_tests {
+    use super::*;
+
+    #[test]
+    fn a_bundle_directory_as_the_run_argument() {
+        let d = std::env::temp_dir().join(format!("svm-standalone-{}", std::process::id()));
+        let b = d.join("my bundle!");
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(b.join("config.json"), "{}").unwrap();
+        let arg = b.to_string_lossy().into_owned();
+        let (id, bundle) = standalone_bundle(arg.clone(), PathBuf::from("."));
+        assert_eq!(bundle, b);
+        assert_eq!(id, format!("mybundle-{}", std::process::id()));
+        // An explicit --bundle, or an id that is no bundle, keeps runc's meaning.
+        assert_eq!(
+            standalone_bundle(arg.clone(), PathBuf::from("/x")),
+            (arg, PathBuf::from("/x"))
+        );
+        assert_eq!(
+            standalone_bundle("c1".into(), PathBuf::from(".")),
+            ("c1".into(), PathBuf::from("."))
+        );
+        let _ = std::fs::remove_dir_all(d);
     }
 }

@@ -1,7 +1,7 @@
 //! podman driving sandbox-vm through conmon: `podman --runtime sandbox-vm run --rm IMAGE
 //! uname -sr` prints the guest kernel's release. The image is a busybox rootfs tarball
-//! brought in with `podman import` (no registry needed). One more guest boot, so it is
-//! opt-in: `cargo test -p runtime-cli --test e2e_podman -- --ignored` (root, podman).
+//! brought in with `podman import` (no registry needed). Needs root and podman
+//! (`scripts/setup.sh` installs it).
 
 #[path = "common/bundle.rs"]
 mod bundle;
@@ -10,7 +10,6 @@ mod common;
 use std::process::{Command, Stdio};
 
 #[test]
-#[ignore = "needs podman and one more guest boot; run with --ignored"]
 fn podman_runs_a_container_in_a_vm() {
     if Command::new("podman").arg("--version").output().is_err() {
         panic!("podman is not installed (apt-get install podman)");
