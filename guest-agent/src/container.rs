@@ -254,11 +254,12 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
-/// Mounts a block-device rootfs, or checks a directory rootfs.
+/// Mounts a block-device rootfs, or checks a directory rootfs. The mount is read-write even
+/// for a read-only root: mount points for the spec's mounts may have to be created first;
+/// the container's view of `/` is remounted read-only at the end of its setup (as runc does).
 fn prepare_rootfs(
     id: &str,
     rootfs: &Rootfs,
-    readonly: bool,
     state_dir: &Path,
 ) -> Result<(PathBuf, Option<PathBuf>), ContainerError> {
     match rootfs {
@@ -284,10 +285,7 @@ fn prepare_rootfs(
             let target = state_dir.join(id).join("rootfs");
             fs::create_dir_all(&target).map_err(sys("create rootfs mount point"))?;
             let o = mounts::parse_options(options);
-            let mut flags = o.flags;
-            if readonly {
-                flags |= MsFlags::MS_RDONLY;
-            }
+            let flags = o.flags;
             let data = (!o.data.is_empty()).then(|| o.data.join(","));
             mount(
                 Some(path.as_str()),
@@ -399,7 +397,7 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
         .as_ref()
         .and_then(|r| r.readonly())
         .unwrap_or(false);
-    let (rootfs_dir, rootfs_mount) = prepare_rootfs(&id, &rootfs, readonly, env.state_dir)?;
+    let (rootfs_dir, rootfs_mount) = prepare_rootfs(&id, &rootfs, env.state_dir)?;
     let undo_rootfs = |m: &Option<PathBuf>| {
         if let Some(m) = m {
             let _ = umount2(m, MntFlags::MNT_DETACH);

@@ -328,6 +328,11 @@ fn user_groups_rlimits_caps_and_no_new_privs() {
 #[test]
 fn block_device_rootfs() {
     let root = busybox_rootfs();
+    // No mount points in the image: the agent must create them although the spec's root is
+    // read-only (the container's view of / becomes read-only only at the end of its setup).
+    for d in ["proc", "sys", "dev"] {
+        std::fs::remove_dir(root.path().join(d)).unwrap();
+    }
     let img = TempDir::new("img");
     let file = img.path().join("rootfs.ext4");
     let ok = std::process::Command::new("mkfs.ext4")
