@@ -336,11 +336,6 @@ pub fn translate(
             })
         }
     };
-    let readonly = spec
-        .root()
-        .as_ref()
-        .and_then(|r| r.readonly())
-        .unwrap_or(false);
 
     let mut vm = VmConfig::new(kernel);
     vm.initrd = initrd;
@@ -371,9 +366,12 @@ pub fn translate(
     vm.mem_mib = mem_mib;
     vm.serial = SerialOutput::File(paths.console_log.clone());
     vm.compat_profile = compat;
+    // The image is this container's own copy, attached read-write even for a read-only
+    // root: the agent creates the spec's mount points in it, then makes the container's
+    // view of `/` read-only (spec.root.readonly travels in the spec), as runc does.
     vm.disks.push(DiskConfig {
         path: paths.disk.clone(),
-        read_only: readonly,
+        read_only: false,
         id: Some("rootfs".into()),
     });
     vm.vsock = Some(VsockConfig {
@@ -600,7 +598,12 @@ mod tests {
             .iter()
             .all(|n| n.path().is_none()));
         assert!(linux.cgroups_path().is_none());
-        assert!(p.vm.disks[0].read_only);
+        // A read-only root is enforced by the agent inside the guest, on a writable copy.
+        assert!(!p.vm.disks[0].read_only);
+        assert_eq!(
+            p.container.spec.root().as_ref().and_then(|r| r.readonly()),
+            Some(true)
+        );
         let u = spec(serde_json::json!({"linux": {"namespaces": [{"type": "user"}]}}));
         assert_eq!(
             tr(&u).unwrap_err(),
