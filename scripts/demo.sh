@@ -2,7 +2,8 @@
 # The main job on a fresh machine: set up and build everything, boot our guest kernel with
 # the test init (it prints `SANDBOX-VM-INIT-OK uptime_ms=N`; the VMM exits 0), then run a
 # busybox container in its own microVM with `sandbox-vm run bundle/`: it prints the
-# sandbox's kernel release (not the host's) and its own process list.
+# sandbox's kernel release (not the host's), the size of its own kernel log, and its own
+# process list.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/setup.sh)"
@@ -17,14 +18,15 @@ trap 'rm -rf "$work"' EXIT
 bundle="$work/bundle"
 mkdir -p "$bundle/rootfs/bin"
 cp /bin/busybox "$bundle/rootfs/bin/busybox"
-for applet in sh uname ps cat echo; do ln -s busybox "$bundle/rootfs/bin/$applet"; done
+for applet in sh uname ps cat echo dmesg grep; do ln -s busybox "$bundle/rootfs/bin/$applet"; done
 (cd "$bundle" && "$OLDPWD/$svm" spec)
 python3 - "$bundle/config.json" <<'PY'
 import json, sys
 path = sys.argv[1]
 spec = json.load(open(path))
 spec["process"]["terminal"] = False
-spec["process"]["args"] = ["sh", "-c", "echo \"sandbox kernel: $(uname -sr)\"; ps"]
+spec["process"]["args"] = ["sh", "-c",
+    "echo \"sandbox kernel: $(uname -sr)\"; echo \"sandbox kernel log: $(dmesg | grep -c .) lines\"; ps"]
 json.dump(spec, open(path, "w"), indent=2)
 PY
 echo "host kernel:    $(uname -sr)"

@@ -1,8 +1,7 @@
 //! The OCI runtime end to end, with the real guest kernel and agent: two boots in all
 //! (guest boots cost about a minute on hosts that emulate guest kernel mode).
-//! - `run` of a busybox bundle: `uname -sr; ps` shows the guest kernel (not the host's)
-//!   and only the container's processes. (`dmesg | grep -c .` would show the separate
-//!   kernel too, but costs ~100 s of emulated kernel work here; left out.)
+//! - `run` of a busybox bundle: `uname -sr; dmesg | grep -c .; ps` shows the guest kernel
+//!   (not the host's), the guest kernel's own log, and only the container's processes.
 //! - one container through `create` (with `--pid-file`), `state`, `start`, `exec`, `ps`,
 //!   `kill`, `state`, `delete`; the pid-file process exits with the container's status.
 //!
@@ -73,7 +72,14 @@ fn status_of(root: &Path, id: &str) -> String {
 #[test]
 fn run_shows_guest_kernel_and_only_container_processes() {
     let dir = scratch("run");
-    let b = bundle::busybox_bundle(&dir.join("bundle"), &["sh", "-c", "uname -sr; ps"]);
+    let b = bundle::busybox_bundle(
+        &dir.join("bundle"),
+        &[
+            "sh",
+            "-c",
+            "uname -sr; dmesg | grep -c .; dmesg | grep -c sandbox-vm; ps",
+        ],
+    );
     let root = dir.join("root");
     let _reap = Reap {
         root: &root,
@@ -99,6 +105,11 @@ fn run_shows_guest_kernel_and_only_container_processes() {
         host.trim(),
         "guest kernel = host kernel?"
     );
+    // The sandbox's kernel log: a boot's worth of lines, naming our kernel build.
+    let log_lines: usize = lines.next().unwrap().trim().parse().unwrap();
+    assert!(log_lines > 20, "dmesg has {log_lines} lines");
+    let ours: usize = lines.next().unwrap().trim().parse().unwrap();
+    assert!(ours >= 1, "no 'sandbox-vm' in the guest's kernel log");
     let header = lines.next().unwrap();
     assert!(
         header.contains("PID") && header.contains("COMMAND"),

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub const APPLETS: &[&str] = &["sh", "uname", "ps", "echo", "cat", "sleep", "true", "ls"];
+pub const APPLETS: &[&str] = &[
+    "sh", "uname", "ps", "echo", "cat", "sleep", "true", "ls", "dmesg", "grep",
+];
 
 /// Makes `<dir>/rootfs` with busybox and `<dir>/config.json` running `args`.
 pub fn busybox_bundle(dir: &Path, args: &[&str]) -> PathBuf {
