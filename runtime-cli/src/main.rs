@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::bail;
+use clap::Args;
 use clap::{Parser, Subcommand};
-use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};
+use liboci_cli::{CommonCmd, StandardCmd};
 
 use crate::lifecycle::CreateOpts;
 use crate::state::Store;
@@ -24,11 +25,35 @@ use crate::state::Store;
 /// Where container state lives unless `--root` says otherwise.
 const DEFAULT_ROOT: &str = "/run/sandbox-vm";
 
+/// The global flags (runc's), described as this runtime uses them.
+#[derive(Args, Debug)]
+struct GlobalOpts {
+    /// Write log lines to this file instead of stderr (errors also go to stderr)
+    #[arg(short, long, overrides_with("log"))]
+    log: Option<PathBuf>,
+    /// Log debug detail (phase timings of create, start and exec)
+    #[arg(long)]
+    debug: bool,
+    /// Log line format: text or json (with json the last line of --log is the error, as
+    /// podman and containerd expect) [default: text]
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Directory for container state [default: /run/sandbox-vm]
+    #[arg(short, long)]
+    root: Option<PathBuf>,
+    /// Accepted for runc compatibility and ignored: cgroups live inside each sandbox's VM
+    #[arg(short, long)]
+    systemd_cgroup: bool,
+}
+
 #[derive(Parser)]
 #[command(
     name = "sandbox-vm",
     version,
-    about = "Run containers, each in its own KVM microVM (an OCI runtime with runc's command line)"
+    about = "Run containers, each in its own KVM microVM (an OCI runtime with runc's command line)",
+    after_help = "`sandbox-vm run DIR` runs the bundle in DIR (a directory with config.json) with a \
+generated id; `run --bundle DIR ID` is runc's form.\n\
+Not supported yet (they exit 1 saying so): checkpoint, events, pause, resume, update."
 )]
 struct Cli {
     #[command(flatten)]
