@@ -16,26 +16,9 @@ fn scratch(name: &str) -> PathBuf {
 
 /// A 64-bit ELF whose one segment (at 2 MiB) asks for 64 MiB of memory.
 fn big_elf(dir: &std::path::Path) -> PathBuf {
-    let mut f = vec![0u8; 120];
-    f[0..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
-    f[16] = 2;
-    f[18] = 62;
-    f[20] = 1;
-    f[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes());
-    f[32] = 64;
-    f[52] = 64;
-    f[54] = 56;
-    f[56] = 1;
-    f[64] = 1;
-    f[68] = 7;
-    f[72] = 120;
-    f[80..88].copy_from_slice(&0x20_0000u64.to_le_bytes());
-    f[88..96].copy_from_slice(&0x20_0000u64.to_le_bytes());
-    f[96] = 4;
-    f[104..112].copy_from_slice(&(64u64 << 20).to_le_bytes());
-    f.extend_from_slice(&[0xf4, 0xeb, 0xfd, 0x90]);
     let p = dir.join("big.elf");
-    std::fs::write(&p, f).unwrap();
+    let code = [0xf4, 0xeb, 0xfd, 0x90];
+    std::fs::write(&p, vmm::testing::tiny_elf(0x20_0000, &code, 64 << 20)).unwrap();
     p
 }
 

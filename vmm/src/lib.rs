@@ -17,5 +17,7 @@ pub mod layout;
 pub mod memory;
 pub mod mptable;
 pub mod stop;
+#[doc(hidden)]
+pub mod testing;
 pub mod vcpu;
 pub mod vm;

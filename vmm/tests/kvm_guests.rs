@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use vmm::bus::BusDevice;
 use vmm::config::{SerialOutput, VmConfig};
 use vmm::stop::StopReason;
+use vmm::testing::tiny_elf;
 
 const LOAD_ADDR: u64 = 0x20_0000;
 
@@ -56,7 +57,7 @@ impl Guest {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::File::create(dir.join("guest.elf"))
             .unwrap()
-            .write_all(&elf(LOAD_ADDR, &code.0))
+            .write_all(&tiny_elf(LOAD_ADDR, &code.0, code.0.len() as u64))
             .unwrap();
         Self { dir }
     }
@@ -78,29 +79,6 @@ impl Drop for Guest {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A minimal ELF64 with one PT_LOAD segment of `code` at `addr`, entry at `addr`.
-fn elf(addr: u64, code: &[u8]) -> Vec<u8> {
-    let mut f = vec![0u8; 120];
-    f[0..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
-    f[16] = 2;
-    f[18] = 62;
-    f[20] = 1;
-    f[24..32].copy_from_slice(&addr.to_le_bytes());
-    f[32] = 64;
-    f[52] = 64;
-    f[54] = 56;
-    f[56] = 1;
-    f[64] = 1;
-    f[68] = 7;
-    f[72] = 120;
-    f[80..88].copy_from_slice(&addr.to_le_bytes());
-    f[88..96].copy_from_slice(&addr.to_le_bytes());
-    f[96..104].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    f[104..112].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    f.extend_from_slice(code);
-    f
 }
 
 fn run(config: &VmConfig) -> StopReason {
