@@ -7,6 +7,8 @@
 //!   both, and the kernel it reports is the guest's, not the host's;
 //! - Shutdown ends the VM cleanly (VMM exit 0).
 
+#[path = "common/bundle.rs"]
+mod bundle;
 mod common;
 
 use std::io::Read;
@@ -22,19 +24,9 @@ use agent_protocol::{
 };
 use common::{image, kernel};
 
-const APPLETS: &[&str] = &["sh", "echo", "uname", "cat", "true"];
-
-/// A busybox root filesystem as an ext4 image.
+/// A busybox root filesystem (the runtime tests' bundle rootfs) as an ext4 image.
 fn busybox_ext4(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("/bin/busybox (apt-get install busybox-static)");
-    for a in APPLETS {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
-    }
+    let root = bundle::busybox_bundle(&dir.join("bundle"), &["true"]).join("rootfs");
     let img = dir.join("rootfs.ext4");
     let st = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-O", "^has_journal", "-d"])
