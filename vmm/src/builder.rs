@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::boot::{self, BootError, BootParamsInput, LoadedInitrd, LoadedKernel};
@@ -154,7 +154,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
         None => None,
     };
     let vcpus = create_vcpus(&kvm, &vm_fd, config.vcpus, profile.clone(), kernel.entry)?;
-    let compat_args = compat_cmdline(profile.as_ref(), &vcpus[0]);
+    let compat_args = compat_cmdline(profile.as_ref(), &vcpus[0].fd);
     let cmdline = compose_cmdline(config.cmdline.as_deref(), &compat_args, &device_args);
     configure_boot(&mem, &kernel, initrd, &cmdline)?;
     mptable::write(&mem, config.vcpus)?;
@@ -320,9 +320,9 @@ fn raise_fd_limit() {
 }
 
 /// The compat profile's command-line switches, with the TSC rate KVM gives this vCPU.
-fn compat_cmdline(profile: Option<&HostCompatProfile>, vcpu: &Vcpu) -> String {
+fn compat_cmdline(profile: Option<&HostCompatProfile>, vcpu: &VcpuFd) -> String {
     profile
-        .map(|p| p.cmdline(vcpu.fd.get_tsc_khz().ok()))
+        .map(|p| p.cmdline(vcpu.get_tsc_khz().ok()))
         .unwrap_or_default()
 }
 
@@ -335,7 +335,7 @@ pub fn guest_cmdline(config: &VmConfig) -> Result<String, BuildError> {
     vm.create_irq_chip()
         .map_err(vm_err("interrupt controller"))?;
     let fd = vm.create_vcpu(0).map_err(vm_err("vCPU"))?;
-    let compat_args = compat_cmdline(profile.as_ref(), &Vcpu { id: 0, fd });
+    let compat_args = compat_cmdline(profile.as_ref(), &fd);
     Ok(compose_cmdline(config.cmdline.as_deref(), &compat_args, ""))
 }
 
