@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PKGS=(build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils python3
       linux-source-6.12 qemu-system-x86 busybox-static e2fsprogs util-linux
-      podman runc crun)
+      podman runc crun libseccomp-dev libcap-ng-dev pkg-config mmdebstrap)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -17,6 +17,13 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2
   apt-get install -y -qq "${missing[@]}" >&2
+fi
+
+# virtiofsd (the vhost-user virtio-fs backend each sandbox runs), from crates.io.
+VIRTIOFSD_VERSION=1.14.0
+if ! /usr/local/bin/virtiofsd --version 2>/dev/null | grep -q "$VIRTIOFSD_VERSION"; then
+  echo "[setup] virtiofsd $VIRTIOFSD_VERSION (cargo install, about a minute)" >&2
+  cargo install --quiet --locked --root /usr/local --version "$VIRTIOFSD_VERSION" virtiofsd >&2
 fi
 
 echo "[setup] guest kernel" >&2
@@ -37,3 +44,4 @@ echo "export SANDBOX_VM_TEST_INITRD=$INITRD"
 echo "export SANDBOX_VM_VIRTIO_INITRD=$VIRTIO_INITRD"
 echo "export SANDBOX_VM_AGENT_DISK=$AGENT_DISK"
 echo "export SANDBOX_VM_INITRD=$AGENT_INITRD"
+echo "export SANDBOX_VM_VIRTIOFSD=/usr/local/bin/virtiofsd"

@@ -1,18 +1,17 @@
 //! The commands that read state or talk to a running container: `state`, `ps`, `list`,
 //! `features`, `spec`, `run` (create + start + wait) and `exec`.
 
-use std::io::{BufRead, BufReader};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use agent_protocol::ClientError;
 use oci_spec::runtime::{Process, Spec};
+use sandbox::stdio::{self, HostIo};
+use sandbox::HandleError;
 
-use crate::lifecycle::{self, connect, load_in, CreateOpts, LifecycleError};
-use crate::monitor::{CONSOLE_SOCKET_ENV, READY_FD_ENV};
+use crate::lifecycle::{self, handle, load_in, CreateOpts, LifecycleError};
+use crate::monitor::CONSOLE_SOCKET_ENV;
+use crate::ready::{ReadyError, ReadyPipe, ReadyWriter};
 use crate::state::{rfc3339, Status, Store};
-use crate::stdio::{self, HostIo};
 
 /// Failures of these commands; one line each.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +21,9 @@ pub enum CommandError {
     #[error(transparent)]
     State(#[from] crate::state::StateError),
     #[error("container {id}: {err}")]
-    Agent { id: String, err: ClientError },
+    Sandbox { id: String, err: HandleError },
+    #[error(transparent)]
+    Ready(#[from] ReadyError),
     #[error(transparent)]
     Stdio(#[from] stdio::StdioError),
     #[error("unknown format {0:?} (use table or json)")]
@@ -41,8 +42,8 @@ pub enum CommandError {
     Detach(String),
 }
 
-fn agent_err(id: &str) -> impl FnOnce(ClientError) -> CommandError + '_ {
-    move |err| CommandError::Agent { id: id.into(), err }
+fn sandbox_err(id: &str) -> impl FnOnce(HandleError) -> CommandError + '_ {
+    move |err| CommandError::Sandbox { id: id.into(), err }
 }
 
 /// `state ID`.
@@ -59,9 +60,7 @@ pub fn ps(store: &Store, id: &str, format: &str) -> Result<String, CommandError>
         &[Status::Created, Status::Running],
         "it is not running",
     )?;
-    let procs = connect(store, id)?
-        .list_processes(id)
-        .map_err(agent_err(id))?;
+    let procs = handle(store, id).processes(id).map_err(sandbox_err(id))?;
     match format {
         "json" => Ok(
             serde_json::to_string(&procs.iter().map(|p| p.pid).collect::<Vec<_>>()).expect("json"),
@@ -130,7 +129,7 @@ pub fn list(store: &Store, format: &str, quiet: bool) -> Result<String, CommandE
 pub fn features() -> String {
     let v = serde_json::json!({
         "ociVersionMin": "1.0.0",
-        "ociVersionMax": crate::oci::OCI_VERSION,
+        "ociVersionMax": sandbox::oci::OCI_VERSION,
         "hooks": [],
         "mountOptions": ["ro", "rw", "nosuid", "nodev", "noexec", "relatime", "noatime",
             "strictatime", "bind", "rbind", "private", "rprivate", "slave", "rslave",
@@ -320,7 +319,6 @@ fn exec_process(base: Option<Process>, opts: &ExecOpts) -> Result<Process, Comma
 /// once the process is running; the background copy is the `--pid-file` process and exits
 /// with the exec'd process's status.
 fn exec_detached(opts: &ExecOpts) -> Result<i32, CommandError> {
-    let (r, w) = nix::unistd::pipe().map_err(|e| CommandError::Detach(e.to_string()))?;
     let exe = std::env::current_exe().map_err(|e| CommandError::Detach(e.to_string()))?;
     let args: Vec<&String> = opts
         .argv
@@ -328,21 +326,17 @@ fn exec_detached(opts: &ExecOpts) -> Result<i32, CommandError> {
         .skip(1)
         .filter(|a| *a != "-d" && *a != "--detach")
         .collect();
+    let pipe = ReadyPipe::new()?;
     let mut cmd = Command::new(exe);
-    cmd.args(args).env(READY_FD_ENV, w.as_raw_fd().to_string());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| CommandError::Detach(e.to_string()))?;
-    drop(w);
-    let mut line = String::new();
-    let _ = BufReader::new(std::fs::File::from(r)).read_line(&mut line);
-    if line.trim_end() != "OK" {
+    cmd.args(args);
+    pipe.pass_to(&mut cmd)?;
+    let spawned = cmd.spawn();
+    let reader = pipe.spawned();
+    let mut child = spawned.map_err(|e| CommandError::Detach(e.to_string()))?;
+    if let Err(msg) = reader.wait() {
         let _ = child.wait();
         return Err(CommandError::Detach(
-            line.trim_end()
-                .strip_prefix("ERR ")
-                .unwrap_or("exec failed")
-                .into(),
+            msg.unwrap_or_else(|| "exec failed".into()),
         ));
     }
     if let Some(p) = &opts.pid_file {
@@ -360,21 +354,14 @@ pub fn exec(store: &Store, opts: &ExecOpts) -> Result<i32, CommandError> {
     if opts.detach {
         return exec_detached(opts);
     }
-    // Set when we are the background half of `exec --detach`.
-    let ready_fd = std::env::var(READY_FD_ENV)
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok());
-    std::env::remove_var(READY_FD_ENV);
-    let mut ready = ready_fd.filter(|fd| *fd > 2).map(|fd| {
+    // Someone waits for our line when we are the background half of `exec --detach`.
+    let mut ready = ReadyWriter::from_env();
+    if ready.is_waited_for() {
         let _ = nix::unistd::setsid();
-        // SAFETY: our parent (`exec --detach`) left this fd open for us alone and named it
-        // in the environment; nothing else in this process owns it.
-        unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) }
-    });
+    }
     let result = exec_attached(store, opts, &mut ready);
-    if let (Err(e), Some(mut f)) = (&result, ready.take()) {
-        use std::io::Write;
-        let _ = writeln!(f, "ERR {e}");
+    if let Err(e) = &result {
+        ready.err(e);
     }
     result
 }
@@ -382,7 +369,7 @@ pub fn exec(store: &Store, opts: &ExecOpts) -> Result<i32, CommandError> {
 fn exec_attached(
     store: &Store,
     opts: &ExecOpts,
-    ready: &mut Option<std::fs::File>,
+    ready: &mut ReadyWriter,
 ) -> Result<i32, CommandError> {
     let id = opts.id.as_str();
     let state = load_in(
@@ -408,21 +395,14 @@ fn exec_attached(
         }
     };
     let exec_id = format!("exec-{}-{}", std::process::id(), crate::state::now_secs());
-    let ep = crate::monitor::endpoint(&store.dir(id));
+    let sandbox = handle(store, id);
     let t0 = std::time::Instant::now();
-    let mut client = connect(store, id)?;
-    log::debug!("exec {exec_id}: connected after {:?}", t0.elapsed());
-    client
-        .exec(id, &exec_id, process, io.config())
-        .map_err(agent_err(id))?;
-    log::debug!("exec {exec_id}: process started after {:?}", t0.elapsed());
-    let pumps = stdio::attach(&ep, id, Some(&exec_id), io)?;
-    log::debug!("exec {exec_id}: streams attached after {:?}", t0.elapsed());
-    if let Some(mut f) = ready.take() {
-        use std::io::Write;
-        let _ = writeln!(f, "OK");
-    }
-    let exit = client.wait(id, Some(&exec_id)).map_err(agent_err(id))?;
+    let (_, pumps) = sandbox
+        .exec(id, &exec_id, process, io)
+        .map_err(sandbox_err(id))?;
+    log::debug!("exec {exec_id}: started, streams attached after {:?}", t0.elapsed());
+    ready.ok();
+    let exit = sandbox.wait(id, Some(&exec_id)).map_err(sandbox_err(id))?;
     log::debug!("exec {exec_id}: exited after {:?}", t0.elapsed());
     for p in pumps.outputs {
         let _ = p.join();
@@ -440,7 +420,7 @@ mod tests {
         assert_eq!(s.root().as_ref().unwrap().path(), Path::new("rootfs"));
         let p = s.process().as_ref().unwrap();
         assert_eq!(p.args().as_ref().unwrap(), &vec!["sh".to_string()]);
-        assert!(crate::oci::bundle::version_supported(s.version()));
+        assert!(sandbox::oci::bundle::version_supported(s.version()));
         let text = serde_json::to_string(&s).unwrap();
         let back: Spec = serde_json::from_str(&text).unwrap();
         assert_eq!(back, s);

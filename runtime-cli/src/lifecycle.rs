@@ -1,22 +1,21 @@
-//! The container lifecycle: `create` (validate, translate, image, start the monitor),
-//! `start`, `run`, `kill`, `delete`. Everything a later command needs is in the state
-//! directory; the monitor (see `monitor`) owns the VM.
+//! The container lifecycle: `create` (validate, translate, start the monitor), `start`,
+//! `kill`, `pause`, `resume`, `delete`. Everything a later command needs is in the state
+//! directory; the monitor (see `monitor`) owns the sandbox.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use agent_protocol::{Client, ClientError};
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::signal::Signal;
+use sandbox::image::{self, ImageError};
+use sandbox::oci::bundle::{self, BundleError};
+use sandbox::oci::translate::{self, probe_host, ContainerPlan, RootfsMode, TranslateError};
+use sandbox::{HandleError, SandboxHandle, SandboxPaths};
+use serde::{Deserialize, Serialize};
+use vmm::config::VmConfig;
 
-use crate::image::{self, ImageError};
-use crate::monitor::{self, CONSOLE_SOCKET_ENV, READY_FD_ENV};
-use crate::oci::bundle::{self, BundleError};
-use crate::oci::translate::{self, probe_host, StatePaths, TranslateError};
+use crate::monitor::CONSOLE_SOCKET_ENV;
+use crate::ready::{ReadyError, ReadyPipe};
 use crate::state::{now_secs, ContainerState, StateError, Status, Store};
 
 /// Lifecycle failures; one line each.
@@ -36,6 +35,10 @@ pub enum LifecycleError {
         path: PathBuf,
         how: &'static str,
     },
+    #[error("virtiofsd not found: run scripts/setup.sh (it installs it) or set SANDBOX_VM_VIRTIOFSD")]
+    NoVirtiofsd,
+    #[error(transparent)]
+    Ready(#[from] ReadyError),
     #[error("cannot start the container's monitor: {0}")]
     Spawn(std::io::Error),
     #[error("container {id} failed to start: {msg}")]
@@ -49,11 +52,24 @@ pub enum LifecycleError {
         what: &'static str,
     },
     #[error("container {id}: {err}")]
-    Agent { id: String, err: ClientError },
+    Sandbox { id: String, err: HandleError },
     #[error("invalid signal {0:?} (use a name like SIGTERM or TERM, or a number)")]
     BadSignal(String),
     #[error("cannot stop the monitor of container {id} (pid {pid})")]
     StuckMonitor { id: String, pid: i32 },
+    #[error("cannot clean up container {id}: {err}")]
+    Cleanup { id: String, err: sandbox::SandboxError },
+}
+
+/// What the monitor needs to make the container real (`plan.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Plan {
+    /// The sandbox's VM.
+    pub vm: VmConfig,
+    /// The container.
+    pub container: ContainerPlan,
+    /// The virtio-fs backend.
+    pub virtiofsd: PathBuf,
 }
 
 /// What `create` needs from the command line.
@@ -77,7 +93,7 @@ struct Cleanup<'a> {
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let _ = self.store.remove(self.id);
+            let _ = remove_dir(self.store, self.id);
         }
     }
 }
@@ -108,12 +124,83 @@ fn write_pid_file(path: &Path, pid: u32) -> Result<(), LifecycleError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-/// A pipe whose write end the monitor inherits.
-fn ready_pipe() -> Result<(OwnedFd, OwnedFd), LifecycleError> {
-    let (r, w) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| LifecycleError::Spawn(e.into()))?;
-    fcntl(&w, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| LifecycleError::Spawn(e.into()))?;
-    Ok((r, w))
+/// Translates the bundle: every problem with the spec or the host is found here, before
+/// anything is created.
+fn make_plan(
+    id: &str,
+    bundle: &bundle::Bundle,
+    paths: &SandboxPaths,
+) -> Result<(Plan, RootfsMode), LifecycleError> {
+    let defaults = sandbox::oci::host_defaults();
+    let (vm, mode) = translate::vm_config(&bundle.spec, &defaults, &paths.vm_paths())?;
+    let container =
+        translate::container_request(id, &bundle.spec, &bundle.rootfs, mode, &probe_host)?;
+    check_artifact(
+        "guest kernel",
+        &vm.kernel,
+        "build it with guest-kernel-config/build.sh or set SANDBOX_VM_KERNEL",
+    )?;
+    for d in vm
+        .disks
+        .iter()
+        .filter(|d| d.id.as_deref() == Some(translate::vm::AGENT_DISK_SERIAL))
+    {
+        check_artifact(
+            "guest image",
+            &d.path,
+            "build it with images/build-agent-disk.sh or set SANDBOX_VM_AGENT_DISK",
+        )?;
+    }
+    if let Some(initrd) = &vm.initrd {
+        check_artifact(
+            "agent initramfs",
+            initrd,
+            "build it with images/build-agent-initramfs.sh or set SANDBOX_VM_INITRD",
+        )?;
+    }
+    let virtiofsd = sandbox::virtiofsd::find().ok_or(LifecycleError::NoVirtiofsd)?;
+    Ok((
+        Plan {
+            vm,
+            container,
+            virtiofsd,
+        },
+        mode,
+    ))
+}
+
+/// Starts `sandbox-vm monitor ID` and waits for its readiness line.
+fn start_monitor(store: &Store, opts: &CreateOpts) -> Result<Child, LifecycleError> {
+    let pipe = ReadyPipe::new()?;
+    let exe = std::env::current_exe().map_err(LifecycleError::Spawn)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--root")
+        .arg(store.root())
+        .args(&opts.global_args)
+        .arg("monitor")
+        .arg(&opts.id);
+    if let Some(sock) = &opts.console_socket {
+        cmd.env(CONSOLE_SOCKET_ENV, sock);
+    }
+    pipe.pass_to(&mut cmd)?;
+    let spawned = cmd.spawn();
+    let reader = pipe.spawned();
+    let mut child = spawned.map_err(LifecycleError::Spawn)?;
+    if let Err(msg) = reader.wait() {
+        kill_group(child.id() as i32);
+        let _ = child.wait();
+        let msg = msg.unwrap_or_else(|| {
+            format!(
+                "the monitor exited without a word (see {})",
+                store.dir(&opts.id).join("monitor.log").display()
+            )
+        });
+        return Err(LifecycleError::Monitor {
+            id: opts.id.clone(),
+            msg,
+        });
+    }
+    Ok(child)
 }
 
 /// `create`: returns the running monitor (our child; `run` waits for it).
@@ -124,38 +211,8 @@ pub fn create(store: &Store, opts: &CreateOpts) -> Result<Child, LifecycleError>
     }
     let bundle = bundle::load(&opts.bundle)?;
     let dir = store.dir(&opts.id);
-    let paths = StatePaths::in_dir(&dir);
-    let plan = translate::translate(
-        &opts.id,
-        &bundle.spec,
-        &crate::oci::host_defaults(),
-        &paths,
-        &probe_host,
-    )?;
-    check_artifact(
-        "guest kernel",
-        &plan.vm.kernel,
-        "build it with guest-kernel-config/build.sh or set SANDBOX_VM_KERNEL",
-    )?;
-    for d in plan
-        .vm
-        .disks
-        .iter()
-        .filter(|d| d.id.as_deref() == Some("agent"))
-    {
-        check_artifact(
-            "agent disk",
-            &d.path,
-            "build it with images/build-agent-disk.sh or unset SANDBOX_VM_AGENT_DISK",
-        )?;
-    }
-    if let Some(initrd) = &plan.vm.initrd {
-        check_artifact(
-            "agent initramfs",
-            initrd,
-            "build it with images/build-agent-initramfs.sh or set SANDBOX_VM_INITRD",
-        )?;
-    }
+    let paths = SandboxPaths::in_dir(&dir);
+    let (plan, mode) = make_plan(&opts.id, &bundle, &paths)?;
 
     store.create_dir(&opts.id)?;
     let mut cleanup = Cleanup {
@@ -181,51 +238,19 @@ pub fn create(store: &Store, opts: &CreateOpts) -> Result<Child, LifecycleError>
         exit_status: None,
         process: bundle.spec.process().clone(),
     })?;
-    image::build(&bundle.rootfs, &paths.disk, &plan.copies)?;
+    if mode == RootfsMode::Block {
+        image::build(&bundle.rootfs, &paths.rootfs_disk)?;
+    }
     let plan_json = serde_json::to_vec(&plan).expect("plan serializes");
     std::fs::write(dir.join("plan.json"), plan_json).map_err(|err| StateError::Io {
         what: "cannot write",
         path: dir.join("plan.json"),
         err,
     })?;
-
-    let (r, w) = ready_pipe()?;
-    let exe = std::env::current_exe().map_err(LifecycleError::Spawn)?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("--root")
-        .arg(store.root())
-        .args(&opts.global_args)
-        .arg("monitor")
-        .arg(&opts.id)
-        .env(READY_FD_ENV, w.as_raw_fd().to_string());
-    if let Some(sock) = &opts.console_socket {
-        cmd.env(CONSOLE_SOCKET_ENV, sock);
-    }
-    let mut child = cmd.spawn().map_err(LifecycleError::Spawn)?;
-    drop(w);
-    let mut line = String::new();
-    let _ = BufReader::new(File::from(r)).read_line(&mut line);
-    if line.trim_end() != "OK" {
-        let msg = line
-            .trim_end()
-            .strip_prefix("ERR ")
-            .map(str::to_string)
-            .unwrap_or_else(|| {
-                format!(
-                    "the monitor exited without a word (see {})",
-                    dir.join("console.log").display()
-                )
-            });
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(LifecycleError::Monitor {
-            id: opts.id.clone(),
-            msg,
-        });
-    }
+    let mut child = start_monitor(store, opts)?;
     if let Some(p) = &opts.pid_file {
         if let Err(e) = write_pid_file(p, child.id()) {
-            let _ = child.kill();
+            kill_group(child.id() as i32);
             let _ = child.wait();
             return Err(e);
         }
@@ -234,13 +259,14 @@ pub fn create(store: &Store, opts: &CreateOpts) -> Result<Child, LifecycleError>
     Ok(child)
 }
 
-fn agent_err(id: &str) -> impl FnOnce(ClientError) -> LifecycleError + '_ {
-    move |err| LifecycleError::Agent { id: id.into(), err }
+/// The live sandbox of a container.
+pub fn handle(store: &Store, id: &str) -> SandboxHandle {
+    SandboxHandle::open(&store.dir(id))
 }
 
-/// A control connection to a live container's agent.
-pub fn connect(store: &Store, id: &str) -> Result<Client, LifecycleError> {
-    Client::connect(&monitor::endpoint(&store.dir(id))).map_err(agent_err(id))
+/// Maps a sandbox error to this container.
+pub fn sandbox_err(id: &str) -> impl FnOnce(HandleError) -> LifecycleError + '_ {
+    move |err| LifecycleError::Sandbox { id: id.into(), err }
 }
 
 /// Loads a container that must be in one of `allowed`.
@@ -271,9 +297,7 @@ pub fn start(store: &Store, id: &str) -> Result<(), LifecycleError> {
         &[Status::Created],
         "only a created container can be started",
     )?;
-    connect(store, id)?
-        .start_container(id)
-        .map_err(agent_err(id))?;
+    handle(store, id).start(id).map_err(sandbox_err(id))?;
     store.update(id, |s| {
         if s.status == Status::Created {
             s.status = Status::Running;
@@ -302,27 +326,61 @@ pub fn parse_signal(s: &str) -> Result<i32, LifecycleError> {
         .map_err(|_| LifecycleError::BadSignal(s.into()))
 }
 
-/// `kill`.
+/// `kill`. A paused container is resumed first: its processes can only die when its vCPUs
+/// run.
 pub fn kill(store: &Store, id: &str, signal: &str, all: bool) -> Result<(), LifecycleError> {
     let sig = parse_signal(signal)?;
-    load_in(
+    let s = load_in(
         store,
         id,
-        &[Status::Created, Status::Running],
+        &[Status::Created, Status::Running, Status::Paused],
         "it is not running",
     )?;
-    connect(store, id)?
+    if s.effective_status() == Status::Paused {
+        resume(store, id)?;
+    }
+    handle(store, id)
         .signal(id, None, sig, all)
-        .map_err(agent_err(id))
+        .map_err(sandbox_err(id))
 }
 
-/// SIGKILLs the monitor (and with it the VM) and waits until it is gone.
+/// `pause`: stops the sandbox's vCPUs.
+pub fn pause(store: &Store, id: &str) -> Result<(), LifecycleError> {
+    load_in(store, id, &[Status::Running], "only a running container can be paused")?;
+    handle(store, id).pause().map_err(sandbox_err(id))?;
+    store.update(id, |s| {
+        if s.status == Status::Running {
+            s.status = Status::Paused;
+        }
+    })?;
+    Ok(())
+}
+
+/// `resume`: lets a paused sandbox's vCPUs run again.
+pub fn resume(store: &Store, id: &str) -> Result<(), LifecycleError> {
+    load_in(store, id, &[Status::Paused], "only a paused container can be resumed")?;
+    handle(store, id).resume().map_err(sandbox_err(id))?;
+    store.update(id, |s| {
+        if s.status == Status::Paused {
+            s.status = Status::Running;
+        }
+    })?;
+    Ok(())
+}
+
+/// SIGKILLs a process group (the monitor's: the monitor, the VMM and virtiofsd).
+fn kill_group(pgid: i32) {
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL);
+}
+
+/// SIGKILLs the monitor's process group (and with it the VM and virtiofsd) and waits until
+/// the monitor is gone.
 fn kill_monitor(s: &ContainerState) -> Result<(), LifecycleError> {
     let Some(pid) = s.pid else { return Ok(()) };
     if !crate::state::process_alive(pid, s.pid_start) {
         return Ok(());
     }
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    kill_group(pid);
     let deadline = Instant::now() + Duration::from_secs(10);
     while crate::state::process_alive(pid, s.pid_start) {
         if Instant::now() > deadline {
@@ -336,8 +394,19 @@ fn kill_monitor(s: &ContainerState) -> Result<(), LifecycleError> {
     Ok(())
 }
 
+/// Removes the state directory after detaching any mount a dead monitor left in it.
+fn remove_dir(store: &Store, id: &str) -> Result<(), LifecycleError> {
+    sandbox::sandbox::clean_up_after_owner(&store.dir(id)).map_err(|err| {
+        LifecycleError::Cleanup {
+            id: id.into(),
+            err,
+        }
+    })?;
+    Ok(store.remove(id)?)
+}
+
 /// `delete`: removes every trace. A created container is deleted as runc does (its VM is
-/// stopped); a running one needs `force`.
+/// stopped); a running or paused one needs `force`.
 pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), LifecycleError> {
     crate::state::validate_id(id)?;
     if !store.exists(id) {
@@ -346,13 +415,13 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), LifecycleError
     let s = match store.load(id) {
         Ok(s) => s,
         // A directory without a readable state: a create that died half way.
-        Err(StateError::NotFound(_) | StateError::Corrupt { .. }) => return Ok(store.remove(id)?),
+        Err(StateError::NotFound(_) | StateError::Corrupt { .. }) => return remove_dir(store, id),
         Err(e) => return Err(e.into()),
     };
     match s.effective_status() {
         Status::Stopped => {}
         Status::Created => kill_monitor(&s)?,
-        status @ (Status::Running | Status::Creating) => {
+        status @ (Status::Running | Status::Creating | Status::Paused) => {
             if !force {
                 return Err(LifecycleError::WrongState {
                     id: id.into(),
@@ -363,7 +432,7 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), LifecycleError
             kill_monitor(&s)?;
         }
     }
-    Ok(store.remove(id)?)
+    remove_dir(store, id)
 }
 
 #[cfg(test)]

@@ -3,13 +3,11 @@
 
 mod boot_cmd;
 mod commands;
-mod image;
 mod lifecycle;
 mod logging;
 mod monitor;
-mod oci;
+mod ready;
 mod state;
-mod stdio;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -53,7 +51,7 @@ struct GlobalOpts {
     about = "Run containers, each in its own KVM microVM (an OCI runtime with runc's command line)",
     after_help = "`sandbox-vm run DIR` runs the bundle in DIR (a directory with config.json) with a \
 generated id; `run --bundle DIR ID` is runc's form.\n\
-Not supported yet (they exit 1 saying so): checkpoint, events, pause, resume, update."
+Not supported yet (they exit 1 saying so): checkpoint, events, update."
 )]
 struct Cli {
     #[command(flatten)]
@@ -198,10 +196,17 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
             }
             CommonCmd::Checkpointt(_) => bail!("checkpoint is not supported"),
             CommonCmd::Events(_) => bail!("events is not supported yet"),
-            CommonCmd::Pause(_) | CommonCmd::Resume(_) => {
-                bail!("pause and resume are not supported yet")
+            CommonCmd::Pause(p) => {
+                lifecycle::pause(store, &p.container_id)?;
+                Ok(ExitCode::SUCCESS)
             }
-            CommonCmd::Update(_) => bail!("update is not supported yet"),
+            CommonCmd::Resume(r) => {
+                lifecycle::resume(store, &r.container_id)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            CommonCmd::Update(_) => bail!(
+                "update is not supported: a sandbox's vCPUs, memory and limits are fixed when its VM boots"
+            ),
         },
     }
 }

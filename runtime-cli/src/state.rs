@@ -47,6 +47,8 @@ pub enum Status {
     Creating,
     Created,
     Running,
+    /// The sandbox's vCPUs are stopped (`pause`).
+    Paused,
     Stopped,
 }
 
@@ -56,6 +58,7 @@ impl std::fmt::Display for Status {
             Status::Creating => "creating",
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         })
     }
@@ -96,7 +99,7 @@ impl ContainerState {
     pub fn oci_json(&self) -> serde_json::Value {
         let status = self.effective_status();
         serde_json::json!({
-            "ociVersion": crate::oci::OCI_VERSION,
+            "ociVersion": sandbox::oci::OCI_VERSION,
             "id": self.id,
             "status": status.to_string(),
             "pid": if status == Status::Stopped { 0 } else { self.pid.unwrap_or(0) },

@@ -1,13 +1,10 @@
-//! The container's root filesystem as an ext4 image for virtio-blk: `mkfs.ext4 -d` copies
-//! the rootfs directory into a sparse file without mounting anything; files from bind
-//! mounts are then written into it with `debugfs`.
+//! The container's root filesystem as an ext4 image for virtio-blk (the `block` rootfs
+//! mode): `mkfs.ext4 -d` copies the rootfs directory into a sparse file without mounting
+//! anything. (Bind mounts reach the guest through the share in both modes.)
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-use crate::oci::translate::FileCopy;
 
 /// Room on top of the rootfs contents: ext4 metadata and the container's own writes.
 pub const MARGIN_BYTES: u64 = 64 << 20;
@@ -54,29 +51,11 @@ pub fn image_size(content: u64) -> u64 {
     (content + content / 4 + MARGIN_BYTES).next_multiple_of(1 << 20)
 }
 
-fn run(
-    tool: &'static str,
-    img: &Path,
-    cmd: &mut Command,
-    stdin: Option<&str>,
-) -> Result<(), ImageError> {
-    let mut child = cmd
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+fn run(tool: &'static str, img: &Path, cmd: &mut Command) -> Result<(), ImageError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
         .map_err(|err| ImageError::Spawn { tool, err })?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        let _ = pipe.write_all(text.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|err| ImageError::Spawn { tool, err })?;
-    // debugfs reports per-command failures on stderr but exits 0; those we check below.
     if !out.status.success() {
         let msg = String::from_utf8_lossy(&out.stderr);
         return Err(ImageError::Tool {
@@ -88,30 +67,8 @@ fn run(
     Ok(())
 }
 
-/// The debugfs script that writes `copies` (creating parent directories, replacing files).
-pub fn debugfs_script(copies: &[FileCopy]) -> String {
-    let mut s = String::new();
-    for c in copies {
-        let dest = c.dest.to_string_lossy();
-        let mut parent = String::new();
-        let comps: Vec<&str> = dest.split('/').filter(|p| !p.is_empty()).collect();
-        let Some((name, dirs)) = comps.split_last() else {
-            continue;
-        };
-        for d in dirs {
-            parent.push('/');
-            parent.push_str(d);
-            s += &format!("mkdir \"{parent}\"\n");
-        }
-        s += &format!("cd \"/{}\"\n", dirs.join("/"));
-        s += &format!("rm \"{name}\"\n");
-        s += &format!("write \"{}\" \"{name}\"\n", c.src.display());
-    }
-    s
-}
-
-/// Makes `img` from `rootfs` and writes `copies` into it.
-pub fn build(rootfs: &Path, img: &Path, copies: &[FileCopy]) -> Result<(), ImageError> {
+/// Makes `img` from `rootfs`.
+pub fn build(rootfs: &Path, img: &Path) -> Result<(), ImageError> {
     let size = image_size(tree_size(rootfs));
     let f = fs::File::create(img).map_err(|err| ImageError::Create {
         path: img.into(),
@@ -141,17 +98,7 @@ pub fn build(rootfs: &Path, img: &Path, copies: &[FileCopy]) -> Result<(), Image
             ])
             .arg(rootfs)
             .arg(img),
-        None,
-    )?;
-    if !copies.is_empty() {
-        run(
-            "debugfs",
-            img,
-            Command::new("debugfs").args(["-w", "-f", "-"]).arg(img),
-            Some(&debugfs_script(copies)),
-        )?;
-    }
-    Ok(())
+    )
 }
 
 #[cfg(test)]
@@ -166,40 +113,19 @@ mod tests {
     }
 
     #[test]
-    fn script_makes_parents_and_replaces() {
-        let s = debugfs_script(&[FileCopy {
-            src: "/h/hosts".into(),
-            dest: "/etc/x/hosts".into(),
-        }]);
-        assert_eq!(
-            s,
-            "mkdir \"/etc\"\nmkdir \"/etc/x\"\ncd \"/etc/x\"\nrm \"hosts\"\nwrite \"/h/hosts\" \"hosts\"\n"
-        );
-    }
-
-    #[test]
-    fn builds_an_image_with_copies() {
+    fn builds_an_image_of_the_rootfs() {
         let dir = std::env::temp_dir().join(format!("svm-image-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("rootfs/etc")).unwrap();
         fs::write(dir.join("rootfs/etc/hosts"), "old").unwrap();
-        fs::write(dir.join("newhosts"), "127.0.0.1 new\n").unwrap();
         let img = dir.join("r.img");
-        build(
-            &dir.join("rootfs"),
-            &img,
-            &[FileCopy {
-                src: dir.join("newhosts"),
-                dest: "/etc/hosts".into(),
-            }],
-        )
-        .unwrap();
+        build(&dir.join("rootfs"), &img).unwrap();
         let out = Command::new("debugfs")
             .args(["-R", "cat /etc/hosts"])
             .arg(&img)
             .output()
             .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "127.0.0.1 new\n");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "old");
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -1,0 +1,331 @@
+//! Container → agent request: the `CreateContainer` the guest agent runs, and the host
+//! binds that put the container's rootfs and bind-mount sources into the sandbox's share.
+//!
+//! Share layout (relative to the share's root, the same on the host and in the guest):
+//! `<id>/rootfs` is the bundle's rootfs, `<id>/mounts/<n>` the source of the spec's n-th
+//! bind mount (a file or a directory). The guest sees the share at [`GUEST_SHARE_DIR`].
+
+use std::path::{Path, PathBuf};
+
+use agent_protocol::{CreateContainer, Rootfs, StdioConfig};
+use oci_spec::runtime::{Mount, MountBuilder, Spec};
+
+use super::vm::{RootfsMode, ROOTFS_DISK_SERIAL};
+use super::{FileProbe, HostPath, TranslateError};
+use crate::share::GUEST_SHARE_DIR;
+
+/// One host path the sandbox bind-mounts into its share before the agent sees it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostBind {
+    /// The host path (the bundle's rootfs, or a bind mount's source).
+    pub src: PathBuf,
+    /// Where it goes, relative to the share's root.
+    pub share_rel: PathBuf,
+    /// A regular file (else a directory).
+    pub is_file: bool,
+    /// Made read-only on the host too (the spec's `ro`), so even a guest kernel cannot
+    /// write through it.
+    pub read_only: bool,
+    /// `rbind`: submounts come along.
+    pub recursive: bool,
+}
+
+/// What adding one container to a sandbox takes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ContainerPlan {
+    /// The agent's request (its stdio is set by the caller).
+    pub request: CreateContainer,
+    /// Host binds into the share, rootfs first; made before the request is sent.
+    pub binds: Vec<HostBind>,
+}
+
+/// The container's directory in the share, relative to its root.
+pub fn share_dir(id: &str) -> PathBuf {
+    PathBuf::from(id)
+}
+
+fn guest_path(rel: &Path) -> String {
+    Path::new(GUEST_SHARE_DIR).join(rel).display().to_string()
+}
+
+fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"))
+}
+
+fn has_option(m: &Mount, opt: &str) -> bool {
+    m.options().as_ref().is_some_and(|o| o.iter().any(|o| o == opt))
+}
+
+/// A private tmpfs for `/dev/shm`: inside one VM that is what a pod-shared `/dev/shm` is.
+fn shm_tmpfs(dest: PathBuf) -> Mount {
+    MountBuilder::default()
+        .destination(dest)
+        .typ("tmpfs")
+        .source("shm")
+        .options(vec![
+            "nosuid".to_string(),
+            "noexec".into(),
+            "nodev".into(),
+            "mode=1777".into(),
+            "size=65536k".into(),
+        ])
+        .build()
+        .expect("all mount fields are set")
+}
+
+/// The spec's mounts for the guest: bind sources move into the share (their host binds
+/// are returned), a host directory on `/dev/shm` becomes a guest tmpfs, the rest stays.
+fn guest_mounts(
+    id: &str,
+    mounts: &[Mount],
+    probe: FileProbe<'_>,
+) -> Result<(Vec<Mount>, Vec<HostBind>), TranslateError> {
+    let mut out = Vec::new();
+    let mut binds = Vec::new();
+    for m in mounts {
+        if !is_bind(m) {
+            out.push(m.clone());
+            continue;
+        }
+        let dest = m.destination().clone();
+        if dest == Path::new("/dev/shm") {
+            out.push(shm_tmpfs(dest));
+            continue;
+        }
+        let src = m.source().clone().unwrap_or_default();
+        let is_file = match probe(&src) {
+            HostPath::File => true,
+            HostPath::Dir => false,
+            HostPath::Other => return Err(TranslateError::BadBindSource { src, dest }),
+        };
+        let share_rel = share_dir(id).join("mounts").join(binds.len().to_string());
+        let mut guest = m.clone();
+        guest.set_source(Some(PathBuf::from(guest_path(&share_rel))));
+        guest.set_typ(Some("bind".into()));
+        out.push(guest);
+        binds.push(HostBind {
+            src,
+            share_rel,
+            is_file,
+            read_only: has_option(m, "ro"),
+            recursive: has_option(m, "rbind"),
+        });
+    }
+    Ok((out, binds))
+}
+
+/// Rejects hooks (not run yet), and the spec as the guest agent should see it: mounts
+/// rewritten, namespace paths (host paths, meaningless in the guest) dropped in favour of
+/// new namespaces, the cgroup path left to the agent's default.
+fn guest_spec(spec: &Spec, mounts: Vec<Mount>) -> Result<Spec, TranslateError> {
+    let mut g = spec.clone();
+    if let Some(hooks) = g.hooks() {
+        let v = serde_json::to_value(hooks).unwrap_or_default();
+        let set: Vec<String> = v
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter(|(_, h)| h.as_array().is_some_and(|a| !a.is_empty()))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !set.is_empty() {
+            return Err(TranslateError::Hooks(set.join(", ")));
+        }
+        g.set_hooks(None);
+    }
+    g.set_mounts(Some(mounts));
+    if let Some(linux) = g.linux_mut() {
+        if let Some(nss) = linux.namespaces_mut() {
+            for ns in nss.iter_mut() {
+                use oci_spec::runtime::LinuxNamespaceType as T;
+                if matches!(ns.typ(), T::User | T::Time) {
+                    return Err(TranslateError::Namespace(
+                        format!("{:?}", ns.typ()).to_lowercase(),
+                    ));
+                }
+                ns.set_path(None);
+            }
+        }
+        linux.set_cgroups_path(None);
+        linux.set_uid_mappings(None);
+        linux.set_gid_mappings(None);
+    }
+    Ok(g)
+}
+
+/// Translates one container whose bundle rootfs is `rootfs_dir` on the host. `probe`
+/// answers "is this host path a file or a directory" for bind-mount sources.
+pub fn container_request(
+    id: &str,
+    spec: &Spec,
+    rootfs_dir: &Path,
+    mode: RootfsMode,
+    probe: FileProbe<'_>,
+) -> Result<ContainerPlan, TranslateError> {
+    let (mounts, mount_binds) =
+        guest_mounts(id, spec.mounts().as_deref().unwrap_or_default(), probe)?;
+    let spec = guest_spec(spec, mounts)?;
+    let mut binds = Vec::new();
+    let rootfs = match mode {
+        RootfsMode::Share => {
+            let share_rel = share_dir(id).join("rootfs");
+            let path = guest_path(&share_rel);
+            binds.push(HostBind {
+                src: rootfs_dir.to_path_buf(),
+                share_rel,
+                is_file: false,
+                read_only: false,
+                recursive: true,
+            });
+            Rootfs::Directory { path }
+        }
+        RootfsMode::Block => Rootfs::BlockDevice {
+            serial: ROOTFS_DISK_SERIAL.into(),
+            fstype: "ext4".into(),
+            options: Vec::new(),
+        },
+    };
+    binds.extend(mount_binds);
+    Ok(ContainerPlan {
+        request: CreateContainer {
+            container_id: id.into(),
+            spec: Box::new(spec),
+            rootfs,
+            stdio: StdioConfig::ALL,
+        },
+        binds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::translate::test_specs::spec;
+
+    fn no_files(_: &Path) -> HostPath {
+        HostPath::Other
+    }
+
+    fn tr(s: &Spec, probe: FileProbe<'_>) -> Result<ContainerPlan, TranslateError> {
+        container_request("c1", s, Path::new("/b/rootfs"), RootfsMode::Share, probe)
+    }
+
+    #[test]
+    fn the_rootfs_goes_through_the_share_without_a_copy() {
+        let p = tr(&spec(serde_json::json!({})), &no_files).unwrap();
+        assert_eq!(p.request.container_id, "c1");
+        assert_eq!(
+            p.request.rootfs,
+            Rootfs::Directory {
+                path: format!("{GUEST_SHARE_DIR}/c1/rootfs")
+            }
+        );
+        assert_eq!(
+            p.binds,
+            vec![HostBind {
+                src: "/b/rootfs".into(),
+                share_rel: "c1/rootfs".into(),
+                is_file: false,
+                read_only: false,
+                recursive: true,
+            }]
+        );
+        let b = container_request(
+            "c1",
+            &spec(serde_json::json!({})),
+            Path::new("/b/rootfs"),
+            RootfsMode::Block,
+            &no_files,
+        )
+        .unwrap();
+        assert!(b.binds.is_empty());
+        assert!(
+            matches!(b.request.rootfs, Rootfs::BlockDevice { ref serial, .. } if serial == ROOTFS_DISK_SERIAL)
+        );
+    }
+
+    #[test]
+    fn bind_sources_move_into_the_share() {
+        let s = spec(serde_json::json!({"mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/etc/hosts", "type": "bind", "source": "/host/hosts", "options": ["rbind", "ro"]},
+            {"destination": "/dev/shm", "type": "bind", "source": "/host/shm", "options": ["bind"]},
+            {"destination": "/data", "type": "none", "source": "/host/dir", "options": ["bind", "rw"]},
+        ]}));
+        let files = |p: &Path| match p.to_str() {
+            Some("/host/hosts") => HostPath::File,
+            Some("/host/dir") => HostPath::Dir,
+            _ => HostPath::Other,
+        };
+        let p = tr(&s, &files).unwrap();
+        assert_eq!(p.binds.len(), 3, "rootfs + two binds");
+        assert_eq!(
+            p.binds[1],
+            HostBind {
+                src: "/host/hosts".into(),
+                share_rel: "c1/mounts/0".into(),
+                is_file: true,
+                read_only: true,
+                recursive: true,
+            }
+        );
+        assert_eq!(p.binds[2].share_rel, PathBuf::from("c1/mounts/1"));
+        assert!(!p.binds[2].is_file && !p.binds[2].read_only);
+        let mounts = p.request.spec.mounts().clone().unwrap();
+        assert_eq!(mounts.len(), 4);
+        assert_eq!(
+            mounts[1].source().as_deref(),
+            Some(Path::new(&format!("{GUEST_SHARE_DIR}/c1/mounts/0")))
+        );
+        assert_eq!(mounts[1].options().as_ref().unwrap(), &["rbind", "ro"]);
+        assert_eq!(mounts[2].typ().as_deref(), Some("tmpfs"));
+        assert_eq!(mounts[3].typ().as_deref(), Some("bind"));
+        assert_eq!(mounts[3].destination(), Path::new("/data"));
+
+        let missing = spec(serde_json::json!({"mounts": [
+            {"destination": "/x", "type": "bind", "source": "/nope"},
+        ]}));
+        let e = tr(&missing, &files).unwrap_err();
+        assert!(matches!(e, TranslateError::BadBindSource { .. }));
+        assert!(e.to_string().contains("/nope"), "{e}");
+    }
+
+    #[test]
+    fn host_namespace_paths_and_cgroup_path_are_dropped() {
+        let s = spec(serde_json::json!({"linux": {
+            "namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}],
+            "cgroupsPath": "machine.slice:libpod:abc",
+        }, "root": {"path": "rootfs", "readonly": true}}));
+        let p = tr(&s, &no_files).unwrap();
+        let linux = p.request.spec.linux().clone().unwrap();
+        assert!(linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|n| n.path().is_none()));
+        assert!(linux.cgroups_path().is_none());
+        assert_eq!(
+            p.request.spec.root().as_ref().and_then(|r| r.readonly()),
+            Some(true)
+        );
+        let u = spec(serde_json::json!({"linux": {"namespaces": [{"type": "user"}]}}));
+        assert_eq!(
+            tr(&u, &no_files).unwrap_err(),
+            TranslateError::Namespace("user".into())
+        );
+    }
+
+    #[test]
+    fn hooks_are_rejected() {
+        let s = spec(serde_json::json!({"hooks": {"prestart": [{"path": "/bin/true"}]}}));
+        assert!(matches!(tr(&s, &no_files), Err(TranslateError::Hooks(h)) if h == "prestart"));
+        let empty = spec(serde_json::json!({"hooks": {"prestart": []}}));
+        tr(&empty, &no_files).unwrap();
+    }
+}

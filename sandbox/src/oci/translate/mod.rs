@@ -1,0 +1,143 @@
+//! OCI spec → sandbox, as two pure functions (no files are touched here):
+//!
+//! * [`vm::vm_config`]: a pod (the spec of the container that boots the sandbox, plus the
+//!   host defaults and the sandbox's state paths) → the `VmConfig` the VMM process builds;
+//! * [`container::container_request`]: one container's spec → the `CreateContainer` the
+//!   guest agent runs, plus the host binds the sandbox makes into its virtio-fs share.
+//!
+//! The spec's own problems are reported before the host's, one line each.
+
+pub mod container;
+pub mod vm;
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+
+pub use container::{container_request, share_dir, ContainerPlan, HostBind};
+pub use vm::{vm_config, RootfsMode, VmPaths};
+
+/// Annotation: guest kernel path.
+pub const ANN_KERNEL: &str = "io.sandbox-vm.kernel";
+/// Annotation: agent initramfs path.
+pub const ANN_INITRD: &str = "io.sandbox-vm.initrd";
+/// Annotation: number of vCPUs (overrides the CPU limit).
+pub const ANN_VCPUS: &str = "io.sandbox-vm.vcpus";
+/// Annotation: guest RAM in MiB (overrides the memory limit).
+pub const ANN_MEM_MIB: &str = "io.sandbox-vm.mem-mib";
+/// Annotation: boot the agent from this read-only ext4 image (`/init` = the agent) instead
+/// of the initramfs; see `images/build-agent-disk.sh`.
+pub const ANN_AGENT_DISK: &str = "io.sandbox-vm.agent-disk";
+/// Annotation: extra guest kernel parameters (appended to the default command line), e.g.
+/// `loglevel=7` to see the guest's messages in `console.log`.
+pub const ANN_KERNEL_PARAMS: &str = "io.sandbox-vm.kernel-params";
+/// Annotation: host-compatibility profile `auto|on|off`.
+pub const ANN_COMPAT: &str = "io.sandbox-vm.compat";
+/// Annotation: how the container's rootfs reaches the guest: `share` (the default: the
+/// bundle's rootfs directory through virtio-fs, no copy) or `block` (an ext4 copy made at
+/// create time, on virtio-blk).
+pub const ANN_ROOTFS: &str = "io.sandbox-vm.rootfs";
+
+/// Guest RAM on top of the container's memory limit: kernel, agent, page cache.
+pub const GUEST_OVERHEAD_MIB: u64 = 96;
+/// Guest RAM when the spec sets no memory limit.
+pub const DEFAULT_MEM_MIB: u64 = 128;
+/// Smallest memory limit we accept: below this the container cannot even start a shell.
+pub const MIN_LIMIT_MIB: u64 = 16;
+
+/// What cannot be honoured; one line each.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TranslateError {
+    #[error("no guest kernel: set SANDBOX_VM_KERNEL or the {ANN_KERNEL} annotation, or build one with guest-kernel-config/build.sh")]
+    NoKernel,
+    #[error("no agent initramfs: set SANDBOX_VM_INITRD or the {ANN_INITRD} annotation, or build one with images/build-agent-initramfs.sh")]
+    NoInitrd,
+    #[error("annotation {key}={value:?} is not {want}")]
+    BadAnnotation {
+        key: &'static str,
+        value: String,
+        want: &'static str,
+    },
+    #[error(
+        "memory limit {0} bytes is too small: a VM container needs at least {MIN_LIMIT_MIB} MiB"
+    )]
+    MemoryTooSmall(i64),
+    #[error("invalid CPU limit: quota {quota} with period {period}")]
+    BadCpu { quota: i64, period: u64 },
+    #[error("bind mount of {src} on {dest}: the source must be an existing file or directory")]
+    BadBindSource { src: PathBuf, dest: PathBuf },
+    #[error("OCI hooks are not supported yet (config.json sets {0})")]
+    Hooks(String),
+    #[error("{0} namespaces are not supported yet")]
+    Namespace(String),
+}
+
+/// Host-side defaults the translation may fall back on.
+#[derive(Clone, Debug, Default)]
+pub struct Defaults {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    /// The guest image: the agent as a read-only root disk (preferred over the initramfs).
+    pub agent_disk: Option<PathBuf>,
+    /// vCPUs the host can give one VM (`KVM_CAP_NR_VCPUS`, host CPUs).
+    pub max_vcpus: u8,
+}
+
+/// What a host path is (for bind-mount sources).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostPath {
+    File,
+    Dir,
+    /// Missing or something else (a socket, a device).
+    Other,
+}
+
+/// What the translation may ask about the host (a closure, so the functions stay pure and
+/// testable).
+pub type FileProbe<'a> = &'a dyn Fn(&Path) -> HostPath;
+
+/// The real probe (follows symlinks, as a bind mount does).
+pub fn probe_host(path: &Path) -> HostPath {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => HostPath::File,
+        Ok(m) if m.is_dir() => HostPath::Dir,
+        _ => HostPath::Other,
+    }
+}
+
+/// The annotation `key` parsed as `T`, if present.
+fn annotation<T: std::str::FromStr>(
+    spec: &Spec,
+    key: &'static str,
+    want: &'static str,
+) -> Result<Option<T>, TranslateError> {
+    let Some(value) = spec.annotations().as_ref().and_then(|a| a.get(key)) else {
+        return Ok(None);
+    };
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| TranslateError::BadAnnotation {
+            key,
+            value: value.clone(),
+            want,
+        })
+}
+
+#[cfg(test)]
+pub(crate) mod test_specs {
+    use oci_spec::runtime::Spec;
+
+    /// A minimal valid spec with `json`'s top-level keys replaced.
+    pub fn spec(json: serde_json::Value) -> Spec {
+        let mut base = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+        });
+        for (k, v) in json.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        serde_json::from_value(base).unwrap()
+    }
+}

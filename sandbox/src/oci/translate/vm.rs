@@ -1,0 +1,349 @@
+//! Pod → VM: the sandbox's `VmConfig` from the spec of the container that boots it.
+
+use std::path::PathBuf;
+
+use oci_spec::runtime::Spec;
+use vmm::config::{CompatSetting, DiskConfig, SerialOutput, VmConfig, VsockConfig};
+
+use super::{
+    annotation, Defaults, TranslateError, ANN_AGENT_DISK, ANN_COMPAT, ANN_INITRD, ANN_KERNEL,
+    ANN_KERNEL_PARAMS, ANN_MEM_MIB, ANN_ROOTFS, ANN_VCPUS, DEFAULT_MEM_MIB, GUEST_OVERHEAD_MIB,
+    MIN_LIMIT_MIB,
+};
+
+/// Kernel parameters that boot the agent from its disk (`/dev/vda`).
+pub const AGENT_DISK_CMDLINE: &str = "root=/dev/vda ro rootfstype=ext4 init=/init";
+/// The serial (virtio-blk GET_ID) of the guest image disk.
+pub const AGENT_DISK_SERIAL: &str = "agent";
+/// The serial of a container's ext4 rootfs copy ([`RootfsMode::Block`]).
+pub const ROOTFS_DISK_SERIAL: &str = "rootfs";
+
+/// Where the VM's host-side files go (inside the sandbox's state directory).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmPaths {
+    /// The hybrid vsock socket (the agent is reached through it).
+    pub vsock: PathBuf,
+    /// The guest's serial console.
+    pub console_log: PathBuf,
+    /// virtiofsd's vhost-user socket.
+    pub fs_socket: PathBuf,
+    /// The container's ext4 rootfs copy, in [`RootfsMode::Block`].
+    pub rootfs_disk: PathBuf,
+}
+
+/// How the first container's rootfs reaches the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RootfsMode {
+    /// The bundle's rootfs directory through the virtio-fs share (no copy).
+    Share,
+    /// An ext4 copy of it on virtio-blk (serial [`ROOTFS_DISK_SERIAL`]).
+    Block,
+}
+
+/// Number of CPUs in a cpuset list such as `0-3,6`.
+fn cpuset_count(list: &str) -> Option<u64> {
+    let mut n = 0;
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        n += match part.split_once('-') {
+            Some((a, b)) => b.parse::<u64>().ok()?.checked_sub(a.parse().ok()?)? + 1,
+            None => part.parse::<u64>().map(|_| 1).ok()?,
+        };
+    }
+    Some(n)
+}
+
+fn vcpus(spec: &Spec, max: u8) -> Result<u8, TranslateError> {
+    let max = max.max(1);
+    if let Some(n) = annotation::<u8>(spec, ANN_VCPUS, "a vCPU count from 1 to 255")? {
+        return Ok(n.clamp(1, max));
+    }
+    let cpu = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.cpu().as_ref());
+    let Some(cpu) = cpu else { return Ok(1) };
+    let wanted = match (cpu.quota(), cpu.period()) {
+        (Some(q), Some(p)) if q > 0 => {
+            if p == 0 {
+                return Err(TranslateError::BadCpu {
+                    quota: q,
+                    period: p,
+                });
+            }
+            (q as u64).div_ceil(p)
+        }
+        _ => cpu.cpus().as_deref().and_then(cpuset_count).unwrap_or(1),
+    };
+    Ok(wanted.clamp(1, u64::from(max)) as u8)
+}
+
+fn mem_mib(spec: &Spec) -> Result<u64, TranslateError> {
+    if let Some(m) = annotation::<u64>(spec, ANN_MEM_MIB, "a size in MiB")? {
+        return Ok(m);
+    }
+    let limit = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit());
+    match limit {
+        // -1 (and 0) mean unlimited.
+        None | Some(..=0) => Ok(DEFAULT_MEM_MIB),
+        Some(l) if (l as u64) < MIN_LIMIT_MIB << 20 => Err(TranslateError::MemoryTooSmall(l)),
+        Some(l) => Ok((l as u64).div_ceil(1 << 20) + GUEST_OVERHEAD_MIB),
+    }
+}
+
+fn compat(spec: &Spec) -> Result<CompatSetting, TranslateError> {
+    match annotation::<String>(spec, ANN_COMPAT, "auto, on or off")?.as_deref() {
+        None | Some("auto") => Ok(CompatSetting::Auto),
+        Some("on") => Ok(CompatSetting::On),
+        Some("off") => Ok(CompatSetting::Off),
+        Some(other) => Err(TranslateError::BadAnnotation {
+            key: ANN_COMPAT,
+            value: other.into(),
+            want: "auto, on or off",
+        }),
+    }
+}
+
+/// The rootfs mode the spec asks for ([`ANN_ROOTFS`]; [`RootfsMode::Share`] by default).
+pub fn rootfs_mode(spec: &Spec) -> Result<RootfsMode, TranslateError> {
+    match annotation::<String>(spec, ANN_ROOTFS, "share or block")?.as_deref() {
+        None | Some("share") => Ok(RootfsMode::Share),
+        Some("block") => Ok(RootfsMode::Block),
+        Some(other) => Err(TranslateError::BadAnnotation {
+            key: ANN_ROOTFS,
+            value: other.into(),
+            want: "share or block",
+        }),
+    }
+}
+
+/// The sandbox's VM: vCPUs from the CPU quota/period (rounded up) or the cpuset size,
+/// clamped to the host; RAM = memory limit + [`GUEST_OVERHEAD_MIB`]; the guest image as
+/// the first disk; the rootfs copy as a second in [`RootfsMode::Block`]; the vsock device
+/// for the agent and the virtio-fs device for the share.
+pub fn vm_config(
+    spec: &Spec,
+    defaults: &Defaults,
+    paths: &VmPaths,
+) -> Result<(VmConfig, RootfsMode), TranslateError> {
+    // The spec's own problems first, then the host's.
+    let vcpus = vcpus(spec, defaults.max_vcpus)?;
+    let mem_mib = mem_mib(spec)?;
+    let compat = compat(spec)?;
+    let mode = rootfs_mode(spec)?;
+    let params = annotation::<String>(spec, ANN_KERNEL_PARAMS, "text")?;
+    let kernel = annotation::<PathBuf>(spec, ANN_KERNEL, "a path")?
+        .or_else(|| defaults.kernel.clone())
+        .ok_or(TranslateError::NoKernel)?;
+    let agent_disk = annotation::<PathBuf>(spec, ANN_AGENT_DISK, "a path")?
+        .or_else(|| defaults.agent_disk.clone());
+    let initrd = match agent_disk {
+        Some(_) => None,
+        None => Some(
+            annotation::<PathBuf>(spec, ANN_INITRD, "a path")?
+                .or_else(|| defaults.initrd.clone())
+                .ok_or(TranslateError::NoInitrd)?,
+        ),
+    };
+
+    let mut vm = VmConfig::new(kernel);
+    vm.initrd = initrd;
+    let boot_params = agent_disk.as_ref().map(|_| AGENT_DISK_CMDLINE);
+    let extra: Vec<&str> = boot_params.into_iter().chain(params.as_deref()).collect();
+    if !extra.is_empty() {
+        vm.cmdline = Some(format!(
+            "{} {}",
+            vmm::builder::DEFAULT_CMDLINE,
+            extra.join(" ")
+        ));
+    }
+    // The guest image must be /dev/vda (the kernel's root=); other disks are found by serial.
+    if let Some(d) = &agent_disk {
+        vm.disks.push(DiskConfig {
+            path: d.clone(),
+            read_only: true,
+            id: Some(AGENT_DISK_SERIAL.into()),
+        });
+    }
+    if mode == RootfsMode::Block {
+        // The container's own copy, attached read-write even for a read-only root: the
+        // agent creates the spec's mount points in it, then makes the container's view of
+        // `/` read-only, as runc does.
+        vm.disks.push(DiskConfig {
+            path: paths.rootfs_disk.clone(),
+            read_only: false,
+            id: Some(ROOTFS_DISK_SERIAL.into()),
+        });
+    }
+    vm.vcpus = vcpus;
+    vm.mem_mib = mem_mib;
+    vm.serial = SerialOutput::File(paths.console_log.clone());
+    vm.compat_profile = compat;
+    vm.vsock = Some(VsockConfig {
+        guest_cid: 3,
+        uds_path: paths.vsock.clone(),
+    });
+    Ok((vm, mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::oci::translate::test_specs::spec;
+
+    fn defaults() -> Defaults {
+        Defaults {
+            kernel: Some("/k/vmlinux".into()),
+            initrd: Some("/k/agent.cpio".into()),
+            agent_disk: None,
+            max_vcpus: 2,
+        }
+    }
+
+    fn paths() -> VmPaths {
+        let d = Path::new("/run/sandbox-vm/c1");
+        VmPaths {
+            vsock: d.join("vsock.sock"),
+            console_log: d.join("console.log"),
+            fs_socket: d.join("virtiofsd.sock"),
+            rootfs_disk: d.join("rootfs.img"),
+        }
+    }
+
+    fn tr(s: &Spec) -> Result<VmConfig, TranslateError> {
+        vm_config(s, &defaults(), &paths()).map(|(vm, _)| vm)
+    }
+
+    #[test]
+    fn minimal_spec_gets_defaults_and_shares_the_rootfs() {
+        let (vm, mode) = vm_config(&spec(serde_json::json!({})), &defaults(), &paths()).unwrap();
+        assert_eq!(mode, RootfsMode::Share);
+        assert_eq!(vm.vcpus, 1);
+        assert_eq!(vm.mem_mib, DEFAULT_MEM_MIB);
+        assert_eq!(vm.kernel, PathBuf::from("/k/vmlinux"));
+        assert_eq!(vm.initrd, Some(PathBuf::from("/k/agent.cpio")));
+        assert!(vm.disks.is_empty(), "no copy of the rootfs");
+        assert_eq!(
+            vm.vsock.as_ref().unwrap().uds_path,
+            PathBuf::from("/run/sandbox-vm/c1/vsock.sock")
+        );
+        assert_eq!(
+            vm.serial,
+            SerialOutput::File("/run/sandbox-vm/c1/console.log".into())
+        );
+        vm.validate().unwrap();
+    }
+
+    #[test]
+    fn block_rootfs_by_annotation_is_a_writable_disk_with_a_serial() {
+        let s = spec(serde_json::json!({"annotations": {ANN_ROOTFS: "block"},
+            "root": {"path": "rootfs", "readonly": true}}));
+        let (vm, mode) = vm_config(&s, &defaults(), &paths()).unwrap();
+        assert_eq!(mode, RootfsMode::Block);
+        assert_eq!(vm.disks.len(), 1);
+        assert_eq!(vm.disks[0].path, paths().rootfs_disk);
+        assert_eq!(vm.disks[0].id.as_deref(), Some(ROOTFS_DISK_SERIAL));
+        // A read-only root is enforced by the agent inside the guest, on a writable copy.
+        assert!(!vm.disks[0].read_only);
+        let bad = spec(serde_json::json!({"annotations": {ANN_ROOTFS: "nfs"}}));
+        assert!(matches!(
+            tr(&bad),
+            Err(TranslateError::BadAnnotation { key: ANN_ROOTFS, .. })
+        ));
+    }
+
+    #[test]
+    fn cpu_limits_become_vcpus() {
+        let cpu =
+            |c: serde_json::Value| spec(serde_json::json!({"linux": {"resources": {"cpu": c}}}));
+        let q =
+            |quota: i64, period: u64| cpu(serde_json::json!({"quota": quota, "period": period}));
+        assert_eq!(tr(&q(150_000, 100_000)).unwrap().vcpus, 2);
+        assert_eq!(tr(&q(50_000, 100_000)).unwrap().vcpus, 1);
+        assert_eq!(tr(&q(100_000, 100_000)).unwrap().vcpus, 1);
+        // Clamped to what the host allows.
+        assert_eq!(tr(&q(800_000, 100_000)).unwrap().vcpus, 2);
+        assert_eq!(tr(&q(-1, 100_000)).unwrap().vcpus, 1);
+        assert_eq!(
+            tr(&cpu(serde_json::json!({"cpus": "0-1"}))).unwrap().vcpus,
+            2
+        );
+        assert_eq!(tr(&cpu(serde_json::json!({"cpus": "3"}))).unwrap().vcpus, 1);
+        assert!(matches!(
+            tr(&q(1000, 0)),
+            Err(TranslateError::BadCpu { .. })
+        ));
+        assert_eq!(cpuset_count("0-3,6,8-9"), Some(7));
+        assert_eq!(cpuset_count("3-1"), None);
+    }
+
+    #[test]
+    fn memory_limit_plus_overhead_and_minimum() {
+        let mem =
+            |l: i64| spec(serde_json::json!({"linux": {"resources": {"memory": {"limit": l}}}}));
+        assert_eq!(tr(&mem(64 << 20)).unwrap().mem_mib, 64 + GUEST_OVERHEAD_MIB);
+        assert_eq!(
+            tr(&mem((64 << 20) + 1)).unwrap().mem_mib,
+            65 + GUEST_OVERHEAD_MIB
+        );
+        assert_eq!(tr(&mem(-1)).unwrap().mem_mib, DEFAULT_MEM_MIB);
+        let err = tr(&mem(4 << 20)).unwrap_err();
+        assert_eq!(err, TranslateError::MemoryTooSmall(4 << 20));
+        assert!(err.to_string().contains("at least 16 MiB"));
+    }
+
+    #[test]
+    fn annotations_override() {
+        let s = spec(serde_json::json!({"annotations": {
+            ANN_KERNEL: "/a/k", ANN_INITRD: "/a/i", ANN_VCPUS: "2", ANN_MEM_MIB: "300",
+            ANN_COMPAT: "off", ANN_KERNEL_PARAMS: "loglevel=7",
+        }, "linux": {"resources": {"memory": {"limit": 1}}}}));
+        let (vm, _) = vm_config(&s, &Defaults::default(), &paths()).unwrap();
+        assert_eq!(vm.kernel, PathBuf::from("/a/k"));
+        assert_eq!(vm.initrd, Some(PathBuf::from("/a/i")));
+        assert_eq!((vm.vcpus, vm.mem_mib), (1, 300), "vcpus clamped to max 1");
+        assert_eq!(vm.compat_profile, CompatSetting::Off);
+        assert!(vm.cmdline.as_deref().unwrap().ends_with(" loglevel=7"));
+        let bad = spec(serde_json::json!({"annotations": {ANN_VCPUS: "many"}}));
+        assert!(matches!(
+            tr(&bad),
+            Err(TranslateError::BadAnnotation { key: ANN_VCPUS, .. })
+        ));
+    }
+
+    #[test]
+    fn missing_kernel_or_initrd_says_how_to_build() {
+        let s = spec(serde_json::json!({}));
+        let mut d = defaults();
+        d.kernel = None;
+        let e = vm_config(&s, &d, &paths()).unwrap_err();
+        assert!(e.to_string().contains("guest-kernel-config/build.sh"));
+        let mut d = defaults();
+        d.initrd = None;
+        let e = vm_config(&s, &d, &paths()).unwrap_err();
+        assert!(e.to_string().contains("images/build-agent-initramfs.sh"));
+    }
+
+    #[test]
+    fn agent_disk_boots_from_vda_and_the_rootfs_copy_follows() {
+        let s = spec(serde_json::json!({"annotations": {
+            ANN_AGENT_DISK: "/k/agent.img", ANN_ROOTFS: "block"}}));
+        let mut d = defaults();
+        d.initrd = None;
+        let (vm, _) = vm_config(&s, &d, &paths()).unwrap();
+        assert_eq!(vm.initrd, None);
+        assert_eq!(vm.disks[0].path, PathBuf::from("/k/agent.img"));
+        assert_eq!(vm.disks[0].id.as_deref(), Some(AGENT_DISK_SERIAL));
+        assert!(vm.disks[0].read_only);
+        assert_eq!(vm.disks[1].path, paths().rootfs_disk);
+        assert!(vm.cmdline.as_deref().unwrap().contains(AGENT_DISK_CMDLINE));
+    }
+}

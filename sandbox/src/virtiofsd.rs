@@ -1,0 +1,89 @@
+//! virtiofsd, the vhost-user virtio-fs backend: one per sandbox, serving its share, with
+//! its own sandboxing (a mount/pid/net namespace and a seccomp filter) on.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use crate::process::{ProcessError, Supervised};
+
+/// How long virtiofsd may take to create its socket.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where virtiofsd is looked for when `$SANDBOX_VM_VIRTIOFSD` is not set: `PATH`, then
+/// where `cargo install` and distributions put it.
+const CANDIDATES: &[&str] = &[
+    "/usr/local/bin/virtiofsd",
+    "/usr/libexec/virtiofsd",
+    "/usr/lib/qemu/virtiofsd",
+];
+
+/// The virtiofsd binary: `$SANDBOX_VM_VIRTIOFSD`, `PATH`, `~/.cargo/bin`, or a
+/// distribution's location.
+pub fn find() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SANDBOX_VM_VIRTIOFSD") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
+    std::env::split_paths(&path)
+        .chain(home)
+        .map(|d| d.join("virtiofsd"))
+        .chain(CANDIDATES.iter().map(PathBuf::from))
+        .find(|p| p.is_file())
+}
+
+/// The arguments virtiofsd gets: the share with `cache=auto` (a host write is seen by the
+/// guest on its next open or after a second of attribute caching), submounts announced
+/// (the binds under the share are separate filesystems), and its namespace sandbox.
+pub fn args(socket: &Path, shared_dir: &Path) -> Vec<String> {
+    vec![
+        format!("--socket-path={}", socket.display()),
+        format!("--shared-dir={}", shared_dir.display()),
+        "--cache=auto".into(),
+        "--sandbox=namespace".into(),
+        "--announce-submounts".into(),
+        "--log-level=warn".into(),
+    ]
+}
+
+/// A running virtiofsd.
+#[derive(Debug)]
+pub struct Virtiofsd {
+    proc: Supervised,
+}
+
+impl Virtiofsd {
+    /// Starts `exe` on `shared_dir` and waits until its socket exists.
+    pub fn start(
+        exe: &Path,
+        socket: &Path,
+        shared_dir: &Path,
+        log: &Path,
+    ) -> Result<Virtiofsd, ProcessError> {
+        let _ = std::fs::remove_file(socket);
+        let mut cmd = Command::new(exe);
+        cmd.args(args(socket, shared_dir));
+        let mut proc = Supervised::spawn("virtiofsd", cmd, log)?;
+        proc.wait_ready(READY_TIMEOUT, || socket.exists())?;
+        Ok(Virtiofsd { proc })
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Its exit status if it has died, with its last log line.
+    pub fn died(&mut self) -> Option<(ExitStatus, String)> {
+        let status = self.proc.try_status()?;
+        Some((status, crate::process::last_line(self.proc.log())))
+    }
+
+    /// Stops it (it normally exits by itself once the VMM closes the socket).
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        self.proc
+            .wait_timeout(Duration::from_millis(500))
+            .or_else(|| self.proc.terminate(Duration::from_secs(2)))
+    }
+}

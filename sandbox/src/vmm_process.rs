@@ -1,0 +1,100 @@
+//! The VMM as its own process: `sandbox-vm vmm --config vm.json --api-sock PATH`, reached
+//! through its control socket. Nothing but the VM runs in it, so it can be confined alone.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use crate::process::{last_line, ProcessError, Supervised};
+
+/// How long the VMM may take to build the VM and open its control socket.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The VMM process's exit codes (the same as `sandbox-vm boot`).
+pub mod exit_code {
+    /// The guest rebooted or powered off, or a `stop` request ended the run.
+    pub const STOPPED: i32 = 0;
+    /// A VMM error (bad config, KVM, a device).
+    pub const VMM_ERROR: i32 = 1;
+    /// The guest crashed (panic, triple fault, an instruction KVM cannot run).
+    pub const GUEST_CRASH: i32 = 2;
+}
+
+/// How the VMM process ended, in one line for the user.
+pub fn describe_exit(status: ExitStatus, log: &Path, console: &Path) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(exit_code::STOPPED), _) => "the VM stopped".into(),
+        (Some(exit_code::GUEST_CRASH), _) => format!(
+            "the guest crashed: {} (guest console: {})",
+            last_line(log),
+            console.display()
+        ),
+        (Some(c), _) => format!("the VMM failed (exit {c}): {}", last_line(log)),
+        (None, Some(sig)) => format!("the VMM was killed by signal {sig}"),
+        (None, None) => "the VMM ended".into(),
+    }
+}
+
+/// A running VMM process.
+#[derive(Debug)]
+pub struct VmmProcess {
+    proc: Supervised,
+    api_sock: PathBuf,
+}
+
+impl VmmProcess {
+    /// Starts `exe vmm --config CONFIG --api-sock API_SOCK` and waits until its control
+    /// socket accepts (the VM is then built and running).
+    pub fn start(
+        exe: &Path,
+        config: &Path,
+        api_sock: &Path,
+        log: &Path,
+    ) -> Result<VmmProcess, ProcessError> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("vmm")
+            .arg("--config")
+            .arg(config)
+            .arg("--api-sock")
+            .arg(api_sock);
+        let mut proc = Supervised::spawn("the VMM", cmd, log)?;
+        proc.wait_ready(READY_TIMEOUT, || UnixStream::connect(api_sock).is_ok())?;
+        Ok(VmmProcess {
+            proc,
+            api_sock: api_sock.to_path_buf(),
+        })
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// The control socket.
+    pub fn api_sock(&self) -> &Path {
+        &self.api_sock
+    }
+
+    /// Its log file.
+    pub fn log(&self) -> &Path {
+        self.proc.log()
+    }
+
+    /// The exit status if it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.proc.try_status()
+    }
+
+    /// Waits for it to exit by itself.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.proc.wait_timeout(timeout)
+    }
+
+    /// Ends the VM: an orderly stop (SIGTERM, which the VMM turns into a `stop` of its run),
+    /// then SIGKILL if it does not exit within `grace`.
+    pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.proc.terminate(grace)
+    }
+}
