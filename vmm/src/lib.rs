@@ -17,6 +17,7 @@ pub mod layout;
 pub mod memory;
 pub mod mptable;
 pub mod stop;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;
 pub mod vcpu;
