@@ -10,6 +10,7 @@ mod monitor;
 mod oci;
 mod state;
 mod stdio;
+mod vmm_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -74,6 +75,9 @@ enum Command {
     /// The per-container host process that runs the VM (started by `create`).
     #[command(hide = true)]
     Monitor { container_id: String },
+    /// The VMM as a process of its own, with a control API socket (started by the runtime).
+    #[command(hide = true)]
+    Vmm(Box<vmm_cmd::VmmArgs>),
 }
 
 /// The global flags the monitor and background exec inherit.
@@ -132,6 +136,7 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
     let gargs = global_args(&cli.global);
     match cli.command {
         Command::Boot(args) => boot_cmd::run(*args),
+        Command::Vmm(args) => vmm_cmd::run(*args),
         Command::Monitor { container_id } => Ok(code(monitor::run(store, &container_id))),
         Command::Standard(cmd) => match *cmd {
             StandardCmd::Create(c) => {
