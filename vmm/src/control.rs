@@ -254,6 +254,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Names the devices on the buses: legacy devices by their port, virtio-mmio devices by
 /// their DeviceID register (reading MagicValue and DeviceID has no side effects).
+/// Port-I/O devices are never read here (reading a UART's data register consumes a byte).
 fn list_devices(buses: &Buses) -> Vec<Device> {
     let mut out = Vec::new();
     for entry in buses.pio.entries() {
@@ -266,10 +267,14 @@ fn list_devices(buses: &Buses) -> Vec<Device> {
         out.push(device(kind.into(), BusKind::Pio, irq, entry, false));
     }
     for entry in buses.mmio.entries() {
-        let virtio_id =
-            (read_reg(&entry, 0) == u32::from_le_bytes(*b"virt")).then(|| read_reg(&entry, 8));
+        // Only windows where `attach` puts virtio devices are probed: another device's
+        // registers might have read side effects.
+        let irq = virtio_irq(entry.base);
+        let virtio_id = irq
+            .filter(|_| read_reg(&entry, 0) == u32::from_le_bytes(*b"virt"))
+            .map(|_| read_reg(&entry, 8));
         let kind = virtio_id.map_or_else(|| "mmio".to_string(), virtio_kind);
-        let irq = virtio_id.and_then(|_| virtio_irq(entry.base));
+        let irq = virtio_id.and(irq);
         out.push(device(kind, BusKind::Mmio, irq, entry, virtio_id.is_some()));
     }
     out
@@ -346,10 +351,11 @@ mod tests {
         }
         fn write(&mut self, _: u64, _: &[u8]) {}
     }
+    /// Fails the test if read: describe must not probe it.
     struct Nothing;
     impl BusDevice for Nothing {
-        fn read(&mut self, _: u64, data: &mut [u8]) {
-            data.fill(0);
+        fn read(&mut self, _: u64, _: &mut [u8]) {
+            panic!("a device outside the virtio windows was read");
         }
         fn write(&mut self, _: u64, _: &[u8]) {}
     }
