@@ -9,6 +9,7 @@ mod monitor;
 mod plan;
 mod ready;
 mod state;
+mod vmm_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -78,6 +79,9 @@ enum Command {
         #[arg(long)]
         console_socket: Option<PathBuf>,
     },
+    /// The VMM as a process of its own, with a control API socket (started by the runtime).
+    #[command(hide = true)]
+    Vmm(Box<vmm_cmd::VmmArgs>),
 }
 
 /// The global flags the monitor and background exec inherit.
@@ -136,6 +140,7 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
     let gargs = global_args(&cli.global);
     match cli.command {
         Command::Boot(args) => boot_cmd::run(*args),
+        Command::Vmm(args) => vmm_cmd::run(*args),
         Command::Monitor {
             container_id,
             console_socket,
