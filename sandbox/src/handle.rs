@@ -104,12 +104,12 @@ impl SandboxHandle {
 
     /// Stops the VM's vCPUs (the guest's clock stops with them).
     pub fn pause(&self) -> Result<(), HandleError> {
-        self.api(|c| c.pause())
+        self.api(|c| c.pause()).map(drop)
     }
 
     /// Lets a paused VM run again.
     pub fn resume(&self) -> Result<(), HandleError> {
-        self.api(|c| c.resume())
+        self.api(|c| c.resume()).map(drop)
     }
 
     fn api<T, E: std::fmt::Display>(
