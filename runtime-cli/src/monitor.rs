@@ -133,6 +133,7 @@ fn serve(
     client.create_sandbox(CreateSandbox {
         sandbox_id: id.into(),
         hostname: plan.container.spec.hostname().clone(),
+        shares: Vec::new(),
     })?;
     let mut container = plan.container;
     container.stdio = io.config();

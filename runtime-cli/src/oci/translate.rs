@@ -357,11 +357,6 @@ pub fn translate(
             id: Some("agent".into()),
         });
     }
-    let rootfs_dev = if agent_disk.is_some() {
-        "/dev/vdb"
-    } else {
-        "/dev/vda"
-    };
     vm.vcpus = vcpus;
     vm.mem_mib = mem_mib;
     vm.serial = SerialOutput::File(paths.console_log.clone());
@@ -383,8 +378,9 @@ pub fn translate(
     let container = CreateContainer {
         container_id: id.into(),
         spec: Box::new(guest_spec(spec, mounts)?),
+        // The agent finds the disk by this serial (the DiskConfig id above).
         rootfs: Rootfs::BlockDevice {
-            path: rootfs_dev.into(),
+            serial: "rootfs".into(),
             fstype: "ext4".into(),
             options: Vec::new(),
         },
@@ -452,7 +448,7 @@ mod tests {
         );
         assert_eq!(p.container.container_id, "c1");
         assert!(
-            matches!(p.container.rootfs, Rootfs::BlockDevice { ref path, .. } if path == "/dev/vda")
+            matches!(p.container.rootfs, Rootfs::BlockDevice { ref serial, .. } if serial == "rootfs")
         );
         assert!(p.copies.is_empty());
         p.vm.validate().unwrap();
@@ -631,7 +627,7 @@ mod tests {
             .unwrap()
             .contains(AGENT_DISK_CMDLINE));
         assert!(
-            matches!(p.container.rootfs, Rootfs::BlockDevice { ref path, .. } if path == "/dev/vdb")
+            matches!(p.container.rootfs, Rootfs::BlockDevice { ref serial, .. } if serial == "rootfs")
         );
     }
 
