@@ -120,8 +120,8 @@ impl SandboxHandle {
             path: self.api_sock.clone(),
             err: e.to_string(),
         };
-        let mut client = vmm::api::ApiClient::connect(&self.api_sock, API_TIMEOUT)
-            .map_err(|e| err(&e))?;
+        let mut client =
+            vmm::api::ApiClient::connect(&self.api_sock, API_TIMEOUT).map_err(|e| err(&e))?;
         call(&mut client).map_err(|e| err(&e))
     }
 }
