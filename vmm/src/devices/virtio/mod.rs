@@ -26,6 +26,7 @@ pub mod activation;
 pub mod attach;
 pub mod blk;
 pub mod device;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
