@@ -1,6 +1,7 @@
 //! `sandbox-vm`: an OCI runtime (runc's command line) that runs each container in its own
 //! KVM microVM, plus `boot`, the developer command that boots a guest kernel with the VMM.
 
+mod bench;
 mod boot_cmd;
 mod commands;
 mod image;
@@ -74,6 +75,11 @@ enum Command {
     /// The per-container host process that runs the VM (started by `create`).
     #[command(hide = true)]
     Monitor { container_id: String },
+    /// Benchmarks: `bench isolation` compares sandbox-vm with other OCI runtimes.
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCmd,
+    },
 }
 
 /// The global flags the monitor and background exec inherit.
@@ -133,6 +139,10 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Boot(args) => boot_cmd::run(*args),
         Command::Monitor { container_id } => Ok(code(monitor::run(store, &container_id))),
+        Command::Bench { cmd } => {
+            bench::run(cmd)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Standard(cmd) => match *cmd {
             StandardCmd::Create(c) => {
                 lifecycle::create(
