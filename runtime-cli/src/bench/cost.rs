@@ -19,15 +19,17 @@ pub enum CostError {
 pub enum Metric {
     StartToFirstOutput,
     IdleMemory,
+    IdleMemoryOutsideGuestRam,
     Getppid,
     File4k,
     AnonPage,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 5] = [
+    pub const ALL: [Metric; 6] = [
         Metric::StartToFirstOutput,
         Metric::IdleMemory,
+        Metric::IdleMemoryOutsideGuestRam,
         Metric::Getppid,
         Metric::File4k,
         Metric::AnonPage,
@@ -38,6 +40,7 @@ impl Metric {
         match self {
             Metric::StartToFirstOutput => "start_to_first_output_ms",
             Metric::IdleMemory => "idle_host_pss_mib",
+            Metric::IdleMemoryOutsideGuestRam => "idle_host_pss_outside_guest_ram_mib",
             Metric::Getppid => "getppid_ns",
             Metric::File4k => "file_4k_cycle_us",
             Metric::AnonPage => "anon_page_ns",
@@ -48,6 +51,7 @@ impl Metric {
         match self {
             Metric::StartToFirstOutput => "start -> first output (ms)",
             Metric::IdleMemory => "host PSS per idle sandbox (MiB)",
+            Metric::IdleMemoryOutsideGuestRam => "idle PSS outside guest RAM (MiB)",
             Metric::Getppid => "getppid syscall (ns)",
             Metric::File4k => "4 KiB file create/write/read/unlink (us)",
             Metric::AnonPage => "anon memory map/touch/unmap per page (ns)",
@@ -64,7 +68,9 @@ impl Metric {
             Metric::Getppid => Self::from_timed(&r.cost.getppid, 1.0),
             Metric::File4k => Self::from_timed(&r.cost.file_4k, 1e3),
             Metric::AnonPage => Self::from_timed(&r.cost.anon_page, 1.0),
-            Metric::StartToFirstOutput | Metric::IdleMemory => None,
+            Metric::StartToFirstOutput | Metric::IdleMemory | Metric::IdleMemoryOutsideGuestRam => {
+                None
+            }
         }
     }
 
@@ -72,6 +78,10 @@ impl Metric {
         match self {
             Metric::StartToFirstOutput => Some(s.first_output_ms),
             Metric::IdleMemory => s.idle_pss_kib.map(|k| k as f64 / 1024.0),
+            Metric::IdleMemoryOutsideGuestRam => match (s.idle_pss_kib, s.guest_ram_pss_kib) {
+                (Some(all), Some(ram)) => Some(all.saturating_sub(ram) as f64 / 1024.0),
+                _ => None,
+            },
             _ => self.of_report(&s.report),
         }
     }

@@ -97,6 +97,37 @@ pub fn tree_pss_kib(root: i32) -> (u64, usize) {
     (kib, pids.len())
 }
 
+/// PSS (KiB) of the largest mapping in a `/proc/PID/smaps` text: for a VMM, its guest RAM.
+pub fn largest_mapping_pss(smaps: &str) -> Option<u64> {
+    let mut best: Option<(u64, u64)> = None;
+    let mut size = None;
+    for line in smaps.lines() {
+        let kib = |rest: &str| {
+            rest.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if let Some(rest) = line.strip_prefix("Size:") {
+            size = kib(rest);
+        } else if let (Some(rest), Some(sz)) = (line.strip_prefix("Pss:"), size.take()) {
+            let pss = kib(rest)?;
+            if best.is_none_or(|(b, _)| sz > b) {
+                best = Some((sz, pss));
+            }
+        }
+    }
+    best.map(|(_, pss)| pss)
+}
+
+/// PSS (KiB) of the largest mapping of any process `root` owns.
+pub fn tree_largest_mapping_pss_kib(root: i32) -> Option<u64> {
+    owned(root, &all_processes())
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/smaps")).ok())
+        .filter_map(|s| largest_mapping_pss(&s))
+        .max()
+}
+
 /// Is `/sys/fs/cgroup/unified` a cgroup2 mount (systemd's hybrid layout)?
 pub fn hybrid_cgroups() -> bool {
     std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
@@ -208,6 +239,15 @@ mod tests {
         let r = "55d0-7ff [rollup]\nRss:                3000 kB\nPss:                1234 kB\nPss_Anon: 1 kB\n";
         assert_eq!(parse_pss(r), Some(1234));
         assert_eq!(parse_pss("Rss: 1 kB"), None);
+    }
+
+    #[test]
+    fn largest_mapping() {
+        let smaps = "7f00-7f10 rw-p 0 00:00 0\nSize:  64 kB\nRss: 64 kB\nPss:  60 kB\n\
+                     7e00-7f00 rw-p 0 00:00 0\nSize: 262144 kB\nRss: 20000 kB\nPss: 19000 kB\n\
+                     7d00-7d01 r-xp 0 08:01 5 /bin/x\nSize: 4 kB\nPss: 2 kB\n";
+        assert_eq!(largest_mapping_pss(smaps), Some(19000));
+        assert_eq!(largest_mapping_pss(""), None);
     }
 
     #[test]

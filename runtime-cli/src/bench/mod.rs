@@ -195,6 +195,7 @@ pub fn run(cmd: BenchCmd) -> Result<(), BenchError> {
                 root: &root,
                 id: format!("bench-{}-{}-{i}", std::process::id(), rt.name),
                 measure_idle: !a.no_idle_memory,
+                guest_ram_split: report::is_sandbox_vm(rt),
                 timeout: Duration::from_secs(900),
             };
             eprint!("bench: run {}/{} {} ... ", i + 1, a.runs, rt.name);

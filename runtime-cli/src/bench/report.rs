@@ -266,12 +266,13 @@ pub fn json(r: &Results) -> serde_json::Value {
                 ss.iter()
                     .map(|s| {
                         serde_json::json!({
-                            "first_output_ms": s.first_output_ms,
-                            "idle_pss_kib": s.idle_pss_kib,
-                            "idle_processes": s.idle_processes,
-                            "host_uptime": s.uptime,
-                            "report": s.report,
-                        })
+                                    "first_output_ms": s.first_output_ms,
+                                    "idle_pss_kib": s.idle_pss_kib,
+                                    "idle_processes": s.idle_processes,
+                        "guest_ram_pss_kib": s.guest_ram_pss_kib,
+                                    "host_uptime": s.uptime,
+                                    "report": s.report,
+                                })
                     })
                     .collect(),
             )

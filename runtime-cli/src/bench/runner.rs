@@ -55,6 +55,8 @@ pub struct Sample {
     /// PSS of every host process of the idle sandbox, KiB.
     pub idle_pss_kib: Option<u64>,
     pub idle_processes: usize,
+    /// For a VM: PSS of its guest RAM (the largest mapping), KiB.
+    pub guest_ram_pss_kib: Option<u64>,
     pub uptime: UptimeWindow,
 }
 
@@ -63,6 +65,8 @@ pub struct RunOpts<'a> {
     pub root: &'a Path,
     pub id: String,
     pub measure_idle: bool,
+    /// Split the idle memory into guest RAM and the rest (VM runtimes).
+    pub guest_ram_split: bool,
     /// How long the probe may take to print its report.
     pub timeout: Duration,
 }
@@ -168,19 +172,22 @@ impl Runtime {
                 status: "no start line".into(),
                 stderr: format!("expected {STARTED_LINE:?} on stderr"),
             })?;
-        let (idle_pss_kib, idle_processes) = if o.measure_idle {
+        let (mut idle_pss_kib, mut idle_processes, mut guest_ram_pss_kib) = (None, 0, None);
+        if o.measure_idle {
             std::thread::sleep(Duration::from_secs(2));
             let pid = read_pid(&pid_file)?;
             let (kib, n) = host::tree_pss_kib(pid);
-            (Some(kib), n)
-        } else {
-            (None, 0)
-        };
+            (idle_pss_kib, idle_processes) = (Some(kib), n);
+            if o.guest_ram_split {
+                guest_ram_pss_kib = host::tree_largest_mapping_pss_kib(pid);
+            }
+        }
         Ok(Sample {
             report,
             first_output_ms,
             idle_pss_kib,
             idle_processes,
+            guest_ram_pss_kib,
             uptime: UptimeWindow { before, after },
         })
     }
