@@ -109,8 +109,10 @@ pub fn largest_mapping_pss(smaps: &str) -> Option<u64> {
         };
         if let Some(rest) = line.strip_prefix("Size:") {
             size = kib(rest);
-        } else if let (Some(rest), Some(sz)) = (line.strip_prefix("Pss:"), size.take()) {
-            let pss = kib(rest)?;
+        } else if let Some(rest) = line.strip_prefix("Pss:") {
+            let (Some(sz), Some(pss)) = (size.take(), kib(rest)) else {
+                continue;
+            };
             if best.is_none_or(|(b, _)| sz > b) {
                 best = Some((sz, pss));
             }
