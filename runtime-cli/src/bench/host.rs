@@ -187,8 +187,13 @@ pub fn kvm_mode(cpuinfo: &str, have_kvm: bool) -> &'static str {
     }
 }
 
-/// The report's `env` block.
-pub fn env(versions: &BTreeMap<String, String>) -> serde_json::Value {
+/// `/proc/loadavg`: other work on the host skews every timing.
+pub fn loadavg() -> String {
+    read_trim("/proc/loadavg")
+}
+
+/// The report's `env` block; `load_at_start` is [`loadavg`] when the runs began.
+pub fn env(versions: &BTreeMap<String, String>, load_at_start: &str) -> serde_json::Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -205,6 +210,8 @@ pub fn env(versions: &BTreeMap<String, String>) -> serde_json::Value {
         "ksm_run": read_trim("/sys/kernel/mm/ksm/run"),
         "ksm_pages_sharing": read_trim("/sys/kernel/mm/ksm/pages_sharing"),
         "hybrid_cgroups": hybrid_cgroups(),
+        "loadavg_at_start": load_at_start,
+        "loadavg_at_end": loadavg(),
         "runtime_versions": versions,
     })
 }

@@ -180,6 +180,7 @@ pub fn run(cmd: BenchCmd) -> Result<(), BenchError> {
     let rootfs =
         bundle::make(&bundle_dir, &a.busybox, &probe, &args).map_err(BenchError::Bundle)?;
     eprintln!("bench: probe {} ; host values", probe.display());
+    let load_at_start = host::loadavg();
     let host = host_report(&probe, a.budget_ms, &scratch.0)?;
     let mut samples: BTreeMap<String, Vec<runner::Sample>> = BTreeMap::new();
     let mut failures: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -219,7 +220,7 @@ pub fn run(cmd: BenchCmd) -> Result<(), BenchError> {
         .map(|rt| (rt.name.clone(), rt.version()))
         .collect();
     let results = report::Results {
-        env: host::env(&versions),
+        env: host::env(&versions, &load_at_start),
         runs: a.runs,
         ctx: probes::HostContext {
             log_lines: host::kernel_log_lines(),

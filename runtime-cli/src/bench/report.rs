@@ -194,6 +194,12 @@ pub fn text(r: &Results) -> String {
         r.runs, env["host_kernel"].as_str().unwrap_or("?"), env["cpu"].as_str().unwrap_or("?"),
         env["cpus"], env["kvm_guest_kernel_mode"].as_str().unwrap_or("?")
     );
+    let _ = writeln!(
+        out,
+        "load average at start / end: {} / {} (other work on the host skews the timings)\n",
+        env["loadavg_at_start"].as_str().unwrap_or("?"),
+        env["loadavg_at_end"].as_str().unwrap_or("?")
+    );
     let rts = names(r);
     let _ = writeln!(
         out,
