@@ -361,3 +361,111 @@ pub fn csv(r: &Results) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::probes::{parse_output, UptimeWindow};
+    use super::*;
+
+    fn sample(report: &str, first_output_ms: f64, pss: u64, ram: Option<u64>, up: f64) -> Sample {
+        Sample {
+            report: parse_output(report).unwrap(),
+            first_output_ms,
+            idle_pss_kib: Some(pss),
+            idle_processes: 1,
+            guest_ram_pss_kib: ram,
+            uptime: UptimeWindow {
+                before: up,
+                after: up + 2.0,
+            },
+        }
+    }
+
+    /// The recorded host, runc and sandbox-vm reports (see probes_tests.rs), two runs each.
+    fn results() -> Results {
+        let host = parse_output(include_str!("testdata/host.json")).unwrap();
+        let runc = include_str!("testdata/runc.json");
+        let svm = include_str!("testdata/sandbox-vm.json");
+        let rt = |name: &str| Runtime {
+            name: name.into(),
+            path: format!("/usr/bin/{name}").into(),
+            hide_unified_cgroup: false,
+        };
+        Results {
+            env: super::super::host::env(&BTreeMap::new(), "1.00 1.00 1.00 1/100 1"),
+            runs: 2,
+            runtimes: vec![rt("runc"), rt("sandbox-vm")],
+            ctx: HostContext {
+                log_lines: Default::default(),
+                bundle_rootfs: "/tmp/sandbox-vm-bench-12451/bundle/rootfs".into(),
+            },
+            samples: BTreeMap::from([
+                (
+                    "runc".to_string(),
+                    vec![
+                        sample(runc, 100.0, 1024, None, 1025.0),
+                        sample(runc, 300.0, 1024, None, 1025.0),
+                    ],
+                ),
+                (
+                    "sandbox-vm".to_string(),
+                    vec![
+                        sample(svm, 40000.0, 20480, Some(16384), 9.0),
+                        sample(svm, 60000.0, 30720, Some(24576), 9.0),
+                    ],
+                ),
+            ]),
+            failures: BTreeMap::new(),
+            host,
+        }
+    }
+
+    #[test]
+    fn matrix_has_every_probe_for_every_runtime() {
+        let m = matrix(&results());
+        assert_eq!(m.len(), probes::BOUNDARY_PROBES.len());
+        let release = &m[0];
+        assert_eq!(release.cells["runc"].verdict, Verdict::Leak);
+        assert_eq!(release.cells["runc"].leaked_runs, 2);
+        assert_eq!(release.cells["sandbox-vm"].verdict, Verdict::Isolated);
+        assert_eq!(release.cells["sandbox-vm"].observed, "6.12.117-sandbox-vm");
+    }
+
+    #[test]
+    fn text_json_and_csv() {
+        let r = results();
+        let t = text(&r);
+        assert!(t.contains("LEAK     6.18.44"), "{t}");
+        assert!(t.contains("ISOLATED 6.12.117-sandbox-vm"), "{t}");
+        // start -> first output: medians 200 ms and 50000 ms, ratio 250x.
+        assert!(t.contains("200 (p95 300, n=2) 1.00x"), "{t}");
+        assert!(t.contains("50000 (p95 60000, n=2) 250x"), "{t}");
+        assert!(t.contains("374 (no VMM seccomp filter yet"), "{t}");
+        let j = json(&r);
+        assert_eq!(j["runs"], 2);
+        assert_eq!(j["isolation"][0]["cells"]["runc"]["verdict"], "LEAK");
+        let cost = j["cost"].as_array().unwrap();
+        let outside = cost
+            .iter()
+            .find(|c| c["metric"] == "idle_memory_outside_guest_ram")
+            .unwrap();
+        // (20480 - 16384) and (30720 - 24576) KiB: 4 and 6 MiB, median 5.
+        assert_eq!(outside["stats"]["sandbox-vm"]["median"], 5.0);
+        assert!(outside["stats"].get("runc").is_none());
+        let c = csv(&r);
+        assert!(c.contains("runc,start_to_first_output_ms,100\n"), "{c}");
+        assert!(c.contains("sandbox-vm,isolation:kernel release,ISOLATED\n"));
+        assert!(c.contains("runc,host_syscalls_allowed,319\n"));
+        assert!(
+            c.contains("\"policy:read-only paths\"") || c.contains("policy:read-only paths,\"")
+        );
+    }
+
+    #[test]
+    fn csv_quotes_commas() {
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"x\""), "\"say \"\"x\"\"\"");
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("q\",x"), "\"q\"\",x\"");
+    }
+}
