@@ -87,6 +87,17 @@ impl Metric {
     }
 }
 
+/// A value with three or so significant digits.
+pub fn fmt_num(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Stats {
     pub median: f64,

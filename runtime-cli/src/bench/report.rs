@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use sandbox_vm_probe::Report;
 
 use super::bundle;
-use super::cost::{self, Metric, MetricRow, Stats};
+use super::cost::{self, fmt_num, Metric, MetricRow, Stats};
 use super::probes::{self, HostContext, Observation, Verdict};
 use super::runner::{Runtime, Sample};
 
@@ -119,16 +119,6 @@ fn table(out: &mut String, header: &[String], rows: &[Vec<String>]) {
             .map(|(i, c)| format!("{c:<width$}", width = w[i]))
             .collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
-}
-
-fn fmt_num(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
     }
 }
 

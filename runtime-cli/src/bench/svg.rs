@@ -6,7 +6,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::cost::MetricRow;
+use super::cost::{fmt_num, MetricRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SvgError {
@@ -60,7 +60,11 @@ fn panel<DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(28)
         .y_label_area_size(56)
-        .build_cartesian_2d((0..runtimes.len()).into_segmented(), (lo..hi).log_scale())
+        // `(0..k).into_segmented()` has k + 1 segments: one per runtime is 0..n-1.
+        .build_cartesian_2d(
+            (0..runtimes.len().saturating_sub(1).max(1)).into_segmented(),
+            (lo..hi).log_scale(),
+        )
         .map_err(draw_err)?;
     chart
         .configure_mesh()
@@ -91,10 +95,10 @@ fn panel<DB: DrawingBackend>(
             let ratio = row
                 .ratio_to_runc
                 .get(&runtimes[*i])
-                .map(|r| format!(" ({r:.1}x)"))
+                .map(|r| format!(" ({}x)", fmt_num(*r)))
                 .unwrap_or_default();
             Text::new(
-                format!("{v:.3}{ratio}"),
+                format!("{}{ratio}", fmt_num(*v)),
                 (SegmentValue::CenterOf(*i), *v),
                 ("sans-serif", 12),
             )
@@ -133,6 +137,7 @@ mod tests {
     #[test]
     fn log_range_spans_decades() {
         assert_eq!(log_range(&[150.0, 42000.0]), (100.0, 100000.0));
+        assert_eq!(log_range(&[1.13, 1.14]), (1.0, 100.0));
         assert_eq!(log_range(&[]), (0.1, 10.0));
         assert_eq!(log_range(&[0.0]), (0.1, 10.0));
     }
@@ -162,6 +167,6 @@ mod tests {
         assert!(s.starts_with("<svg"));
         assert!(s.contains("getppid syscall (ns)"));
         assert!(s.contains("\nsandbox-vm\n"), "{s}");
-        assert!(s.contains("600.0x"));
+        assert!(s.contains("90000 (600x)"), "{s}");
     }
 }
