@@ -38,10 +38,9 @@ pub fn log_range(vals: &[f64]) -> (f64, f64) {
     if !lo.is_finite() || hi <= 0.0 {
         return (0.1, 10.0);
     }
-    (
-        10f64.powf(lo.log10().floor()),
-        10f64.powf(hi.log10().floor() + 1.0),
-    )
+    let lo = 10f64.powf(lo.log10().floor());
+    // At least two decades, so close values do not fill the panel with minor ticks.
+    (lo, 10f64.powf(hi.log10().floor() + 1.0).max(lo * 100.0))
 }
 
 fn panel<DB: DrawingBackend>(
