@@ -159,6 +159,51 @@ impl Drop for Scratch {
     }
 }
 
+type Samples = BTreeMap<String, Vec<runner::Sample>>;
+type Failures = BTreeMap<String, Vec<String>>;
+
+/// `a.runs` repetitions, each one container per runtime, runtimes interleaved.
+fn run_all(
+    rts: &[Runtime],
+    a: &IsolationArgs,
+    bundle_dir: &Path,
+    scratch: &Path,
+) -> Result<(Samples, Failures), BenchError> {
+    let (mut samples, mut failures) = (Samples::new(), Failures::new());
+    for rt in rts {
+        let root = scratch.join(format!("root-{}", rt.name));
+        std::fs::create_dir_all(&root).map_err(io("create", &root))?;
+    }
+    for i in 0..a.runs {
+        for rt in rts {
+            let root = scratch.join(format!("root-{}", rt.name));
+            let opts = RunOpts {
+                bundle: bundle_dir,
+                root: &root,
+                id: format!("bench-{}-{}-{i}", std::process::id(), rt.name),
+                measure_idle: !a.no_idle_memory,
+                guest_ram_split: report::is_sandbox_vm(rt),
+                timeout: Duration::from_secs(900),
+            };
+            eprint!("bench: run {}/{} {} ... ", i + 1, a.runs, rt.name);
+            match rt.run_once(&opts) {
+                Ok(s) => {
+                    eprintln!("{:.0} ms to first output", s.first_output_ms);
+                    samples.entry(rt.name.clone()).or_default().push(s);
+                }
+                Err(e) => {
+                    eprintln!("failed: {e}");
+                    failures
+                        .entry(rt.name.clone())
+                        .or_default()
+                        .push(e.to_string());
+                }
+            }
+        }
+    }
+    Ok((samples, failures))
+}
+
 pub fn run(cmd: BenchCmd) -> Result<(), BenchError> {
     let BenchCmd::Isolation(a) = cmd;
     let (rts, notes) = runtimes(&a.runtimes)?;
@@ -182,39 +227,7 @@ pub fn run(cmd: BenchCmd) -> Result<(), BenchError> {
     eprintln!("bench: probe {} ; host values", probe.display());
     let load_at_start = host::loadavg();
     let host = host_report(&probe, a.budget_ms, &scratch.0)?;
-    let mut samples: BTreeMap<String, Vec<runner::Sample>> = BTreeMap::new();
-    let mut failures: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for rt in &rts {
-        let root = scratch.0.join(format!("root-{}", rt.name));
-        std::fs::create_dir_all(&root).map_err(io("create", &root))?;
-    }
-    for i in 0..a.runs {
-        for rt in &rts {
-            let root = scratch.0.join(format!("root-{}", rt.name));
-            let opts = RunOpts {
-                bundle: &bundle_dir,
-                root: &root,
-                id: format!("bench-{}-{}-{i}", std::process::id(), rt.name),
-                measure_idle: !a.no_idle_memory,
-                guest_ram_split: report::is_sandbox_vm(rt),
-                timeout: Duration::from_secs(900),
-            };
-            eprint!("bench: run {}/{} {} ... ", i + 1, a.runs, rt.name);
-            match rt.run_once(&opts) {
-                Ok(s) => {
-                    eprintln!("{:.0} ms to first output", s.first_output_ms);
-                    samples.entry(rt.name.clone()).or_default().push(s);
-                }
-                Err(e) => {
-                    eprintln!("failed: {e}");
-                    failures
-                        .entry(rt.name.clone())
-                        .or_default()
-                        .push(e.to_string());
-                }
-            }
-        }
-    }
+    let (samples, failures) = run_all(&rts, &a, &bundle_dir, &scratch.0)?;
     let versions = rts
         .iter()
         .map(|rt| (rt.name.clone(), rt.version()))

@@ -129,79 +129,77 @@ fn obs(probe: &'static str, host: String, observed: String, verdict: Verdict) ->
     }
 }
 
-/// The identity and introspection probes.
-fn kernel_probes(
-    host: &Report,
-    s: &Report,
-    ctx: &HostContext,
-    win: UptimeWindow,
-) -> Vec<Observation> {
+/// The probe whose value the sandbox and host compare as is.
+fn equal<T: PartialEq + std::fmt::Display>(
+    probe: &'static str,
+    host: &Read<T>,
+    sandbox: &Read<T>,
+) -> Observation {
+    obs(probe, show(host), show(sandbox), same(host, sandbox))
+}
+
+fn verdict(leak: bool) -> Verdict {
+    if leak {
+        Verdict::Leak
+    } else {
+        Verdict::Isolated
+    }
+}
+
+/// `none`, or the items joined by commas.
+fn joined(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(",")
+    }
+}
+
+/// Which kernel: release, version, boot id, uptime (inside the host's window) and btime.
+fn identity_probes(host: &Report, s: &Report, win: UptimeWindow) -> Vec<Observation> {
     let (hi, si) = (&host.identity, &s.identity);
-    let uptime = match si.uptime_s.ok() {
-        Some(u) if *u >= win.before - 1.0 && *u <= win.after + 1.0 => Verdict::Leak,
-        _ => Verdict::Isolated,
-    };
-    let btime = match (hi.btime.ok(), si.btime.ok()) {
-        (Some(h), Some(b)) if h.abs_diff(*b) <= 2 => Verdict::Leak,
-        _ => Verdict::Isolated,
-    };
-    let log = match s.introspection.kernel_log.ok() {
-        Some(lines) if lines.iter().any(|l| ctx.log_lines.contains(l)) => Verdict::Leak,
-        _ => Verdict::Isolated,
-    };
-    let log_seen = |r: &Read<Vec<String>>| match r {
-        Read::Ok(v) => format!("readable ({} lines sampled)", v.len()),
-        other => show(&other_unit(other)),
-    };
-    let (hn, sn) = (&host.introspection, &s.introspection);
-    let modules = match (
-        same(&hn.proc_modules, &sn.proc_modules),
-        same(&hn.sys_module, &sn.sys_module),
-    ) {
-        (Verdict::Isolated, Verdict::Isolated) => Verdict::Isolated,
-        _ => Verdict::Leak,
-    };
-    let modules_seen = |r: &Report| {
-        let i = &r.introspection;
-        format!("{} / {}", hash8(&i.proc_modules), hash8(&i.sys_module))
-    };
+    let uptime =
+        matches!(si.uptime_s.ok(), Some(u) if *u >= win.before - 1.0 && *u <= win.after + 1.0);
+    let btime = matches!((hi.btime.ok(), si.btime.ok()), (Some(h), Some(b)) if h.abs_diff(*b) <= 2);
     vec![
-        obs(
-            "kernel release",
-            show(&hi.kernel_release),
-            show(&si.kernel_release),
-            same(&hi.kernel_release, &si.kernel_release),
-        ),
-        obs(
-            "/proc/version",
-            show(&hi.proc_version),
-            show(&si.proc_version),
-            same(&hi.proc_version, &si.proc_version),
-        ),
-        obs(
-            "boot_id",
-            show(&hi.boot_id),
-            show(&si.boot_id),
-            same(&hi.boot_id, &si.boot_id),
-        ),
+        equal("kernel release", &hi.kernel_release, &si.kernel_release),
+        equal("/proc/version", &hi.proc_version, &si.proc_version),
+        equal("boot_id", &hi.boot_id, &si.boot_id),
         obs(
             "uptime",
             format!("{:.0}-{:.0} s", win.before, win.after),
             show(&si.uptime_s.clone().map_ok(|u| format!("{u:.0} s"))),
-            uptime,
+            verdict(uptime),
         ),
-        obs("btime", show(&hi.btime), show(&si.btime), btime),
+        obs("btime", show(&hi.btime), show(&si.btime), verdict(btime)),
+    ]
+}
+
+/// What the kernel tells about itself: log, modules, symbols, command line.
+fn introspection_probes(host: &Report, s: &Report, ctx: &HostContext) -> Vec<Observation> {
+    let (hn, sn) = (&host.introspection, &s.introspection);
+    let log = matches!(sn.kernel_log.ok(), Some(lines) if lines.iter().any(|l| ctx.log_lines.contains(l)));
+    let log_seen = |r: &Read<Vec<String>>| match r {
+        Read::Ok(v) => format!("readable ({} lines sampled)", v.len()),
+        other => show(&other_unit(other)),
+    };
+    let modules = same(&hn.proc_modules, &sn.proc_modules) == Verdict::Leak
+        || same(&hn.sys_module, &sn.sys_module) == Verdict::Leak;
+    let modules_seen = |i: &sandbox_vm_probe::Introspection| {
+        format!("{} / {}", hash8(&i.proc_modules), hash8(&i.sys_module))
+    };
+    vec![
         obs(
             "kernel log (syslog)",
             log_seen(&hn.kernel_log),
             log_seen(&sn.kernel_log),
-            log,
+            verdict(log),
         ),
         obs(
             "module list (/proc/modules, /sys/module)",
-            modules_seen(host),
-            modules_seen(s),
-            modules,
+            modules_seen(hn),
+            modules_seen(sn),
+            verdict(modules),
         ),
         obs(
             "/proc/kallsyms names",
@@ -209,12 +207,7 @@ fn kernel_probes(
             hash8(&sn.kallsyms_names),
             same(&hn.kallsyms_names, &sn.kallsyms_names),
         ),
-        obs(
-            "/proc/cmdline",
-            show(&hn.cmdline),
-            show(&sn.cmdline),
-            same(&hn.cmdline, &sn.cmdline),
-        ),
+        equal("/proc/cmdline", &hn.cmdline, &sn.cmdline),
     ]
 }
 
@@ -264,84 +257,43 @@ fn list(r: &Read<Vec<String>>) -> String {
     }
 }
 
-/// Resources, paths and devices. Namespace inodes and device names are only comparable
-/// within one kernel: a guest's initial namespaces carry the same fixed inode numbers as
-/// the host's, and its first disk is `vda` as the host's may be.
-fn resource_probes(host: &Report, s: &Report, ctx: &HostContext) -> Vec<Observation> {
-    let same_kernel = same(&host.identity.boot_id, &s.identity.boot_id) == Verdict::Leak;
+/// Resources and paths. Namespace inodes are only comparable within one kernel: a guest's
+/// initial namespaces carry the same fixed inode numbers as the host's.
+fn resource_probes(
+    host: &Report,
+    s: &Report,
+    ctx: &HostContext,
+    same_kernel: bool,
+) -> Vec<Observation> {
     let (hr, sr) = (&host.resources, &s.resources);
-    let shared: Vec<&str> = sr
+    let shared: Vec<String> = sr
         .namespaces
         .iter()
         .filter(|(k, v)| same_kernel && hr.namespaces.get(*k) == Some(v))
-        .map(|(k, _)| k.as_str())
+        .map(|(k, _)| k.clone())
         .collect();
-    let ns_seen = if shared.is_empty() {
-        if same_kernel {
-            "none".to_string()
-        } else {
-            "none (own kernel)".to_string()
-        }
-    } else {
-        shared.join(",")
+    let ns_seen = match (shared.is_empty(), same_kernel) {
+        (true, false) => "none (own kernel)".to_string(),
+        _ => joined(&shared),
     };
-    let host_ns: Vec<&str> = hr.namespaces.keys().map(String::as_str).collect();
-    let leaked_roots: Vec<String> = sr
+    let host_ns: Vec<String> = hr.namespaces.keys().cloned().collect();
+    let roots: Vec<String> = sr
         .mount_roots
         .ok()
-        .map(|v| {
-            v.iter()
-                .filter(|r| reveals_host_path(r, &ctx.bundle_rootfs))
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    let (hd, sd) = (&host.devices, &s.devices);
-    let extra_dev = |r: &Read<Vec<String>>| -> Vec<String> {
-        r.ok()
-            .map(|v| {
-                v.iter()
-                    .filter(|n| !STANDARD_DEV.contains(&n.as_str()))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let host_dev: BTreeSet<String> = extra_dev(&hd.dev).into_iter().collect();
-    let sandbox_extra = extra_dev(&sd.dev);
-    let host_dev_seen: Vec<String> = sandbox_extra
-        .iter()
-        .filter(|n| same_kernel && host_dev.contains(*n))
+        .into_iter()
+        .flatten()
+        .filter(|r| reveals_host_path(r, &ctx.bundle_rootfs))
         .cloned()
         .collect();
-    let verdict = |leak: bool| {
-        if leak {
-            Verdict::Leak
-        } else {
-            Verdict::Isolated
-        }
-    };
+    let mib = |r: &Read<u64>| show(&r.clone().map_ok(|k| format!("{} MiB", k / 1024)));
     vec![
         obs(
             "MemTotal",
-            show(
-                &hr.mem_total_kib
-                    .clone()
-                    .map_ok(|k| format!("{} MiB", k / 1024)),
-            ),
-            show(
-                &sr.mem_total_kib
-                    .clone()
-                    .map_ok(|k| format!("{} MiB", k / 1024)),
-            ),
+            mib(&hr.mem_total_kib),
+            mib(&sr.mem_total_kib),
             same(&hr.mem_total_kib, &sr.mem_total_kib),
         ),
-        obs(
-            "CPU count",
-            show(&hr.cpus),
-            show(&sr.cpus),
-            same(&hr.cpus, &sr.cpus),
-        ),
+        equal("CPU count", &hr.cpus, &sr.cpus),
         obs(
             "namespaces shared with host",
             format!("{} (init)", host_ns.join(",")),
@@ -351,39 +303,56 @@ fn resource_probes(host: &Report, s: &Report, ctx: &HostContext) -> Vec<Observat
         obs(
             "host paths in mountinfo",
             ctx.bundle_rootfs.clone(),
-            if leaked_roots.is_empty() {
-                "none".into()
-            } else {
-                leaked_roots.join(",")
-            },
-            verdict(!leaked_roots.is_empty()),
+            joined(&roots),
+            verdict(!roots.is_empty()),
         ),
+    ]
+}
+
+/// Names in a `/dev` listing beyond what every OCI runtime puts there.
+fn extra_dev(r: &Read<Vec<String>>) -> Vec<String> {
+    r.ok()
+        .into_iter()
+        .flatten()
+        .filter(|n| !STANDARD_DEV.contains(&n.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// Devices. Device names are only comparable within one kernel: a guest's first disk is
+/// `vda` as the host's may be.
+fn device_probes(host: &Report, s: &Report, same_kernel: bool) -> Vec<Observation> {
+    let (hd, sd) = (&host.devices, &s.devices);
+    let host_dev: BTreeSet<String> = extra_dev(&hd.dev).into_iter().collect();
+    let sandbox_extra = extra_dev(&sd.dev);
+    let host_dev_seen: Vec<String> = sandbox_extra
+        .iter()
+        .filter(|n| same_kernel && host_dev.contains(*n))
+        .cloned()
+        .collect();
+    let dev_seen = if host_dev_seen.is_empty() && !sandbox_extra.is_empty() {
+        format!("own: {}", sandbox_extra.join(","))
+    } else {
+        joined(&host_dev_seen)
+    };
+    let block = same_kernel && same(&hd.sys_block, &sd.sys_block) == Verdict::Leak;
+    vec![
         obs(
             "/sys/class/block",
             list(&hd.sys_block),
             list(&sd.sys_block),
-            verdict(same_kernel && same(&hd.sys_block, &sd.sys_block) == Verdict::Leak),
+            verdict(block),
         ),
         obs(
             "host devices in /dev",
             format!("{} non-standard", host_dev.len()),
-            if sandbox_extra.is_empty() {
-                "none".into()
-            } else if host_dev_seen.is_empty() {
-                format!("own: {}", sandbox_extra.join(","))
-            } else {
-                host_dev_seen.join(",")
-            },
+            dev_seen,
             verdict(!host_dev_seen.is_empty()),
         ),
         obs(
             "block devices openable (guest image: CVE-2020-2023)",
             "-".into(),
-            if sd.openable_block_devices.is_empty() {
-                "none".into()
-            } else {
-                sd.openable_block_devices.join(",")
-            },
+            joined(&sd.openable_block_devices),
             verdict(!sd.openable_block_devices.is_empty()),
         ),
     ]
@@ -403,8 +372,11 @@ pub fn boundary(
     ctx: &HostContext,
     win: UptimeWindow,
 ) -> Vec<Observation> {
-    let mut v = kernel_probes(host, sandbox, ctx, win);
-    v.extend(resource_probes(host, sandbox, ctx));
+    let same_kernel = same(&host.identity.boot_id, &sandbox.identity.boot_id) == Verdict::Leak;
+    let mut v = identity_probes(host, sandbox, win);
+    v.extend(introspection_probes(host, sandbox, ctx));
+    v.extend(resource_probes(host, sandbox, ctx, same_kernel));
+    v.extend(device_probes(host, sandbox, same_kernel));
     v
 }
 
