@@ -2,6 +2,7 @@
 
 pub mod bundle;
 pub mod translate;
+pub mod validate;
 
 use std::path::{Path, PathBuf};
 

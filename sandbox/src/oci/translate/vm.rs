@@ -133,6 +133,7 @@ pub fn vm_config(
     paths: &VmPaths,
 ) -> Result<(VmConfig, RootfsMode), TranslateError> {
     // The spec's own problems first, then the host's.
+    crate::oci::validate::spec(spec)?;
     let vcpus = vcpus(spec, defaults.max_vcpus)?;
     let mem_mib = mem_mib(spec)?;
     let compat = compat(spec)?;
@@ -256,7 +257,10 @@ mod tests {
         let bad = spec(serde_json::json!({"annotations": {ANN_ROOTFS: "nfs"}}));
         assert!(matches!(
             tr(&bad),
-            Err(TranslateError::BadAnnotation { key: ANN_ROOTFS, .. })
+            Err(TranslateError::BadAnnotation {
+                key: ANN_ROOTFS,
+                ..
+            })
         ));
     }
 
