@@ -6,6 +6,9 @@
 //! VM is ready (`vmm::api::ApiClient::connect` retries until then); a stale socket file at
 //! that path is replaced, and the socket is removed when the process exits.
 //!
+//! Each thread confines itself with its own seccomp filter (`vmm::seccomp`) once it
+//! starts its loop, unless `--seccomp off`.
+//!
 //! Exit status, as `boot`: 0 when the guest reboots or powers off, or the VM is stopped on
 //! request (the API's `stop`, SIGTERM or SIGINT: an orderly stop, the vCPUs are joined and
 //! the socket removed); 2 when the guest crashes; 1 for a VMM error, with one line on
@@ -33,11 +36,32 @@ pub struct VmmArgs {
     /// exit)
     #[arg(long, value_name = "PATH")]
     api_sock: PathBuf,
+    /// Per-thread seccomp filters: `kill` (a call outside a thread's allow-list kills the
+    /// VMM with SIGSYS), `log` (allowed, logged by the kernel: to find what a host needs)
+    /// or `off`
+    #[arg(long, default_value = "kill", value_parser = ["kill", "log", "off"])]
+    seccomp: String,
+    /// Test only: the first thread of this kind (main, vcpu, devices, api) makes a system
+    /// call outside its filter right after installing it
+    #[arg(long, hide = true, value_name = "THREAD")]
+    seccomp_selftest: Option<vmm::seccomp::ThreadKind>,
+}
+
+/// Turns on the per-thread filters (installed by each thread as it starts its loop).
+fn enable_seccomp(args: &VmmArgs) -> Result<()> {
+    let mode = match args.seccomp.as_str() {
+        "off" => return Ok(()),
+        "log" => vmm::seccomp::Mode::Log,
+        _ => vmm::seccomp::Mode::Kill,
+    };
+    vmm::seccomp::enable(mode, args.seccomp_selftest)?;
+    Ok(())
 }
 
 /// Runs the VM with its API server until it stops; maps how it ended to the exit status.
 pub fn run(args: VmmArgs) -> Result<ExitCode> {
     let config = VmConfig::from_file(&args.config)?;
+    enable_seccomp(&args)?;
     let stop_evt = stop_on_signals()?;
     let started = Instant::now();
     let mut vm = vmm::builder::build(&config)?;
