@@ -23,6 +23,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use sandbox::jail::{self, Jail};
 use vmm::api::ApiServer;
 use vmm::config::VmConfig;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -45,6 +46,15 @@ pub struct VmmArgs {
     /// call outside its filter right after installing it
     #[arg(long, hide = true, value_name = "THREAD")]
     seccomp_selftest: Option<vmm::seccomp::ThreadKind>,
+    /// Run the VMM jailed (`sandbox::jail`): a memory cgroup, new pid, mount and IPC
+    /// namespaces with DIR (an empty directory) as its root holding only what the VM
+    /// opens, rlimits, and the unprivileged --jail-uid/--jail-gid once the VM is built
+    #[arg(long, value_name = "DIR")]
+    jail: Option<PathBuf>,
+    #[arg(long, default_value_t = 65534, requires = "jail")]
+    jail_uid: u32,
+    #[arg(long, default_value_t = 65534, requires = "jail")]
+    jail_gid: u32,
 }
 
 /// Turns on the per-thread filters (installed by each thread as it starts its loop).
@@ -61,11 +71,27 @@ fn enable_seccomp(args: &VmmArgs) -> Result<()> {
 /// Runs the VM with its API server until it stops; maps how it ended to the exit status.
 pub fn run(args: VmmArgs) -> Result<ExitCode> {
     let config = VmConfig::from_file(&args.config)?;
+    // Sockets and files the VMM creates are its owner's alone.
+    // SAFETY: umask only swaps the process's file-mode mask.
+    unsafe { libc::umask(0o177) };
+    let jail = args
+        .jail
+        .clone()
+        .map(|dir| Jail::for_vm(&config, &args.api_sock, dir, args.jail_uid, args.jail_gid));
+    if let Some(j) = &jail {
+        // Before any thread: the parent stays outside, waits and ends as the VMM did.
+        jail::fork_into_pid_namespace(j)?;
+        jail::enter(j)?;
+    }
     enable_seccomp(&args)?;
     let stop_evt = stop_on_signals()?;
     let started = Instant::now();
     let mut vm = vmm::builder::build(&config)?;
     let server = ApiServer::start(&args.api_sock, vm.control(), Some(stop_evt))?;
+    if let Some(j) = &jail {
+        // Everything is open: from here on the VMM needs no access of its own.
+        jail::drop_privileges(j.uid, j.gid)?;
+    }
     let reason = vm.run();
     drop(server);
     let reason = reason?;

@@ -71,6 +71,13 @@ fn common() -> Result<Vec<Entry>, BackendError> {
         any(libc::SYS_write)?,
         any(libc::SYS_writev)?,
         any(libc::SYS_close)?,
+        // F_GETFD: Rust's debug builds check an fd is open before closing it; the flags:
+        // std's set_nonblocking on some types.
+        one_of(
+            libc::SYS_fcntl,
+            1,
+            &[libc::F_GETFD, libc::F_GETFL, libc::F_SETFL].map(|c| c as u64),
+        )?,
         any(libc::SYS_exit)?,
         any(libc::SYS_exit_group)?,
     ])
@@ -125,6 +132,20 @@ fn devices() -> Result<Vec<Entry>, BackendError> {
             &[libc::F_GETFL as u64, libc::F_SETFL as u64],
         )?,
         one_of(libc::SYS_ioctl, 1, &[libc::FIONBIO])?,
+    ]
+    .into_iter()
+    .chain(privilege_drop()?)
+    .collect())
+}
+
+/// A jailed VMM drops to an unprivileged uid/gid after the device and API threads
+/// started; glibc makes every thread do the same calls (its set*id broadcast). Once
+/// dropped, they cannot gain anything back.
+fn privilege_drop() -> Result<Vec<Entry>, BackendError> {
+    Ok(vec![
+        any(libc::SYS_setgroups)?,
+        any(libc::SYS_setresgid)?,
+        any(libc::SYS_setresuid)?,
     ])
 }
 
@@ -144,7 +165,10 @@ fn api() -> Result<Vec<Entry>, BackendError> {
         )?,
         one_of(libc::SYS_ioctl, 1, &[libc::FIONBIO])?,
         any(libc::SYS_tgkill)?,
-    ])
+    ]
+    .into_iter()
+    .chain(privilege_drop()?)
+    .collect())
 }
 
 /// Main, once every thread runs: wait for the stop, kick and join the vCPUs, stop the
