@@ -34,9 +34,12 @@ for manifest in "$root"/*/fuzz/Cargo.toml; do
     log="target/$t.long.log"
     start=$(date +%s)
     echo "[fuzz-long] $t: $runs runs (log ${dir#"$root"/}/$log)" >&2
-    if "target/x86_64-unknown-linux-gnu/release/$t" "target/corpus/$t" -runs="$runs" \
-        -max_len=4096 -timeout=10 -print_final_stats=1 -artifact_prefix=target/artifacts/ \
-        >"$log" 2>&1; then
+    extra=()
+    [[ -d "seeds/$t" ]] && extra+=("seeds/$t")
+    [[ -f "$t.dict" ]] && extra+=("-dict=$t.dict")
+    if "target/x86_64-unknown-linux-gnu/release/$t" "target/corpus/$t" "${extra[@]}" \
+        -runs="$runs" -max_len=4096 -timeout=10 -print_final_stats=1 \
+        -artifact_prefix=target/artifacts/ >"$log" 2>&1; then
       result=ok
     else
       result=FAILED

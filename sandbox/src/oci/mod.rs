@@ -1,6 +1,9 @@
 //! The OCI side: bundles, the spec → VM translation, and where the guest artifacts are.
 
 pub mod bundle;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod translate;
 pub mod validate;
 

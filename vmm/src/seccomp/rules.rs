@@ -109,6 +109,9 @@ fn devices() -> Result<Vec<Entry>, BackendError> {
         any(libc::SYS_epoll_wait)?,
         any(libc::SYS_epoll_pwait)?,
         any(libc::SYS_epoll_ctl)?,
+        // vsock: the handshake/credit timer.
+        any(libc::SYS_timerfd_settime)?,
+        any(libc::SYS_timerfd_gettime)?,
         any(libc::SYS_pread64)?,
         any(libc::SYS_pwrite64)?,
         any(libc::SYS_preadv)?,
