@@ -34,6 +34,19 @@ pub const VMM_OVERHEAD_MIB: u64 = 64;
 pub const NOFILE: u64 = 2048;
 /// Smallest `RLIMIT_FSIZE` in the jail (the serial log may grow up to it).
 pub const MIN_FSIZE: u64 = 256 << 20;
+/// The jail directory's name in a sandbox's state directory.
+pub const DIR_NAME: &str = "jail";
+
+/// The jail directory for a VMM whose config is `vm_config` (beside it in the state
+/// directory), or None when `$SANDBOX_VM_JAIL` is `off` (a host without a memory cgroup,
+/// or debugging the VMM with host tools).
+pub fn dir_for(vm_config: &Path) -> Option<PathBuf> {
+    if std::env::var_os("SANDBOX_VM_JAIL").is_some_and(|v| v == "off") {
+        return None;
+    }
+    Some(vm_config.parent()?.join(DIR_NAME))
+}
+
 /// The cgroup hierarchy's root (tests point it elsewhere).
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 

@@ -59,6 +59,9 @@ impl VmmProcess {
             .arg(config)
             .arg("--api-sock")
             .arg(api_sock);
+        if let Some(dir) = crate::jail::dir_for(config) {
+            cmd.arg("--jail").arg(dir);
+        }
         let mut proc = Supervised::spawn("the VMM", cmd, log)?;
         proc.wait_ready(READY_TIMEOUT, || UnixStream::connect(api_sock).is_ok())?;
         Ok(VmmProcess {
