@@ -71,9 +71,6 @@ fn enable_seccomp(args: &VmmArgs) -> Result<()> {
 /// Runs the VM with its API server until it stops; maps how it ended to the exit status.
 pub fn run(args: VmmArgs) -> Result<ExitCode> {
     let config = VmConfig::from_file(&args.config)?;
-    // Sockets and files the VMM creates are its owner's alone.
-    // SAFETY: umask only swaps the process's file-mode mask.
-    unsafe { libc::umask(0o177) };
     let jail = args
         .jail
         .clone()
@@ -83,6 +80,9 @@ pub fn run(args: VmmArgs) -> Result<ExitCode> {
         jail::fork_into_pid_namespace(j)?;
         jail::enter(j)?;
     }
+    // Sockets and files the VMM creates are its owner's alone.
+    // SAFETY: umask only swaps the process's file-mode mask.
+    unsafe { libc::umask(0o177) };
     enable_seccomp(&args)?;
     let stop_evt = stop_on_signals()?;
     let started = Instant::now();

@@ -22,6 +22,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -123,6 +124,7 @@ impl Jail {
             paths.push(rw(Path::new("/dev/net/tun")));
         }
         let mut dirs: Vec<PathBuf> = vm.vsock.iter().map(|v| parent(&v.uds_path)).collect();
+        dirs.extend(vm.fs.iter().map(|f| parent(&f.socket)));
         dirs.push(parent(api_sock));
         dirs.sort();
         dirs.dedup();
@@ -331,7 +333,11 @@ pub fn enter(jail: &Jail) -> Result<(), JailError> {
         .map_err(sys("new mount and IPC namespaces"))?;
     mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE)
         .map_err(sys("make / private"))?;
-    std::fs::create_dir_all(&jail.dir).map_err(at("create", &jail.dir))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&jail.dir)
+        .map_err(at("create", &jail.dir))?;
     mount(Some("tmpfs"), &jail.dir, Some("tmpfs"), libc::MS_NOSUID)
         .map_err(at("mount tmpfs on", &jail.dir))?;
     for p in &jail.paths {

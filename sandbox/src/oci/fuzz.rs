@@ -35,7 +35,7 @@ pub fn oci_translate(data: &[u8]) {
     let defaults = Defaults {
         kernel: Some("/k/vmlinux".into()),
         initrd: Some("/k/agent.cpio".into()),
-        agent_disk: (data.len() % 2 == 0).then(|| "/k/agent.ext4".into()),
+        agent_disk: data.len().is_multiple_of(2).then(|| "/k/agent.ext4".into()),
         max_vcpus: 4,
     };
     let d = Path::new("/run/sandbox-vm/fuzz");

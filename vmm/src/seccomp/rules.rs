@@ -72,11 +72,18 @@ fn common() -> Result<Vec<Entry>, BackendError> {
         any(libc::SYS_writev)?,
         any(libc::SYS_close)?,
         // F_GETFD: Rust's debug builds check an fd is open before closing it; the flags:
-        // std's set_nonblocking on some types.
+        // std's set_nonblocking on some types; F_DUPFD_CLOEXEC: try_clone of an eventfd
+        // (virtio-fs activation hands the backend clones of the queue eventfds).
         one_of(
             libc::SYS_fcntl,
             1,
-            &[libc::F_GETFD, libc::F_GETFL, libc::F_SETFL].map(|c| c as u64),
+            &[
+                libc::F_GETFD,
+                libc::F_GETFL,
+                libc::F_SETFL,
+                libc::F_DUPFD_CLOEXEC,
+            ]
+            .map(|c| c as u64),
         )?,
         any(libc::SYS_exit)?,
         any(libc::SYS_exit_group)?,
@@ -94,6 +101,8 @@ fn vcpu() -> Result<Vec<Entry>, BackendError> {
         )?,
         any(libc::SYS_poll)?,
         any(libc::SYS_ppoll)?,
+        // virtio-fs activation: the backend's call eventfds, then its vhost-user requests.
+        any(libc::SYS_eventfd2)?,
         any(libc::SYS_sendmsg)?,
         any(libc::SYS_recvmsg)?,
         any(libc::SYS_recvfrom)?,
