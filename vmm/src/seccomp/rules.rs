@@ -138,11 +138,6 @@ fn devices() -> Result<Vec<Entry>, BackendError> {
         any(libc::SYS_recvmsg)?,
         any(libc::SYS_shutdown)?,
         any(libc::SYS_getsockopt)?,
-        one_of(
-            libc::SYS_fcntl,
-            1,
-            &[libc::F_GETFL as u64, libc::F_SETFL as u64],
-        )?,
         one_of(libc::SYS_ioctl, 1, &[libc::FIONBIO])?,
     ]
     .into_iter()
@@ -170,11 +165,6 @@ fn api() -> Result<Vec<Entry>, BackendError> {
         any(libc::SYS_recvfrom)?,
         any(libc::SYS_sendto)?,
         any(libc::SYS_setsockopt)?,
-        one_of(
-            libc::SYS_fcntl,
-            1,
-            &[libc::F_GETFL as u64, libc::F_SETFL as u64],
-        )?,
         one_of(libc::SYS_ioctl, 1, &[libc::FIONBIO])?,
         any(libc::SYS_tgkill)?,
     ]
@@ -192,7 +182,6 @@ fn main_thread() -> Result<Vec<Entry>, BackendError> {
         any(libc::SYS_tgkill)?,
         any(libc::SYS_unlink)?,
         any(libc::SYS_unlinkat)?,
-        any(libc::SYS_sigaltstack)?,
     ])
 }
 
