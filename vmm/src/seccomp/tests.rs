@@ -136,7 +136,8 @@ fn arguments_are_filtered() {
 
 #[test]
 fn the_readme_table_gives_each_threads_list_size() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     for kind in ThreadKind::ALL {
         let row = format!("| {} | {} |", kind.name(), allowed_syscalls(kind));
         assert!(readme.contains(&row), "vmm/README.md lacks the row {row:?}");
