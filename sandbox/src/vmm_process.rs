@@ -32,6 +32,11 @@ pub fn describe_exit(status: ExitStatus, log: &Path, console: &Path) -> String {
             console.display()
         ),
         (Some(c), _) => format!("the VMM failed (exit {c}): {}", last_line(log)),
+        (None, Some(libc::SIGSYS)) => format!(
+            "the VMM was killed by signal {} (SIGSYS: a system call outside its seccomp \
+             filter; the kernel log names it: dmesg | grep type=1326)",
+            libc::SIGSYS
+        ),
         (None, Some(sig)) => format!("the VMM was killed by signal {sig}"),
         (None, None) => "the VMM ended".into(),
     }
