@@ -39,17 +39,17 @@ impl Env {
     }
 
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
-            .env("SANDBOX_VM_KERNEL", common::kernel())
-            .env(
-                "SANDBOX_VM_AGENT_DISK",
-                common::image("SANDBOX_VM_AGENT_DISK", "agent.ext4"),
-            )
-            .arg("--root")
-            .arg(&self.root)
-            .args(args)
-            .output()
-            .unwrap()
+        host::output_via_files(
+            Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
+                .env("SANDBOX_VM_KERNEL", common::kernel())
+                .env(
+                    "SANDBOX_VM_AGENT_DISK",
+                    common::image("SANDBOX_VM_AGENT_DISK", "agent.ext4"),
+                )
+                .arg("--root")
+                .arg(&self.root)
+                .args(args),
+        )
     }
 
     fn create_and_start(&self, id: &str) {

@@ -16,17 +16,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn cli(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
-        .env("SANDBOX_VM_KERNEL", common::kernel())
-        .env(
-            "SANDBOX_VM_AGENT_DISK",
-            common::image("SANDBOX_VM_AGENT_DISK", "agent.ext4"),
-        )
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap()
+    host::output_via_files(
+        Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
+            .env("SANDBOX_VM_KERNEL", common::kernel())
+            .env(
+                "SANDBOX_VM_AGENT_DISK",
+                common::image("SANDBOX_VM_AGENT_DISK", "agent.ext4"),
+            )
+            .arg("--root")
+            .arg(root)
+            .args(args),
+    )
 }
 
 /// One sandbox's life; returns what went wrong, if anything.

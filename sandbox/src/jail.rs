@@ -211,13 +211,26 @@ fn join_cgroup(root: &Path, jail: &Jail) -> Result<PathBuf, JailError> {
     Ok(cg)
 }
 
-/// Removes the cgroup of jail directory `dir` if it exists and is empty (after the VMM
-/// ended; also for cleaners after a SIGKILL). Returns whether one was removed.
+/// Removes the cgroup of jail directory `dir` (after the VMM ended; also for cleaners
+/// after a SIGKILL). A VMM that is still dying (its parent was just killed) keeps it busy
+/// for a moment: this waits up to 3 s for it. Returns whether one was removed.
 pub fn remove_cgroup(dir: &Path) -> bool {
     let Ok((cg, _)) = cgroup_dir(Path::new(CGROUP_ROOT), dir) else {
         return false;
     };
-    std::fs::remove_dir(&cg).is_ok()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match std::fs::remove_dir(&cg) {
+            Ok(()) => return true,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                if std::time::Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(_) => return false,
+        }
+    }
 }
 
 /// The read end of a pipe whose write end only the parent holds: it reports a hang-up

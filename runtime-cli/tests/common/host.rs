@@ -61,3 +61,27 @@ pub fn footprint(root: &Path) -> Footprint {
 pub fn own_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
+
+/// Runs `cmd` with its stdout and stderr in files and returns them as `Output`: `create`
+/// hands its stdio to the monitor, which outlives it, so pipes would never reach EOF.
+pub fn output_via_files(cmd: &mut std::process::Command) -> std::process::Output {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let base = std::env::temp_dir().join(format!("svm-out-{}-{n}", std::process::id()));
+    let (out, err) = (base.with_extension("out"), base.with_extension("err"));
+    let status = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .status()
+        .unwrap();
+    let output = std::process::Output {
+        status,
+        stdout: std::fs::read(&out).unwrap_or_default(),
+        stderr: std::fs::read(&err).unwrap_or_default(),
+    };
+    let _ = std::fs::remove_file(out);
+    let _ = std::fs::remove_file(err);
+    output
+}
