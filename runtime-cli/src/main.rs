@@ -11,6 +11,7 @@ mod plan;
 mod ready;
 mod state;
 mod vmm_cmd;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
