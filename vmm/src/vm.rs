@@ -101,6 +101,11 @@ impl Vm {
 
     /// Runs until the VM stops; returns why.
     pub fn run(&mut self) -> Result<StopReason, VcpuError> {
+        self.run_with(|| {})
+    }
+
+    /// As `run`, calling `on_running` once every vCPU thread has started.
+    pub fn run_with(&mut self, on_running: impl FnOnce()) -> Result<StopReason, VcpuError> {
         let shared = VcpuShared {
             buses: self.buses.clone(),
             stop: self.stop.clone(),
@@ -123,6 +128,7 @@ impl Vm {
                 }
             }
         }
+        on_running();
         wait_readable(self.stop.eventfd());
         self.control.shut_down();
         vcpu::stop_and_join(threads);

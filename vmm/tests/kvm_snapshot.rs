@@ -312,3 +312,29 @@ fn a_pending_port_in_is_finished_before_saving_not_repeated() {
     assert_eq!(w.last.load(Ordering::SeqCst), READ_BUFFER + 4 * LIMIT);
     r.stop();
 }
+
+#[test]
+fn restoring_a_128_mib_guest_costs_no_more_than_its_state() {
+    let s = Scratch::new("big", COUNTING_GUEST);
+    let mut config = s.config(1);
+    config.mem_mib = 128;
+    let (vm, w) = with_out_port(build(&config).unwrap());
+    let r = Running::start(vm, &s.0.join("api.sock"));
+    assert!(eventually(|| w.last.load(Ordering::SeqCst) > 100));
+    let mut c = r.client();
+    c.pause().unwrap();
+    let info = c.snapshot(&s.snap_dir()).unwrap();
+    r.stop();
+    // Untouched RAM is a hole in the file, not data.
+    assert!(info.memory_bytes < 8 << 20, "{info:?}");
+    let started = Instant::now();
+    let (vm, t) = build_from_snapshot(&s.snap_dir(), &RestoreOverrides::default()).unwrap();
+    let total = started.elapsed();
+    eprintln!("128 MiB restore: {t:?}, total {total:?}; snapshot {info:?}");
+    // The goal is < 50 ms in a release build; a debug build on a loaded machine gets room.
+    assert!(total < Duration::from_millis(500), "restore took {total:?}");
+    let (vm, w) = with_out_port(vm);
+    let r = Running::start(vm, &s.0.join("api2.sock"));
+    assert!(eventually(|| w.last.load(Ordering::SeqCst) != 0));
+    r.stop();
+}
