@@ -5,6 +5,7 @@
 //! (vsock, Unix, hybrid vsock) and [`client`] (blocking client).
 
 pub mod client;
+pub mod clone;
 pub mod frame;
 pub mod messages;
 pub mod transport;
