@@ -25,6 +25,7 @@ use crate::devices::legacy::serial::{SerialPort, SerialSink};
 use crate::devices::virtio::attach::{attach_virtio_mmio, AttachError, VirtioMmioAllocator};
 use crate::devices::virtio::blk::{Block, BlockError};
 use crate::devices::virtio::fs::{Fs, FsError};
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::{tap::Tap, tap::TapError, Net, NetError};
 use crate::devices::virtio::rng::{Rng, RngError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
@@ -152,6 +153,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
         buses: devices.buses,
         stop,
         event_loop: devices.event_loop,
+        transports: devices.transports,
         msr_indices: template.msr_indices().to_vec(),
         cpu_profile: cpu_profile(&template, profile.as_ref()),
         config: config.clone(),
@@ -210,6 +212,9 @@ pub fn build_from_snapshot(
         })
         .collect::<Result<Vec<_>, BuildError>>()?;
     persist::vm::restore(&vm_fd, &snap.vm).map_err(PersistError::from)?;
+    // Devices last: re-activating them may raise interrupts, which the restored interrupt
+    // controllers must see.
+    persist::restore_devices(dir, &devices.transports, &snap.devices)?;
     let vm = Vm::new(VmParts {
         vm_fd,
         mem,
@@ -217,6 +222,7 @@ pub fn build_from_snapshot(
         buses: devices.buses,
         stop,
         event_loop: devices.event_loop,
+        transports: devices.transports,
         msr_indices: template.msr_indices().to_vec(),
         cpu_profile,
         config,
@@ -234,6 +240,7 @@ struct AttachedDevices {
     buses: Buses,
     event_loop: EventLoop,
     cmdline: String,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 /// Attaches the legacy devices and the config's virtio devices (same order, addresses and
@@ -258,6 +265,7 @@ fn attach_devices(
         slots: VirtioMmioAllocator::new(),
         event_loop: &event_loop,
         mem,
+        transports: Vec::new(),
     };
     for (i, disk) in config.disks.iter().enumerate() {
         attach_block(&mut virtio, i, disk)?;
@@ -274,11 +282,12 @@ fn attach_devices(
     for fs in &config.fs {
         attach_fs(&mut virtio, fs)?;
     }
-    let cmdline = virtio.cmdline;
+    let (cmdline, transports) = (virtio.cmdline, virtio.transports);
     Ok(AttachedDevices {
         buses: Buses { pio, mmio },
         event_loop,
         cmdline,
+        transports,
     })
 }
 
@@ -364,6 +373,8 @@ struct VirtioSetup<'a> {
     slots: VirtioMmioAllocator,
     event_loop: &'a EventLoop,
     mem: &'a GuestMemory,
+    /// The transports attached so far, in attach order (what a snapshot saves).
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl VirtioSetup<'_> {
@@ -374,7 +385,7 @@ impl VirtioSetup<'_> {
             + Send
             + 'static,
     {
-        attach_virtio_mmio(
+        let (_, transport) = attach_virtio_mmio(
             self.vm,
             self.mmio,
             &mut self.cmdline,
@@ -383,6 +394,7 @@ impl VirtioSetup<'_> {
             self.mem,
             Arc::new(Mutex::new(device)),
         )?;
+        self.transports.push(transport);
         Ok(())
     }
 }

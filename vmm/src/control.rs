@@ -300,24 +300,11 @@ impl VmControl {
     /// Saves the paused VM into `dir` (see `persist`). The VM stays paused.
     pub fn snapshot(&self, dir: &std::path::Path) -> Result<SnapshotInfo, ControlError> {
         let source = self.source.get().ok_or(ControlError::NoSource)?;
-        if let Some(kind) = self.active_virtio_device() {
-            return Err(ControlError::Snapshot(format!(
-                "the {kind} device is in use by the guest and its state cannot be saved yet"
-            )));
-        }
         let started = Instant::now();
         let vcpus = self.save_vcpus()?;
         source
             .write(dir, vcpus, started)
             .map_err(|e: PersistError| ControlError::Snapshot(e.to_string()))
-    }
-
-    /// A virtio device the guest driver has started (status not 0), if any.
-    fn active_virtio_device(&self) -> Option<String> {
-        self.devices()
-            .iter()
-            .find(|d| d.virtio && read_reg(&d.entry, VIRTIO_MMIO_STATUS) != 0)
-            .map(|d| d.info.kind.clone())
     }
 
     /// Makes a spawned vCPU thread kickable by `pause`.

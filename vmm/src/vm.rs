@@ -1,6 +1,6 @@
 //! A built VM: runs its vCPUs until the guest, a control request or an error stops it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -8,6 +8,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use crate::bus::{BusError, SharedDevice};
 use crate::config::VmConfig;
 use crate::control::VmControl;
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::event_loop::EventLoop;
 use crate::memory::GuestMemory;
 use crate::persist::{CpuProfile, SnapshotSource};
@@ -35,6 +36,8 @@ pub(crate) struct VmParts {
     pub buses: Buses,
     pub stop: Arc<StopSignal>,
     pub event_loop: EventLoop,
+    /// The virtio transports, in attach order (a snapshot saves each).
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// KVM_GET_MSR_INDEX_LIST: the MSRs a snapshot saves.
     pub msr_indices: Vec<u32>,
     /// The config the VM was built from and its CPU profile, for snapshots.
@@ -55,6 +58,7 @@ impl Vm {
         control.set_snapshot_source(SnapshotSource {
             vm_fd: vm_fd.clone(),
             mem: mem.clone(),
+            transports: parts.transports,
             config: parts.config,
             cpu_profile: parts.cpu_profile,
         });

@@ -22,7 +22,7 @@ pub mod vm;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use kvm_bindings::kvm_cpuid_entry2;
@@ -31,6 +31,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{SerialOutput, VmConfig};
+use crate::devices::virtio::mmio::persist::{TransportRestoreError, TransportState};
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::memory::GuestMemory;
 pub use memory::MemoryFileError;
 pub use vcpu::{VcpuState, VcpuStateError};
@@ -76,6 +78,8 @@ pub enum PersistError {
     Vm(#[from] VmStateError),
     #[error(transparent)]
     Memory(#[from] MemoryFileError),
+    #[error("snapshot {dir}: {err}", dir = .0.display(), err = .1)]
+    Device(PathBuf, TransportRestoreError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PersistError + '_ {
@@ -157,6 +161,8 @@ pub struct Snapshot {
     pub config: VmConfig,
     pub vm: VmState,
     pub vcpus: Vec<VcpuState>,
+    /// The virtio devices, in attach order (the config's order: disks, vsock, rng, net, fs).
+    pub devices: Vec<TransportState>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -328,6 +334,34 @@ impl RestoreOverrides {
     }
 }
 
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sets each saved device state into the transport attached in the same place.
+pub fn restore_devices(
+    dir: &Path,
+    transports: &[Arc<Mutex<MmioTransport>>],
+    saved: &[TransportState],
+) -> Result<(), PersistError> {
+    if transports.len() != saved.len() {
+        return Err(PersistError::Shape(
+            format!(
+                "{} saved virtio devices for {} attached",
+                saved.len(),
+                transports.len()
+            ),
+            dir.to_path_buf(),
+        ));
+    }
+    for (t, s) in transports.iter().zip(saved) {
+        lock(t)
+            .restore_state(s)
+            .map_err(|e| PersistError::Device(dir.to_path_buf(), e))?;
+    }
+    Ok(())
+}
+
 /// What a snapshot request reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotInfo {
@@ -344,6 +378,7 @@ pub struct SnapshotSource {
     // Field order is drop order: the VM fd before the memory it maps.
     pub(crate) vm_fd: Arc<VmFd>,
     pub(crate) mem: GuestMemory,
+    pub(crate) transports: Vec<Arc<Mutex<MmioTransport>>>,
     pub(crate) config: VmConfig,
     pub(crate) cpu_profile: CpuProfile,
 }
@@ -379,6 +414,11 @@ impl SnapshotSource {
             config: self.config.clone(),
             vm,
             vcpus,
+            devices: self
+                .transports
+                .iter()
+                .map(|t| lock(t).save_state())
+                .collect(),
         };
         let mem_started = Instant::now();
         let memory_bytes = memory::save_memory_file(&self.mem, &dir.join(MEMORY_FILE))?;

@@ -56,6 +56,7 @@ fn snapshot(kernel: &Path) -> Snapshot {
             clock: Default::default(),
         },
         vcpus: vec![vcpu(0), vcpu(1)],
+        devices: vec![],
     }
 }
 
