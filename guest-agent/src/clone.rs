@@ -2,11 +2,6 @@
 //! `agent_protocol::clone`): entropy into the kernel pool and a CRNG reseed, the wall
 //! clock, the hostname. Only the agent running as PID 1 acts on it (a host-test agent on
 //! a Unix socket must not reseed or re-clock its host).
-//!
-//! Not yet reachable from the wire: the `Request` variant lands with protocol v2's
-//! messages.rs (see the issue 11 report); `apply` is what it will call.
-
-#![allow(dead_code)]
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
