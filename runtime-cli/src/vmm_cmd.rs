@@ -56,6 +56,9 @@ pub struct VmmArgs {
     /// With --restore: MAC of the next net device (repeatable, in device order)
     #[arg(long, requires = "restore")]
     mac: Vec<String>,
+    /// With --restore: vhost-user socket of the next virtio-fs device (repeatable)
+    #[arg(long, requires = "restore", value_name = "PATH")]
+    fs_socket: Vec<PathBuf>,
     /// Unix socket for the control API (mode 0600, bound once the VM is built, removed on
     /// exit)
     #[arg(long, value_name = "PATH")]
@@ -119,6 +122,7 @@ fn build(args: &VmmArgs, started: Instant) -> Result<(vmm::vm::Vm, Option<(PathB
         vsock_uds: args.vsock_uds.clone(),
         vsock_cid: args.vsock_cid,
         macs: args.mac.clone(),
+        fs_sockets: args.fs_socket.clone(),
     };
     let offset_ms = ms_since_start(started);
     let (vm, t) = vmm::builder::build_from_snapshot(dir, &overrides)?;

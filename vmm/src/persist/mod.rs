@@ -173,6 +173,11 @@ fn short(h: &str) -> &str {
     h.get(..12).unwrap_or(h)
 }
 
+/// SHA-256 of `bytes`, as hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 /// Hashes a file with SHA-256 (the kernel identity, the template cache key).
 pub fn sha256_file(path: &Path) -> Result<String, PersistError> {
     let mut f = std::fs::File::open(path).map_err(io_err(path))?;
@@ -309,6 +314,10 @@ pub struct RestoreOverrides {
     /// probes; a running guest is told by its agent).
     #[serde(default)]
     pub macs: Vec<String>,
+    /// vhost-user sockets for the virtio-fs devices, in order (each clone runs its own
+    /// backend; the device reconnects to it with the saved ring positions).
+    #[serde(default)]
+    pub fs_sockets: Vec<PathBuf>,
 }
 
 impl RestoreOverrides {
@@ -330,6 +339,9 @@ impl RestoreOverrides {
         }
         for (net, mac) in config.net.iter_mut().zip(&self.macs) {
             net.mac = Some(mac.clone());
+        }
+        for (fs, socket) in config.fs.iter_mut().zip(&self.fs_sockets) {
+            fs.socket = socket.clone();
         }
     }
 }
