@@ -194,8 +194,14 @@ pub fn build_from_snapshot(
     let checked_ms = ms();
 
     let mem_path = dir.join(persist::MEMORY_FILE);
-    let mem = persist::memory::map_memory_file(&mem_path, config.mem_mib << 20)
-        .map_err(PersistError::from)?;
+    // vhost-user backends map guest RAM from its fd: they need shared memory, not a
+    // private mapping of the file (see `persist::memory`).
+    let mem = if config.fs.is_empty() {
+        persist::memory::map_memory_file(&mem_path, config.mem_mib << 20)
+    } else {
+        persist::memory::copy_memory_file(&mem_path, config.mem_mib)
+    }
+    .map_err(PersistError::from)?;
     let memory_mapped_ms = ms();
     let vm_fd = create_vm(&kvm, &mem)?;
     let stop = Arc::new(StopSignal::new().map_err(BuildError::EventFd)?);

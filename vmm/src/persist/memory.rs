@@ -6,9 +6,16 @@
 //! MAP_PRIVATE: pages are read on first touch, clones of one snapshot share them in the
 //! page cache, and guest writes go to private copies, never to the file.
 //!
+//! A VM with vhost-user devices cannot use that mapping: its backend maps guest RAM from
+//! the fd it is given, and would see the file, not the VMM's private copies. For such VMs
+//! `copy_memory_file` reads the file's data extents (SEEK_DATA/SEEK_HOLE) into fresh
+//! memfd-backed RAM instead: every page the template touched is read at restore, and
+//! clones do not share them.
+//!
 //! Syscalls (for seccomp allow-lists): `save_memory_file` uses open/creat, pwrite64,
 //! ftruncate, fsync; `map_memory_file` uses open and mmap(MAP_PRIVATE|MAP_NORESERVE) of
-//! the file.
+//! the file; `copy_memory_file` uses open, lseek (SEEK_DATA/SEEK_HOLE), pread64,
+//! memfd_create, ftruncate and mmap(MAP_SHARED).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -131,6 +138,94 @@ pub fn map_memory_file(path: &Path, mem_bytes: u64) -> Result<GuestMemory, Memor
     GuestMemory::from_regions(regions).map_err(|e| MemoryFileError::Map(e.to_string()))
 }
 
+/// Reads the memory file at `path` into new memfd-backed guest RAM (see the module doc).
+pub fn copy_memory_file(path: &Path, mem_mib: u64) -> Result<GuestMemory, MemoryFileError> {
+    let open_err = |err| MemoryFileError::Open {
+        path: path.to_path_buf(),
+        err,
+    };
+    let file = File::open(path).map_err(open_err)?;
+    let want = mem_mib << 20;
+    let found = file.metadata().map_err(open_err)?.len();
+    if found != want {
+        return Err(MemoryFileError::Size {
+            path: path.to_path_buf(),
+            found,
+            want,
+        });
+    }
+    let mem = crate::memory::create_guest_memory(mem_mib)
+        .map_err(|e| MemoryFileError::Map(e.to_string()))?;
+    let ranges = ram_ranges(want);
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = 0u64;
+    while let Some((start, end)) = next_data_extent(&file, at, want).map_err(open_err)? {
+        let mut off = start;
+        while off < end {
+            let n = CHUNK.min((end - off) as usize);
+            file.read_exact_at(&mut buf[..n], off).map_err(open_err)?;
+            let addr = guest_addr_of(&ranges, off).ok_or(MemoryFileError::Read(off))?;
+            mem.write_slice(&buf[..n], addr)
+                .map_err(|_| MemoryFileError::Read(off))?;
+            off += n as u64;
+        }
+        at = end;
+    }
+    Ok(mem)
+}
+
+/// The next `[start, end)` of `file` at or after `from` that holds data (not a hole),
+/// clipped to `size` and to the RAM range it starts in.
+fn next_data_extent(file: &File, from: u64, size: u64) -> std::io::Result<Option<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    if from >= size {
+        return Ok(None);
+    }
+    let seek = |off: u64, whence| {
+        // SAFETY: lseek on an fd we own; it only moves the file offset.
+        let r = unsafe { libc::lseek(file.as_raw_fd(), off as libc::off_t, whence) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            // ENXIO: no data at or after `off`.
+            return if e.raw_os_error() == Some(libc::ENXIO) {
+                Ok(None)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(Some(r as u64))
+    };
+    let Some(start) = seek(from, libc::SEEK_DATA)? else {
+        return Ok(None);
+    };
+    let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
+    // Keep an extent within one RAM range so its guest addresses are contiguous.
+    let range_end = ram_ranges(size)
+        .iter()
+        .scan(0u64, |off, &(_, len)| {
+            *off += len;
+            Some(*off)
+        })
+        .find(|&e| e > start)
+        .unwrap_or(size);
+    Ok((start < size).then_some((start, end.min(range_end))))
+}
+
+/// The guest address of byte `off` of the memory file.
+fn guest_addr_of(
+    ranges: &[(vm_memory::GuestAddress, u64)],
+    off: u64,
+) -> Option<vm_memory::GuestAddress> {
+    let mut base = 0u64;
+    for &(addr, len) in ranges {
+        if off < base + len {
+            return Some(addr.unchecked_add(off - base));
+        }
+        base += len;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +270,19 @@ mod tests {
             map_memory_file(&path, 32 << 20),
             Err(MemoryFileError::Size { .. })
         ));
+
+        // The memfd copy holds the same data and is shareable (memfd-backed).
+        let copy = copy_memory_file(&path, 16).unwrap();
+        assert_eq!(
+            copy.read_obj::<u32>(GuestAddress(0x5000)).unwrap(),
+            0x1122_3344
+        );
+        assert_eq!(
+            copy.read_obj::<u8>(GuestAddress((16 << 20) - 1)).unwrap(),
+            0x55
+        );
+        assert_eq!(copy.read_obj::<u64>(GuestAddress(0x8000)).unwrap(), 0);
+        assert!(copy.iter().all(|r| r.file_offset().is_some()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
