@@ -92,6 +92,11 @@ pub struct Vsock<B: VsockBackend = UnixBackend> {
     state: DeviceState<Queues>,
     /// Payload of the packet being moved (TX or RX).
     pkt_buf: Vec<u8>,
+    /// A TRANSPORT_RESET was sent and the driver has not yet handled it (it re-posts the
+    /// event buffer when it has). Meanwhile nothing goes to the guest: the driver handles
+    /// RX before events, so a connection made before it handled the reset would be reset
+    /// by it silently, and the host side would wait forever.
+    reset_pending: bool,
 }
 
 impl Vsock<UnixBackend> {
@@ -123,6 +128,7 @@ impl<B: VsockBackend> Vsock<B> {
             activation: Activation::new().map_err(VsockError::EventFd)?,
             state: DeviceState::Inactive,
             pkt_buf: vec![0; MAX_PKT_DATA],
+            reset_pending: false,
         })
     }
 
@@ -163,6 +169,7 @@ impl<B: VsockBackend> Vsock<B> {
             return false;
         }
         a.interrupt.signal_used_queue();
+        self.reset_pending = len != 0;
         len != 0
     }
 }
@@ -201,6 +208,7 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
     fn reset(&mut self) {
         // The driver forgot its sockets: drop ours without telling it.
         self.muxer.reset();
+        self.reset_pending = false;
         self.state.reset();
         self.activation.deactivate();
     }
