@@ -432,4 +432,11 @@ fn transport_reset_goes_into_the_next_event_buffer() {
         0,
         "TRANSPORT_RESET is 0"
     );
+    // Until the driver has handled it, nothing goes to the guest.
+    assert!(dev.reset_pending);
+    d.offer_rx(1);
+    dev.process_rx();
+    assert!(d.rx.used().is_empty());
+    dev.reset();
+    assert!(!dev.reset_pending);
 }
