@@ -156,7 +156,18 @@ pub fn copy_memory_file(path: &Path, mem_mib: u64) -> Result<GuestMemory, Memory
     }
     let mem = crate::memory::create_guest_memory(mem_mib)
         .map_err(|e| MemoryFileError::Map(e.to_string()))?;
-    let ranges = ram_ranges(want);
+    // Guest RAM is one memfd, laid out as the memory file is: copy file to file (pwrite
+    // allocates the memfd's pages without faulting them into our mapping one by one).
+    let memfd = mem
+        .iter()
+        .next()
+        .and_then(|r| r.file_offset())
+        .map(|f| f.file())
+        .ok_or_else(|| MemoryFileError::Map("guest memory has no backing file".into()))?;
+    let write_err = |err| MemoryFileError::Write {
+        path: "the guest memory memfd".into(),
+        err,
+    };
     let mut buf = vec![0u8; CHUNK];
     let mut at = 0u64;
     while let Some((start, end)) = next_data_extent(&file, at, want).map_err(open_err)? {
@@ -164,9 +175,7 @@ pub fn copy_memory_file(path: &Path, mem_mib: u64) -> Result<GuestMemory, Memory
         while off < end {
             let n = CHUNK.min((end - off) as usize);
             file.read_exact_at(&mut buf[..n], off).map_err(open_err)?;
-            let addr = guest_addr_of(&ranges, off).ok_or(MemoryFileError::Read(off))?;
-            mem.write_slice(&buf[..n], addr)
-                .map_err(|_| MemoryFileError::Read(off))?;
+            memfd.write_all_at(&buf[..n], off).map_err(write_err)?;
             off += n as u64;
         }
         at = end;
@@ -209,21 +218,6 @@ fn next_data_extent(file: &File, from: u64, size: u64) -> std::io::Result<Option
         .find(|&e| e > start)
         .unwrap_or(size);
     Ok((start < size).then_some((start, end.min(range_end))))
-}
-
-/// The guest address of byte `off` of the memory file.
-fn guest_addr_of(
-    ranges: &[(vm_memory::GuestAddress, u64)],
-    off: u64,
-) -> Option<vm_memory::GuestAddress> {
-    let mut base = 0u64;
-    for &(addr, len) in ranges {
-        if off < base + len {
-            return Some(addr.unchecked_add(off - base));
-        }
-        base += len;
-    }
-    None
 }
 
 #[cfg(test)]

@@ -135,11 +135,12 @@ impl<B: VsockBackend> MutEventSubscriber for Vsock<B> {
                 q if q == RX_QUEUE as u32 && self.activation.consume_queue_event(q) => {
                     self.process_rx()
                 }
-                q if q == EVENT_QUEUE as u32 && self.activation.consume_queue_event(q) => {
-                    // The driver re-posted its event buffer: it has handled the reset.
-                    if std::mem::take(&mut self.reset_pending) {
-                        self.process_rx();
-                    }
+                // The driver re-posted its event buffer: it has handled the reset.
+                q if q == EVENT_QUEUE as u32
+                    && self.activation.consume_queue_event(q)
+                    && std::mem::take(&mut self.reset_pending) =>
+                {
+                    self.process_rx()
                 }
                 _ => {}
             },
