@@ -44,6 +44,12 @@ pub enum AgentError {
     /// No terminal.
     #[error("the process has no terminal")]
     NoTty,
+    /// A clone identity was refused or could not be applied.
+    #[error(transparent)]
+    Clone(#[from] crate::clone::CloneApplyError),
+    /// Only the guest's init may reseed and re-clock its machine.
+    #[error("a clone identity is only applied by the agent running as the guest's init")]
+    NotInit,
 }
 
 impl AgentError {
@@ -64,7 +70,11 @@ impl AgentError {
                 | SeccompError::Listener(_),
             )) => ErrorCode::NotSupported,
             AgentError::Container(ContainerError::Seccomp(_)) => ErrorCode::InvalidArgument,
-            AgentError::NoTty => ErrorCode::InvalidState,
+            AgentError::NoTty | AgentError::NotInit => ErrorCode::InvalidState,
+            AgentError::Clone(crate::clone::CloneApplyError::Invalid(_)) => {
+                ErrorCode::InvalidArgument
+            }
+            AgentError::Clone(_) => ErrorCode::Internal,
             AgentError::Container(c) => match c {
                 ContainerError::Invalid(_) | ContainerError::Mount(_) => ErrorCode::InvalidArgument,
                 ContainerError::NotSupported(_) => ErrorCode::NotSupported,
@@ -227,6 +237,12 @@ impl Agent {
                 }
                 *self.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(sb);
                 Ok(Response::Done)
+            }
+            Request::CloneIdentity(id) => {
+                if !self.cfg.pid1 {
+                    return Err(AgentError::NotInit);
+                }
+                Ok(Response::CloneApplied(crate::clone::apply(&id)?))
             }
             Request::CreateContainer(req) => {
                 let id = req.container_id.clone();

@@ -10,6 +10,7 @@ mod monitor;
 mod plan;
 mod ready;
 mod state;
+mod template_cmd;
 mod vmm_cmd;
 mod watch;
 
@@ -73,6 +74,10 @@ enum Command {
     /// Boot a guest kernel in a microVM (developer command); exits 0 when the guest reboots
     /// or powers off, 2 when it crashes, 1 on a VMM error.
     Boot(Box<boot_cmd::BootArgs>),
+    /// Boot the VM a bundle's container would get to agent-ready once and save it as a
+    /// template; later creates of matching containers restore it instead of booting
+    /// (annotation io.sandbox-vm.template=off forces a cold boot). Prints its directory.
+    Template(Box<template_cmd::TemplateArgs>),
     /// The per-container host process that runs the VM (started by `create`).
     #[command(hide = true)]
     Monitor {
@@ -148,6 +153,7 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Boot(args) => boot_cmd::run(*args),
         Command::Vmm(args) => vmm_cmd::run(*args),
+        Command::Template(args) => template_cmd::run(*args),
         Command::Monitor {
             container_id,
             console_socket,

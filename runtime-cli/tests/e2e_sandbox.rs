@@ -114,6 +114,7 @@ fn two_containers_share_one_vm_with_live_binds() {
             .expect("virtiofsd not found: run scripts/setup.sh (it installs it)"),
         hostname: None,
         agent_timeout: Duration::from_secs(600),
+        template: sandbox::template::TemplateUse::Off,
     };
     let t = Instant::now();
     let sb = Sandbox::create(&cfg).unwrap();

@@ -23,6 +23,7 @@ pub mod process;
 pub mod sandbox;
 pub mod share;
 pub mod stdio;
+pub mod template;
 pub mod virtiofsd;
 pub mod vmm_process;
 

@@ -42,6 +42,15 @@ pub fn describe_exit(status: ExitStatus, log: &Path, console: &Path) -> String {
     }
 }
 
+/// What a restored clone must not share with its template: its host-side sockets and
+/// console.
+#[derive(Clone, Debug)]
+pub struct CloneSockets {
+    pub vsock: PathBuf,
+    pub console_log: PathBuf,
+    pub fs_sockets: Vec<PathBuf>,
+}
+
 /// A running VMM process.
 #[derive(Debug)]
 pub struct VmmProcess {
@@ -70,6 +79,36 @@ impl VmmProcess {
         }
         if let Some(dir) = crate::jail::dir_for(config) {
             cmd.arg("--jail").arg(dir);
+        }
+        let mut proc = Supervised::spawn("the VMM", cmd, log)?;
+        proc.wait_ready(READY_TIMEOUT, || UnixStream::connect(api_sock).is_ok())?;
+        Ok(VmmProcess {
+            proc,
+            api_sock: api_sock.to_path_buf(),
+        })
+    }
+
+    /// Starts `exe vmm --restore DIR --api-sock API_SOCK` with the clone's own vsock
+    /// socket, console and virtio-fs sockets, and waits until its control socket accepts.
+    pub fn restore(
+        exe: &Path,
+        snapshot: &Path,
+        clone: &CloneSockets,
+        api_sock: &Path,
+        log: &Path,
+    ) -> Result<VmmProcess, ProcessError> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("vmm")
+            .arg("--restore")
+            .arg(snapshot)
+            .arg("--api-sock")
+            .arg(api_sock)
+            .arg("--vsock-uds")
+            .arg(&clone.vsock)
+            .arg("--serial-file")
+            .arg(&clone.console_log);
+        for s in &clone.fs_sockets {
+            cmd.arg("--fs-socket").arg(s);
         }
         let mut proc = Supervised::spawn("the VMM", cmd, log)?;
         proc.wait_ready(READY_TIMEOUT, || UnixStream::connect(api_sock).is_ok())?;

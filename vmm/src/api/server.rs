@@ -274,6 +274,10 @@ pub fn handle(req: ApiRequest, c: &VmControl) -> ApiResponse {
             )),
             Err(e) => return ApiResponse::error(format!("cannot resume: {e}")),
         },
+        ApiRequest::Snapshot { dir } => match c.snapshot(&dir) {
+            Ok(info) => ResponseBody::Snapshot(info),
+            Err(e) => return ApiResponse::error(format!("cannot snapshot: {e}")),
+        },
         ApiRequest::Stop {} => {
             let changed = c.request_stop();
             ResponseBody::Stop(c.state_change(
