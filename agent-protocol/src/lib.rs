@@ -7,10 +7,12 @@
 pub mod client;
 pub mod frame;
 pub mod messages;
+pub mod network;
 pub mod transport;
 
 pub use client::{attach_stdio, handshake, AgentInfo, Client, ClientError};
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME_LEN};
 pub use messages::*;
+pub use network::NetworkConfig;
 pub use oci_spec;
 pub use transport::{Endpoint, Listener, Stream, TransportError};
