@@ -39,6 +39,9 @@ pub enum AgentError {
     /// No terminal.
     #[error("the process has no terminal")]
     NoTty,
+    /// The pod network could not be configured.
+    #[error("pod network: {0}")]
+    Network(#[from] crate::network::NetError),
 }
 
 impl AgentError {
@@ -51,6 +54,8 @@ impl AgentError {
             AgentError::Stream(ProcError::NotConfigured(_)) => ErrorCode::NotFound,
             AgentError::Resize(_) => ErrorCode::Internal,
             AgentError::NoTty => ErrorCode::InvalidState,
+            AgentError::Network(crate::network::NetError::Invalid(_)) => ErrorCode::InvalidArgument,
+            AgentError::Network(_) => ErrorCode::Internal,
             AgentError::Container(c) => match c {
                 ContainerError::Invalid(_) | ContainerError::Mount(_) => ErrorCode::InvalidArgument,
                 ContainerError::NotSupported(_) => ErrorCode::NotSupported,
@@ -195,7 +200,15 @@ impl Agent {
                         cause: e.into(),
                     })?;
                 }
+                if self.cfg.pid1 {
+                    // Containers of the sandbox may share the guest's root netns.
+                    crate::network::loopback_up()?;
+                }
                 *self.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(sb);
+                Ok(Response::Done)
+            }
+            Request::ConfigureNetwork(cfg) => {
+                crate::network::configure(&cfg)?;
                 Ok(Response::Done)
             }
             Request::CreateContainer(req) => {

@@ -6,6 +6,7 @@ mod cgroup;
 mod child;
 mod container;
 mod mounts;
+mod network;
 mod pid1;
 mod process;
 mod security;
