@@ -12,6 +12,7 @@ use agent_protocol::{Client, ClientError, CreateSandbox, ShareMount};
 use vmm::config::VmConfig;
 
 use crate::handle::{HandleError, SandboxHandle};
+use crate::network::{NetworkError, PodNetwork};
 use crate::oci::translate::{share_dir, ContainerPlan};
 use crate::paths::SandboxPaths;
 use crate::process::ProcessError;
@@ -42,6 +43,8 @@ pub enum SandboxError {
     Handle(#[from] HandleError),
     #[error("container {0} already exists in this sandbox")]
     Exists(String),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
 }
 
 fn agent_err(what: &'static str) -> impl FnOnce(ClientError) -> SandboxError {
@@ -63,6 +66,9 @@ pub struct SandboxConfig {
     pub virtiofsd: PathBuf,
     /// The guest's hostname.
     pub hostname: Option<String>,
+    /// The pod's network namespace ([`crate::oci::translate::pod_netns`]): the VM gets a
+    /// NIC for each of its interfaces. `None`: the guest has loopback only.
+    pub netns: Option<PathBuf>,
     /// How long the guest may take to boot to its agent.
     pub agent_timeout: Duration,
 }
@@ -72,6 +78,7 @@ pub struct SandboxConfig {
 #[derive(Debug)]
 pub struct Sandbox {
     vmm: VmmProcess,
+    network: Option<NetworkGuard>,
     virtiofsd: Virtiofsd,
     share: Option<Share>,
     handle: SandboxHandle,
@@ -88,13 +95,23 @@ impl Sandbox {
     pub fn create(cfg: &SandboxConfig) -> Result<Sandbox, SandboxError> {
         let paths = SandboxPaths::in_dir(&cfg.dir);
         let share = Share::prepare(&paths.share)?;
-        let virtiofsd = Virtiofsd::start(&cfg.virtiofsd, &paths.fs_socket, share.root(), &paths.fs_log)?;
+        let virtiofsd = Virtiofsd::start(
+            &cfg.virtiofsd,
+            &paths.fs_socket,
+            share.root(),
+            &paths.fs_log,
+        )?;
         let json = serde_json::to_vec_pretty(&cfg.vm).expect("VmConfig serializes");
         std::fs::write(&paths.vm_config, json).map_err(|err| SandboxError::Config {
             path: paths.vm_config.clone(),
             err,
         })?;
-        let vmm = VmmProcess::start(&cfg.vmm_exe, &paths.vm_config, &paths.api_sock, &paths.vmm_log)?;
+        let vmm = VmmProcess::start(
+            &cfg.vmm_exe,
+            &paths.vm_config,
+            &paths.api_sock,
+            &paths.vmm_log,
+        )?;
         let mut sandbox = Sandbox {
             vmm,
             virtiofsd,
@@ -105,7 +122,11 @@ impl Sandbox {
         };
         let t0 = Instant::now();
         let mut agent = sandbox.wait_for_agent(cfg.agent_timeout)?;
-        log::info!("sandbox {}: agent answered after {:.1?}", cfg.id, t0.elapsed());
+        log::info!(
+            "sandbox {}: agent answered after {:.1?}",
+            cfg.id,
+            t0.elapsed()
+        );
         agent
             .create_sandbox(CreateSandbox {
                 sandbox_id: cfg.id.clone(),
@@ -116,6 +137,11 @@ impl Sandbox {
                 }],
             })
             .map_err(agent_err("cannot set up the sandbox in the guest"))?;
+        if let Some(pod) = pod_net {
+            agent
+                .configure_network(pod.guest)
+                .map_err(agent_err("cannot configure the pod network in the guest"))?;
+        }
         Ok(sandbox)
     }
 
@@ -143,7 +169,11 @@ impl Sandbox {
     /// Why the VM is no longer usable, if it is not: the VMM process or virtiofsd exited.
     pub fn vm_stopped(&mut self) -> Option<String> {
         if let Some(status) = self.vmm.exited() {
-            return Some(describe_exit(status, self.vmm.log(), &self.paths.console_log));
+            return Some(describe_exit(
+                status,
+                self.vmm.log(),
+                &self.paths.console_log,
+            ));
         }
         self.virtiofsd
             .died()
@@ -189,7 +219,10 @@ impl Sandbox {
         plan: &mut ContainerPlan,
         io: HostIo,
     ) -> Result<(i32, Pumps), SandboxError> {
-        let share = self.share.as_ref().expect("share lives as long as the sandbox");
+        let share = self
+            .share
+            .as_ref()
+            .expect("share lives as long as the sandbox");
         for b in &plan.binds {
             share.bind(b)?;
         }
@@ -203,7 +236,10 @@ impl Sandbox {
         let pumps = match stdio::attach(self.handle.endpoint(), &id, None, io) {
             Ok(p) => p,
             Err(e) => {
-                let _ = self.handle.agent().map(|mut a| a.remove_container(&id, true));
+                let _ = self
+                    .handle
+                    .agent()
+                    .map(|mut a| a.remove_container(&id, true));
                 return Err(HandleError::from(e).into());
             }
         };
@@ -232,6 +268,9 @@ impl Sandbox {
     /// the share's mounts; returns the VMM's exit status.
     pub fn stop(mut self) -> Result<Option<ExitStatus>, SandboxError> {
         let status = self.vmm.stop(STOP_GRACE);
+        if let Some(net) = self.network.take() {
+            net.detach()?;
+        }
         self.virtiofsd.stop();
         if let Some(share) = self.share.take() {
             share.teardown()?;
@@ -245,9 +284,37 @@ impl Sandbox {
     }
 }
 
-/// Cleans up after a sandbox whose owner died (SIGKILL, a crash): detaches every mount left
-/// under its state directory. The helper processes are the owner's process group's and
-/// are killed with it.
+/// Cleans up after a sandbox whose owner died (SIGKILL, a crash): removes the pod
+/// network's taps and filters and detaches every mount left under its state directory.
+/// The helper processes are the owner's process group's and are killed with it.
 pub fn clean_up_after_owner(dir: &Path) -> Result<usize, SandboxError> {
+    crate::network::detach(&SandboxPaths::in_dir(dir).network_state)?;
     Ok(crate::share::unmount_under(dir, false)?)
+}
+
+/// Removes the pod network's taps and filters when dropped (after the VMM: field order).
+#[derive(Debug)]
+struct NetworkGuard(Option<PathBuf>);
+
+impl NetworkGuard {
+    fn file(&self) -> &Path {
+        self.0.as_deref().expect("set until detached")
+    }
+
+    fn detach(mut self) -> Result<(), NetworkError> {
+        match self.0.take() {
+            Some(file) => crate::network::detach(&file),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for NetworkGuard {
+    fn drop(&mut self) {
+        if let Some(file) = self.0.take() {
+            if let Err(e) = crate::network::detach(&file) {
+                log::warn!("{e}");
+            }
+        }
+    }
 }

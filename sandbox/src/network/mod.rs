@@ -42,6 +42,8 @@ pub enum NetworkError {
     Runtime(io::Error),
     #[error("pod network: state file {0}: {1}")]
     State(PathBuf, String),
+    #[error("network namespace {0} is the runtime's own: a VM cannot share it (for host networking omit the network namespace from the spec; the guest then has loopback only)")]
+    OwnNetns(PathBuf),
 }
 
 /// One interface of the pod netns and the tap that stands in for it.
@@ -124,6 +126,9 @@ impl PodNetwork {
     /// in `state_file`. On error, whatever was made is undone.
     pub fn attach(netns: &Path, state_file: &Path) -> Result<PodNetwork, NetworkError> {
         let ns = Netns::open(netns)?;
+        if ns.is_current()? {
+            return Err(NetworkError::OwnNetns(netns.to_path_buf()));
+        }
         let result = with_netlink(&ns, async |h| {
             let (links, interfaces, routes) = inspect::read(h).await?;
             let mut state = NetworkState {

@@ -53,6 +53,15 @@ impl Netns {
         })
     }
 
+    /// Whether this is the calling thread's own network namespace.
+    pub fn is_current(&self) -> Result<bool, NetnsError> {
+        use std::os::unix::fs::MetadataExt;
+        let err = |e| NetnsError::Open(self.path.clone(), e);
+        let mine = std::fs::metadata("/proc/thread-self/ns/net").map_err(err)?;
+        let this = self.file.metadata().map_err(err)?;
+        Ok((mine.dev(), mine.ino()) == (this.dev(), this.ino()))
+    }
+
     /// Its path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -100,6 +109,7 @@ mod tests {
     #[test]
     fn own_netns_opens_and_a_thread_runs_in_it() {
         let ns = Netns::open(Path::new("/proc/self/ns/net")).unwrap();
+        assert!(ns.is_current().unwrap());
         let mine = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
         let theirs = ns
             .run(|| std::fs::read_link("/proc/thread-self/ns/net").unwrap())

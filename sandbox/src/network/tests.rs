@@ -314,3 +314,11 @@ fn detach_after_the_netns_is_gone_and_attach_to_a_missing_one() {
     assert!(e.to_string().contains("does not exist"), "{e}");
     assert!(!file.exists(), "a failed attach leaves no state");
 }
+
+#[test]
+fn the_runtimes_own_netns_is_refused() {
+    let file = state_file("own");
+    let e = PodNetwork::attach(Path::new("/proc/self/ns/net"), &file).unwrap_err();
+    assert!(matches!(e, NetworkError::OwnNetns(_)), "{e}");
+    assert!(!file.exists());
+}
