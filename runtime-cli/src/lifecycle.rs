@@ -11,10 +11,8 @@ use sandbox::image::{self, ImageError};
 use sandbox::oci::bundle::{self, BundleError};
 use sandbox::oci::translate::{self, probe_host, ContainerPlan, RootfsMode, TranslateError};
 use sandbox::{HandleError, SandboxHandle, SandboxPaths};
-use serde::{Deserialize, Serialize};
-use vmm::config::VmConfig;
 
-use crate::monitor::CONSOLE_SOCKET_ENV;
+use crate::plan::{Plan, PlanError};
 use crate::ready::{ReadyError, ReadyPipe};
 use crate::state::{now_secs, ContainerState, StateError, Status, Store};
 
@@ -39,6 +37,8 @@ pub enum LifecycleError {
     NoVirtiofsd,
     #[error(transparent)]
     Ready(#[from] ReadyError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
     #[error("cannot start the container's monitor: {0}")]
     Spawn(std::io::Error),
     #[error("container {id} failed to start: {msg}")]
@@ -59,17 +59,6 @@ pub enum LifecycleError {
     StuckMonitor { id: String, pid: i32 },
     #[error("cannot clean up container {id}: {err}")]
     Cleanup { id: String, err: sandbox::SandboxError },
-}
-
-/// What the monitor needs to make the container real (`plan.json`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Plan {
-    /// The sandbox's VM.
-    pub vm: VmConfig,
-    /// The container.
-    pub container: ContainerPlan,
-    /// The virtio-fs backend.
-    pub virtiofsd: PathBuf,
 }
 
 /// What `create` needs from the command line.
@@ -180,7 +169,7 @@ fn start_monitor(store: &Store, opts: &CreateOpts) -> Result<Child, LifecycleErr
         .arg("monitor")
         .arg(&opts.id);
     if let Some(sock) = &opts.console_socket {
-        cmd.env(CONSOLE_SOCKET_ENV, sock);
+        cmd.arg("--console-socket").arg(sock);
     }
     pipe.pass_to(&mut cmd)?;
     let spawned = cmd.spawn();
@@ -241,12 +230,7 @@ pub fn create(store: &Store, opts: &CreateOpts) -> Result<Child, LifecycleError>
     if mode == RootfsMode::Block {
         image::build(&bundle.rootfs, &paths.rootfs_disk)?;
     }
-    let plan_json = serde_json::to_vec(&plan).expect("plan serializes");
-    std::fs::write(dir.join("plan.json"), plan_json).map_err(|err| StateError::Io {
-        what: "cannot write",
-        path: dir.join("plan.json"),
-        err,
-    })?;
+    plan.save(&dir)?;
     let mut child = start_monitor(store, opts)?;
     if let Some(p) = &opts.pid_file {
         if let Err(e) = write_pid_file(p, child.id()) {

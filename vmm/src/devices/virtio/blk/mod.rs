@@ -7,6 +7,7 @@
 //! [`request`] parses and executes requests; [`event_handler`] wires the queue to the event loop.
 
 pub mod event_handler;
+#[cfg(any(test, feature = "testing"))]
 pub mod fuzz;
 pub mod request;
 

@@ -25,6 +25,7 @@
 pub mod backend;
 pub mod connection;
 mod event_handler;
+#[cfg(any(test, feature = "testing"))]
 pub mod fuzz;
 pub mod muxer;
 pub mod packet;
