@@ -101,7 +101,17 @@ impl Sandbox {
             share.root(),
             &paths.fs_log,
         )?;
-        let json = serde_json::to_vec_pretty(&cfg.vm).expect("VmConfig serializes");
+        let mut vm = cfg.vm.clone();
+        let (network, pod_net) = match &cfg.netns {
+            Some(ns) => {
+                let guard = NetworkGuard(Some(paths.network_state.clone()));
+                let pod = PodNetwork::attach(ns, guard.file())?;
+                vm.net.extend(pod.vm_nets());
+                (Some(guard), Some(pod))
+            }
+            None => (None, None),
+        };
+        let json = serde_json::to_vec_pretty(&vm).expect("VmConfig serializes");
         std::fs::write(&paths.vm_config, json).map_err(|err| SandboxError::Config {
             path: paths.vm_config.clone(),
             err,
@@ -111,9 +121,11 @@ impl Sandbox {
             &paths.vm_config,
             &paths.api_sock,
             &paths.vmm_log,
+            pod_net.as_ref().map(|p| &p.netns),
         )?;
         let mut sandbox = Sandbox {
             vmm,
+            network,
             virtiofsd,
             share: Some(share),
             handle: SandboxHandle::open(&paths.dir),
