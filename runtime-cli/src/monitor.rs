@@ -99,6 +99,7 @@ fn create_sandbox(
         vm: plan.vm,
         vmm_exe: std::env::current_exe().map_err(MonitorError::Exe)?,
         virtiofsd: plan.virtiofsd,
+        netns: plan.netns,
         agent_timeout: AGENT_TIMEOUT,
     };
     let t0 = Instant::now();
