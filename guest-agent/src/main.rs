@@ -9,9 +9,12 @@ mod mounts;
 mod network;
 mod pid1;
 mod process;
+mod sandbox;
+mod seccomp;
 mod security;
 mod server;
 mod stdio;
+mod syscalls;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -23,12 +26,13 @@ use anyhow::{bail, Context};
 use nix::sys::signal::{pthread_sigmask, SigmaskHow};
 
 const USAGE: &str =
-    "usage: guest-agent [--unix PATH | --vsock-port PORT] [--state-dir DIR] [--no-pivot]";
+    "usage: guest-agent [--unix PATH | --vsock-port PORT] [--state-dir DIR] [--no-pivot] [--sys-block DIR]";
 
 struct Args {
     endpoint: Endpoint,
     state_dir: PathBuf,
     no_pivot: bool,
+    sys_block: PathBuf,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -38,6 +42,7 @@ fn parse_args() -> anyhow::Result<Args> {
     };
     let mut state_dir = PathBuf::from("/run/sandbox-agent");
     let mut no_pivot = false;
+    let mut sys_block = PathBuf::from("/sys/block");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || {
@@ -55,6 +60,7 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--state-dir" => state_dir = val()?.into(),
             "--no-pivot" => no_pivot = true,
+            "--sys-block" => sys_block = val()?.into(),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -66,6 +72,7 @@ fn parse_args() -> anyhow::Result<Args> {
         endpoint,
         state_dir,
         no_pivot,
+        sys_block,
     })
 }
 
@@ -123,6 +130,7 @@ fn run(pid1: bool) -> anyhow::Result<()> {
         pid1,
         state_dir: args.state_dir,
         no_pivot: args.no_pivot,
+        sys_block: args.sys_block,
     }));
     let listener = args
         .endpoint

@@ -396,7 +396,10 @@ fn exec_attached(
     let (_, pumps) = sandbox
         .exec(id, &exec_id, process, io)
         .map_err(sandbox_err(id))?;
-    log::debug!("exec {exec_id}: started, streams attached after {:?}", t0.elapsed());
+    log::debug!(
+        "exec {exec_id}: started, streams attached after {:?}",
+        t0.elapsed()
+    );
     ready.ok();
     let exit = sandbox.wait(id, Some(&exec_id)).map_err(sandbox_err(id))?;
     log::debug!("exec {exec_id}: exited after {:?}", t0.elapsed());

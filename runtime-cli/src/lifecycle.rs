@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use sandbox::image::{self, ImageError};
 use sandbox::oci::bundle::{self, BundleError};
-use sandbox::oci::translate::{self, probe_host, ContainerPlan, RootfsMode, TranslateError};
+use sandbox::oci::translate::{self, probe_host, RootfsMode, TranslateError};
 use sandbox::{HandleError, SandboxHandle, SandboxPaths};
 
 use crate::plan::{Plan, PlanError};
@@ -33,7 +33,9 @@ pub enum LifecycleError {
         path: PathBuf,
         how: &'static str,
     },
-    #[error("virtiofsd not found: run scripts/setup.sh (it installs it) or set SANDBOX_VM_VIRTIOFSD")]
+    #[error(
+        "virtiofsd not found: run scripts/setup.sh (it installs it) or set SANDBOX_VM_VIRTIOFSD"
+    )]
     NoVirtiofsd,
     #[error(transparent)]
     Netns(#[from] sandbox::network::NetnsError),
@@ -60,7 +62,10 @@ pub enum LifecycleError {
     #[error("cannot stop the monitor of container {id} (pid {pid})")]
     StuckMonitor { id: String, pid: i32 },
     #[error("cannot clean up container {id}: {err}")]
-    Cleanup { id: String, err: sandbox::SandboxError },
+    Cleanup {
+        id: String,
+        err: sandbox::SandboxError,
+    },
 }
 
 /// What `create` needs from the command line.
@@ -338,7 +343,12 @@ pub fn kill(store: &Store, id: &str, signal: &str, all: bool) -> Result<(), Life
 
 /// `pause`: stops the sandbox's vCPUs.
 pub fn pause(store: &Store, id: &str) -> Result<(), LifecycleError> {
-    load_in(store, id, &[Status::Running], "only a running container can be paused")?;
+    load_in(
+        store,
+        id,
+        &[Status::Running],
+        "only a running container can be paused",
+    )?;
     handle(store, id).pause().map_err(sandbox_err(id))?;
     store.update(id, |s| {
         if s.status == Status::Running {
@@ -350,7 +360,12 @@ pub fn pause(store: &Store, id: &str) -> Result<(), LifecycleError> {
 
 /// `resume`: lets a paused sandbox's vCPUs run again.
 pub fn resume(store: &Store, id: &str) -> Result<(), LifecycleError> {
-    load_in(store, id, &[Status::Paused], "only a paused container can be resumed")?;
+    load_in(
+        store,
+        id,
+        &[Status::Paused],
+        "only a paused container can be resumed",
+    )?;
     handle(store, id).resume().map_err(sandbox_err(id))?;
     store.update(id, |s| {
         if s.status == Status::Paused {
@@ -388,12 +403,8 @@ fn kill_monitor(s: &ContainerState) -> Result<(), LifecycleError> {
 
 /// Removes the state directory after detaching any mount a dead monitor left in it.
 fn remove_dir(store: &Store, id: &str) -> Result<(), LifecycleError> {
-    sandbox::sandbox::clean_up_after_owner(&store.dir(id)).map_err(|err| {
-        LifecycleError::Cleanup {
-            id: id.into(),
-            err,
-        }
-    })?;
+    sandbox::sandbox::clean_up_after_owner(&store.dir(id))
+        .map_err(|err| LifecycleError::Cleanup { id: id.into(), err })?;
     Ok(store.remove(id)?)
 }
 

@@ -107,7 +107,10 @@ fn create_sandbox(
     log_line(&dir, &format!("agent answered after {:.1?}", t0.elapsed()));
     let (_, pumps) = sandbox.add_container(plan.container, io)?;
     store.update(id, |s| s.status = Status::Created)?;
-    log_line(&dir, &format!("container created after {:.1?}", t0.elapsed()));
+    log_line(
+        &dir,
+        &format!("container created after {:.1?}", t0.elapsed()),
+    );
     Ok((sandbox, pumps))
 }
 

@@ -104,12 +104,12 @@ impl SandboxHandle {
 
     /// Stops the VM's vCPUs (the guest's clock stops with them).
     pub fn pause(&self) -> Result<(), HandleError> {
-        self.api(|c| c.pause())
+        self.api(|c| c.pause()).map(drop)
     }
 
     /// Lets a paused VM run again.
     pub fn resume(&self) -> Result<(), HandleError> {
-        self.api(|c| c.resume())
+        self.api(|c| c.resume()).map(drop)
     }
 
     fn api<T, E: std::fmt::Display>(
@@ -120,8 +120,8 @@ impl SandboxHandle {
             path: self.api_sock.clone(),
             err: e.to_string(),
         };
-        let mut client = vmm::api::ApiClient::connect(&self.api_sock, API_TIMEOUT)
-            .map_err(|e| err(&e))?;
+        let mut client =
+            vmm::api::ApiClient::connect(&self.api_sock, API_TIMEOUT).map_err(|e| err(&e))?;
         call(&mut client).map_err(|e| err(&e))
     }
 }
