@@ -92,7 +92,14 @@ impl HttpServer {
         std::fs::write(www.join("hello.txt"), body).unwrap();
         let child = ns
             .cmd("python3")
-            .args(["-m", "http.server", &port.to_string(), "--bind", addr, "--directory"])
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                addr,
+                "--directory",
+            ])
             .arg(&www)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -213,11 +220,32 @@ fn oci_container_in_a_pod_netns_reaches_its_gateway_and_delete_cleans_up_after_a
     let pod = TestNetns::new("pod");
     let peer = TestNetns::new("peer");
     let (p, q) = (pod.0.as_str(), peer.0.as_str());
-    sh(&["ip", "-n", p, "link", "add", "eth0", "mtu", "1400", "type", "veth", "peer", "name", "peer0", "netns", q]);
+    sh(&[
+        "ip", "-n", p, "link", "add", "eth0", "mtu", "1400", "type", "veth", "peer", "name",
+        "peer0", "netns", q,
+    ]);
     sh(&["ip", "-n", p, "addr", "add", "10.231.7.2/24", "dev", "eth0"]);
     sh(&["ip", "-n", p, "link", "set", "eth0", "up"]);
-    sh(&["ip", "-n", p, "route", "add", "default", "via", "10.231.7.1"]);
-    sh(&["ip", "-n", q, "addr", "add", "10.231.7.1/24", "dev", "peer0"]);
+    sh(&[
+        "ip",
+        "-n",
+        p,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.231.7.1",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        q,
+        "addr",
+        "add",
+        "10.231.7.1/24",
+        "dev",
+        "peer0",
+    ]);
     sh(&["ip", "-n", q, "link", "set", "peer0", "up"]);
     let _http = HttpServer::start(&peer, &dir, "10.231.7.1", 8088, "hello from the peer\n");
     let before = snapshot(p);
@@ -249,7 +277,10 @@ fn oci_container_in_a_pod_netns_reaches_its_gateway_and_delete_cleans_up_after_a
             .unwrap(),
         "create",
     );
-    ok(runtime(&root).args(["start", id]).output().unwrap(), "start");
+    ok(
+        runtime(&root).args(["start", id]).output().unwrap(),
+        "start",
+    );
     wait_for(Duration::from_secs(120), "the container's fetch", || {
         std::fs::read_to_string(&stdout_file).is_ok_and(|s| s.contains("fetched"))
     });
@@ -264,9 +295,11 @@ fn oci_container_in_a_pod_netns_reaches_its_gateway_and_delete_cleans_up_after_a
 
     // Kill the monitor's process group (the monitor, the VMM, virtiofsd): nobody is left
     // to tear the network down but `delete`.
-    let state: serde_json::Value =
-        serde_json::from_str(&ok(runtime(&root).args(["state", id]).output().unwrap(), "state"))
-            .unwrap();
+    let state: serde_json::Value = serde_json::from_str(&ok(
+        runtime(&root).args(["state", id]).output().unwrap(),
+        "state",
+    ))
+    .unwrap();
     let pid = state["pid"].as_i64().unwrap() as i32;
     nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
     wait_for(Duration::from_secs(10), "the monitor to die", || {
@@ -276,7 +309,13 @@ fn oci_container_in_a_pod_netns_reaches_its_gateway_and_delete_cleans_up_after_a
         sh(&["ip", "-n", p, "-o", "link", "show"]).contains("tap_svm0"),
         "the persistent tap outlives the VMM"
     );
-    ok(runtime(&root).args(["delete", "--force", id]).output().unwrap(), "delete");
+    ok(
+        runtime(&root)
+            .args(["delete", "--force", id])
+            .output()
+            .unwrap(),
+        "delete",
+    );
     assert_eq!(snapshot(p), before, "delete leaves the pod netns as it was");
 }
 
@@ -295,7 +334,14 @@ impl Image {
         std::fs::create_dir_all(rootfs.join("www")).unwrap();
         std::fs::write(rootfs.join("www/index.html"), "served from the guest\n").unwrap();
         let tar = dir.join("rootfs.tar");
-        sh(&["tar", "-C", rootfs.to_str().unwrap(), "-cf", tar.to_str().unwrap(), "."]);
+        sh(&[
+            "tar",
+            "-C",
+            rootfs.to_str().unwrap(),
+            "-cf",
+            tar.to_str().unwrap(),
+            ".",
+        ]);
         let tag = format!("localhost/{name}");
         sh(&["podman", "import", "--quiet", tar.to_str().unwrap(), &tag]);
         Image { tag, dir }
@@ -304,7 +350,9 @@ impl Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
-        let _ = Command::new("podman").args(["rmi", "-f", &self.tag]).output();
+        let _ = Command::new("podman")
+            .args(["rmi", "-f", &self.tag])
+            .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -338,17 +386,29 @@ fn podman_bridge_network_in_a_test_netns() {
     }
     let ns = TestNetns::new("podman");
     let img = Image::import("sandbox-vm-e2e-net");
-    let _http = HttpServer::start(&ns, &img.dir, "0.0.0.0", 8089, "hello from the test netns\n");
+    let _http = HttpServer::start(
+        &ns,
+        &img.dir,
+        "0.0.0.0",
+        8089,
+        "hello from the test netns\n",
+    );
 
     // 1. The default gateway (podman's bridge, in our netns) reaches our HTTP server.
     let script = "ip -o -4 addr show eth0; set -- $(ip route show default); echo gw=$3; \
                   wget -q -O - http://$3:8089/hello.txt";
     let out = ok(
-        podman(&ns).args(["run", "--rm", &img.tag, "sh", "-c", script]).output().unwrap(),
+        podman(&ns)
+            .args(["run", "--rm", &img.tag, "sh", "-c", script])
+            .output()
+            .unwrap(),
         "podman run (bridge)",
     );
     eprintln!("{out}");
-    assert!(out.contains("inet 10.88."), "the bridge network's address: {out}");
+    assert!(
+        out.contains("inet 10.88."),
+        "the bridge network's address: {out}"
+    );
     assert!(out.contains("gw=10.88.0.1"), "{out}");
     assert!(out.contains("hello from the test netns"), "{out}");
 
@@ -376,13 +436,25 @@ fn podman_bridge_network_in_a_test_netns() {
         page.is_some()
     });
     assert_eq!(page.as_deref(), Some("served from the guest\n"));
-    ok(podman(&ns).args(["rm", "-f", &name]).output().unwrap(), "podman rm");
+    ok(
+        podman(&ns).args(["rm", "-f", &name]).output().unwrap(),
+        "podman rm",
+    );
 
     // 3. and 4. No pod network: loopback only.
     for mode in ["none", "host"] {
         let out = ok(
             podman(&ns)
-                .args(["run", "--rm", "--network", mode, &img.tag, "ip", "-o", "link"])
+                .args([
+                    "run",
+                    "--rm",
+                    "--network",
+                    mode,
+                    &img.tag,
+                    "ip",
+                    "-o",
+                    "link",
+                ])
                 .output()
                 .unwrap(),
             &format!("podman run --network {mode}"),
