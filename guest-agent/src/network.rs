@@ -2,7 +2,7 @@
 //! and routes in the pod netns and joined each interface to a tap that backs one of our
 //! NICs, with the interface's MAC. Here each NIC is found by that MAC and given the
 //! interface's name, MTU and addresses, then the routes are added, over a blocking
-//! rtnetlink socket. Containers of a pod with a network stay in the guest's root netns
+//! rtnetlink socket (NICs are listed from sysfs). Containers of a pod with a network stay in the guest's root netns
 //! (the runtime drops the spec's network namespace), so they all see these interfaces.
 //!
 //! The guest kernel may have no IPv6: IPv6 addresses and routes are then skipped.
@@ -10,16 +10,13 @@
 use std::net::IpAddr;
 
 use agent_protocol::network::{parse_mac, NetworkConfig, NetworkConfigError, Route};
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_REPLACE, NLM_F_REQUEST,
-};
+use netlink_packet_core::{Emitable, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
     RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_packet_route::AddressFamily;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 /// Errors configuring the guest's network; one line each.
@@ -37,11 +34,23 @@ pub enum NetError {
     NoNic { name: String, mac: String },
 }
 
-/// A blocking rtnetlink client.
+/// `nlmsghdr` length, and the offset of `nlmsgerr.error` after it.
+const NLMSG_HDR_LEN: usize = 16;
+/// `NLMSG_ERROR`: an ack (error 0) or a failure (-errno).
+const NLMSG_ERROR: u16 = 2;
+
+/// A blocking rtnetlink client that only sends requests and reads their acks: the
+/// messages are built with `netlink-packet-route`, the acks are read by hand, so none of
+/// that crate's (large) parsers end up in the static agent.
 struct Rtnl {
     sock: Socket,
     seq: u32,
 }
+
+/// The message type of a request (`RTM_*`).
+const RTM_SETLINK: u16 = 19;
+const RTM_NEWADDR: u16 = 20;
+const RTM_NEWROUTE: u16 = 24;
 
 impl Rtnl {
     fn open() -> Result<Rtnl, NetError> {
@@ -52,80 +61,78 @@ impl Rtnl {
         Ok(Rtnl { sock, seq: 0 })
     }
 
-    /// Sends `msg` and collects the replies until the ack (or the end of a dump).
+    /// Sends `body` as a `kind` request with an ack asked for, and waits for the ack.
     fn call(
         &mut self,
         what: &dyn Fn() -> String,
-        msg: RouteNetlinkMessage,
+        kind: u16,
+        body: &dyn Emitable,
         flags: u16,
-    ) -> Result<Vec<RouteNetlinkMessage>, NetError> {
+    ) -> Result<(), NetError> {
         self.seq += 1;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        header.sequence_number = self.seq;
-        let mut req = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        req.finalize();
-        let mut buf = vec![0u8; req.buffer_len()];
-        req.serialize(&mut buf);
+        let len = NLMSG_HDR_LEN + body.buffer_len();
+        let mut buf = vec![0u8; len];
+        buf[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+        buf[4..6].copy_from_slice(&kind.to_ne_bytes());
+        buf[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_ACK | flags).to_ne_bytes());
+        buf[8..12].copy_from_slice(&self.seq.to_ne_bytes());
+        body.emit(&mut buf[NLMSG_HDR_LEN..]);
         self.sock.send(&buf, 0).map_err(NetError::Socket)?;
-        let mut out = Vec::new();
         loop {
             let (data, _) = self.sock.recv_from_full().map_err(NetError::Socket)?;
-            let mut off = 0;
-            while off < data.len() {
-                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
-                    .map_err(|e| NetError::Decode(e.to_string()))?;
-                let len = m.header.length as usize;
-                if len == 0 {
-                    return Err(NetError::Decode("zero-length message".into()));
-                }
-                off += len.next_multiple_of(4);
-                if m.header.sequence_number != self.seq {
-                    continue;
-                }
-                match m.payload {
-                    NetlinkPayload::Done(_) => return Ok(out),
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(out),
-                            Some(c) => Err(NetError::Kernel {
-                                what: what(),
-                                err: std::io::Error::from_raw_os_error(-c.get()),
-                            }),
-                        }
-                    }
-                    NetlinkPayload::InnerMessage(inner) => out.push(inner),
-                    _ => {}
-                }
+            if let Some(errno) = find_ack(&data, self.seq)? {
+                return match errno {
+                    0 => Ok(()),
+                    e => Err(NetError::Kernel {
+                        what: what(),
+                        err: std::io::Error::from_raw_os_error(e),
+                    }),
+                };
             }
         }
     }
 }
 
+/// The errno (0 for success) of the ack to request `seq` in `data`, if it is there.
+fn find_ack(data: &[u8], seq: u32) -> Result<Option<i32>, NetError> {
+    let mut off = 0;
+    while off + NLMSG_HDR_LEN <= data.len() {
+        let at = |i: usize, n: usize| &data[off + i..off + i + n];
+        let len = u32::from_ne_bytes(at(0, 4).try_into().expect("4 bytes")) as usize;
+        if len < NLMSG_HDR_LEN || off + len > data.len() {
+            return Err(NetError::Decode(format!("message length {len}")));
+        }
+        let kind = u16::from_ne_bytes(at(4, 2).try_into().expect("2 bytes"));
+        let this = u32::from_ne_bytes(at(8, 4).try_into().expect("4 bytes"));
+        if kind == NLMSG_ERROR && this == seq {
+            if len < NLMSG_HDR_LEN + 4 {
+                return Err(NetError::Decode("short error message".into()));
+            }
+            let code = i32::from_ne_bytes(at(NLMSG_HDR_LEN, 4).try_into().expect("4 bytes"));
+            return Ok(Some(-code));
+        }
+        off += len.next_multiple_of(4);
+    }
+    Ok(None)
+}
+
 /// A guest link: index, name, MAC.
 type Link = (u32, String, Option<[u8; 6]>);
 
-/// The guest's links.
-fn links(nl: &mut Rtnl) -> Result<Vec<Link>, NetError> {
-    let dump = RouteNetlinkMessage::GetLink(LinkMessage::default());
-    let replies = nl.call(&|| "list links".into(), dump, NLM_F_DUMP)?;
-    Ok(replies
-        .into_iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => Some(l),
-            _ => None,
-        })
-        .map(|l| {
-            let mut name = String::new();
-            let mut mac = None;
-            for a in &l.attributes {
-                match a {
-                    LinkAttribute::IfName(n) => name = n.clone(),
-                    LinkAttribute::Address(m) => mac = <[u8; 6]>::try_from(m.as_slice()).ok(),
-                    _ => {}
-                }
-            }
-            (l.header.index, name, mac)
+/// The guest's links, from sysfs.
+fn links() -> Result<Vec<Link>, NetError> {
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let dir = std::fs::read_dir("/sys/class/net").map_err(|err| NetError::Kernel {
+        what: "list /sys/class/net".into(),
+        err,
+    })?;
+    Ok(dir
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let index = read(e.path().join("ifindex")).trim().parse().ok()?;
+            let mac = parse_mac(read(e.path().join("address")).trim());
+            Some((index, name, mac))
         })
         .collect())
 }
@@ -144,16 +151,13 @@ fn set_link(
     }
     m.attributes = attrs;
     let what = || format!("configure link {index}");
-    nl.call(&what, RouteNetlinkMessage::SetLink(m), NLM_F_ACK)
-        .map(drop)
+    nl.call(&what, RTM_SETLINK, &m, 0)
 }
 
 /// Brings the loopback up (containers of the sandbox share the guest's root netns).
 pub fn loopback_up() -> Result<(), NetError> {
     let mut nl = Rtnl::open()?;
-    let lo = links(&mut nl)?
-        .into_iter()
-        .find(|(_, name, _)| name == "lo");
+    let lo = links()?.into_iter().find(|(_, name, _)| name == "lo");
     match lo {
         Some((index, _, _)) => set_link(&mut nl, index, Vec::new(), true),
         None => Ok(()),
@@ -178,9 +182,7 @@ fn add_address(nl: &mut Rtnl, index: u32, ip: IpAddr, prefix_len: u8) -> Result<
     }
     m.attributes.push(AddressAttribute::Address(ip));
     let what = || format!("add address {ip}/{prefix_len}");
-    let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
-    nl.call(&what, RouteNetlinkMessage::NewAddress(m), flags)
-        .map(drop)
+    nl.call(&what, RTM_NEWADDR, &m, NLM_F_CREATE | NLM_F_REPLACE)
 }
 
 /// The netlink message for `r` through link `index`.
@@ -222,7 +224,7 @@ pub fn configure(cfg: &NetworkConfig) -> Result<(), NetError> {
     cfg.validate()?;
     let ipv6 = std::path::Path::new("/proc/sys/net/ipv6").exists();
     let mut nl = Rtnl::open()?;
-    let present = links(&mut nl)?;
+    let present = links()?;
     let mut indexes = Vec::new();
     for itf in &cfg.interfaces {
         let mac = parse_mac(&itf.mac);
@@ -258,12 +260,8 @@ pub fn configure(cfg: &NetworkConfig) -> Result<(), NetError> {
             (Some(d), _) => format!("add route to {d} on {}", r.interface),
             (None, g) => format!("add default route via {g:?} on {}", r.interface),
         };
-        let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
-        nl.call(
-            &what,
-            RouteNetlinkMessage::NewRoute(route_message(r, index)),
-            flags,
-        )?;
+        let msg = route_message(r, index);
+        nl.call(&what, RTM_NEWROUTE, &msg, NLM_F_CREATE | NLM_F_REPLACE)?;
     }
     Ok(())
 }
@@ -273,6 +271,40 @@ mod tests {
     use agent_protocol::network::IpPrefix;
 
     use super::*;
+
+    fn nlmsg(kind: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let len = NLMSG_HDR_LEN + payload.len();
+        let mut m = (len as u32).to_ne_bytes().to_vec();
+        m.extend(kind.to_ne_bytes());
+        m.extend(0u16.to_ne_bytes());
+        m.extend(seq.to_ne_bytes());
+        m.extend(0u32.to_ne_bytes());
+        m.extend(payload);
+        m.resize(len.next_multiple_of(4), 0);
+        m
+    }
+
+    #[test]
+    fn acks_are_found_by_sequence_and_bad_lengths_refused() {
+        let mut data = nlmsg(16, 7, &[0; 20]); // some other message first
+        data.extend(nlmsg(NLMSG_ERROR, 6, &(-1i32).to_ne_bytes()));
+        data.extend(nlmsg(NLMSG_ERROR, 7, &(-17i32).to_ne_bytes()));
+        assert_eq!(find_ack(&data, 7).unwrap(), Some(17));
+        assert_eq!(find_ack(&data, 6).unwrap(), Some(1));
+        assert_eq!(find_ack(&data, 8).unwrap(), None);
+        let ok = nlmsg(NLMSG_ERROR, 3, &0i32.to_ne_bytes());
+        assert_eq!(find_ack(&ok, 3).unwrap(), Some(0));
+        let mut bad = nlmsg(NLMSG_ERROR, 3, &0i32.to_ne_bytes());
+        bad[0..4].copy_from_slice(&4000u32.to_ne_bytes());
+        assert!(find_ack(&bad, 3).is_err());
+        bad[0..4].copy_from_slice(&3u32.to_ne_bytes());
+        assert!(
+            find_ack(&bad, 3).is_err(),
+            "a zero-progress length must not loop"
+        );
+        let short = nlmsg(NLMSG_ERROR, 3, &[]);
+        assert!(find_ack(&short, 3).is_err());
+    }
 
     #[test]
     fn route_messages_carry_scope_table_and_attributes() {
@@ -315,7 +347,14 @@ mod tests {
             "this test needs root (a network namespace)"
         );
         let t = std::thread::spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            use nix::mount::{mount, MsFlags};
+            use nix::sched::{unshare, CloneFlags};
+            // A netns of this thread's own, and a sysfs that shows it (NICs are listed
+            // from sysfs), in a private mount namespace.
+            unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).unwrap();
+            let none: Option<&str> = None;
+            mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none).unwrap();
+            mount(Some("sysfs"), "/sys", Some("sysfs"), MsFlags::empty(), none).unwrap();
             let ok = std::process::Command::new("ip")
                 .args([
                     "link",
