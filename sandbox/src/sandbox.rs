@@ -73,8 +73,8 @@ pub struct SandboxConfig {
     pub agent_timeout: Duration,
 }
 
-/// One live sandbox. Field order is teardown order: the VMM goes before virtiofsd, which
-/// goes before the share's mounts.
+/// One live sandbox. Field order is teardown order: the VMM goes before the pod network's
+/// taps, then virtiofsd, then the share's mounts.
 #[derive(Debug)]
 pub struct Sandbox {
     vmm: VmmProcess,
