@@ -186,6 +186,11 @@ impl Client {
         self.call_done(Request::CreateSandbox(req))
     }
 
+    /// Gives the guest the pod's network.
+    pub fn configure_network(&mut self, cfg: crate::NetworkConfig) -> Result<(), ClientError> {
+        self.call_done(Request::ConfigureNetwork(cfg))
+    }
+
     /// Creates a container; returns the pid of its (waiting) init process.
     pub fn create_container(&mut self, req: CreateContainer) -> Result<i32, ClientError> {
         self.call_pid(Request::CreateContainer(req))

@@ -12,11 +12,13 @@ pub mod frame;
 pub mod fuzz;
 pub mod id;
 pub mod messages;
+pub mod network;
 pub mod transport;
 
 pub use client::{attach_stdio, handshake, AgentInfo, Client, ClientError};
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME_LEN};
 pub use id::{validate_container_id, IdError, MAX_ID_LEN};
 pub use messages::*;
+pub use network::NetworkConfig;
 pub use oci_spec;
 pub use transport::{Endpoint, Listener, Stream, TransportError};

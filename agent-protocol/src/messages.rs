@@ -164,6 +164,9 @@ pub enum Request {
     CloneIdentity(crate::clone::CloneIdentity),
     /// Syncs and powers the guest off (reboot, which the VMM treats as exit).
     Shutdown,
+    /// Gives the guest the pod's network (its NICs, addresses, routes); sent once, after
+    /// [`Request::CreateSandbox`], when the pod has a network namespace.
+    ConfigureNetwork(crate::network::NetworkConfig),
 }
 
 /// Sandbox-wide settings.

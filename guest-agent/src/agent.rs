@@ -50,6 +50,9 @@ pub enum AgentError {
     /// Only the guest's init may reseed and re-clock its machine.
     #[error("a clone identity is only applied by the agent running as the guest's init")]
     NotInit,
+    /// The pod network could not be configured.
+    #[error("pod network: {0}")]
+    Network(#[from] crate::network::NetError),
 }
 
 impl AgentError {
@@ -75,6 +78,8 @@ impl AgentError {
                 ErrorCode::InvalidArgument
             }
             AgentError::Clone(_) => ErrorCode::Internal,
+            AgentError::Network(crate::network::NetError::Invalid(_)) => ErrorCode::InvalidArgument,
+            AgentError::Network(_) => ErrorCode::Internal,
             AgentError::Container(c) => match c {
                 ContainerError::Invalid(_) | ContainerError::Mount(_) => ErrorCode::InvalidArgument,
                 ContainerError::NotSupported(_) => ErrorCode::NotSupported,
@@ -235,6 +240,10 @@ impl Agent {
                         cause: e.into(),
                     })?;
                 }
+                if self.cfg.pid1 {
+                    // Containers of the sandbox may share the guest's root netns.
+                    crate::network::loopback_up()?;
+                }
                 *self.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(sb);
                 Ok(Response::Done)
             }
@@ -243,6 +252,10 @@ impl Agent {
                     return Err(AgentError::NotInit);
                 }
                 Ok(Response::CloneApplied(crate::clone::apply(&id)?))
+            }
+            Request::ConfigureNetwork(cfg) => {
+                crate::network::configure(&cfg)?;
+                Ok(Response::Done)
             }
             Request::CreateContainer(req) => {
                 let id = req.container_id.clone();

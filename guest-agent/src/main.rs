@@ -7,6 +7,7 @@ mod child;
 mod clone;
 mod container;
 mod mounts;
+mod network;
 mod pid1;
 mod process;
 mod sandbox;

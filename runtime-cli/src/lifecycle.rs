@@ -38,6 +38,8 @@ pub enum LifecycleError {
     )]
     NoVirtiofsd,
     #[error(transparent)]
+    Netns(#[from] sandbox::network::NetnsError),
+    #[error(transparent)]
     Ready(#[from] ReadyError),
     #[error(transparent)]
     Plan(#[from] PlanError),
@@ -153,11 +155,17 @@ fn make_plan(
         )?;
     }
     let virtiofsd = sandbox::virtiofsd::find().ok_or(LifecycleError::NoVirtiofsd)?;
+    let netns = translate::pod_netns(&bundle.spec);
+    if let Some(ns) = &netns {
+        // A missing or deleted netns is reported here, before anything exists.
+        sandbox::network::Netns::open(ns)?;
+    }
     Ok((
         Plan {
             vm,
             container,
             virtiofsd,
+            netns,
         },
         mode,
     ))

@@ -114,6 +114,7 @@ fn create_sandbox(
         vm: plan.vm,
         vmm_exe: std::env::current_exe().map_err(MonitorError::Exe)?,
         virtiofsd: plan.virtiofsd,
+        netns: plan.netns,
         agent_timeout: AGENT_TIMEOUT,
         template: template_use(&plan.container.request.spec),
     };

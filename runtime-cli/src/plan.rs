@@ -25,6 +25,9 @@ pub struct Plan {
     pub container: ContainerPlan,
     /// The virtio-fs backend.
     pub virtiofsd: PathBuf,
+    /// The pod's network namespace (its interfaces become the VM's NICs).
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 fn path(dir: &Path) -> PathBuf {

@@ -40,6 +40,7 @@ pub fn run(args: TemplateArgs) -> Result<ExitCode> {
         virtiofsd: sandbox::virtiofsd::find()
             .context("virtiofsd not found (set SANDBOX_VM_VIRTIOFSD)")?,
         hostname: None,
+        netns: None,
         agent_timeout: AGENT_TIMEOUT,
         template: TemplateUse::Off,
     };

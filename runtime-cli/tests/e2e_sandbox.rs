@@ -113,6 +113,7 @@ fn two_containers_share_one_vm_with_live_binds() {
         virtiofsd: sandbox::virtiofsd::find()
             .expect("virtiofsd not found: run scripts/setup.sh (it installs it)"),
         hostname: None,
+        netns: None,
         agent_timeout: Duration::from_secs(600),
         template: sandbox::template::TemplateUse::Off,
     };

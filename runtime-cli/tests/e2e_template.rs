@@ -50,6 +50,7 @@ fn config(dir: &Path, id: &str, spec: &oci_spec::runtime::Spec, t: TemplateUse) 
         virtiofsd: sandbox::virtiofsd::find()
             .expect("virtiofsd not found: run scripts/setup.sh (it installs it)"),
         hostname: Some(format!("{id}-host")),
+        netns: None,
         agent_timeout: Duration::from_secs(600),
         template: t,
     }

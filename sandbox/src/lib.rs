@@ -17,6 +17,7 @@
 pub mod handle;
 pub mod image;
 pub mod jail;
+pub mod network;
 pub mod oci;
 pub mod paths;
 pub mod process;

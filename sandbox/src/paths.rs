@@ -9,7 +9,8 @@ use crate::oci::translate::VmPaths;
 /// Where a sandbox keeps its files: `<dir>/vm.json` (the VM config the VMM process reads),
 /// `vmm.sock` (its control API), `vmm.log`, `vsock.sock` (the hybrid vsock: the agent),
 /// `console.log` (the guest's serial line), `virtiofsd.sock` / `virtiofsd.log`, `share/`
-/// (the virtio-fs share) and, for a block rootfs, `rootfs.img`.
+/// (the virtio-fs share), for a block rootfs `rootfs.img`, and with a pod network
+/// `network.json` (the taps to remove).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SandboxPaths {
     pub dir: PathBuf,
@@ -22,6 +23,7 @@ pub struct SandboxPaths {
     pub fs_log: PathBuf,
     pub share: PathBuf,
     pub rootfs_disk: PathBuf,
+    pub network_state: PathBuf,
 }
 
 impl SandboxPaths {
@@ -38,6 +40,7 @@ impl SandboxPaths {
             fs_log: dir.join("virtiofsd.log"),
             share: dir.join("share"),
             rootfs_disk: dir.join("rootfs.img"),
+            network_state: dir.join(crate::network::STATE_FILE),
         }
     }
 

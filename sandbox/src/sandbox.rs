@@ -13,6 +13,7 @@ use agent_protocol::{Client, ClientError, CreateSandbox, ShareMount};
 use vmm::config::{SerialOutput, VmConfig};
 
 use crate::handle::{HandleError, SandboxHandle};
+use crate::network::{NetworkError, PodNetwork};
 use crate::oci::translate::{share_dir, ContainerPlan};
 use crate::paths::SandboxPaths;
 use crate::process::ProcessError;
@@ -45,6 +46,8 @@ pub enum SandboxError {
     #[error("container {0} already exists in this sandbox")]
     Exists(String),
     #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error(transparent)]
     Template(#[from] TemplateError),
     #[error("cannot save the template {path}: {msg}")]
     TemplateSave { path: PathBuf, msg: String },
@@ -71,17 +74,21 @@ pub struct SandboxConfig {
     pub virtiofsd: PathBuf,
     /// The guest's hostname.
     pub hostname: Option<String>,
+    /// The pod's network namespace ([`crate::oci::translate::pod_netns`]): the VM gets a
+    /// NIC for each of its interfaces. `None`: the guest has loopback only.
+    pub netns: Option<PathBuf>,
     /// How long the guest may take to boot to its agent.
     pub agent_timeout: Duration,
     /// Whether to restore a matching template instead of booting (see [`crate::template`]).
     pub template: TemplateUse,
 }
 
-/// One live sandbox. Field order is teardown order: the VMM goes before virtiofsd, which
-/// goes before the share's mounts.
+/// One live sandbox. Field order is teardown order: the VMM goes before the pod network's
+/// taps, then virtiofsd, then the share's mounts.
 #[derive(Debug)]
 pub struct Sandbox {
     vmm: VmmProcess,
+    network: Option<NetworkGuard>,
     virtiofsd: Virtiofsd,
     share: Option<Share>,
     handle: SandboxHandle,
@@ -101,7 +108,9 @@ impl Sandbox {
     /// hostname.
     pub fn create(cfg: &SandboxConfig) -> Result<Sandbox, SandboxError> {
         let template = match cfg.template {
+            // A template's VM has no NICs: a pod with a network boots cold.
             TemplateUse::Off => None,
+            TemplateUse::Auto if cfg.netns.is_some() => None,
             TemplateUse::Auto => template::find(&template::templates_root(), &cfg.vm)
                 .unwrap_or_else(|e| {
                     log::debug!("sandbox {}: no template: {e}", cfg.id);
@@ -109,7 +118,7 @@ impl Sandbox {
                 }),
         };
         let t0 = Instant::now();
-        let mut sandbox = Self::start(cfg, template.as_deref())?;
+        let (mut sandbox, pod_net) = Self::start(cfg, template.as_deref())?;
         let mut agent = sandbox.wait_for_agent(cfg.agent_timeout)?;
         log::info!(
             "sandbox {}: agent answered after {:.1?} ({})",
@@ -137,6 +146,11 @@ impl Sandbox {
                 }],
             })
             .map_err(agent_err("cannot set up the sandbox in the guest"))?;
+        if let Some(pod) = pod_net {
+            agent
+                .configure_network(pod.guest)
+                .map_err(agent_err("cannot configure the pod network in the guest"))?;
+        }
         Ok(sandbox)
     }
 
@@ -149,7 +163,12 @@ impl Sandbox {
         if dest.join(vmm::persist::STATE_FILE).is_file() {
             return Ok(dest);
         }
-        let mut sandbox = Self::start(cfg, None)?;
+        // Templates are made without a pod network (`cfg.netns` is ignored here).
+        let cfg = &SandboxConfig {
+            netns: None,
+            ..cfg.clone()
+        };
+        let (mut sandbox, _) = Self::start(cfg, None)?;
         drop(sandbox.wait_for_agent(cfg.agent_timeout)?);
         let tmp = root.join(format!("{key}.tmp-{}", std::process::id()));
         let saved = save_snapshot(sandbox.vmm.api_sock(), &tmp);
@@ -172,7 +191,10 @@ impl Sandbox {
 
     /// Prepares the share and starts virtiofsd and the VMM (booting, or restoring
     /// `template`).
-    fn start(cfg: &SandboxConfig, template: Option<&Path>) -> Result<Sandbox, SandboxError> {
+    fn start(
+        cfg: &SandboxConfig,
+        template: Option<&Path>,
+    ) -> Result<(Sandbox, Option<PodNetwork>), SandboxError> {
         let paths = SandboxPaths::in_dir(&cfg.dir);
         let share = Share::prepare(&paths.share)?;
         let virtiofsd = Virtiofsd::start(
@@ -181,7 +203,17 @@ impl Sandbox {
             share.root(),
             &paths.fs_log,
         )?;
-        let json = serde_json::to_vec_pretty(&cfg.vm).expect("VmConfig serializes");
+        let mut vm = cfg.vm.clone();
+        let (network, pod_net) = match &cfg.netns {
+            Some(ns) => {
+                let guard = NetworkGuard(Some(paths.network_state.clone()));
+                let pod = PodNetwork::attach(ns, guard.file())?;
+                vm.net.extend(pod.vm_nets());
+                (Some(guard), Some(pod))
+            }
+            None => (None, None),
+        };
+        let json = serde_json::to_vec_pretty(&vm).expect("VmConfig serializes");
         std::fs::write(&paths.vm_config, json).map_err(|err| SandboxError::Config {
             path: paths.vm_config.clone(),
             err,
@@ -199,16 +231,19 @@ impl Sandbox {
                 &paths.vm_config,
                 &paths.api_sock,
                 &paths.vmm_log,
+                pod_net.as_ref().map(|p| &p.netns),
             )?,
         };
-        Ok(Sandbox {
+        let sandbox = Sandbox {
             vmm,
+            network,
             virtiofsd,
             share: Some(share),
             handle: SandboxHandle::open(&paths.dir),
             paths,
             containers: Mutex::new(BTreeSet::new()),
-        })
+        };
+        Ok((sandbox, pod_net))
     }
 
     /// Polls until the agent accepts a control connection (the VMM resets connections
@@ -334,6 +369,9 @@ impl Sandbox {
     /// the share's mounts; returns the VMM's exit status.
     pub fn stop(mut self) -> Result<Option<ExitStatus>, SandboxError> {
         let status = self.vmm.stop(STOP_GRACE);
+        if let Some(net) = self.network.take() {
+            net.detach()?;
+        }
         self.virtiofsd.stop();
         if let Some(share) = self.share.take() {
             share.teardown()?;
@@ -405,10 +443,38 @@ fn save_snapshot(api_sock: &Path, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Cleans up after a sandbox whose owner died (SIGKILL, a crash): detaches every mount left
-/// under its state directory. The helper processes are the owner's process group's and
+/// Cleans up after a sandbox whose owner died (SIGKILL, a crash): removes the pod
+/// network's taps and filters and detaches every mount left under its state directory. The helper processes are the owner's process group's and
 /// are killed with it.
 pub fn clean_up_after_owner(dir: &Path) -> Result<usize, SandboxError> {
+    crate::network::detach(&SandboxPaths::in_dir(dir).network_state)?;
     crate::jail::remove_cgroup(&dir.join(crate::jail::DIR_NAME));
     Ok(crate::share::unmount_under(dir, false)?)
+}
+
+/// Removes the pod network's taps and filters when dropped (after the VMM: field order).
+#[derive(Debug)]
+struct NetworkGuard(Option<PathBuf>);
+
+impl NetworkGuard {
+    fn file(&self) -> &Path {
+        self.0.as_deref().expect("set until detached")
+    }
+
+    fn detach(mut self) -> Result<(), NetworkError> {
+        match self.0.take() {
+            Some(file) => crate::network::detach(&file),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for NetworkGuard {
+    fn drop(&mut self) {
+        if let Some(file) = self.0.take() {
+            if let Err(e) = crate::network::detach(&file) {
+                log::warn!("{e}");
+            }
+        }
+    }
 }

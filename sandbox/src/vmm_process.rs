@@ -1,11 +1,14 @@
 //! The VMM as its own process: `sandbox-vm vmm --config vm.json --api-sock PATH`, reached
 //! through its control socket. Nothing but the VM runs in it, so it can be confined alone.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
+use crate::network::Netns;
 use crate::process::{last_line, ProcessError, Supervised};
 
 /// How long the VMM may take to build the VM and open its control socket.
@@ -66,6 +69,7 @@ impl VmmProcess {
         config: &Path,
         api_sock: &Path,
         log: &Path,
+        netns: Option<&Netns>,
     ) -> Result<VmmProcess, ProcessError> {
         let mut cmd = Command::new(exe);
         cmd.arg("vmm")
@@ -79,6 +83,20 @@ impl VmmProcess {
         }
         if let Some(dir) = crate::jail::dir_for(config) {
             cmd.arg("--jail").arg(dir);
+        }
+        if let Some(ns) = netns {
+            let fd = ns.file().as_raw_fd();
+            // SAFETY: the closure runs in the forked child before exec and makes only the
+            // setns system call (async-signal-safe, no allocation); `fd` stays open in the
+            // parent, whose `Netns` outlives this call, so the child's copy is valid.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut proc = Supervised::spawn("the VMM", cmd, log)?;
         proc.wait_ready(READY_TIMEOUT, || UnixStream::connect(api_sock).is_ok())?;

@@ -120,8 +120,9 @@ fn guest_mounts(
 }
 
 /// Rejects hooks (not run yet), and the spec as the guest agent should see it: mounts
-/// rewritten, namespace paths (host paths, meaningless in the guest) dropped in favour of
-/// new namespaces, the cgroup path left to the agent's default.
+/// rewritten, the pod's network namespace replaced by the guest's root one, other
+/// namespace paths (host paths, meaningless in the guest) dropped in favour of new
+/// namespaces, the cgroup path left to the agent's default.
 fn guest_spec(spec: &Spec, mounts: Vec<Mount>) -> Result<Spec, TranslateError> {
     let mut g = spec.clone();
     if let Some(hooks) = g.hooks() {
@@ -143,6 +144,12 @@ fn guest_spec(spec: &Spec, mounts: Vec<Mount>) -> Result<Spec, TranslateError> {
     g.set_mounts(Some(mounts));
     if let Some(linux) = g.linux_mut() {
         if let Some(nss) = linux.namespaces_mut() {
+            // A network namespace given by path is the pod's: its interfaces are the
+            // guest's own (see `crate::network`), so the container stays in the guest's
+            // root netns, where the agent configured them.
+            nss.retain(|ns| {
+                ns.typ() != oci_spec::runtime::LinuxNamespaceType::Network || ns.path().is_none()
+            });
             for ns in nss.iter_mut() {
                 use oci_spec::runtime::LinuxNamespaceType as T;
                 if matches!(ns.typ(), T::User | T::Time) {
@@ -306,12 +313,13 @@ mod tests {
         }, "root": {"path": "rootfs", "readonly": true}}));
         let p = tr(&s, &no_files).unwrap();
         let linux = p.request.spec.linux().clone().unwrap();
-        assert!(linux
-            .namespaces()
-            .as_ref()
-            .unwrap()
-            .iter()
-            .all(|n| n.path().is_none()));
+        use oci_spec::runtime::LinuxNamespaceType as T;
+        let nss = linux.namespaces().as_ref().unwrap();
+        assert!(nss.iter().all(|n| n.path().is_none()));
+        assert!(
+            nss.iter().all(|n| n.typ() != T::Network),
+            "the pod netns becomes the guest's root netns: {nss:?}"
+        );
         assert!(linux.cgroups_path().is_none());
         assert_eq!(
             p.request.spec.root().as_ref().and_then(|r| r.readonly()),
@@ -322,6 +330,29 @@ mod tests {
             tr(&u, &no_files).unwrap_err(),
             TranslateError::Namespace("user".into())
         );
+    }
+
+    #[test]
+    fn a_new_network_namespace_stays_and_host_network_stays_without_one() {
+        use oci_spec::runtime::LinuxNamespaceType as T;
+        let nets = |s: &Spec| -> Vec<bool> {
+            let p = tr(s, &no_files).unwrap();
+            let linux = p.request.spec.linux().clone().unwrap();
+            linux
+                .namespaces()
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .filter(|n| n.typ() == T::Network)
+                .map(|n| n.path().is_none())
+                .collect()
+        };
+        // `--network none`: a new, empty netns in the guest (loopback only).
+        let none = spec(serde_json::json!({"linux": {"namespaces": [{"type": "network"}]}}));
+        assert_eq!(nets(&none), [true]);
+        // Host network: no entry, so the guest's root netns, which has no NIC.
+        let host = spec(serde_json::json!({"linux": {"namespaces": [{"type": "mount"}]}}));
+        assert!(nets(&host).is_empty());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Spec;
 
 pub use container::{container_request, share_dir, ContainerPlan, HostBind};
-pub use vm::{vm_config, RootfsMode, VmPaths};
+pub use vm::{pod_netns, vm_config, RootfsMode, VmPaths};
 
 /// Annotation: guest kernel path.
 pub const ANN_KERNEL: &str = "io.sandbox-vm.kernel";

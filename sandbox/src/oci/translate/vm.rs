@@ -112,6 +112,21 @@ fn compat(spec: &Spec) -> Result<CompatSetting, TranslateError> {
     }
 }
 
+/// The pod's network namespace: the path of the spec's `network` namespace entry. `None`
+/// when the spec asks for a new, empty netns (`--network none`) or for none at all (host
+/// networking): the guest then has loopback only, since a VM cannot share the host's
+/// network stack.
+pub fn pod_netns(spec: &Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)?
+        .path()
+        .clone()
+}
+
 /// The rootfs mode the spec asks for ([`ANN_ROOTFS`]; [`RootfsMode::Share`] by default).
 pub fn rootfs_mode(spec: &Spec) -> Result<RootfsMode, TranslateError> {
     match annotation::<String>(spec, ANN_ROOTFS, "share or block")?.as_deref() {
@@ -338,6 +353,24 @@ mod tests {
         d.initrd = None;
         let e = vm_config(&s, &d, &paths()).unwrap_err();
         assert!(e.to_string().contains("images/build-agent-initramfs.sh"));
+    }
+
+    #[test]
+    fn the_pod_netns_is_the_network_namespace_path() {
+        let ns = |v: serde_json::Value| {
+            pod_netns(&spec(serde_json::json!({"linux": {"namespaces": v}})))
+        };
+        assert_eq!(
+            ns(
+                serde_json::json!([{"type": "pid"}, {"type": "network", "path": "/run/netns/cni-1"}])
+            ),
+            Some(PathBuf::from("/run/netns/cni-1"))
+        );
+        assert_eq!(ns(serde_json::json!([{"type": "network"}])), None);
+        assert_eq!(ns(serde_json::json!([{"type": "pid"}])), None);
+        assert_eq!(pod_netns(&spec(serde_json::json!({}))), None);
+        // The VM config itself never names a tap: those come from the netns at create.
+        assert!(tr(&spec(serde_json::json!({}))).unwrap().net.is_empty());
     }
 
     #[test]

@@ -4,13 +4,15 @@
 use std::io::ErrorKind;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use virtio_queue::QueueT;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueT};
 
 use super::{request, Net, RX_QUEUE, TX_QUEUE};
 use crate::devices::virtio::activation::{Change, FIRST_BACKEND_TOKEN};
 use crate::devices::virtio::{
     add_used, avail_ring_sane, notify_used, process_chains, MAX_CHAIN_LEN,
 };
+use crate::memory::GuestMemory;
 
 /// `Events::data()` of the backend fd.
 const BACKEND_TOKEN: u32 = FIRST_BACKEND_TOKEN;
@@ -31,8 +33,9 @@ impl Net {
             return;
         };
         let (backend, frame) = (&mut self.backend, &mut self.tx_frame);
+        let offloads = self.negotiated.tx_offloads;
         process_chains(&a.mem, &mut a.data.tx, &a.interrupt, |descs| {
-            match request::gather_tx(&a.mem, descs, frame) {
+            match request::gather_tx(&a.mem, descs, frame, offloads) {
                 Ok(_) => {
                     if let Err(e) = backend.write_frame(frame) {
                         log::debug!("virtio-net: frame dropped by the host: {e}");
@@ -50,6 +53,7 @@ impl Net {
             return RxState::Drained;
         };
         let rx = &mut a.data.rx;
+        let n = self.negotiated;
         let mut used = false;
         let state = loop {
             if !avail_ring_sane(&a.mem, rx, &a.interrupt) {
@@ -67,18 +71,22 @@ impl Net {
                     }
                 }
             }
-            let Some(chain) = rx.pop_descriptor_chain(&a.mem) else {
+            let Some(chains) = take_rx_chains(&a.mem, rx, self.rx_len, n.mrg_rxbuf) else {
                 break RxState::NeedBuffers;
             };
-            let head = chain.head_index();
-            let descs: Vec<_> = chain.take(MAX_CHAIN_LEN).collect();
             let frame = &self.rx_frame[..self.rx_len];
             self.rx_len = 0;
-            let len = request::scatter_rx(&a.mem, &descs, frame).unwrap_or_else(|e| {
-                log::debug!("virtio-net: receive frame dropped: {e}");
-                0
-            });
-            if !add_used(&a.mem, rx, &a.interrupt, head, len) {
+            let descs: Vec<_> = chains.iter().map(|(_, d)| d.clone()).collect();
+            let lens =
+                request::scatter_rx(&a.mem, &descs, frame, n.rx_offloads).unwrap_or_else(|e| {
+                    log::debug!("virtio-net: receive frame dropped: {e}");
+                    vec![0; chains.len()]
+                });
+            if !chains
+                .iter()
+                .zip(lens)
+                .all(|((head, _), len)| add_used(&a.mem, rx, &a.interrupt, *head, len))
+            {
                 break RxState::Drained;
             }
             used = true;
@@ -108,6 +116,36 @@ impl Net {
     fn rx_and_poll(&mut self, ops: &mut EventOps) {
         let state = self.process_rx();
         self.poll_backend(ops, state == RxState::Drained && self.state.is_activated());
+    }
+}
+
+/// A receive chain: its head index and descriptors.
+type RxChain = (u16, Vec<Descriptor>);
+
+/// Takes receive chains for a `len`-byte frame: one, or with mergeable buffers as many as
+/// it needs. `None` (and nothing taken) if the guest has not posted enough yet. A chain with
+/// a bad descriptor counts as no room; `scatter_rx` then rejects the set.
+fn take_rx_chains(
+    mem: &GuestMemory,
+    rx: &mut Queue,
+    len: usize,
+    mrg: bool,
+) -> Option<Vec<RxChain>> {
+    let start = rx.next_avail();
+    let mut chains = Vec::new();
+    let mut room = 0usize;
+    loop {
+        let Some(chain) = rx.pop_descriptor_chain(mem) else {
+            rx.set_next_avail(start);
+            return None;
+        };
+        let head = chain.head_index();
+        let descs: Vec<Descriptor> = chain.take(MAX_CHAIN_LEN).collect();
+        room = room.saturating_add(request::rx_room(mem, &descs).unwrap_or(0));
+        chains.push((head, descs));
+        if !mrg || room >= len || room == 0 {
+            return Some(chains);
+        }
     }
 }
 

@@ -1,8 +1,11 @@
 //! Moving Ethernet frames between virtqueue chains and the backend.
 //!
-//! No offloads are negotiated, so the virtio-net header is all zero in both directions
-//! (except `num_buffers`, 1 on receive): a guest-supplied header is not passed to the host,
-//! and the host's header is not passed to the guest.
+//! The 12-byte `virtio_net_hdr_v1` (flags, gso_type, hdr_len, gso_size, csum_start,
+//! csum_offset, num_buffers) has the same layout on the tap (`TUNSETVNETHDRSZ` 12) and in the
+//! guest. It passes through only for the offloads the driver accepted: without them it is
+//! zeroed, so a guest header never reaches the host and the host's never reaches the guest.
+//! `num_buffers` is ours: the number of receive chains one frame fills (always 1 without
+//! mergeable receive buffers), and zero towards the tap.
 
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestMemory, Permissions};
@@ -40,11 +43,20 @@ fn check<M: GuestMemory>(
     Ok(total)
 }
 
-/// Gathers a transmit chain into `frame` (header zeroed). Returns its length.
+/// Bytes a receive chain can take; an error if any descriptor is not device-writable or
+/// lies outside guest memory.
+pub fn rx_room<M: GuestMemory>(mem: &M, descs: &[Descriptor]) -> Result<usize, FrameError> {
+    check(mem, descs, true)
+}
+
+/// Gathers a transmit chain into `frame`. The guest's header is kept (but `num_buffers`)
+/// when the driver accepted transmit offloads (`offloads`), else zeroed. Returns its
+/// length.
 pub fn gather_tx<M: GuestMemory>(
     mem: &M,
     descs: &[Descriptor],
     frame: &mut Vec<u8>,
+    offloads: bool,
 ) -> Result<usize, FrameError> {
     let len = check(mem, descs, false)?;
     // Header plus at least an Ethernet header (14 bytes), at most the largest frame.
@@ -60,18 +72,38 @@ pub fn gather_tx<M: GuestMemory>(
             .map_err(|_| FrameError::BadDescriptor)?;
         at += n;
     }
-    frame[..VNET_HDR_LEN].fill(0);
+    let keep = if offloads { NUM_BUFFERS_AT } else { 0 };
+    frame[keep..VNET_HDR_LEN].fill(0);
     Ok(len)
 }
 
-/// Scatters `frame` (header included, as read from the backend) into a receive chain.
-/// Returns the bytes written.
+/// Offset of `num_buffers` (le16, the last field) in the header.
+const NUM_BUFFERS_AT: usize = VNET_HDR_LEN - 2;
+
+/// The header the guest gets: the backend's offload fields if the driver accepted receive
+/// offloads, and `num_buffers`.
+pub fn rx_header(backend_hdr: &[u8], offloads: bool, num_buffers: u16) -> [u8; VNET_HDR_LEN] {
+    let mut hdr = [0u8; VNET_HDR_LEN];
+    if offloads {
+        hdr[..NUM_BUFFERS_AT].copy_from_slice(&backend_hdr[..NUM_BUFFERS_AT]);
+    }
+    hdr[NUM_BUFFERS_AT..].copy_from_slice(&num_buffers.to_le_bytes());
+    hdr
+}
+
+/// Scatters `frame` (header included, as read from the backend) over `chains`, in order
+/// (more than one only with mergeable receive buffers), with the guest's header
+/// ([`rx_header`]) in front. Returns the bytes written into each chain.
 pub fn scatter_rx<M: GuestMemory>(
     mem: &M,
-    descs: &[Descriptor],
+    chains: &[Vec<Descriptor>],
     frame: &[u8],
-) -> Result<u32, FrameError> {
-    let room = check(mem, descs, true)?;
+    offloads: bool,
+) -> Result<Vec<u32>, FrameError> {
+    let mut room = 0usize;
+    for descs in chains {
+        room = room.saturating_add(check(mem, descs, true)?);
+    }
     if frame.len() < VNET_HDR_LEN || frame.len() > MAX_FRAME_LEN {
         return Err(FrameError::BadLength(frame.len()));
     }
@@ -81,22 +113,27 @@ pub fn scatter_rx<M: GuestMemory>(
             len: frame.len(),
         });
     }
-    let mut hdr = [0u8; VNET_HDR_LEN];
-    // num_buffers (le16, last field of virtio_net_hdr_v1) = 1.
-    hdr[VNET_HDR_LEN - 2] = 1;
+    let count = u16::try_from(chains.len()).map_err(|_| FrameError::BadLength(frame.len()))?;
+    let hdr = rx_header(frame, offloads, count);
     let mut src = hdr.iter().chain(&frame[VNET_HDR_LEN..]).copied();
     let mut chunk = Vec::new();
     let mut left = frame.len();
-    for d in descs {
-        let n = (d.len() as usize).min(left);
-        if n == 0 {
-            break;
+    let mut written = Vec::with_capacity(chains.len());
+    for descs in chains {
+        let mut in_chain = 0;
+        for d in descs {
+            let n = (d.len() as usize).min(left);
+            if n == 0 {
+                break;
+            }
+            chunk.clear();
+            chunk.extend(src.by_ref().take(n));
+            mem.write_slice(&chunk, d.addr())
+                .map_err(|_| FrameError::BadDescriptor)?;
+            left -= n;
+            in_chain += n as u32;
         }
-        chunk.clear();
-        chunk.extend(src.by_ref().take(n));
-        mem.write_slice(&chunk, d.addr())
-            .map_err(|_| FrameError::BadDescriptor)?;
-        left -= n;
+        written.push(in_chain);
     }
-    Ok(frame.len() as u32)
+    Ok(written)
 }

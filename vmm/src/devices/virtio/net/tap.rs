@@ -15,7 +15,18 @@ pub trait NetBackend: AsRawFd + Send {
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     /// Writes one frame.
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<()>;
+    /// The offloads (`TUN_F_*`) the backend can deliver frames with: partial checksums
+    /// (`TUN_F_CSUM`) and TCP segments up to 64 KiB (`TUN_F_TSO4`/`6`/`_ECN`). Frames the
+    /// guest sends may always carry offloads (the kernel checks their headers).
+    fn offload_capability(&self) -> u32;
+    /// Asks for frames with `flags` (a subset of [`NetBackend::offload_capability`]) from
+    /// now on.
+    fn set_offload(&mut self, flags: u32) -> io::Result<()>;
 }
+
+/// Every receive offload we can use.
+pub const ALL_OFFLOADS: u32 =
+    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
 
 /// Errors opening a TAP device.
 #[derive(Debug, thiserror::Error)]
@@ -30,10 +41,27 @@ pub enum TapError {
     Configure(String, io::Error),
 }
 
-/// An open TAP interface (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, offloads off, non-blocking).
+/// An open TAP interface (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, non-blocking; receive
+/// offloads off until the guest's driver accepts them).
 pub struct Tap {
     file: File,
     name: String,
+    offloads: u32,
+}
+
+fn tun_set_offload(file: &File, flags: u32) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its flags by value; no memory is passed.
+    let r = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            flags as libc::c_ulong,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Tap {
@@ -70,16 +98,17 @@ impl Tap {
         if r < 0 {
             return Err(configure(io::Error::last_os_error()));
         }
-        // No checksum/TSO offloads: the guest is offered none, so the tap must hand us only
-        // complete, checksummed frames.
-        // SAFETY: TUNSETOFFLOAD takes its flags by value; no memory is passed.
-        let r = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETOFFLOAD, 0 as libc::c_ulong) };
-        if r < 0 {
-            return Err(configure(io::Error::last_os_error()));
-        }
+        // What the tap can do: all of it, or checksums only, or nothing. Off until the
+        // guest's driver says what it takes.
+        let offloads = [ALL_OFFLOADS, libc::TUN_F_CSUM]
+            .into_iter()
+            .find(|&f| tun_set_offload(&file, f).is_ok())
+            .unwrap_or(0);
+        tun_set_offload(&file, 0).map_err(configure)?;
         Ok(Self {
             file,
             name: name.into(),
+            offloads,
         })
     }
 
@@ -109,6 +138,14 @@ impl NetBackend for Tap {
             ));
         }
         Ok(())
+    }
+
+    fn offload_capability(&self) -> u32 {
+        self.offloads
+    }
+
+    fn set_offload(&mut self, flags: u32) -> io::Result<()> {
+        tun_set_offload(&self.file, flags & self.offloads)
     }
 }
 

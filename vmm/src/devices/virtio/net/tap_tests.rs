@@ -77,6 +77,12 @@ fn frames_cross_a_real_tap_in_a_private_netns() {
             return Err(format!("skip: unshare: {}", io::Error::last_os_error()));
         }
         let mut tap = Tap::open("sbvmtap0").map_err(|e| format!("skip: {e}"))?;
+        // A tap with a virtio-net header can hand us checksum and TSO offloads.
+        if tap.offload_capability() != super::ALL_OFFLOADS {
+            return Err(format!("offloads {:#x}", tap.offload_capability()));
+        }
+        tap.set_offload(libc::TUN_F_CSUM | libc::TUN_F_TSO4)
+            .map_err(|e| format!("TUNSETOFFLOAD: {e}"))?;
         let ifindex = set_up(tap.name()).map_err(|e| format!("up: {e}"))?;
         let sock = raw_socket(ifindex).map_err(|e| format!("packet socket: {e}"))?;
         use std::os::fd::AsRawFd;
