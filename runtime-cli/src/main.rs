@@ -2,6 +2,7 @@
 //! KVM microVM, plus `boot`, the developer command that boots a guest kernel with the VMM.
 
 mod boot_cmd;
+mod check;
 mod commands;
 mod lifecycle;
 mod logging;
@@ -69,6 +70,13 @@ enum Command {
     /// Boot a guest kernel in a microVM (developer command); exits 0 when the guest reboots
     /// or powers off, 2 when it crashes, 1 on a VMM error.
     Boot(Box<boot_cmd::BootArgs>),
+    /// Whether this host can run sandboxes: KVM, guest kernel and image, virtiofsd, the
+    /// containerd shim and containerd's config; one line per item, exit 1 if any failed.
+    Check {
+        /// containerd's config file to look for the runtime in
+        #[arg(long, default_value = check::DEFAULT_CONTAINERD_CONFIG)]
+        containerd_config: PathBuf,
+    },
     /// The per-container host process that runs the VM (started by `create`).
     #[command(hide = true)]
     Monitor { container_id: String },
@@ -130,6 +138,7 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
     let gargs = global_args(&cli.global);
     match cli.command {
         Command::Boot(args) => boot_cmd::run(*args),
+        Command::Check { containerd_config } => Ok(check::run(&containerd_config)),
         Command::Monitor { container_id } => Ok(code(monitor::run(store, &container_id))),
         Command::Standard(cmd) => match *cmd {
             StandardCmd::Create(c) => {
