@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs each cargo-fuzz target of vmm/fuzz briefly (default 30 s each) as coverage-guided
-# libFuzzer binaries, built with the nightly toolchain and the sanitizer-coverage flags (the
-# same binary `cargo fuzz` builds, without needing cargo-fuzz installed). A crash fails the
-# run. The same targets also run as bounded random-input unit tests in `cargo test`.
+# Runs each cargo-fuzz target of vmm/fuzz and agent-protocol/fuzz briefly (default 30 s each)
+# as coverage-guided libFuzzer binaries, built with the nightly toolchain and the
+# sanitizer-coverage flags (the same binary `cargo fuzz` builds, without needing cargo-fuzz
+# installed). A crash fails the run. The same targets also run as bounded random-input unit
+# tests in `cargo test`.
 set -euo pipefail
-cd "$(dirname "$0")/../vmm/fuzz"
+root="$(cd "$(dirname "$0")/.." && pwd)"
 secs=${FUZZ_SECONDS:-30}
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   echo "[fuzz] no nightly toolchain here: skipping the libFuzzer runs (the bounded random-input tests still ran in cargo test)" >&2
@@ -13,18 +14,24 @@ fi
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing"
-targets=(blk_chain vsock_packet)
-echo "[fuzz] building ${targets[*]} (nightly, sancov)" >&2
-cargo +nightly build --quiet --release --target x86_64-unknown-linux-gnu "${targets[@]/#/--bin=}"
-for t in "${targets[@]}"; do
-  mkdir -p "target/corpus/$t"
-  echo "[fuzz] $t for ${secs} s" >&2
-  log="target/$t.log"
-  if ! "target/x86_64-unknown-linux-gnu/release/$t" "target/corpus/$t" \
-      -max_total_time="$secs" -max_len=4096 -print_final_stats=1 >"$log" 2>&1; then
-    tail -n 40 "$log" >&2
-    echo "[fuzz] $t failed (crash input saved by libFuzzer in vmm/fuzz)" >&2
-    exit 1
-  fi
-  grep -E "stat::number_of_executed_units" "$log" | sed "s/^/[fuzz] $t /" >&2
+# crate directory: its targets
+suites=("vmm/fuzz:blk_chain vsock_packet" "agent-protocol/fuzz:agent_side client_side")
+for suite in "${suites[@]}"; do
+  dir=${suite%%:*}
+  read -ra targets <<<"${suite#*:}"
+  cd "$root/$dir"
+  echo "[fuzz] building $dir: ${targets[*]} (nightly, sancov)" >&2
+  cargo +nightly build --quiet --release --target x86_64-unknown-linux-gnu "${targets[@]/#/--bin=}"
+  for t in "${targets[@]}"; do
+    mkdir -p "target/corpus/$t"
+    echo "[fuzz] $t for ${secs} s" >&2
+    log="target/$t.log"
+    if ! "target/x86_64-unknown-linux-gnu/release/$t" "target/corpus/$t" \
+        -max_total_time="$secs" -max_len=4096 -print_final_stats=1 >"$log" 2>&1; then
+      tail -n 40 "$log" >&2
+      echo "[fuzz] $t failed (crash input saved by libFuzzer in $dir)" >&2
+      exit 1
+    fi
+    grep -E "stat::number_of_executed_units" "$log" | sed "s/^/[fuzz] $t /" >&2
+  done
 done

@@ -11,10 +11,13 @@ use serde::{Deserialize, Serialize};
 
 /// Identifies this protocol in the handshake.
 pub const MAGIC: &str = "sandbox-vm-agent";
-/// Newest protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
-/// Oldest protocol version this crate accepts.
-pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// Newest protocol version this crate speaks. 2: `CreateSandbox::shares`, block-device
+/// rootfs named by serial.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// Oldest protocol version this crate accepts. The host runtime and the agent image are
+/// built from one tree and ship together, so there is no mixed-version fleet to serve: a
+/// version-1 peer gets a clear `unsupported_version` instead of a field error later.
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 /// vsock port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
@@ -167,21 +170,44 @@ pub struct CreateSandbox {
     pub sandbox_id: String,
     /// Guest hostname; set only when the agent is PID 1.
     pub hostname: Option<String>,
+    /// virtio-fs shares to mount, each once per sandbox.
+    #[serde(default)]
+    pub shares: Vec<ShareMount>,
 }
+
+/// Longest virtio-fs tag (the device's config space field), in bytes.
+pub const MAX_SHARE_TAG_LEN: usize = 36;
+
+/// A virtio-fs share the agent mounts (`mount -t virtiofs TAG MOUNT_POINT`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareMount {
+    /// The device's tag (1 to 36 bytes), e.g. `sandbox`.
+    pub tag: String,
+    /// Absolute guest path, created if missing, e.g. `/run/sandbox-fs`.
+    pub mount_point: String,
+}
+
+/// Longest virtio-blk serial (GET_ID answer), in bytes.
+pub const MAX_DISK_SERIAL_LEN: usize = 20;
 
 /// Where a container's root filesystem comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Rootfs {
-    /// An existing directory in the guest.
+    /// An existing directory in the guest, e.g. on a virtio-fs share
+    /// (`<mount point>/<container id>/rootfs`).
     Directory {
         /// Absolute path.
         path: String,
     },
-    /// A block device the agent mounts (read-only if the spec's root is).
+    /// A block device the agent mounts (read-write; a read-only root is made read-only in
+    /// the container's view after its mount points exist).
     BlockDevice {
-        /// Device path, e.g. `/dev/vdb`.
-        path: String,
+        /// The virtio-blk serial (the VMM's disk id, answered to GET_ID; 1 to 20 bytes),
+        /// e.g. `rootfs`: the agent finds the disk whose `/sys/block/*/serial` matches,
+        /// whatever order the disks were attached in.
+        serial: String,
         /// Filesystem type, e.g. `ext4`.
         fstype: String,
         /// Extra mount data, e.g. `["noatime"]` is not data but flags are
@@ -430,6 +456,26 @@ pub enum ServerMessage {
     Event(Event),
     /// A frame that could not be parsed (so its id is unknown).
     Error(ErrorReply),
+}
+
+/// The agent's reading of one control-connection frame body: the request, or the message
+/// to answer with (an error reply carrying the request id when the body at least has a
+/// numeric `id`, so the client can match it).
+pub fn decode_request(body: &[u8]) -> Result<RequestFrame, ServerMessage> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: u64,
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let err = ErrorReply::new(ErrorCode::BadFrame, format!("malformed request: {e}"));
+        match serde_json::from_slice::<IdOnly>(body) {
+            Ok(IdOnly { id }) => ServerMessage::Reply {
+                id,
+                result: Err(err),
+            },
+            Err(_) => ServerMessage::Error(err),
+        }
+    })
 }
 
 /// The agent's side of version negotiation: the version to speak, or why not.

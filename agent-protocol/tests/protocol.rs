@@ -41,6 +41,10 @@ fn every_message_round_trips() {
         Request::CreateSandbox(CreateSandbox {
             sandbox_id: "sb".into(),
             hostname: Some("h".into()),
+            shares: vec![ShareMount {
+                tag: "sandbox".into(),
+                mount_point: "/run/sandbox-fs".into(),
+            }],
         }),
         Request::CreateContainer(CreateContainer {
             container_id: "c1".into(),
@@ -54,7 +58,7 @@ fn every_message_round_trips() {
             container_id: "c2".into(),
             spec: Box::new(Spec::default()),
             rootfs: Rootfs::BlockDevice {
-                path: "/dev/vdb".into(),
+                serial: "rootfs".into(),
                 fstype: "ext4".into(),
                 options: vec!["noatime".into()],
             },
@@ -194,6 +198,62 @@ fn version_negotiation() {
     let mut h = Hello::new(Channel::Control);
     h.magic = "http".into();
     assert_eq!(negotiate(&h).unwrap_err().code, ErrorCode::BadHandshake);
+    // Version 2 (shares, disks by serial) is the oldest either side speaks.
+    assert_eq!((MIN_PROTOCOL_VERSION, PROTOCOL_VERSION), (2, 2));
+    h = Hello::new(Channel::Control);
+    h.version = 1;
+    let e = negotiate(&h).unwrap_err();
+    assert_eq!(e.code, ErrorCode::UnsupportedVersion);
+    assert!(e.message.contains("version 1"), "{}", e.message);
+}
+
+#[test]
+fn client_refuses_an_agent_that_picks_version_1() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let server = thread::spawn(move || {
+        let mut b = Stream::from(b);
+        let _: Hello = read_frame(&mut b).unwrap();
+        write_frame(&mut b, &HelloReply::Accepted { version: 1 }).unwrap();
+    });
+    let err = Client::from_stream(Stream::from(a)).unwrap_err();
+    assert!(matches!(err, ClientError::Unexpected(_)), "{err}");
+    server.join().unwrap();
+}
+
+#[test]
+fn create_sandbox_without_shares_and_the_old_block_form() {
+    let sb: CreateSandbox = serde_json::from_str(r#"{"sandbox_id":"s","hostname":null}"#).unwrap();
+    assert!(sb.shares.is_empty());
+    // A version-1 block rootfs (by path) is refused, not silently reinterpreted.
+    let old = r#"{"block_device":{"path":"/dev/vdb","fstype":"ext4","options":[]}}"#;
+    assert!(serde_json::from_str::<Rootfs>(old).is_err());
+}
+
+#[test]
+fn a_malformed_request_is_answered_with_its_id_when_it_has_one() {
+    match decode_request(br#"{"id":9,"request":{"nope":1}}"#) {
+        Err(ServerMessage::Reply {
+            id: 9,
+            result: Err(e),
+        }) => {
+            assert_eq!(e.code, ErrorCode::BadFrame);
+            assert!(
+                e.message.starts_with("malformed request: "),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        decode_request(b"{nope"),
+        Err(ServerMessage::Error(ErrorReply {
+            code: ErrorCode::BadFrame,
+            ..
+        }))
+    ));
+    let ok = decode_request(br#"{"id":3,"request":"ping"}"#).unwrap();
+    assert_eq!((ok.id, ok.request), (3, Request::Ping));
 }
 
 #[test]
@@ -203,7 +263,13 @@ fn client_reports_rejection_and_agent_errors() {
         let mut b = Stream::from(b);
         let hello: Hello = read_frame(&mut b).unwrap();
         assert_eq!(hello.channel, Channel::Control);
-        write_frame(&mut b, &HelloReply::Accepted { version: 1 }).unwrap();
+        write_frame(
+            &mut b,
+            &HelloReply::Accepted {
+                version: PROTOCOL_VERSION,
+            },
+        )
+        .unwrap();
         let req: RequestFrame = read_frame(&mut b).unwrap();
         assert_eq!(req.request, Request::Ping);
         // An event first, then the reply.

@@ -7,13 +7,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use agent_protocol::{
-    write_frame, CreateSandbox, ErrorCode, ErrorReply, Event, Request, Response, ServerMessage,
-    Stream, StreamId,
+    validate_container_id, write_frame, CreateSandbox, ErrorCode, ErrorReply, Event, IdError,
+    Request, Response, ServerMessage, ShareMount, Stream, StreamId,
 };
 
 use crate::cgroup::CgroupManager;
 use crate::container::{self, Container, ContainerError, Env, Publish};
 use crate::process::{Proc, ProcError, Reaper};
+use crate::sandbox::{self, SandboxError};
+use crate::seccomp::SeccompError;
 
 /// Handler failures that are not container errors.
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +27,11 @@ pub enum AgentError {
     #[error("container {0} already exists")]
     Exists(String),
     /// Malformed id.
-    #[error("invalid container id {0:?}: use 1-64 of [A-Za-z0-9_.-]")]
-    BadId(String),
+    #[error(transparent)]
+    BadId(#[from] IdError),
+    /// A share could not be mounted.
+    #[error(transparent)]
+    Share(#[from] SandboxError),
     /// A container operation failed.
     #[error(transparent)]
     Container(#[from] ContainerError),
@@ -50,6 +55,15 @@ impl AgentError {
             AgentError::Stream(ProcError::AlreadyAttached(_)) => ErrorCode::AlreadyExists,
             AgentError::Stream(ProcError::NotConfigured(_)) => ErrorCode::NotFound,
             AgentError::Resize(_) => ErrorCode::Internal,
+            AgentError::Share(e) | AgentError::Container(ContainerError::Disk(e)) => {
+                sandbox_code(e)
+            }
+            AgentError::Container(ContainerError::Seccomp(
+                SeccompError::UnsupportedAction(_)
+                | SeccompError::UnsupportedFlag(_)
+                | SeccompError::Listener(_),
+            )) => ErrorCode::NotSupported,
+            AgentError::Container(ContainerError::Seccomp(_)) => ErrorCode::InvalidArgument,
             AgentError::NoTty => ErrorCode::InvalidState,
             AgentError::Container(c) => match c {
                 ContainerError::Invalid(_) | ContainerError::Mount(_) => ErrorCode::InvalidArgument,
@@ -59,6 +73,15 @@ impl AgentError {
                 _ => ErrorCode::Internal,
             },
         }
+    }
+}
+
+fn sandbox_code(e: &SandboxError) -> ErrorCode {
+    match e {
+        SandboxError::BadShare { .. } | SandboxError::BadSerial(_) => ErrorCode::InvalidArgument,
+        SandboxError::Clash { .. } => ErrorCode::AlreadyExists,
+        SandboxError::NoDisk { .. } => ErrorCode::NotFound,
+        SandboxError::Mount { .. } => ErrorCode::Internal,
     }
 }
 
@@ -96,6 +119,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Enter rootfs with MS_MOVE + chroot instead of pivot_root.
     pub no_pivot: bool,
+    /// Where disks are found by serial (`/sys/block`; tests point it elsewhere).
+    pub sys_block: PathBuf,
 }
 
 /// What to do after the reply has been sent.
@@ -117,6 +142,8 @@ pub struct Agent {
     creating: Mutex<HashSet<String>>,
     events: Arc<EventHub>,
     sandbox: Mutex<Option<CreateSandbox>>,
+    /// virtio-fs shares mounted so far.
+    shares: Mutex<Vec<ShareMount>>,
 }
 
 impl Agent {
@@ -130,6 +157,7 @@ impl Agent {
             creating: Mutex::default(),
             events: Arc::default(),
             sandbox: Mutex::default(),
+            shares: Mutex::default(),
         }
     }
 
@@ -141,6 +169,7 @@ impl Agent {
             cgroups: &self.cgroups,
             publish,
             state_dir: &self.cfg.state_dir,
+            sys_block: &self.cfg.sys_block,
             no_pivot: self.cfg.no_pivot,
         }
     }
@@ -189,6 +218,7 @@ impl Agent {
                 rss_kib: own_rss_kib(),
             }),
             Request::CreateSandbox(sb) => {
+                self.mount_shares(&sb.shares)?;
                 if let (true, Some(h)) = (self.cfg.pid1, &sb.hostname) {
                     nix::unistd::sethostname(h).map_err(|e| ContainerError::Sys {
                         op: "sethostname",
@@ -200,9 +230,7 @@ impl Agent {
             }
             Request::CreateContainer(req) => {
                 let id = req.container_id.clone();
-                if !container::valid_id(&id) {
-                    return Err(AgentError::BadId(id));
-                }
+                validate_container_id(&id)?;
                 {
                     let containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
                     let mut creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
@@ -275,6 +303,17 @@ impl Agent {
             Request::SubscribeEvents => Ok(Response::Done),
             Request::Shutdown => Ok(Response::Done),
         }
+    }
+
+    /// Mounts the shares not mounted yet (each once; a share already mounted at the same
+    /// place is fine, a tag or mount point reused differently is an error).
+    fn mount_shares(&self, wanted: &[ShareMount]) -> Result<(), AgentError> {
+        let mut mounted = self.shares.lock().unwrap_or_else(|e| e.into_inner());
+        for s in sandbox::new_shares(wanted, &mounted)? {
+            sandbox::mount_share(s)?;
+            mounted.push(s.clone());
+        }
+        Ok(())
     }
 
     /// Finds a process's stream for a stdio connection.

@@ -27,6 +27,7 @@ use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Sign
 use nix::unistd::{chdir, execve, sethostname, setsid};
 
 use crate::mounts::{self, DeviceOp, MountError, MountOp};
+use crate::seccomp::{Filter, SeccompError};
 use crate::security::{self, Identity, SecurityError};
 use crate::stdio::ChildStdio;
 
@@ -39,6 +40,9 @@ pub enum ChildError {
     /// Identity setup failed.
     #[error(transparent)]
     Security(#[from] SecurityError),
+    /// The seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// A system call failed.
     #[error("{op} failed: {cause}")]
     Sys {
@@ -79,6 +83,8 @@ pub struct ProcessPlan {
     pub identity: Identity,
     /// Standard streams.
     pub stdio: ChildStdio,
+    /// The container's seccomp filter.
+    pub seccomp: Option<Filter>,
 }
 
 /// The container's root filesystem and hostname (init only).
@@ -248,6 +254,13 @@ fn exec_process(p: &ProcessPlan, sync_fd: RawFd) -> Result<Infallible, ChildErro
     // Before dropping privileges (the directory may be root-only) and again
     // after (it may be on a root-squashed mount).
     let early_cd = chdir(&p.cwd).is_ok();
+    // Without no_new_privileges, installing a filter needs CAP_SYS_ADMIN: do it while the
+    // process still has its privileges (as runc does); the identity changes that follow
+    // then run under the filter.
+    let nnp = p.identity.no_new_privileges;
+    if let (Some(f), false) = (&p.seccomp, nnp) {
+        f.install()?;
+    }
     security::apply_identity(&p.identity)?;
     if !early_cd {
         chdir(&p.cwd).map_err(sys("chdir to the process cwd"))?;
@@ -258,6 +271,11 @@ fn exec_process(p: &ProcessPlan, sync_fd: RawFd) -> Result<Infallible, ChildErro
         .map_err(sys("sigprocmask"))?;
     // SAFETY: restoring the default disposition installs no handler.
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map_err(sys("reset SIGPIPE"))?;
+    // With no_new_privileges set (apply_identity did), the filter goes on last, so that as
+    // few calls as possible run under it before execve.
+    if let (Some(f), true) = (&p.seccomp, nnp) {
+        f.install()?;
+    }
 
     let prog = &p.args[0];
     let bytes = prog.as_bytes();

@@ -25,7 +25,9 @@ use crate::cgroup::{Cgroup, CgroupError, CgroupManager};
 use crate::child::{self, ChildPlan, ProcessPlan, RootPlan};
 use crate::mounts::{self, MountError};
 use crate::process::{Proc, Reaper};
-use crate::security::{plan_caps, plan_rlimits, Identity};
+use crate::sandbox::{self, SandboxError};
+use crate::seccomp::{self, Filter, SeccompError};
+use crate::security::{plan_caps, plan_rlimits, warn_ignored_labels, Identity};
 use crate::stdio::{make_stdio, StdioError};
 
 /// Container failures, each mapped to a protocol error code by the agent.
@@ -46,6 +48,12 @@ pub enum ContainerError {
     /// The rootfs could not be found or mounted.
     #[error("rootfs: {0}")]
     Rootfs(String),
+    /// The rootfs disk could not be found.
+    #[error(transparent)]
+    Disk(#[from] SandboxError),
+    /// The seccomp profile cannot be compiled.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// Mount planning failed.
     #[error(transparent)]
     Mount(#[from] MountError),
@@ -85,6 +93,8 @@ pub struct Env<'a> {
     pub publish: Publish,
     /// Where block-device rootfs are mounted.
     pub state_dir: &'a Path,
+    /// Where disks are found by serial (`/sys/block`).
+    pub sys_block: &'a Path,
     /// Use MS_MOVE + chroot instead of pivot_root.
     pub no_pivot: bool,
 }
@@ -116,6 +126,8 @@ pub struct Container {
     execs: Mutex<HashMap<String, Arc<Proc>>>,
     rootfs_mount: Option<PathBuf>,
     publish: Publish,
+    /// The container's seccomp filter, for exec'd processes too.
+    seccomp: Option<Filter>,
 }
 
 enum PidNs {
@@ -190,6 +202,7 @@ fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>, ContainerError> {
 fn plan_process(
     p: &Process,
     stdio: crate::stdio::ChildStdio,
+    seccomp: Option<Filter>,
 ) -> Result<ProcessPlan, ContainerError> {
     let args = p.args().clone().unwrap_or_default();
     if args.is_empty() || args[0].is_empty() {
@@ -235,6 +248,7 @@ fn plan_process(
         cwd,
         identity,
         stdio,
+        seccomp,
     })
 }
 
@@ -244,23 +258,13 @@ fn console_size(p: &Process) -> Option<(u16, u16)> {
         .map(|b| (b.height() as u16, b.width() as u16))
 }
 
-/// Checks a container or exec id: `[A-Za-z0-9_.-]{1,64}`, not starting with '.'.
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-}
-
 /// Mounts a block-device rootfs, or checks a directory rootfs. The mount is read-write even
 /// for a read-only root: mount points for the spec's mounts may have to be created first;
 /// the container's view of `/` is remounted read-only at the end of its setup (as runc does).
 fn prepare_rootfs(
     id: &str,
     rootfs: &Rootfs,
-    state_dir: &Path,
+    env: &Env<'_>,
 ) -> Result<(PathBuf, Option<PathBuf>), ContainerError> {
     match rootfs {
         Rootfs::Directory { path } => {
@@ -273,22 +277,24 @@ fn prepare_rootfs(
             Ok((p, None))
         }
         Rootfs::BlockDevice {
-            path,
+            serial,
             fstype,
             options,
         } => {
-            if !Path::new(path).exists() {
+            let dev = sandbox::disk_by_serial(env.sys_block, serial)?;
+            let path = dev.to_string_lossy();
+            if !dev.exists() {
                 return Err(ContainerError::Rootfs(format!(
-                    "block device {path} does not exist; is the disk attached?"
+                    "block device {path} (serial {serial:?}) has no device node"
                 )));
             }
-            let target = state_dir.join(id).join("rootfs");
+            let target = env.state_dir.join(id).join("rootfs");
             fs::create_dir_all(&target).map_err(sys("create rootfs mount point"))?;
             let o = mounts::parse_options(options);
             let flags = o.flags;
             let data = (!o.data.is_empty()).then(|| o.data.join(","));
             mount(
-                Some(path.as_str()),
+                Some(dev.as_path()),
                 &target,
                 Some(fstype.as_str()),
                 flags,
@@ -397,7 +403,9 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
         .as_ref()
         .and_then(|r| r.readonly())
         .unwrap_or(false);
-    let (rootfs_dir, rootfs_mount) = prepare_rootfs(&id, &rootfs, env.state_dir)?;
+    warn_ignored_labels(&id, process, &linux);
+    let seccomp = linux.seccomp().as_ref().map(seccomp::compile).transpose()?;
+    let (rootfs_dir, rootfs_mount) = prepare_rootfs(&id, &rootfs, env)?;
     let undo_rootfs = |m: &Option<PathBuf>| {
         if let Some(m) = m {
             let _ = umount2(m, MntFlags::MNT_DETACH);
@@ -449,7 +457,7 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
                         .collect(),
                 }),
                 wait_for_start: true,
-                process: plan_process(process, child_stdio)?,
+                process: plan_process(process, child_stdio, seccomp.clone())?,
             };
             let (mut ours, theirs) = UnixStream::pair().map_err(sys("socketpair"))?;
             let init = env.reaper.spawn_registered(
@@ -484,6 +492,7 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
         execs: Mutex::new(HashMap::new()),
         rootfs_mount,
         publish: env.publish.clone(),
+        seccomp,
     })
 }
 
@@ -522,11 +531,8 @@ impl Container {
 
     /// Runs an extra process in the container's namespaces and cgroup.
     pub fn exec(&self, env: &Env<'_>, req: ExecProcess) -> Result<Arc<Proc>, ContainerError> {
-        if !valid_id(&req.exec_id) {
-            return Err(ContainerError::Invalid(format!(
-                "invalid exec id {:?}",
-                req.exec_id
-            )));
+        if let Err(e) = agent_protocol::validate_container_id(&req.exec_id) {
+            return Err(ContainerError::Invalid(format!("exec id: {e}")));
         }
         if !self.running() {
             return Err(ContainerError::State(format!(
@@ -560,6 +566,7 @@ impl Container {
         } else {
             PidNs::Inherit
         };
+        warn_ignored_labels(&self.id, &req.process, &Default::default());
         let terminal = req.process.terminal().unwrap_or(false);
         let (child_stdio, agent_stdio) =
             make_stdio(req.stdio, terminal, console_size(&req.process))?;
@@ -569,7 +576,7 @@ impl Container {
             unshare: CloneFlags::empty(),
             root: None,
             wait_for_start: false,
-            process: plan_process(&req.process, child_stdio)?,
+            process: plan_process(&req.process, child_stdio, self.seccomp.clone())?,
         };
         let (mut ours, theirs) = UnixStream::pair().map_err(sys("socketpair"))?;
         let proc = env.reaper.spawn_registered(

@@ -8,9 +8,12 @@ mod container;
 mod mounts;
 mod pid1;
 mod process;
+mod sandbox;
+mod seccomp;
 mod security;
 mod server;
 mod stdio;
+mod syscalls;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -22,12 +25,13 @@ use anyhow::{bail, Context};
 use nix::sys::signal::{pthread_sigmask, SigmaskHow};
 
 const USAGE: &str =
-    "usage: guest-agent [--unix PATH | --vsock-port PORT] [--state-dir DIR] [--no-pivot]";
+    "usage: guest-agent [--unix PATH | --vsock-port PORT] [--state-dir DIR] [--no-pivot] [--sys-block DIR]";
 
 struct Args {
     endpoint: Endpoint,
     state_dir: PathBuf,
     no_pivot: bool,
+    sys_block: PathBuf,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -37,6 +41,7 @@ fn parse_args() -> anyhow::Result<Args> {
     };
     let mut state_dir = PathBuf::from("/run/sandbox-agent");
     let mut no_pivot = false;
+    let mut sys_block = PathBuf::from("/sys/block");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || {
@@ -54,6 +59,7 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--state-dir" => state_dir = val()?.into(),
             "--no-pivot" => no_pivot = true,
+            "--sys-block" => sys_block = val()?.into(),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -65,6 +71,7 @@ fn parse_args() -> anyhow::Result<Args> {
         endpoint,
         state_dir,
         no_pivot,
+        sys_block,
     })
 }
 
@@ -122,6 +129,7 @@ fn run(pid1: bool) -> anyhow::Result<()> {
         pid1,
         state_dir: args.state_dir,
         no_pivot: args.no_pivot,
+        sys_block: args.sys_block,
     }));
     let listener = args
         .endpoint

@@ -4,7 +4,7 @@
 use std::io;
 
 use agent_protocol::oci_spec::runtime::{
-    Capability, LinuxCapabilities, PosixRlimit, PosixRlimitType,
+    Capability, Linux, LinuxCapabilities, PosixRlimit, PosixRlimitType, Process,
 };
 use nix::sys::resource::{setrlimit, Resource};
 use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
@@ -250,9 +250,53 @@ pub fn apply_identity(id: &Identity) -> Result<(), SecurityError> {
     Ok(())
 }
 
+/// The LSM settings of a spec that the guest cannot apply: the guest kernel has neither
+/// AppArmor nor SELinux, so they are ignored with one warning line each.
+pub fn ignored_labels(process: &Process, linux: &Linux) -> Vec<String> {
+    let mut out = vec![];
+    if let Some(p) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        out.push(format!("process.apparmorProfile {p:?}"));
+    }
+    if let Some(l) = process.selinux_label().as_deref().filter(|l| !l.is_empty()) {
+        out.push(format!("process.selinuxLabel {l:?}"));
+    }
+    if let Some(l) = linux.mount_label().as_deref().filter(|l| !l.is_empty()) {
+        out.push(format!("linux.mountLabel {l:?}"));
+    }
+    out
+}
+
+/// Logs [`ignored_labels`] on the agent's stderr (the guest console).
+pub fn warn_ignored_labels(container_id: &str, process: &Process, linux: &Linux) {
+    for what in ignored_labels(process, linux) {
+        eprintln!(
+            "guest-agent: warning: container {container_id}: ignoring {what}: the guest kernel has no LSM"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lsm_labels_are_listed_for_the_warning() {
+        let mut p = Process::default();
+        let mut l = Linux::default();
+        assert!(ignored_labels(&p, &l).is_empty());
+        p.set_apparmor_profile(Some("containers-default-0.50".into()));
+        p.set_selinux_label(Some("system_u:system_r:container_t:s0".into()));
+        l.set_mount_label(Some("system_u:object_r:container_file_t:s0".into()));
+        let w = ignored_labels(&p, &l);
+        assert_eq!(w.len(), 3);
+        assert!(w[0].starts_with("process.apparmorProfile \"containers-default"));
+        assert!(w[1].starts_with("process.selinuxLabel "));
+        assert!(w[2].starts_with("linux.mountLabel "));
+    }
 
     #[test]
     fn default_caps() {

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use agent_protocol::frame::read_frame_bytes;
 use agent_protocol::{
-    negotiate, read_frame, write_frame, Channel, ErrorCode, ErrorReply, FrameError, Hello,
-    HelloReply, Listener, Request, RequestFrame, ServerMessage, Stream, StreamId, StreamKind,
-    MAX_FRAME_LEN,
+    decode_request, negotiate, read_frame, write_frame, Channel, ErrorCode, ErrorReply, FrameError,
+    Hello, HelloReply, Listener, Request, RequestFrame, ServerMessage, Stream, StreamId,
+    StreamKind, MAX_FRAME_LEN,
 };
 
 use crate::agent::{After, Agent};
@@ -105,16 +105,6 @@ fn send(writer: &Mutex<Stream>, msg: &ServerMessage) -> bool {
     write_frame(&mut *w, msg).is_ok()
 }
 
-/// Best effort: the id of a request that failed to parse, so the error reply
-/// can be matched by the client.
-fn salvage_id(body: &[u8]) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct IdOnly {
-        id: u64,
-    }
-    serde_json::from_slice::<IdOnly>(body).ok().map(|x| x.id)
-}
-
 fn control_loop(agent: &Arc<Agent>, mut reader: Stream) {
     let writer = match reader.try_clone() {
         Ok(w) => Arc::new(Mutex::new(w)),
@@ -134,17 +124,9 @@ fn control_loop(agent: &Arc<Agent>, mut reader: Stream) {
             }
             Err(_) => return,
         };
-        let RequestFrame { id, request } = match serde_json::from_slice(&body) {
+        let RequestFrame { id, request } = match decode_request(&body) {
             Ok(f) => f,
-            Err(e) => {
-                let err = ErrorReply::new(ErrorCode::BadFrame, format!("malformed request: {e}"));
-                let msg = match salvage_id(&body) {
-                    Some(id) => ServerMessage::Reply {
-                        id,
-                        result: Err(err),
-                    },
-                    None => ServerMessage::Error(err),
-                };
+            Err(msg) => {
                 if !send(&writer, &msg) {
                     return;
                 }

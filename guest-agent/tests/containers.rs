@@ -367,7 +367,12 @@ fn block_device_rootfs() {
     }
     let _detach = Detach(dev.clone());
 
-    let agent = Agent::start();
+    // The disk is found by serial: a stand-in for /sys/block names the loop device.
+    let sys_block = TempDir::new("sysblock");
+    let name = dev.trim_start_matches("/dev/");
+    std::fs::create_dir_all(sys_block.path().join(name)).unwrap();
+    std::fs::write(sys_block.path().join(name).join("serial"), "rootfs").unwrap();
+    let agent = Agent::start_with(&["--sys-block", sys_block.path().to_str().unwrap()]);
     let id = unique("blk");
     let mut c = agent.client();
     let mut req = create_req(
@@ -377,7 +382,7 @@ fn block_device_rootfs() {
         StdioConfig::OUTPUT,
     );
     req.rootfs = agent_protocol::Rootfs::BlockDevice {
-        path: dev.clone(),
+        serial: "rootfs".into(),
         fstype: "ext4".into(),
         options: vec!["noatime".into()],
     };

@@ -52,13 +52,17 @@ fn bad_requests_get_errors_and_agent_keeps_serving() {
         StdioConfig::NONE,
     );
     req.rootfs = Rootfs::BlockDevice {
-        path: "/dev/does-not-exist".into(),
+        serial: "no-such-disk".into(),
         fstype: "ext4".into(),
         options: vec![],
     };
-    assert_eq!(
-        code(c.create_container(req).unwrap_err()),
-        ErrorCode::NotFound
+    let e = c.create_container(req).unwrap_err();
+    let e = e.agent_error().unwrap();
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert!(
+        e.message.contains("no disk with serial \"no-such-disk\""),
+        "{}",
+        e.message
     );
 
     // Invalid specs: no args, relative cwd, bad id, missing program.
@@ -127,7 +131,9 @@ fn raw_control(agent: &Agent) -> agent_protocol::Stream {
     write_frame(&mut s, &Hello::new(Channel::Control)).unwrap();
     assert!(matches!(
         read_frame::<_, HelloReply>(&mut s).unwrap(),
-        HelloReply::Accepted { version: 1 }
+        HelloReply::Accepted {
+            version: agent_protocol::PROTOCOL_VERSION
+        }
     ));
     s
 }
@@ -170,7 +176,7 @@ fn malformed_and_oversized_frames_and_versions() {
     // Version too old, bad magic, garbage hello.
     let mut s = agent.endpoint.connect().unwrap();
     let mut h = Hello::new(Channel::Control);
-    h.version = 0;
+    h.version = 1;
     write_frame(&mut s, &h).unwrap();
     assert!(
         matches!(read_frame::<_, HelloReply>(&mut s).unwrap(), HelloReply::Rejected(e) if e.code == ErrorCode::UnsupportedVersion)
@@ -200,4 +206,39 @@ fn shutdown_request_stops_the_agent() {
     c.shutdown().unwrap();
     let status = agent.child.wait().unwrap();
     assert!(status.success());
+}
+
+#[test]
+fn create_sandbox_share_errors_are_clear() {
+    let agent = Agent::start();
+    let mut c = agent.client();
+    let mp = agent.dir.path().join("share");
+    let share = |tag: &str, mp: &str| agent_protocol::ShareMount {
+        tag: tag.into(),
+        mount_point: mp.into(),
+    };
+    let sb = |shares| agent_protocol::CreateSandbox {
+        sandbox_id: "sb".into(),
+        hostname: None,
+        shares,
+    };
+    // No virtio-fs device with this tag on this host.
+    let e = c
+        .create_sandbox(sb(vec![share("no-such-tag", mp.to_str().unwrap())]))
+        .unwrap_err();
+    let e = e.agent_error().unwrap();
+    assert_eq!(e.code, ErrorCode::Internal);
+    assert!(
+        e.message
+            .starts_with("cannot mount virtio-fs share \"no-such-tag\" on "),
+        "{}",
+        e.message
+    );
+    let e = c
+        .create_sandbox(sb(vec![share("t", "relative/dir")]))
+        .unwrap_err();
+    assert_eq!(code(e), ErrorCode::InvalidArgument);
+    // Nothing was recorded: the agent still takes a sandbox without shares.
+    c.create_sandbox(sb(vec![])).unwrap();
+    c.ping().unwrap();
 }

@@ -50,6 +50,7 @@ fn agent_as_pid1_serves_and_shuts_down() {
     c.create_sandbox(CreateSandbox {
         sandbox_id: "sb".into(),
         hostname: Some("guest-vm".into()),
+        shares: vec![],
     })
     .unwrap();
 

@@ -4,9 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use vmm::config::{CompatSetting, DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
+use vmm::config::{
+    CompatSetting, DiskConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig,
+};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Compat {
@@ -56,6 +58,10 @@ pub struct BootArgs {
     /// Add a virtio-net device on a TAP interface; `TAP,MAC` sets the guest MAC (repeatable)
     #[arg(long = "net", value_name = "TAP[,MAC]")]
     net: Vec<String>,
+    /// Add a virtio-fs share served by the vhost-user backend (virtiofsd) listening on
+    /// SOCKET; the guest mounts it with `mount -t virtiofs TAG DIR` (repeatable)
+    #[arg(long = "fs", value_name = "SOCKET:TAG")]
+    fs: Vec<String>,
     /// Read the VM config from a JSON file; flags given as well override its fields
     #[arg(long)]
     config: Option<PathBuf>,
@@ -118,6 +124,9 @@ impl BootArgs {
             };
             c.net.push(NetConfig { tap, mac });
         }
+        for f in self.fs {
+            c.fs.push(parse_fs(&f)?);
+        }
         if let Some(p) = self.compat {
             c.compat_profile = match p {
                 Compat::Auto => CompatSetting::Auto,
@@ -127,6 +136,15 @@ impl BootArgs {
         }
         Ok(c)
     }
+}
+
+/// `SOCKET:TAG` (the last colon splits, so the socket path may contain colons).
+fn parse_fs(arg: &str) -> Result<FsConfig> {
+    let (socket, tag) = arg
+        .rsplit_once(':')
+        .filter(|(s, t)| !s.is_empty() && !t.is_empty())
+        .with_context(|| format!("--fs {arg:?}: expected SOCKET:TAG"))?;
+    Ok(FsConfig::new(socket, tag))
 }
 
 /// Boots the VM and maps how it ended to the process exit code.
@@ -147,5 +165,20 @@ pub fn run(args: BootArgs) -> Result<ExitCode> {
     } else {
         eprintln!("sandbox-vm: {reason} (after {secs:.1} s)");
         Ok(ExitCode::from(2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fs_flag_is_socket_then_tag() {
+        let f = parse_fs("/run/a:b/fs.sock:share").unwrap();
+        assert_eq!(f, FsConfig::new("/run/a:b/fs.sock", "share"));
+        for bad in ["/run/fs.sock", "/run/fs.sock:", ":share"] {
+            let e = parse_fs(bad).unwrap_err().to_string();
+            assert!(e.contains("SOCKET:TAG"), "{e}");
+        }
     }
 }

@@ -9,7 +9,6 @@ use sandbox::stdio::{self, HostIo};
 use sandbox::HandleError;
 
 use crate::lifecycle::{self, handle, load_in, CreateOpts, LifecycleError};
-use crate::monitor::CONSOLE_SOCKET_ENV;
 use crate::ready::{ReadyError, ReadyPipe, ReadyWriter};
 use crate::state::{rfc3339, Status, Store};
 
@@ -380,10 +379,7 @@ fn exec_attached(
     )?;
     let process = exec_process(state.process, opts)?;
     let tty = process.terminal().unwrap_or(false);
-    let console = opts
-        .console_socket
-        .clone()
-        .or_else(|| std::env::var_os(CONSOLE_SOCKET_ENV).map(PathBuf::from));
+    let console = opts.console_socket.clone();
     let io = match (&console, tty) {
         (Some(sock), true) => HostIo::console(sock)?,
         _ => {
@@ -400,7 +396,10 @@ fn exec_attached(
     let (_, pumps) = sandbox
         .exec(id, &exec_id, process, io)
         .map_err(sandbox_err(id))?;
-    log::debug!("exec {exec_id}: started, streams attached after {:?}", t0.elapsed());
+    log::debug!(
+        "exec {exec_id}: started, streams attached after {:?}",
+        t0.elapsed()
+    );
     ready.ok();
     let exit = sandbox.wait(id, Some(&exec_id)).map_err(sandbox_err(id))?;
     log::debug!("exec {exec_id}: exited after {:?}", t0.elapsed());

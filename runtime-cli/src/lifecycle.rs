@@ -9,12 +9,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use sandbox::image::{self, ImageError};
 use sandbox::oci::bundle::{self, BundleError};
-use sandbox::oci::translate::{self, probe_host, ContainerPlan, RootfsMode, TranslateError};
+use sandbox::oci::translate::{self, probe_host, RootfsMode, TranslateError};
 use sandbox::{HandleError, SandboxHandle, SandboxPaths};
-use serde::{Deserialize, Serialize};
-use vmm::config::VmConfig;
 
-use crate::monitor::CONSOLE_SOCKET_ENV;
+use crate::plan::{Plan, PlanError};
 use crate::ready::{ReadyError, ReadyPipe};
 use crate::state::{now_secs, ContainerState, StateError, Status, Store};
 
@@ -35,10 +33,14 @@ pub enum LifecycleError {
         path: PathBuf,
         how: &'static str,
     },
-    #[error("virtiofsd not found: run scripts/setup.sh (it installs it) or set SANDBOX_VM_VIRTIOFSD")]
+    #[error(
+        "virtiofsd not found: run scripts/setup.sh (it installs it) or set SANDBOX_VM_VIRTIOFSD"
+    )]
     NoVirtiofsd,
     #[error(transparent)]
     Ready(#[from] ReadyError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
     #[error("cannot start the container's monitor: {0}")]
     Spawn(std::io::Error),
     #[error("container {id} failed to start: {msg}")]
@@ -58,18 +60,10 @@ pub enum LifecycleError {
     #[error("cannot stop the monitor of container {id} (pid {pid})")]
     StuckMonitor { id: String, pid: i32 },
     #[error("cannot clean up container {id}: {err}")]
-    Cleanup { id: String, err: sandbox::SandboxError },
-}
-
-/// What the monitor needs to make the container real (`plan.json`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Plan {
-    /// The sandbox's VM.
-    pub vm: VmConfig,
-    /// The container.
-    pub container: ContainerPlan,
-    /// The virtio-fs backend.
-    pub virtiofsd: PathBuf,
+    Cleanup {
+        id: String,
+        err: sandbox::SandboxError,
+    },
 }
 
 /// What `create` needs from the command line.
@@ -180,7 +174,7 @@ fn start_monitor(store: &Store, opts: &CreateOpts) -> Result<Child, LifecycleErr
         .arg("monitor")
         .arg(&opts.id);
     if let Some(sock) = &opts.console_socket {
-        cmd.env(CONSOLE_SOCKET_ENV, sock);
+        cmd.arg("--console-socket").arg(sock);
     }
     pipe.pass_to(&mut cmd)?;
     let spawned = cmd.spawn();
@@ -241,12 +235,7 @@ pub fn create(store: &Store, opts: &CreateOpts) -> Result<Child, LifecycleError>
     if mode == RootfsMode::Block {
         image::build(&bundle.rootfs, &paths.rootfs_disk)?;
     }
-    let plan_json = serde_json::to_vec(&plan).expect("plan serializes");
-    std::fs::write(dir.join("plan.json"), plan_json).map_err(|err| StateError::Io {
-        what: "cannot write",
-        path: dir.join("plan.json"),
-        err,
-    })?;
+    plan.save(&dir)?;
     let mut child = start_monitor(store, opts)?;
     if let Some(p) = &opts.pid_file {
         if let Err(e) = write_pid_file(p, child.id()) {
@@ -346,7 +335,12 @@ pub fn kill(store: &Store, id: &str, signal: &str, all: bool) -> Result<(), Life
 
 /// `pause`: stops the sandbox's vCPUs.
 pub fn pause(store: &Store, id: &str) -> Result<(), LifecycleError> {
-    load_in(store, id, &[Status::Running], "only a running container can be paused")?;
+    load_in(
+        store,
+        id,
+        &[Status::Running],
+        "only a running container can be paused",
+    )?;
     handle(store, id).pause().map_err(sandbox_err(id))?;
     store.update(id, |s| {
         if s.status == Status::Running {
@@ -358,7 +352,12 @@ pub fn pause(store: &Store, id: &str) -> Result<(), LifecycleError> {
 
 /// `resume`: lets a paused sandbox's vCPUs run again.
 pub fn resume(store: &Store, id: &str) -> Result<(), LifecycleError> {
-    load_in(store, id, &[Status::Paused], "only a paused container can be resumed")?;
+    load_in(
+        store,
+        id,
+        &[Status::Paused],
+        "only a paused container can be resumed",
+    )?;
     handle(store, id).resume().map_err(sandbox_err(id))?;
     store.update(id, |s| {
         if s.status == Status::Paused {
@@ -396,12 +395,8 @@ fn kill_monitor(s: &ContainerState) -> Result<(), LifecycleError> {
 
 /// Removes the state directory after detaching any mount a dead monitor left in it.
 fn remove_dir(store: &Store, id: &str) -> Result<(), LifecycleError> {
-    sandbox::sandbox::clean_up_after_owner(&store.dir(id)).map_err(|err| {
-        LifecycleError::Cleanup {
-            id: id.into(),
-            err,
-        }
-    })?;
+    sandbox::sandbox::clean_up_after_owner(&store.dir(id))
+        .map_err(|err| LifecycleError::Cleanup { id: id.into(), err })?;
     Ok(store.remove(id)?)
 }
 

@@ -7,8 +7,10 @@ mod commands;
 mod lifecycle;
 mod logging;
 mod monitor;
+mod plan;
 mod ready;
 mod state;
+mod vmm_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -79,7 +81,15 @@ enum Command {
     },
     /// The per-container host process that runs the VM (started by `create`).
     #[command(hide = true)]
-    Monitor { container_id: String },
+    Monitor {
+        container_id: String,
+        /// Send the container's pty master to this socket (`create --console-socket`)
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+    },
+    /// The VMM as a process of its own, with a control API socket (started by the runtime).
+    #[command(hide = true)]
+    Vmm(Box<vmm_cmd::VmmArgs>),
 }
 
 /// The global flags the monitor and background exec inherit.
@@ -139,7 +149,11 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Boot(args) => boot_cmd::run(*args),
         Command::Check { containerd_config } => Ok(check::run(&containerd_config)),
-        Command::Monitor { container_id } => Ok(code(monitor::run(store, &container_id))),
+        Command::Vmm(args) => vmm_cmd::run(*args),
+        Command::Monitor {
+            container_id,
+            console_socket,
+        } => Ok(code(monitor::run(store, &container_id, console_socket))),
         Command::Standard(cmd) => match *cmd {
             StandardCmd::Create(c) => {
                 lifecycle::create(

@@ -19,12 +19,10 @@ use std::time::{Duration, Instant};
 use sandbox::stdio::HostIo;
 use sandbox::{Sandbox, SandboxConfig};
 
-use crate::lifecycle::Plan;
+use crate::plan::Plan;
 use crate::ready::ReadyWriter;
 use crate::state::{process_start_time, Status, Store};
 
-/// Environment variable carrying `--console-socket` to the monitor.
-pub const CONSOLE_SOCKET_ENV: &str = "SANDBOX_VM_CONSOLE_SOCKET";
 /// How long the guest may take to boot to its agent (boots take about half a minute on
 /// hosts that emulate guest kernel mode, several under load).
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -34,8 +32,8 @@ pub const CRASH_STATUS: i32 = 255;
 /// Errors of the monitor (reported on the readiness pipe and in `monitor.log`).
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
-    #[error("cannot read {path}: {err}")]
-    Plan { path: PathBuf, err: String },
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
     #[error(transparent)]
     Sandbox(#[from] sandbox::SandboxError),
     #[error(transparent)]
@@ -55,14 +53,6 @@ pub fn log_line(dir: &Path, msg: &str) {
     {
         let _ = writeln!(f, "{} {msg}", crate::state::now_secs());
     }
-}
-
-fn read_plan(dir: &Path) -> Result<Plan, MonitorError> {
-    let path = dir.join("plan.json");
-    std::fs::read(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        .map_err(|err| MonitorError::Plan { path, err })
 }
 
 /// The container's streams: a new pty for `--console-socket` with a terminal, else our
@@ -100,7 +90,7 @@ fn create_sandbox(
         s.pid = Some(pid);
         s.pid_start = process_start_time(pid);
     })?;
-    let plan = read_plan(&dir)?;
+    let plan = Plan::load(&dir)?;
     let io = host_io(&plan, console)?;
     let cfg = SandboxConfig {
         id: id.into(),
@@ -116,17 +106,18 @@ fn create_sandbox(
     log_line(&dir, &format!("agent answered after {:.1?}", t0.elapsed()));
     let (_, pumps) = sandbox.add_container(plan.container, io)?;
     store.update(id, |s| s.status = Status::Created)?;
-    log_line(&dir, &format!("container created after {:.1?}", t0.elapsed()));
+    log_line(
+        &dir,
+        &format!("container created after {:.1?}", t0.elapsed()),
+    );
     Ok((sandbox, pumps))
 }
 
-/// `sandbox-vm monitor ID` (hidden): see the module docs.
-pub fn run(store: &Store, id: &str) -> i32 {
+/// `sandbox-vm monitor ID [--console-socket PATH]` (hidden): see the module docs.
+pub fn run(store: &Store, id: &str, console: Option<PathBuf>) -> i32 {
     let _ = nix::unistd::setsid();
     let mut ready = ReadyWriter::from_env();
     let dir = store.dir(id);
-    let console = std::env::var_os(CONSOLE_SOCKET_ENV).map(PathBuf::from);
-    std::env::remove_var(CONSOLE_SOCKET_ENV);
 
     let (mut sandbox, pumps) = match create_sandbox(store, id, console.as_deref()) {
         Ok(s) => s,

@@ -141,7 +141,7 @@ mod tests {
     #[test]
     fn both_ends_are_close_on_exec_until_passed() {
         let p = ReadyPipe::new().unwrap();
-        for fd in [p.writer.as_raw_fd(), p.reader.0.as_raw_fd()] {
+        for fd in [p.writer.as_fd(), p.reader.0.as_fd()] {
             let flags = fcntl(fd, FcntlArg::F_GETFD).unwrap();
             assert_ne!(flags & libc::FD_CLOEXEC, 0);
         }
@@ -151,7 +151,10 @@ mod tests {
     fn a_child_reports_ok_or_err_and_silence_is_none() {
         for (script, want) in [
             ("echo OK >&$FD", Ok(())),
-            ("echo 'ERR no kernel' >&$FD", Err(Some("no kernel".to_string()))),
+            (
+                "echo 'ERR no kernel' >&$FD",
+                Err(Some("no kernel".to_string())),
+            ),
             ("exit 3", Err(None)),
         ] {
             let p = ReadyPipe::new().unwrap();

@@ -168,17 +168,7 @@ pub fn process_alive(pid: i32, start: Option<u64>) -> bool {
 
 /// Checks a container id: it names a directory and travels to the agent.
 pub fn validate_id(id: &str) -> Result<(), StateError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(StateError::BadId(id.into()))
-    }
+    agent_protocol::validate_container_id(id).map_err(|e| StateError::BadId(e.0))
 }
 
 /// The state root (`--root`).

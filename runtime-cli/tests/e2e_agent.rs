@@ -73,6 +73,9 @@ fn host_release() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `boot --disk` gives disks the serial `disk<index>`: the rootfs is the second disk.
+const ROOTFS_SERIAL: &str = "disk1";
+
 #[test]
 fn agent_runs_a_container_from_a_block_device_in_the_guest() {
     let agent_disk = image("SANDBOX_VM_AGENT_DISK", "agent.ext4");
@@ -117,6 +120,7 @@ fn agent_runs_a_container_from_a_block_device_in_the_guest() {
     c.create_sandbox(CreateSandbox {
         sandbox_id: "e2e".into(),
         hostname: Some("sandbox".into()),
+        shares: vec![],
     })
     .unwrap();
 
@@ -131,7 +135,7 @@ fn agent_runs_a_container_from_a_block_device_in_the_guest() {
         container_id: "missing-rootfs".into(),
         spec: Box::new(spec(&["true"])),
         rootfs: Rootfs::BlockDevice {
-            path: "/dev/vdz".into(),
+            serial: "no-such-disk".into(),
             fstype: "ext4".into(),
             options: vec![],
         },
@@ -145,7 +149,7 @@ fn agent_runs_a_container_from_a_block_device_in_the_guest() {
         container_id: "invalid-spec".into(),
         spec: Box::new(no_args),
         rootfs: Rootfs::BlockDevice {
-            path: "/dev/vdb".into(),
+            serial: ROOTFS_SERIAL.into(),
             fstype: "ext4".into(),
             options: vec![],
         },
@@ -169,7 +173,7 @@ fn agent_runs_a_container_from_a_block_device_in_the_guest() {
             "echo hi; uname -r; echo oops >&2; exit 3",
         ])),
         rootfs: Rootfs::BlockDevice {
-            path: "/dev/vdb".into(),
+            serial: ROOTFS_SERIAL.into(),
             fstype: "ext4".into(),
             options: vec![],
         },

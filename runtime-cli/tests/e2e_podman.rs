@@ -54,7 +54,9 @@ impl Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
-        let _ = Command::new("podman").args(["rmi", "-f", &self.tag()]).output();
+        let _ = Command::new("podman")
+            .args(["rmi", "-f", &self.tag()])
+            .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -136,7 +138,10 @@ fn podman_pause_and_unpause_stop_and_restart_the_vm() {
         "podman run -d",
     );
     assert_eq!(podman_status(&name), "running");
-    ok(podman().args(["pause", &name]).output().unwrap(), "podman pause");
+    ok(
+        podman().args(["pause", &name]).output().unwrap(),
+        "podman pause",
+    );
     assert_eq!(podman_status(&name), "paused");
     ok(
         podman().args(["unpause", &name]).output().unwrap(),

@@ -71,10 +71,7 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn two_containers_share_one_vm_with_live_binds() {
     let dir = scratch("sandbox");
-    let a = bundle::busybox_bundle(
-        &dir.join("a"),
-        &["sh", "-c", "echo a-up; exec sleep 1000"],
-    );
+    let a = bundle::busybox_bundle(&dir.join("a"), &["sh", "-c", "echo a-up; exec sleep 1000"]);
     let b = bundle::busybox_bundle(
         &dir.join("b"),
         &[
@@ -129,7 +126,10 @@ fn two_containers_share_one_vm_with_live_binds() {
     let (_, pumps_a) = sb.add_container(plan_a, io_a).unwrap();
     sb.handle().start("a").unwrap();
     assert!(read_until(&mut out_a, "a-up").contains("a-up"));
-    eprintln!("container a running after {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "container a running after {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 
     let plan_b =
         translate::container_request("b", &spec_b, &b.join("rootfs"), mode, &probe_host).unwrap();

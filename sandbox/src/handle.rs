@@ -4,12 +4,17 @@
 //! processes of their own); the [`crate::Sandbox`] owner has one too.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use agent_protocol::{Client, ClientError, ContainerStats, Endpoint, ExitInfo, ProcessInfo};
 use oci_spec::runtime::Process;
 
 use crate::paths::SandboxPaths;
 use crate::stdio::{self, HostIo, Pumps, StdioError};
+
+/// How long a control-socket connection may take (the VMM answers at once; a pause waits
+/// for every vCPU to park).
+const API_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors talking to a sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -99,12 +104,12 @@ impl SandboxHandle {
 
     /// Stops the VM's vCPUs (the guest's clock stops with them).
     pub fn pause(&self) -> Result<(), HandleError> {
-        self.api(|c| c.pause())
+        self.api(|c| c.pause()).map(drop)
     }
 
     /// Lets a paused VM run again.
     pub fn resume(&self) -> Result<(), HandleError> {
-        self.api(|c| c.resume())
+        self.api(|c| c.resume()).map(drop)
     }
 
     fn api<T, E: std::fmt::Display>(
@@ -115,7 +120,8 @@ impl SandboxHandle {
             path: self.api_sock.clone(),
             err: e.to_string(),
         };
-        let mut client = vmm::api::ApiClient::connect(&self.api_sock).map_err(|e| err(&e))?;
+        let mut client =
+            vmm::api::ApiClient::connect(&self.api_sock, API_TIMEOUT).map_err(|e| err(&e))?;
         call(&mut client).map_err(|e| err(&e))
     }
 }

@@ -47,7 +47,12 @@ pub struct Supervised {
 pub fn last_line(log: &Path) -> String {
     std::fs::read_to_string(log)
         .ok()
-        .and_then(|t| t.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string))
+        .and_then(|t| {
+            t.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| format!("no output (see {})", log.display()))
 }
 
@@ -58,9 +63,8 @@ impl Supervised {
         mut cmd: Command,
         log: &Path,
     ) -> Result<Supervised, ProcessError> {
-        let open = || -> std::io::Result<File> {
-            OpenOptions::new().create(true).append(true).open(log)
-        };
+        let open =
+            || -> std::io::Result<File> { OpenOptions::new().create(true).append(true).open(log) };
         let log_err = |err| ProcessError::Log {
             path: log.to_path_buf(),
             err,

@@ -88,13 +88,23 @@ impl Sandbox {
     pub fn create(cfg: &SandboxConfig) -> Result<Sandbox, SandboxError> {
         let paths = SandboxPaths::in_dir(&cfg.dir);
         let share = Share::prepare(&paths.share)?;
-        let virtiofsd = Virtiofsd::start(&cfg.virtiofsd, &paths.fs_socket, share.root(), &paths.fs_log)?;
+        let virtiofsd = Virtiofsd::start(
+            &cfg.virtiofsd,
+            &paths.fs_socket,
+            share.root(),
+            &paths.fs_log,
+        )?;
         let json = serde_json::to_vec_pretty(&cfg.vm).expect("VmConfig serializes");
         std::fs::write(&paths.vm_config, json).map_err(|err| SandboxError::Config {
             path: paths.vm_config.clone(),
             err,
         })?;
-        let vmm = VmmProcess::start(&cfg.vmm_exe, &paths.vm_config, &paths.api_sock, &paths.vmm_log)?;
+        let vmm = VmmProcess::start(
+            &cfg.vmm_exe,
+            &paths.vm_config,
+            &paths.api_sock,
+            &paths.vmm_log,
+        )?;
         let mut sandbox = Sandbox {
             vmm,
             virtiofsd,
@@ -105,7 +115,11 @@ impl Sandbox {
         };
         let t0 = Instant::now();
         let mut agent = sandbox.wait_for_agent(cfg.agent_timeout)?;
-        log::info!("sandbox {}: agent answered after {:.1?}", cfg.id, t0.elapsed());
+        log::info!(
+            "sandbox {}: agent answered after {:.1?}",
+            cfg.id,
+            t0.elapsed()
+        );
         agent
             .create_sandbox(CreateSandbox {
                 sandbox_id: cfg.id.clone(),
@@ -143,7 +157,11 @@ impl Sandbox {
     /// Why the VM is no longer usable, if it is not: the VMM process or virtiofsd exited.
     pub fn vm_stopped(&mut self) -> Option<String> {
         if let Some(status) = self.vmm.exited() {
-            return Some(describe_exit(status, self.vmm.log(), &self.paths.console_log));
+            return Some(describe_exit(
+                status,
+                self.vmm.log(),
+                &self.paths.console_log,
+            ));
         }
         self.virtiofsd
             .died()
@@ -189,7 +207,10 @@ impl Sandbox {
         plan: &mut ContainerPlan,
         io: HostIo,
     ) -> Result<(i32, Pumps), SandboxError> {
-        let share = self.share.as_ref().expect("share lives as long as the sandbox");
+        let share = self
+            .share
+            .as_ref()
+            .expect("share lives as long as the sandbox");
         for b in &plan.binds {
             share.bind(b)?;
         }
@@ -203,7 +224,10 @@ impl Sandbox {
         let pumps = match stdio::attach(self.handle.endpoint(), &id, None, io) {
             Ok(p) => p,
             Err(e) => {
-                let _ = self.handle.agent().map(|mut a| a.remove_container(&id, true));
+                let _ = self
+                    .handle
+                    .agent()
+                    .map(|mut a| a.remove_container(&id, true));
                 return Err(HandleError::from(e).into());
             }
         };

@@ -66,8 +66,14 @@ impl Share {
             root: root.to_path_buf(),
             torn_down: false,
         };
-        mount(Some(root), root, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(mnt("bind-mount the share", root))?;
+        mount(
+            Some(root),
+            root,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(mnt("bind-mount the share", root))?;
         mount(
             None::<&str>,
             root,
@@ -87,10 +93,7 @@ impl Share {
     /// The host path of `rel`, refusing anything that would leave the share.
     fn path_of(&self, rel: &Path) -> Result<PathBuf, ShareError> {
         use std::path::Component;
-        if rel
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_)))
-        {
+        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
             return Err(ShareError::Escape(rel.to_path_buf()));
         }
         Ok(self.root.join(rel))
@@ -126,9 +129,7 @@ impl Share {
         let dir = self.path_of(rel)?;
         unmount_under(&dir, false)?;
         match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(io("remove", &dir)(e))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &dir)(e)),
             _ => Ok(()),
         }
     }
@@ -156,7 +157,9 @@ fn unescape(field: &str) -> PathBuf {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match (b[i], octal) {
             (b'\\', Some(d)) if d[0] <= b'3' => {
                 out.push((d[0] - b'0') << 6 | (d[1] - b'0') << 3 | (d[2] - b'0'));

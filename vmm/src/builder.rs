@@ -12,7 +12,9 @@ use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use crate::boot::{self, BootError, BootParamsInput, LoadedInitrd, LoadedKernel};
 use crate::bus::{Bus, BusError};
 use crate::compat::{self, HostCompatProfile};
-use crate::config::{ConfigError, DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
+use crate::config::{
+    ConfigError, DiskConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig,
+};
 use crate::cpu::{regs, CpuError, CpuTemplate};
 use crate::devices::interrupt::IrqFd;
 use crate::devices::legacy::cmos::Cmos;
@@ -20,6 +22,7 @@ use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{SerialPort, SerialSink};
 use crate::devices::virtio::attach::{attach_virtio_mmio, AttachError, VirtioMmioAllocator};
 use crate::devices::virtio::blk::{Block, BlockError};
+use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::net::{tap::Tap, tap::TapError, Net, NetError};
 use crate::devices::virtio::rng::{Rng, RngError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
@@ -92,6 +95,11 @@ pub enum BuildError {
         path: std::path::PathBuf,
         err: VsockError,
     },
+    #[error("virtio-fs {socket}: {err}")]
+    Fs {
+        socket: std::path::PathBuf,
+        err: FsError,
+    },
     #[error("TAP {tap}: {err}")]
     Tap { tap: String, err: TapError },
     #[error(transparent)]
@@ -145,6 +153,9 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
     }
     for net in &config.net {
         attach_net(&mut virtio, net)?;
+    }
+    for fs in &config.fs {
+        attach_fs(&mut virtio, fs)?;
     }
     let device_args = virtio.cmdline;
 
@@ -301,6 +312,22 @@ fn attach_net(v: &mut VirtioSetup, cfg: &NetConfig) -> Result<(), BuildError> {
         err,
     })?;
     v.attach(Net::new(Box::new(tap), cfg.mac_bytes()?)?)
+}
+
+/// virtio-fs served by a vhost-user backend, which must be listening now: a missing or
+/// unusable backend fails the build rather than the guest's mount.
+fn attach_fs(v: &mut VirtioSetup, cfg: &FsConfig) -> Result<(), BuildError> {
+    let dev = Fs::connect(
+        &cfg.socket,
+        &cfg.tag,
+        cfg.num_request_queues,
+        cfg.queue_size,
+    )
+    .map_err(|err| BuildError::Fs {
+        socket: cfg.socket.clone(),
+        err,
+    })?;
+    v.attach(dev)
 }
 
 /// Each vsock connection holds host file descriptors (up to 1023 streams plus pending

@@ -1,6 +1,7 @@
 //! Port-I/O and MMIO buses: address ranges mapped to devices, used by the vCPU threads.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A device reachable by guest port-I/O or MMIO accesses.
@@ -43,10 +44,27 @@ pub enum BusError {
 /// A shared device handle as stored on the bus.
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
+/// How many guest reads and writes reached one device (relaxed counters, for metrics).
+#[derive(Debug, Default)]
+pub struct AccessCounts {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+}
+
 #[derive(Clone)]
 struct Entry {
     len: u64,
     device: SharedDevice,
+    counts: Arc<AccessCounts>,
+}
+
+/// One mapped range, as `Bus::entries` lists it.
+#[derive(Clone)]
+pub struct BusEntry {
+    pub base: u64,
+    pub len: u64,
+    pub device: SharedDevice,
+    pub counts: Arc<AccessCounts>,
 }
 
 /// A set of non-overlapping address ranges, each owned by one device.
@@ -73,20 +91,29 @@ impl Bus {
                 return Err(overlap());
             }
         }
-        self.ranges.insert(base, Entry { len, device });
+        let counts = Arc::default();
+        self.ranges.insert(
+            base,
+            Entry {
+                len,
+                device,
+                counts,
+            },
+        );
         Ok(())
     }
 
-    fn find(&self, addr: u64) -> Option<(u64, &SharedDevice)> {
+    fn find(&self, addr: u64) -> Option<(u64, &Entry)> {
         let (base, e) = self.ranges.range(..=addr).next_back()?;
-        (addr - base < e.len).then_some((addr - base, &e.device))
+        (addr - base < e.len).then_some((addr - base, e))
     }
 
     /// Dispatches a read; returns false if no device owns `addr`.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr) {
-            Some((off, dev)) => {
-                lock(dev).read(off, data);
+            Some((off, e)) => {
+                e.counts.reads.fetch_add(1, Ordering::Relaxed);
+                lock(&e.device).read(off, data);
                 true
             }
             None => false,
@@ -96,18 +123,32 @@ impl Bus {
     /// Dispatches a write; returns false if no device owns `addr`.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr) {
-            Some((off, dev)) => {
-                lock(dev).write(off, data);
+            Some((off, e)) => {
+                e.counts.writes.fetch_add(1, Ordering::Relaxed);
+                lock(&e.device).write(off, data);
                 true
             }
             None => false,
         }
     }
+
+    /// The mapped ranges in address order, with their devices and access counters.
+    pub fn entries(&self) -> Vec<BusEntry> {
+        self.ranges
+            .iter()
+            .map(|(&base, e)| BusEntry {
+                base,
+                len: e.len,
+                device: e.device.clone(),
+                counts: e.counts.clone(),
+            })
+            .collect()
+    }
 }
 
 /// Locks a device, tolerating a poisoned mutex: a device thread that panicked must not
 /// take the vCPU threads down with it.
-fn lock(dev: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
+pub fn lock(dev: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
     dev.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -140,6 +181,10 @@ mod tests {
         assert!(!bus.write(0x400, &[7]));
         assert!(!bus.read(0x3f7, &mut b));
         assert_eq!(dev.lock().unwrap().writes, vec![(7, vec![7])]);
+        let e = &bus.entries()[0];
+        assert_eq!((e.base, e.len), (0x3f8, 8));
+        assert_eq!(e.counts.reads.load(Ordering::Relaxed), 1);
+        assert_eq!(e.counts.writes.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -25,6 +25,13 @@ pub enum ConfigError {
     BadMac(String),
     #[error("too many virtio devices: {0} (at most {max})", max = crate::layout::VIRTIO_MMIO_MAX_DEVICES)]
     TooManyDevices(usize),
+    #[error("virtio-fs {socket}: {err}")]
+    Fs {
+        socket: PathBuf,
+        err: crate::devices::virtio::fs::FsError,
+    },
+    #[error("virtio-fs tag {0:?} is used twice (the guest mounts shares by tag)")]
+    DuplicateFsTag(String),
 }
 
 /// A virtio-blk disk backed by a raw host file.
@@ -88,6 +95,57 @@ impl NetConfig {
             *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
         }
         Ok(Some(mac))
+    }
+}
+
+fn default_fs_request_queues() -> u16 {
+    1
+}
+
+fn default_fs_queue_size() -> u16 {
+    1024
+}
+
+/// A virtio-fs share served by a vhost-user backend (virtiofsd) listening on `socket`; the
+/// guest mounts it with `mount -t virtiofs TAG DIR`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The backend's vhost-user socket (virtiofsd `--socket-path`); it must be listening
+    /// when the VM is built.
+    pub socket: PathBuf,
+    /// The name the guest mounts: 1 to 36 bytes, no NUL.
+    pub tag: String,
+    /// Request queues besides the hiprio queue (the backend must serve them all).
+    #[serde(default = "default_fs_request_queues")]
+    pub num_request_queues: u16,
+    /// Largest size of each queue the driver may choose: a power of two up to 32768.
+    #[serde(default = "default_fs_queue_size")]
+    pub queue_size: u16,
+}
+
+impl FsConfig {
+    /// A share with the default queues.
+    pub fn new(socket: impl Into<PathBuf>, tag: impl Into<String>) -> Self {
+        Self {
+            socket: socket.into(),
+            tag: tag.into(),
+            num_request_queues: default_fs_request_queues(),
+            queue_size: default_fs_queue_size(),
+        }
+    }
+
+    /// Checks the tag and the queues.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::devices::virtio::fs::check_params(
+            &self.tag,
+            self.num_request_queues,
+            self.queue_size,
+        )
+        .map_err(|err| ConfigError::Fs {
+            socket: self.socket.clone(),
+            err,
+        })
     }
 }
 
@@ -162,6 +220,9 @@ pub struct VmConfig {
     /// virtio-net devices.
     #[serde(default)]
     pub net: Vec<NetConfig>,
+    /// virtio-fs shares (vhost-user backends).
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
 }
 
 impl VmConfig {
@@ -179,6 +240,7 @@ impl VmConfig {
             vsock: None,
             rng: false,
             net: Vec::new(),
+            fs: Vec::new(),
         }
     }
 
@@ -210,8 +272,15 @@ impl VmConfig {
         for n in &self.net {
             n.mac_bytes()?;
         }
+        for (i, fs) in self.fs.iter().enumerate() {
+            fs.validate()?;
+            if self.fs[..i].iter().any(|other| other.tag == fs.tag) {
+                return Err(ConfigError::DuplicateFsTag(fs.tag.clone()));
+            }
+        }
         let devices = self.disks.len()
             + self.net.len()
+            + self.fs.len()
             + usize::from(self.rng)
             + usize::from(self.vsock.is_some());
         if devices as u64 > crate::layout::VIRTIO_MMIO_MAX_DEVICES {
@@ -268,6 +337,45 @@ mod tests {
         assert!(matches!(
             many.validate(),
             Err(ConfigError::TooManyDevices(23))
+        ));
+    }
+
+    #[test]
+    fn fs_shares_parse_with_defaults_and_validate() {
+        let text = r#"{"kernel":"/k","fs":[{"socket":"/run/fs.sock","tag":"share"},
+            {"socket":"/run/fs2.sock","tag":"two","num_request_queues":2,"queue_size":256}]}"#;
+        let c: VmConfig = serde_json::from_str(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.fs[0], FsConfig::new("/run/fs.sock", "share"));
+        assert_eq!((c.fs[0].num_request_queues, c.fs[0].queue_size), (1, 1024));
+        assert_eq!((c.fs[1].num_request_queues, c.fs[1].queue_size), (2, 256));
+
+        let unknown = r#"{"kernel":"/k","fs":[{"socket":"/s","tag":"t","dax":true}]}"#;
+        assert!(serde_json::from_str::<VmConfig>(unknown).is_err());
+        let no_tag = r#"{"kernel":"/k","fs":[{"socket":"/s"}]}"#;
+        assert!(serde_json::from_str::<VmConfig>(no_tag).is_err());
+
+        let bad = |f: fn(&mut FsConfig)| {
+            let mut c = c.clone();
+            f(&mut c.fs[1]);
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(bad(|f| f.tag = String::new()).contains("tag"));
+        assert!(bad(|f| f.tag = "x".repeat(37)).contains("tag"));
+        assert!(bad(|f| f.tag = "a\0b".into()).contains("tag"));
+        assert!(bad(|f| f.queue_size = 1000).contains("queue size 1000"));
+        assert!(bad(|f| f.queue_size = 0).contains("queue size 0"));
+        assert!(bad(|f| f.num_request_queues = 0).contains("request queues 0"));
+        let dup = bad(|f| f.tag = "share".into());
+        assert!(dup.contains("\"share\" is used twice"), "{dup}");
+
+        let mut many = c;
+        many.fs = (0..21)
+            .map(|i| FsConfig::new("/s", format!("t{i}")))
+            .collect();
+        assert!(matches!(
+            many.validate(),
+            Err(ConfigError::TooManyDevices(21))
         ));
     }
 

@@ -1,6 +1,10 @@
 //! What to do with each vCPU exit: a pure function of the exit and the I/O buses, tested
 //! without running KVM.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
 use crate::stop::StopReason;
 
 /// KVM_SYSTEM_EVENT types (linux/kvm.h).
@@ -93,6 +97,83 @@ pub fn handle_exit(exit: Exit, io: &impl IoDispatch) -> Action {
         Exit::Other(name) => Action::Stop(StopReason::GuestFault(format!(
             "unexpected vCPU exit {name}"
         ))),
+    }
+}
+
+/// How many exits of each kind one vCPU (or, summed, the VM) has seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitCounts {
+    pub io_in: u64,
+    pub io_out: u64,
+    pub mmio_read: u64,
+    pub mmio_write: u64,
+    pub hlt: u64,
+    /// KVM_RUN returned early because a signal kicked the thread (pause, stop).
+    pub interrupted: u64,
+    pub shutdown: u64,
+    pub system_event: u64,
+    pub internal_error: u64,
+    pub fail_entry: u64,
+    pub other: u64,
+}
+
+impl ExitCounts {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, o: &ExitCounts) {
+        self.io_in += o.io_in;
+        self.io_out += o.io_out;
+        self.mmio_read += o.mmio_read;
+        self.mmio_write += o.mmio_write;
+        self.hlt += o.hlt;
+        self.interrupted += o.interrupted;
+        self.shutdown += o.shutdown;
+        self.system_event += o.system_event;
+        self.internal_error += o.internal_error;
+        self.fail_entry += o.fail_entry;
+        self.other += o.other;
+    }
+}
+
+/// One vCPU's exit counters: written by its own thread only (relaxed, uncontended),
+/// read by the control API.
+#[derive(Debug, Default)]
+pub struct ExitCounters([AtomicU64; 11]);
+
+impl ExitCounters {
+    /// Counts `exit`.
+    pub fn record(&self, exit: &Exit) {
+        let i = match exit {
+            Exit::IoIn(..) => 0,
+            Exit::IoOut(..) => 1,
+            Exit::MmioRead(..) => 2,
+            Exit::MmioWrite(..) => 3,
+            Exit::Hlt => 4,
+            Exit::Interrupted => 5,
+            Exit::Shutdown => 6,
+            Exit::SystemEvent(_) => 7,
+            Exit::InternalError => 8,
+            Exit::FailEntry(_) => 9,
+            Exit::Other(_) => 10,
+        };
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> ExitCounts {
+        let c = |i: usize| self.0[i].load(Ordering::Relaxed);
+        ExitCounts {
+            io_in: c(0),
+            io_out: c(1),
+            mmio_read: c(2),
+            mmio_write: c(3),
+            hlt: c(4),
+            interrupted: c(5),
+            shutdown: c(6),
+            system_event: c(7),
+            internal_error: c(8),
+            fail_entry: c(9),
+            other: c(10),
+        }
     }
 }
 
@@ -208,6 +289,24 @@ mod tests {
             Action::Stop(StopReason::GuestFault(_))
         ));
         assert_eq!(handle_exit(Exit::Interrupted, &io), Action::Resume);
+    }
+
+    #[test]
+    fn exit_counters_count_each_kind_and_sum() {
+        let c = ExitCounters::default();
+        let mut b = [0u8; 1];
+        c.record(&Exit::IoOut(0x80, &[1]));
+        c.record(&Exit::IoOut(0x80, &[2]));
+        c.record(&Exit::IoIn(0x80, &mut b));
+        c.record(&Exit::MmioWrite(0xd000_0000, &[0]));
+        c.record(&Exit::Interrupted);
+        c.record(&Exit::Other("x"));
+        let s = c.snapshot();
+        assert_eq!((s.io_out, s.io_in, s.mmio_write, s.mmio_read), (2, 1, 1, 0));
+        assert_eq!((s.interrupted, s.other, s.hlt), (1, 1, 0));
+        let mut total = s.clone();
+        total.add(&s);
+        assert_eq!((total.io_out, total.interrupted), (4, 2));
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! `builder::build` turns a `config::VmConfig` into a `vm::Vm`; `Vm::run` runs it until the
 //! guest stops. See `docs/design.md` for the threads and moving parts.
 
+pub mod api;
 pub mod boot;
 pub mod builder;
 pub mod bus;
 pub mod compat;
 pub mod config;
+pub mod control;
 pub mod cpu;
 pub mod devices;
 pub mod event_loop;
@@ -17,6 +19,7 @@ pub mod layout;
 pub mod memory;
 pub mod mptable;
 pub mod stop;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;
 pub mod vcpu;

@@ -19,12 +19,17 @@ pub enum StopReason {
     GuestFault(String),
     /// The VMM itself failed while running the guest.
     VmmError(String),
+    /// Someone outside the guest asked the VMM to stop (the control API's `stop`, SIGTERM).
+    Requested,
 }
 
 impl StopReason {
-    /// True for the clean, guest-requested ends.
+    /// True for the clean ends: the guest's own reboot or power-off, or a requested stop.
     pub fn is_clean(&self) -> bool {
-        matches!(self, StopReason::GuestReset | StopReason::GuestPowerOff)
+        matches!(
+            self,
+            StopReason::GuestReset | StopReason::GuestPowerOff | StopReason::Requested
+        )
     }
 }
 
@@ -37,6 +42,7 @@ impl std::fmt::Display for StopReason {
             StopReason::TripleFault => write!(f, "the guest triple-faulted"),
             StopReason::GuestFault(s) => write!(f, "the guest could not run: {s}"),
             StopReason::VmmError(s) => write!(f, "VMM error: {s}"),
+            StopReason::Requested => write!(f, "the VM was stopped on request"),
         }
     }
 }
@@ -120,5 +126,6 @@ mod tests {
         assert_eq!(s.reason(), Some(StopReason::GuestPanic));
         assert!(StopReason::GuestReset.is_clean());
         assert!(!StopReason::GuestPanic.is_clean());
+        assert!(StopReason::Requested.is_clean());
     }
 }

@@ -9,6 +9,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::bus::Bus;
+use crate::control::VmControl;
 use crate::exits::{self, describe_internal_error, Action, Exit, IoDispatch};
 use crate::memory::GuestMemory;
 use crate::stop::{StopReason, StopSignal};
@@ -55,14 +56,24 @@ pub struct VcpuShared {
     pub buses: Arc<Buses>,
     pub stop: Arc<StopSignal>,
     pub mem: GuestMemory,
+    pub control: Arc<VmControl>,
 }
 
 /// The signal used to kick a vCPU thread out of KVM_RUN.
-fn kick_signal() -> i32 {
+pub(crate) fn kick_signal() -> i32 {
     SIGRTMIN()
 }
 
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the kick signal's no-op handler (once per process), so a kick interrupts
+/// KVM_RUN instead of killing the process.
+pub(crate) fn install_kick_handler() -> Result<(), VcpuError> {
+    static HANDLER: Once = Once::new();
+    let mut result = Ok(());
+    HANDLER.call_once(|| result = register_signal_handler(kick_signal(), on_kick));
+    result.map_err(VcpuError::Signal)
+}
 
 /// Raises the stop signal if the thread ends without having done so (e.g. it panicked).
 struct StopOnExit(Arc<StopSignal>, u8);
@@ -79,10 +90,7 @@ impl Drop for StopOnExit {
 impl Vcpu {
     /// Runs the vCPU on a new thread until the VM stops.
     pub fn spawn(self, shared: VcpuShared) -> Result<JoinHandle<()>, VcpuError> {
-        static HANDLER: Once = Once::new();
-        let mut result = Ok(());
-        HANDLER.call_once(|| result = register_signal_handler(kick_signal(), on_kick));
-        result.map_err(VcpuError::Signal)?;
+        install_kick_handler()?;
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.id))
             .spawn(move || self.run(shared))
@@ -91,10 +99,25 @@ impl Vcpu {
 
     fn run(mut self, shared: VcpuShared) {
         let _guard = StopOnExit(shared.stop.clone(), self.id);
+        let id = self.id;
+        let record = |exit: &Exit| {
+            if let Some(c) = shared.control.exit_counters(id) {
+                c.record(exit);
+            }
+        };
         while !shared.stop.is_requested() {
+            shared.control.park_if_paused();
+            if shared.stop.is_requested() {
+                break;
+            }
             let action = match self.fd.run() {
-                Ok(exit) => exits::handle_exit(translate(exit), shared.buses.as_ref()),
+                Ok(exit) => {
+                    let exit = translate(exit);
+                    record(&exit);
+                    exits::handle_exit(exit, shared.buses.as_ref())
+                }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    record(&Exit::Interrupted);
                     exits::handle_exit(Exit::Interrupted, shared.buses.as_ref())
                 }
                 Err(e) => Action::Stop(StopReason::VmmError(format!(

@@ -1,10 +1,12 @@
-//! A built VM: runs its vCPUs until the guest or an error stops it.
+//! A built VM: runs its vCPUs until the guest, a control request or an error stops it.
 
 use std::sync::Arc;
 
 use kvm_ioctls::VmFd;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::bus::{BusError, SharedDevice};
+use crate::control::VmControl;
 use crate::event_loop::EventLoop;
 use crate::memory::GuestMemory;
 use crate::stop::{StopReason, StopSignal};
@@ -17,6 +19,7 @@ pub struct Vm {
     _vm_fd: VmFd,
     buses: Arc<Buses>,
     stop: Arc<StopSignal>,
+    control: Arc<VmControl>,
     event_loop: Option<EventLoop>,
     mem: GuestMemory,
 }
@@ -30,20 +33,32 @@ impl Vm {
         stop: Arc<StopSignal>,
         event_loop: EventLoop,
     ) -> Self {
+        let mem_mib = mem.iter().map(|r| r.len()).sum::<u64>() >> 20;
+        let control = Arc::new(VmControl::new(vcpus.len(), mem_mib, stop.clone()));
         Self {
             vcpus,
             _vm_fd: vm_fd,
             buses: Arc::new(buses),
             stop,
+            control,
             event_loop: Some(event_loop),
             mem,
         }
     }
 
-    /// Maps a device into the guest-physical MMIO space; only before `run`.
+    /// Maps a device into the guest-physical MMIO space; only before `run` and `control`.
     pub fn attach_mmio(&mut self, dev: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
         match Arc::get_mut(&mut self.buses) {
             Some(b) => b.mmio.insert(dev, base, len),
+            None => Err(BusError::Overlap { base, len }),
+        }
+    }
+
+    /// Maps a device into the port-I/O space; only before `run` and `control`.
+    pub fn attach_pio(&mut self, dev: SharedDevice, base: u16, len: u16) -> Result<(), BusError> {
+        let (base, len) = (u64::from(base), u64::from(len));
+        match Arc::get_mut(&mut self.buses) {
+            Some(b) => b.pio.insert(dev, base, len),
             None => Err(BusError::Overlap { base, len }),
         }
     }
@@ -53,25 +68,38 @@ impl Vm {
         self.stop.clone()
     }
 
+    /// The VM's control (pause, resume, stop, describe, metrics), for another thread such
+    /// as the API server. Its device list is fixed from here on.
+    pub fn control(&self) -> Arc<VmControl> {
+        self.control.set_devices(&self.buses);
+        self.control.clone()
+    }
+
     /// Runs until the VM stops; returns why.
     pub fn run(&mut self) -> Result<StopReason, VcpuError> {
         let shared = VcpuShared {
             buses: self.buses.clone(),
             stop: self.stop.clone(),
             mem: self.mem.clone(),
+            control: self.control(),
         };
         let mut threads = Vec::new();
         for vcpu in self.vcpus.drain(..) {
             match vcpu.spawn(shared.clone()) {
-                Ok(t) => threads.push(t),
+                Ok(t) => {
+                    self.control.add_thread(&t);
+                    threads.push(t);
+                }
                 Err(e) => {
                     self.stop.request(StopReason::VmmError(e.to_string()));
+                    self.control.shut_down();
                     vcpu::stop_and_join(threads);
                     return Err(e);
                 }
             }
         }
         wait_readable(self.stop.eventfd());
+        self.control.shut_down();
         vcpu::stop_and_join(threads);
         if let Some(el) = self.event_loop.take() {
             if let Err(e) = el.stop() {

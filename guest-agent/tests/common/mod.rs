@@ -60,7 +60,7 @@ impl Drop for TempDir {
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "sleep", "cat", "hostname", "dd", "yes", "head", "ls", "id", "true", "false",
-    "tty", "stty", "wc", "ps", "grep", "ulimit",
+    "tty", "stty", "wc", "ps", "grep", "ulimit", "touch", "mkdir",
 ];
 
 /// A rootfs with Debian's static busybox and a few applet links.

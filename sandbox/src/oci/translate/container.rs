@@ -56,7 +56,9 @@ fn is_bind(m: &Mount) -> bool {
 }
 
 fn has_option(m: &Mount, opt: &str) -> bool {
-    m.options().as_ref().is_some_and(|o| o.iter().any(|o| o == opt))
+    m.options()
+        .as_ref()
+        .is_some_and(|o| o.iter().any(|o| o == opt))
 }
 
 /// A private tmpfs for `/dev/shm`: inside one VM that is what a pod-shared `/dev/shm` is.

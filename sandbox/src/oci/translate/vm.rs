@@ -256,7 +256,10 @@ mod tests {
         let bad = spec(serde_json::json!({"annotations": {ANN_ROOTFS: "nfs"}}));
         assert!(matches!(
             tr(&bad),
-            Err(TranslateError::BadAnnotation { key: ANN_ROOTFS, .. })
+            Err(TranslateError::BadAnnotation {
+                key: ANN_ROOTFS,
+                ..
+            })
         ));
     }
 

@@ -9,7 +9,7 @@
 //! let event_loop = EventLoop::start()?;
 //! let mut slots = VirtioMmioAllocator::new();
 //!
-//! // Per device (any `VirtioDevice + MutEventSubscriber`, e.g. Block, Rng, Console, Net):
+//! // Per device (any `VirtioDevice + MutEventSubscriber`, e.g. Block, Rng, Net, Vsock, Fs):
 //! let blk = Arc::new(Mutex::new(Block::new(path, read_only, "rootfs")?));
 //! attach_virtio_mmio(&vm, &mut mmio_bus, &mut cmdline, &mut slots, &event_loop, &mem, blk)?;
 //!

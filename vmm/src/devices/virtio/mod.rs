@@ -15,7 +15,8 @@
 //! through an "activate" eventfd (the pattern Firecracker uses).
 //!
 //! A device sees only guest memory, a [`VirtioInterrupt`] and eventfds ([`ActivateContext`]) —
-//! never the VMM. Request parsing and I/O live in a pure `request` module per device,
+//! never the VMM. It keeps them in one [`device::DeviceState`] (inactive, or activated with
+//! them plus its own queues), the state a snapshot saves per device. Request parsing and I/O live in a pure `request` module per device,
 //! event-loop plumbing in an `event_handler` module.
 //!
 //! See [`mmio`] for how the VMM builder attaches a device (MMIO window, IRQ, ioeventfds,
@@ -24,7 +25,8 @@
 pub mod activation;
 pub mod attach;
 pub mod blk;
-pub mod console;
+pub mod device;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -185,9 +187,10 @@ impl VirtioInterrupt {
 
     /// The device cannot go on (e.g. the driver corrupted a ring): set `DEVICE_NEEDS_RESET`
     /// and tell the driver. The device stops using its queues until reset.
+    ///
+    /// Callers log the reason (one line per failure); this adds none of its own.
     pub fn set_needs_reset(&self) {
         if !self.needs_reset.swap(true, Ordering::SeqCst) {
-            log::warn!("virtio device needs reset");
             self.raise(int_status::CONFIG_CHANGE);
         }
     }

@@ -1,7 +1,7 @@
 //! Test helpers: guest memory, and a driver-side view of a split virtqueue laid out in it
 //! (addresses computed by virtio-queue's `MockSplitQueue`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Once};
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::mock::MockSplitQueue;
@@ -56,6 +56,11 @@ impl TestQueue {
         MockSplitQueue::create(&self.mem, self.desc, self.size)
             .create_queue::<Queue>()
             .unwrap()
+    }
+
+    /// The number of entries.
+    pub fn size(&self) -> u16 {
+        self.size
     }
 
     /// Ring addresses: (descriptor table, avail ring, used ring).
@@ -135,4 +140,48 @@ pub fn activate_ctx(
         interrupt,
         acked_features,
     }
+}
+
+/// Log lines (`LEVEL message`, info and above) from every thread since the test binary
+/// started; tests pick theirs by a unique word (e.g. a device tag).
+static LOG_LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct CaptureLogger;
+
+impl log::Log for CaptureLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Info
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            let line = format!("{} {}", record.level(), record.args());
+            LOG_LINES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(line);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Starts capturing log lines (once per test binary).
+pub fn capture_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&CaptureLogger).expect("no other logger in vmm unit tests");
+        log::set_max_level(log::LevelFilter::Info);
+    });
+}
+
+/// The captured log lines that contain `needle`.
+pub fn log_lines_with(needle: &str) -> Vec<String> {
+    LOG_LINES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|l| l.contains(needle))
+        .cloned()
+        .collect()
 }

@@ -9,12 +9,12 @@ use crate::devices::virtio::process_chains;
 impl Block {
     /// Processes every request the driver made available.
     pub(crate) fn process_queue(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(a) = self.state.active_mut() else {
             return;
         };
         let disk = &mut self.disk;
-        process_chains(&active.mem, &mut active.queue, &active.interrupt, |descs| {
-            request::handle(&active.mem, descs, disk)
+        process_chains(&a.mem, &mut a.data, &a.interrupt, |descs| {
+            request::handle(&a.mem, descs, disk)
         });
     }
 }

@@ -7,12 +7,12 @@
 //! [`request`] parses and executes requests; [`event_handler`] wires the queue to the event loop.
 
 pub mod event_handler;
+#[cfg(any(test, feature = "testing"))]
 pub mod fuzz;
 pub mod request;
 
 use std::fs::OpenOptions;
 use std::path::Path;
-use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
@@ -20,11 +20,8 @@ use virtio_queue::Queue;
 
 use self::request::Disk;
 use super::activation::Activation;
-use super::{
-    read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1,
-};
-use crate::memory::GuestMemory;
+use super::device::DeviceState;
+use super::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Entries in the request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -38,18 +35,12 @@ pub enum BlockError {
     EventFd(std::io::Error),
 }
 
-struct Active {
-    mem: GuestMemory,
-    queue: Queue,
-    interrupt: Arc<VirtioInterrupt>,
-}
-
 /// A virtio-blk device.
 pub struct Block {
     disk: Disk,
     config: [u8; 24],
     activation: Activation,
-    active: Option<Active>,
+    state: DeviceState<Queue>,
 }
 
 impl Block {
@@ -80,7 +71,7 @@ impl Block {
             disk,
             config,
             activation: Activation::new().map_err(BlockError::EventFd)?,
-            active: None,
+            state: DeviceState::Inactive,
         })
     }
 }
@@ -109,16 +100,12 @@ impl VirtioDevice for Block {
 
     fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
         let [queue] = ctx.take_queues()?;
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queue,
-            interrupt: ctx.interrupt,
-        });
-        self.activation.activate(ctx.queue_evts)
+        let evts = self.state.activate(ctx, queue);
+        self.activation.activate(evts)
     }
 
     fn reset(&mut self) {
-        self.active = None;
+        self.state.reset();
         self.activation.deactivate();
     }
 }

@@ -27,12 +27,12 @@ pub(crate) enum RxState {
 impl Net {
     /// Sends every frame the guest queued.
     pub(crate) fn process_tx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(a) = self.state.active_mut() else {
             return;
         };
         let (backend, frame) = (&mut self.backend, &mut self.tx_frame);
-        process_chains(&active.mem, &mut active.tx, &active.interrupt, |descs| {
-            match request::gather_tx(&active.mem, descs, frame) {
+        process_chains(&a.mem, &mut a.data.tx, &a.interrupt, |descs| {
+            match request::gather_tx(&a.mem, descs, frame) {
                 Ok(_) => {
                     if let Err(e) = backend.write_frame(frame) {
                         log::debug!("virtio-net: frame dropped by the host: {e}");
@@ -46,12 +46,13 @@ impl Net {
 
     /// Moves frames from the backend into receive buffers until either runs out.
     pub(crate) fn process_rx(&mut self) -> RxState {
-        let Some(a) = self.active.as_mut() else {
+        let Some(a) = self.state.active_mut() else {
             return RxState::Drained;
         };
+        let rx = &mut a.data.rx;
         let mut used = false;
         let state = loop {
-            if !avail_ring_sane(&a.mem, &a.rx, &a.interrupt) {
+            if !avail_ring_sane(&a.mem, rx, &a.interrupt) {
                 break RxState::Drained;
             }
             if self.rx_len == 0 {
@@ -66,7 +67,7 @@ impl Net {
                     }
                 }
             }
-            let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else {
+            let Some(chain) = rx.pop_descriptor_chain(&a.mem) else {
                 break RxState::NeedBuffers;
             };
             let head = chain.head_index();
@@ -77,13 +78,13 @@ impl Net {
                 log::debug!("virtio-net: receive frame dropped: {e}");
                 0
             });
-            if !add_used(&a.mem, &mut a.rx, &a.interrupt, head, len) {
+            if !add_used(&a.mem, rx, &a.interrupt, head, len) {
                 break RxState::Drained;
             }
             used = true;
         };
         if used {
-            notify_used(&a.mem, &mut a.rx, &a.interrupt);
+            notify_used(&a.mem, rx, &a.interrupt);
         }
         state
     }
@@ -106,7 +107,7 @@ impl Net {
 
     fn rx_and_poll(&mut self, ops: &mut EventOps) {
         let state = self.process_rx();
-        self.poll_backend(ops, state == RxState::Drained && self.active.is_some());
+        self.poll_backend(ops, state == RxState::Drained && self.state.is_activated());
     }
 }
 

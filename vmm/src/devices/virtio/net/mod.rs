@@ -14,19 +14,14 @@ pub mod event_handler;
 pub mod request;
 pub mod tap;
 
-use std::sync::Arc;
-
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_queue::Queue;
 
 use self::tap::NetBackend;
 use super::activation::Activation;
-use super::{
-    read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1,
-};
-use crate::memory::GuestMemory;
+use super::device::DeviceState;
+use super::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Entries per queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -46,11 +41,10 @@ pub enum NetError {
     EventFd(std::io::Error),
 }
 
-struct Active {
-    mem: GuestMemory,
+/// The queues of an active device.
+pub(crate) struct Queues {
     rx: Queue,
     tx: Queue,
-    interrupt: Arc<VirtioInterrupt>,
 }
 
 /// A virtio network device.
@@ -63,7 +57,7 @@ pub struct Net {
     tx_frame: Vec<u8>,
     backend_polled: bool,
     activation: Activation,
-    active: Option<Active>,
+    state: DeviceState<Queues>,
 }
 
 impl Net {
@@ -78,7 +72,7 @@ impl Net {
             tx_frame: Vec::with_capacity(MAX_FRAME_LEN),
             backend_polled: false,
             activation: Activation::new().map_err(NetError::EventFd)?,
-            active: None,
+            state: DeviceState::Inactive,
         })
     }
 }
@@ -110,17 +104,12 @@ impl VirtioDevice for Net {
 
     fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
         let [rx, tx] = ctx.take_queues()?;
-        self.active = Some(Active {
-            mem: ctx.mem,
-            rx,
-            tx,
-            interrupt: ctx.interrupt,
-        });
-        self.activation.activate(ctx.queue_evts)
+        let evts = self.state.activate(ctx, Queues { rx, tx });
+        self.activation.activate(evts)
     }
 
     fn reset(&mut self) {
-        self.active = None;
+        self.state.reset();
         self.rx_len = 0;
         self.activation.deactivate();
     }

@@ -9,9 +9,9 @@ use crate::devices::virtio::process_chains;
 impl Rng {
     /// Answers every request the driver made available.
     pub(crate) fn process_queue(&mut self) {
-        if let Some(active) = self.active.as_mut() {
-            process_chains(&active.mem, &mut active.queue, &active.interrupt, |descs| {
-                request::handle(&active.mem, descs)
+        if let Some(a) = self.state.active_mut() {
+            process_chains(&a.mem, &mut a.data, &a.interrupt, |descs| {
+                request::handle(&a.mem, descs)
             });
         }
     }

@@ -6,14 +6,12 @@
 pub mod event_handler;
 pub mod request;
 
-use std::sync::Arc;
-
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::Queue;
 
 use super::activation::Activation;
-use super::{ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
-use crate::memory::GuestMemory;
+use super::device::DeviceState;
+use super::{ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Entries in the request queue.
 pub const QUEUE_SIZE: u16 = 64;
@@ -25,16 +23,10 @@ pub enum RngError {
     EventFd(std::io::Error),
 }
 
-struct Active {
-    mem: GuestMemory,
-    queue: Queue,
-    interrupt: Arc<VirtioInterrupt>,
-}
-
 /// A virtio entropy device.
 pub struct Rng {
     activation: Activation,
-    active: Option<Active>,
+    state: DeviceState<Queue>,
 }
 
 impl Rng {
@@ -42,7 +34,7 @@ impl Rng {
     pub fn new() -> Result<Self, RngError> {
         Ok(Self {
             activation: Activation::new().map_err(RngError::EventFd)?,
-            active: None,
+            state: DeviceState::Inactive,
         })
     }
 }
@@ -66,16 +58,12 @@ impl VirtioDevice for Rng {
 
     fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
         let [queue] = ctx.take_queues()?;
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queue,
-            interrupt: ctx.interrupt,
-        });
-        self.activation.activate(ctx.queue_evts)
+        let evts = self.state.activate(ctx, queue);
+        self.activation.activate(evts)
     }
 
     fn reset(&mut self) {
-        self.active = None;
+        self.state.reset();
         self.activation.deactivate();
     }
 }

@@ -20,14 +20,14 @@ impl<B: VsockBackend> Vsock<B> {
     /// the connection it names is reset (its byte stream would otherwise silently lose
     /// data).
     pub(crate) fn process_tx(&mut self) {
-        let Some(a) = self.active.as_mut() else {
+        let Some(a) = self.state.active_mut() else {
             return;
         };
-        if !avail_ring_sane(&a.mem, &a.tx, &a.interrupt) {
+        if !avail_ring_sane(&a.mem, &a.data.tx, &a.interrupt) {
             return;
         }
         let mut used_any = false;
-        while let Some(chain) = a.tx.pop_descriptor_chain(&a.mem) {
+        while let Some(chain) = a.data.tx.pop_descriptor_chain(&a.mem) {
             let head = chain.head_index();
             let descs: Vec<Descriptor> = chain.take(MAX_CHAIN_LEN + 1).collect();
             if descs.len() > MAX_CHAIN_LEN {
@@ -46,27 +46,27 @@ impl<B: VsockBackend> Vsock<B> {
                     }
                 }
             }
-            if !add_used(&a.mem, &mut a.tx, &a.interrupt, head, 0) {
+            if !add_used(&a.mem, &mut a.data.tx, &a.interrupt, head, 0) {
                 return;
             }
             used_any = true;
         }
         if used_any {
-            notify_used(&a.mem, &mut a.tx, &a.interrupt);
+            notify_used(&a.mem, &mut a.data.tx, &a.interrupt);
         }
     }
 
     /// Fills RX buffers with what the muxer has for the guest, as long as both last.
     pub(crate) fn process_rx(&mut self) {
-        let Some(a) = self.active.as_mut() else {
+        let Some(a) = self.state.active_mut() else {
             return;
         };
-        if !self.muxer.has_pending_rx() || !avail_ring_sane(&a.mem, &a.rx, &a.interrupt) {
+        if !self.muxer.has_pending_rx() || !avail_ring_sane(&a.mem, &a.data.rx, &a.interrupt) {
             return;
         }
         let mut used_any = false;
         while self.muxer.has_pending_rx() {
-            let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else {
+            let Some(chain) = a.data.rx.pop_descriptor_chain(&a.mem) else {
                 break;
             };
             let head = chain.head_index();
@@ -84,7 +84,7 @@ impl<B: VsockBackend> Vsock<B> {
                 let cap = rxbuf.data_capacity();
                 let Some((hdr, n)) = self.muxer.recv_pkt(&mut self.pkt_buf[..cap]) else {
                     // Nothing after all (e.g. the host had no data yet): keep the buffer.
-                    a.rx.go_to_previous_position();
+                    a.data.rx.go_to_previous_position();
                     break;
                 };
                 // The buffer was checked to be in guest RAM and large enough, so this
@@ -96,13 +96,13 @@ impl<B: VsockBackend> Vsock<B> {
                         0
                     });
             }
-            if !add_used(&a.mem, &mut a.rx, &a.interrupt, head, len) {
+            if !add_used(&a.mem, &mut a.data.rx, &a.interrupt, head, len) {
                 return;
             }
             used_any = true;
         }
         if used_any {
-            notify_used(&a.mem, &mut a.rx, &a.interrupt);
+            notify_used(&a.mem, &mut a.data.rx, &a.interrupt);
         }
     }
 

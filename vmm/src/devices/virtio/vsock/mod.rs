@@ -25,6 +25,7 @@
 pub mod backend;
 pub mod connection;
 mod event_handler;
+#[cfg(any(test, feature = "testing"))]
 pub mod fuzz;
 pub mod muxer;
 pub mod packet;
@@ -40,7 +41,6 @@ pub mod test_backend;
 mod unix_tests;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_queue::Queue;
@@ -48,11 +48,8 @@ use virtio_queue::Queue;
 pub use self::backend::VsockBackend;
 pub use self::unix::{UnixBackend, UnixBackendError};
 use super::activation::Activation;
-use super::{
-    read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1,
-};
-use crate::memory::GuestMemory;
+use super::device::DeviceState;
+use super::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
 use muxer::Muxer;
 use packet::MAX_PKT_DATA;
 
@@ -77,18 +74,17 @@ pub enum VsockError {
     Backend(UnixBackendError),
 }
 
-struct Active {
-    mem: GuestMemory,
+/// The queues of an active device (the event queue is unused).
+pub(crate) struct Queues {
     rx: Queue,
     tx: Queue,
-    interrupt: Arc<VirtioInterrupt>,
 }
 
 /// A virtio-vsock device over a [`VsockBackend`] ([`UnixBackend`] unless testing).
 pub struct Vsock<B: VsockBackend = UnixBackend> {
     muxer: Muxer<B>,
     activation: Activation,
-    active: Option<Active>,
+    state: DeviceState<Queues>,
     /// Payload of the packet being moved (TX or RX).
     pkt_buf: Vec<u8>,
 }
@@ -120,7 +116,7 @@ impl<B: VsockBackend> Vsock<B> {
         Ok(Self {
             muxer: Muxer::new(guest_cid, backend),
             activation: Activation::new().map_err(VsockError::EventFd)?,
-            active: None,
+            state: DeviceState::Inactive,
             pkt_buf: vec![0; MAX_PKT_DATA],
         })
     }
@@ -157,19 +153,14 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
     fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
         // The event queue only carries transport resets, which this device never sends.
         let [rx, tx, _event] = ctx.take_queues::<NUM_QUEUES>()?;
-        self.active = Some(Active {
-            mem: ctx.mem,
-            rx,
-            tx,
-            interrupt: ctx.interrupt,
-        });
-        self.activation.activate(ctx.queue_evts)
+        let evts = self.state.activate(ctx, Queues { rx, tx });
+        self.activation.activate(evts)
     }
 
     fn reset(&mut self) {
         // The driver forgot its sockets: drop ours without telling it.
         self.muxer.reset();
-        self.active = None;
+        self.state.reset();
         self.activation.deactivate();
     }
 }

@@ -1,0 +1,239 @@
+//! virtio-fs (device type 26) as a vhost-user frontend: the guest's FUSE requests are served
+//! by a separate backend process (virtiofsd) that maps guest RAM and processes the rings
+//! itself. The VMM only sets the backend up ([`vhost`]), serves the config space and relays
+//! the backend's interrupts ([`event_handler`]).
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`vhost`] | the vhost-user messages: negotiation, memory table, rings, stop |
+//! | [`event_handler`] | the event loop: call eventfds → interrupt; backend hang-up → NEEDS_RESET |
+//!
+//! Queues: 0 = hiprio, 1..=N = request queues, all of `queue_size` entries at most. Config
+//! space: `tag[36]` (NUL-padded) then `num_request_queues` (le32). No DAX window.
+//!
+//! # Notifications
+//!
+//! Guest → backend: the transport's queue eventfds, which KVM signals on a `QueueNotify`
+//! write (ioeventfd), go to the backend as its kick fds (`SET_VRING_KICK`): no VMM thread is
+//! on the request path. (A notification that reaches the MMIO bus instead is written to the
+//! same eventfd by the transport, so the backend sees it too.)
+//!
+//! Backend → guest: not an irqfd. Linux's virtio-mmio interrupt handler reads InterruptStatus
+//! and ignores an interrupt without the used-buffer bit, so the device gives the backend call
+//! eventfds of its own, polls them on the event loop and, on each, sets the bit and injects
+//! ([`super::VirtioInterrupt::signal_used_queue`]).
+//!
+//! # Failures
+//!
+//! The backend socket is connected (and features negotiated) when the device is built, so a
+//! missing backend is a build error. Later, a backend that hangs up, writes unasked, or fails
+//! a request breaks the connection: the device logs one line, sets `DEVICE_NEEDS_RESET` if
+//! active, and never talks to that backend again. The VMM and its other devices go on.
+
+pub mod event_handler;
+pub mod vhost;
+
+#[cfg(test)]
+mod failure_tests;
+#[cfg(test)]
+mod test_backend;
+#[cfg(test)]
+mod tests;
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use self::vhost::{RingRecord, VhostError, VhostUserBackend, DRIVER_FEATURES};
+use super::activation::Activation;
+use super::device::DeviceState;
+use super::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
+
+/// Longest tag (`struct virtio_fs_config`'s `tag[36]`, not NUL-terminated when full).
+pub const TAG_MAX_LEN: usize = 36;
+/// Size of the config space: the tag and `num_request_queues` (le32).
+const CONFIG_LEN: usize = TAG_MAX_LEN + 4;
+/// Largest queue the transport and virtio allow.
+pub const QUEUE_SIZE_MAX: u16 = 32768;
+/// Most request queues a device may have (our bound, well within vhost-user's 256 rings).
+pub const REQUEST_QUEUES_MAX: u16 = 64;
+
+/// Errors creating a virtio-fs device.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("tag {0:?} must be 1 to 36 bytes without NUL")]
+    Tag(String),
+    #[error("queue size {0} is not a power of two up to 32768")]
+    QueueSize(u16),
+    #[error("number of request queues {0} is not between 1 and 64")]
+    RequestQueues(u16),
+    #[error("cannot connect to the vhost-user socket (is virtiofsd running?): {0}")]
+    Connect(std::io::Error),
+    #[error("vhost-user negotiation failed: {0}")]
+    Vhost(VhostError),
+    #[error("the backend's features {0:#x} leave nothing the driver can use")]
+    Features(u64),
+    #[error("cannot create the device's eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+/// What an active device keeps besides memory, interrupt and features: what each ring was
+/// set up with in the backend.
+pub struct Rings {
+    /// One per ring the driver made ready, in queue order.
+    pub rings: Vec<RingRecord>,
+}
+
+/// A virtio-fs device whose requests a vhost-user backend serves.
+pub struct Fs {
+    tag: String,
+    socket: PathBuf,
+    config: [u8; CONFIG_LEN],
+    queue_sizes: Vec<u16>,
+    avail_features: u64,
+    backend: VhostUserBackend,
+    /// Whether the socket is in the event loop's epoll set.
+    socket_polled: bool,
+    activation: Activation,
+    state: DeviceState<Rings>,
+}
+
+/// Checks a tag, a queue size and a request-queue count (also done by the VM config).
+pub fn check_params(tag: &str, num_request_queues: u16, queue_size: u16) -> Result<(), FsError> {
+    if tag.is_empty() || tag.len() > TAG_MAX_LEN || tag.contains('\0') {
+        return Err(FsError::Tag(tag.into()));
+    }
+    if !queue_size.is_power_of_two() || queue_size > QUEUE_SIZE_MAX {
+        return Err(FsError::QueueSize(queue_size));
+    }
+    if !(1..=REQUEST_QUEUES_MAX).contains(&num_request_queues) {
+        return Err(FsError::RequestQueues(num_request_queues));
+    }
+    Ok(())
+}
+
+impl Fs {
+    /// A device exporting the backend at `socket` to the guest as `tag`, with
+    /// `num_request_queues` request queues of up to `queue_size` entries.
+    pub fn connect(
+        socket: &Path,
+        tag: &str,
+        num_request_queues: u16,
+        queue_size: u16,
+    ) -> Result<Self, FsError> {
+        check_params(tag, num_request_queues, queue_size)?;
+        let stream = UnixStream::connect(socket).map_err(FsError::Connect)?;
+        Self::with_stream(stream, socket, tag, num_request_queues, queue_size)
+    }
+
+    /// A device over an already connected backend socket (`socket` names it in messages).
+    pub fn with_stream(
+        stream: UnixStream,
+        socket: &Path,
+        tag: &str,
+        num_request_queues: u16,
+        queue_size: u16,
+    ) -> Result<Self, FsError> {
+        check_params(tag, num_request_queues, queue_size)?;
+        let queue_sizes = vec![queue_size; 1 + usize::from(num_request_queues)];
+        let backend =
+            VhostUserBackend::negotiate(stream, queue_sizes.len()).map_err(FsError::Vhost)?;
+        let avail_features = backend.features() & DRIVER_FEATURES;
+        if avail_features & super::VIRTIO_F_VERSION_1 == 0 {
+            return Err(FsError::Features(backend.features()));
+        }
+        let mut config = [0u8; CONFIG_LEN];
+        config[..tag.len()].copy_from_slice(tag.as_bytes());
+        config[TAG_MAX_LEN..].copy_from_slice(&u32::from(num_request_queues).to_le_bytes());
+        Ok(Self {
+            tag: tag.into(),
+            socket: socket.into(),
+            config,
+            queue_sizes,
+            avail_features,
+            backend,
+            socket_polled: false,
+            activation: Activation::new().map_err(FsError::EventFd)?,
+            state: DeviceState::Inactive,
+        })
+    }
+
+    /// The tag the guest mounts.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The device's state: the acked features and, per ring, what the backend was told.
+    pub fn state(&self) -> &DeviceState<Rings> {
+        &self.state
+    }
+
+    /// Whether the backend connection broke (the device stays unusable).
+    pub fn backend_broken(&self) -> bool {
+        self.backend.is_broken()
+    }
+
+    /// The prefix of every log line and error of this device.
+    fn name(&self) -> String {
+        format!("virtio-fs '{}' ({})", self.tag, self.socket.display())
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if ctx.queues.len() != self.queue_sizes.len() {
+            return Err(ActivateError::QueueCount {
+                expected: self.queue_sizes.len(),
+                got: ctx.queues.len(),
+            });
+        }
+        let calls = (0..ctx.queues.len())
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ActivateError::EventFd)?;
+        let rings = self
+            .backend
+            .start(
+                &ctx.mem,
+                ctx.acked_features,
+                &ctx.queues,
+                &ctx.queue_evts,
+                &calls,
+            )
+            .map_err(|e| ActivateError::Backend(format!("{}: {e}", self.name())))?;
+        // The kick eventfds now belong to the backend (it got its own copies); the event
+        // loop polls the call eventfds instead.
+        drop(self.state.activate(ctx, Rings { rings }));
+        self.activation.activate(calls)
+    }
+
+    fn reset(&mut self) {
+        if let Some(active) = self.state.reset() {
+            if !self.backend.is_broken() {
+                match self.backend.stop(&active.data.rings) {
+                    Ok(bases) => log::debug!("{}: rings stopped at {bases:?}", self.name()),
+                    Err(e) => log::warn!("{}: cannot stop the backend: {e}", self.name()),
+                }
+            }
+        }
+        self.activation.deactivate();
+    }
+}
