@@ -14,7 +14,7 @@ use sandbox::stdio::Pumps;
 use sandbox::{Sandbox, SandboxConfig, SandboxHandle, SandboxPaths};
 use tokio::sync::mpsc;
 
-use crate::container::{exit_code, Container, Exec, Exit, Proc, Status};
+use crate::container::{exit_code, join_sandbox_namespaces, Container, Exec, Exit, Proc, Status};
 use crate::error::ShimError;
 use crate::io::{self, IoPaths};
 use crate::mount::{self, RootfsMount};
@@ -285,6 +285,40 @@ impl Pod {
         result
     }
 
+    /// Boots the VM when this container owns one (the pod's sandbox container, or a
+    /// standalone container); `None` for a pod member, which joins the running VM.
+    async fn boot_if_owner(
+        &self,
+        args: &CreateArgs,
+        spec: &Spec,
+        rootfs_dir: &Path,
+    ) -> Result<Option<Vm>, ShimError> {
+        let current = self.lock().vm.clone();
+        match (sizing::role(spec), current) {
+            (Role::PodMember, None) => Err(ShimError::NoVm),
+            (Role::PodMember, Some(_)) => Ok(None),
+            (_, Some(vm)) => Err(ShimError::SecondOwner(vm.owner)),
+            (_, None) => {
+                let grouping = sizing::grouping(spec, &args.id);
+                let dir = state_dir(&self.state_root, &self.namespace, &grouping);
+                let (id, s, r, d) = (
+                    args.id.clone(),
+                    spec.clone(),
+                    rootfs_dir.to_path_buf(),
+                    dir.clone(),
+                );
+                let (sb, mode) = blocking(move || boot(&id, &s, &r, &d)).await?;
+                Ok(Some(Vm {
+                    owner: args.id.clone(),
+                    mode,
+                    handle: sb.handle().clone(),
+                    sandbox: Arc::new(Mutex::new(Some(sb))),
+                    dir,
+                }))
+            }
+        }
+    }
+
     async fn create_mounted(
         &self,
         args: &CreateArgs,
@@ -293,44 +327,22 @@ impl Pod {
         mounted: bool,
     ) -> Result<u32, ShimError> {
         let (host_io, stdin) = io::open(&args.io)?;
-        let role = sizing::role(&spec);
-        let current = self.lock().vm.clone();
-        let booted = match (role, current) {
-            (Role::PodMember, None) => return Err(ShimError::NoVm),
-            (Role::PodMember, Some(_)) => None,
-            (_, Some(vm)) => return Err(ShimError::SecondOwner(vm.owner)),
-            (_, None) => {
-                let dir = state_dir(
-                    &self.state_root,
-                    &self.namespace,
-                    &sizing::grouping(&spec, &args.id),
-                );
-                let (id, s, r, d) = (
-                    args.id.clone(),
-                    spec.clone(),
-                    rootfs_dir.clone(),
-                    dir.clone(),
-                );
-                let (sb, mode) = blocking(move || boot(&id, &s, &r, &d)).await?;
-                Some(Vm {
-                    owner: args.id.clone(),
-                    mode,
-                    handle: sb.handle().clone(),
-                    sandbox: Arc::new(Mutex::new(Some(sb))),
-                    dir,
-                })
-            }
-        };
+        let booted = self.boot_if_owner(args, &spec, &rootfs_dir).await?;
         let vm = match &booted {
             Some(vm) => vm.clone(),
             None => self.vm()?,
         };
-        let mode = if booted.is_some() {
-            vm.mode
-        } else {
-            RootfsMode::Share
+        // Only the VM's owner can have a block rootfs: its disk is attached at boot.
+        let mode = match booted {
+            Some(_) => vm.mode,
+            None => RootfsMode::Share,
         };
-        let plan = translate::container_request(&args.id, &spec, &rootfs_dir, mode, &probe_host)?;
+        let mut plan =
+            translate::container_request(&args.id, &spec, &rootfs_dir, mode, &probe_host)?;
+        if booted.is_none() {
+            let sandbox_pid = self.with(&vm.owner, |c| c.init.pid)?;
+            join_sandbox_namespaces(&mut plan.request.spec, &spec, sandbox_pid);
+        }
         let slot = vm.sandbox.clone();
         let added = blocking(move || {
             let guard = slot.lock().expect("poisoned");

@@ -26,14 +26,22 @@ pub fn require_host() {
     need(nix::unistd::geteuid().is_root(), "it must run as root");
     need(Path::new("/dev/kvm").exists(), "/dev/kvm is missing");
     for bin in ["containerd", "ctr"] {
-        need(which(bin).is_some(), &format!("{bin} is not installed (apt-get install containerd)"));
+        need(
+            which(bin).is_some(),
+            &format!("{bin} is not installed (apt-get install containerd)"),
+        );
     }
-    need(Path::new("/bin/busybox").is_file(), "/bin/busybox is missing (apt-get install busybox-static)");
+    need(
+        Path::new("/bin/busybox").is_file(),
+        "/bin/busybox is missing (apt-get install busybox-static)",
+    );
 }
 
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// The `sandbox-vm` binary the shim runs the VMM with: `$SANDBOX_VM_BIN`, else the newer
@@ -42,7 +50,10 @@ pub fn sandbox_vm_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SANDBOX_VM_BIN") {
         return PathBuf::from(p);
     }
-    let target = Path::new(SHIM).parent().and_then(Path::parent).expect("target dir");
+    let target = Path::new(SHIM)
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir");
     let mtime = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
     let found = ["debug", "release"]
         .iter()
@@ -85,7 +96,9 @@ pub fn build_images(dir: &Path) -> PathBuf {
         std::fs::create_dir_all(root.join(sub)).unwrap();
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "cat", "echo", "uname", "sleep", "head", "ls", "true", "ps"] {
+    for applet in [
+        "sh", "cat", "echo", "uname", "sleep", "head", "ls", "true", "ps",
+    ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     sh(&format!(
@@ -94,7 +107,11 @@ pub fn build_images(dir: &Path) -> PathBuf {
     ));
     let digest = |f: &Path| -> String {
         let out = run(Command::new("sha256sum").arg(f));
-        text(&out.stdout).split_whitespace().next().unwrap().to_string()
+        text(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
     };
     let layer = digest(&d.join("layer.tar"));
     let mut manifest = Vec::new();
@@ -113,7 +130,11 @@ pub fn build_images(dir: &Path) -> PathBuf {
             "Config": cfg, "RepoTags": [name], "Layers": ["layer.tar"],
         }));
     }
-    std::fs::write(d.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    std::fs::write(
+        d.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
     sh(&format!(
         "cd {d}; tar -cf ../images.tar manifest.json *.json layer.tar",
         d = d.display()
@@ -200,7 +221,11 @@ impl Containerd {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !c.ctr("default", &["version"]).status.success() {
-            assert!(Instant::now() < deadline, "containerd did not come up: {}", c.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not come up: {}",
+                c.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         c
@@ -226,7 +251,11 @@ impl Containerd {
     pub fn import_images(&self, ns: &str) {
         let tar = build_images(&self.dir);
         let out = self.ctr(ns, &["image", "import", tar.to_str().unwrap()]);
-        assert!(out.status.success(), "ctr image import: {}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ctr image import: {}",
+            text(&out.stderr)
+        );
     }
 
     /// What the shims of this containerd left: processes (shims, VMMs, virtiofsd), mounts
@@ -252,7 +281,11 @@ impl Containerd {
         for m in mounts.lines().filter(|l| l.contains(dir)) {
             left.push(format!("mount: {m}"));
         }
-        for ns in std::fs::read_dir(&self.vm_root).into_iter().flatten().flatten() {
+        for ns in std::fs::read_dir(&self.vm_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             for pod in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
                 left.push(format!("state directory {}", pod.path().display()));
             }
