@@ -59,6 +59,39 @@ fn config() -> Config {
     }
 }
 
+/// Starts the server for the pod of the bundle in the current directory (or finds the
+/// one already serving it) and returns its address.
+async fn spawn_server(opts: StartOpts) -> containerd_shim::Result<String> {
+    let spec = oci_spec::runtime::Spec::load("config.json")
+        .map_err(|e| containerd_shim::Error::InvalidArgument(e.to_string()))?;
+    let grouping = sizing::grouping(&spec, &opts.id);
+    let address = spawn(opts, &grouping, Vec::new()).await?;
+    containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
+    Ok(address)
+}
+
+/// The `start` action. The library's own answers with the JSON (or protobuf) that
+/// containerd 1.7+ reads; containerd 1.6 takes stdout as the address itself, and 1.7 and
+/// 2.x still accept a bare address (they then call the Task API by its v2 name, which the
+/// server answers too).
+async fn start(flags: &Flags) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let opts = StartOpts {
+        id: flags.id.clone(),
+        publish_binary: flags.publish_binary.clone(),
+        address: flags.address.clone(),
+        ttrpc_address: std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?,
+        namespace: flags.namespace.clone(),
+        debug: flags.debug,
+        ..Default::default()
+    };
+    let address = spawn_server(opts).await?;
+    let mut out = tokio::io::stdout();
+    out.write_all(address.as_bytes()).await?;
+    out.flush().await?;
+    Ok(())
+}
+
 struct SandboxShim {
     namespace: String,
     exit: Arc<ExitSignal>,
@@ -76,12 +109,7 @@ impl Shim for SandboxShim {
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        let spec = oci_spec::runtime::Spec::load("config.json")
-            .map_err(|e| containerd_shim::Error::InvalidArgument(e.to_string()))?;
-        let grouping = sizing::grouping(&spec, &opts.id);
-        let address = spawn(opts, &grouping, Vec::new()).await?;
-        containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
-        Ok(address)
+        spawn_server(opts).await
     }
 
     async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
@@ -204,7 +232,14 @@ async fn main() {
         );
         return;
     }
-    if flags.info || flags.action == "start" || flags.action == "delete" {
+    if flags.action == "start" {
+        if let Err(e) = start(&flags).await {
+            eprintln!("{RUNTIME_ID}: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if flags.info || flags.action == "delete" {
         containerd_shim::asynchronous::run::<SandboxShim>(RUNTIME_ID, Some(config())).await;
         return;
     }
