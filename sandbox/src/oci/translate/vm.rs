@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use oci_spec::runtime::Spec;
-use vmm::config::{CompatSetting, DiskConfig, SerialOutput, VmConfig, VsockConfig};
+use vmm::config::{CompatSetting, DiskConfig, FsConfig, SerialOutput, VmConfig, VsockConfig};
+
+use crate::share::SHARE_TAG;
 
 use super::{
     annotation, Defaults, TranslateError, ANN_AGENT_DISK, ANN_COMPAT, ANN_INITRD, ANN_KERNEL,
@@ -189,6 +191,7 @@ pub fn vm_config(
         guest_cid: 3,
         uds_path: paths.vsock.clone(),
     });
+    vm.fs.push(FsConfig::new(&paths.fs_socket, SHARE_TAG));
     Ok((vm, mode))
 }
 
@@ -239,6 +242,7 @@ mod tests {
             vm.serial,
             SerialOutput::File("/run/sandbox-vm/c1/console.log".into())
         );
+        assert_eq!(vm.fs, vec![FsConfig::new(paths().fs_socket, SHARE_TAG)]);
         vm.validate().unwrap();
     }
 
