@@ -129,12 +129,13 @@ fn ctr_runs_execs_and_kills_containers_in_their_own_vms() {
         text(&kill.stderr)
     );
     wait_stopped(&c, "long1");
+    // ctr 1.6 reports a deleted task's non-zero status as a warning and exits 0.
     let del = c.ctr(NS, &["task", "delete", "long1"]);
-    assert_eq!(
-        del.status.code(),
-        Some(137),
-        "exit status of the killed task: {}",
-        text(&del.stderr)
+    let msg = text(&del.stderr);
+    assert!(del.status.success(), "ctr task delete: {msg}");
+    assert!(
+        msg.contains("exit code 137"),
+        "exit status of the SIGKILLed task not reported: {msg}"
     );
     let cdel = c.ctr(NS, &["container", "delete", "long1"]);
     assert!(
