@@ -152,9 +152,41 @@ pub fn join_sandbox_namespaces(guest: &mut Spec, host: &Spec, sandbox_pid: u32) 
     }
 }
 
+/// A container in the VM's own UTS namespace (CRI's host-network pods share the node's)
+/// gets the VM's hostname, which is the pod's: the guest agent refuses a hostname
+/// without a new UTS namespace, so it is dropped from the guest's spec.
+pub fn drop_hostname_without_uts(guest: &mut Spec) {
+    let new_uts = guest
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|n| n.iter().any(|n| n.typ() == LinuxNamespaceType::Uts));
+    if !new_uts {
+        guest.set_hostname(None);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hostname_without_a_uts_namespace_is_the_vms() {
+        let mut s: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2", "hostname": "node1",
+            "linux": {"namespaces": [{"type": "mount"}, {"type": "pid"}]},
+        }))
+        .unwrap();
+        drop_hostname_without_uts(&mut s);
+        assert_eq!(s.hostname(), &None);
+        let mut own: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2", "hostname": "pod1",
+            "linux": {"namespaces": [{"type": "mount"}, {"type": "uts"}]},
+        }))
+        .unwrap();
+        drop_hostname_without_uts(&mut own);
+        assert_eq!(own.hostname().as_deref(), Some("pod1"));
+    }
 
     #[test]
     fn pod_members_join_the_sandboxs_shared_namespaces_in_the_guest() {

@@ -14,7 +14,10 @@ use sandbox::stdio::Pumps;
 use sandbox::{Sandbox, SandboxConfig, SandboxHandle, SandboxPaths};
 use tokio::sync::mpsc;
 
-use crate::container::{exit_code, join_sandbox_namespaces, Container, Exec, Exit, Proc, Status};
+use crate::container::{
+    drop_hostname_without_uts, exit_code, join_sandbox_namespaces, Container, Exec, Exit, Proc,
+    Status,
+};
 use crate::error::ShimError;
 use crate::io::{self, IoPaths};
 use crate::mount::{self, RootfsMount};
@@ -343,6 +346,7 @@ impl Pod {
             let sandbox_pid = self.with(&vm.owner, |c| c.init.pid)?;
             join_sandbox_namespaces(&mut plan.request.spec, &spec, sandbox_pid);
         }
+        drop_hostname_without_uts(&mut plan.request.spec);
         let slot = vm.sandbox.clone();
         let added = blocking(move || {
             let guard = slot.lock().expect("poisoned");

@@ -31,7 +31,15 @@ def run_pod(name, annotations):
         hostname=name,
         log_directory=os.path.join(LOG_DIR, name),
         annotations=annotations,
-        linux=pb.LinuxPodSandboxConfig(),
+        # No CNI network: containerd 1.6 rejects a loopback-only CNI result ("failed to
+        # find network info"), and a pod's VM has loopback only until pod networking
+        # lands. With the node's network the CRI plugin skips CNI; in the guest the pod's
+        # containers then share the VM's (loopback-only) network namespace.
+        linux=pb.LinuxPodSandboxConfig(
+            security_context=pb.LinuxSandboxSecurityContext(
+                namespace_options=pb.NamespaceOption(network=pb.NODE)
+            )
+        ),
     )
     os.makedirs(cfg.log_directory, exist_ok=True)
     resp = rt.RunPodSandbox(
