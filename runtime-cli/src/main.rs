@@ -3,6 +3,7 @@
 
 mod bench;
 mod boot_cmd;
+mod check;
 mod commands;
 mod lifecycle;
 mod logging;
@@ -78,6 +79,13 @@ enum Command {
     /// template; later creates of matching containers restore it instead of booting
     /// (annotation io.sandbox-vm.template=off forces a cold boot). Prints its directory.
     Template(Box<template_cmd::TemplateArgs>),
+    /// Whether this host can run sandboxes: KVM, guest kernel and image, virtiofsd, the
+    /// containerd shim and containerd's config; one line per item, exit 1 if any failed.
+    Check {
+        /// containerd's config file to look for the runtime in
+        #[arg(long, default_value = check::DEFAULT_CONTAINERD_CONFIG)]
+        containerd_config: PathBuf,
+    },
     /// The per-container host process that runs the VM (started by `create`).
     #[command(hide = true)]
     Monitor {
@@ -152,6 +160,7 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
     let gargs = global_args(&cli.global);
     match cli.command {
         Command::Boot(args) => boot_cmd::run(*args),
+        Command::Check { containerd_config } => Ok(check::run(&containerd_config)),
         Command::Vmm(args) => vmm_cmd::run(*args),
         Command::Template(args) => template_cmd::run(*args),
         Command::Monitor {

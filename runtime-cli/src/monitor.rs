@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sandbox::stdio::HostIo;
-use sandbox::template::{TemplateUse, TEMPLATE_ANNOTATION};
+
 use sandbox::{Sandbox, SandboxConfig};
 
 use crate::plan::Plan;
@@ -79,20 +79,6 @@ fn host_io(plan: &Plan, console: Option<&Path>) -> Result<HostIo, MonitorError> 
     })
 }
 
-/// `io.sandbox-vm.template=off` forces a cold boot; otherwise a matching template is used.
-fn template_use(spec: &oci_spec::runtime::Spec) -> TemplateUse {
-    let off = spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(TEMPLATE_ANNOTATION))
-        .is_some_and(|v| v == "off");
-    if off {
-        TemplateUse::Off
-    } else {
-        TemplateUse::Auto
-    }
-}
-
 /// Up to the container being created and the caller told so.
 fn create_sandbox(
     store: &Store,
@@ -116,7 +102,7 @@ fn create_sandbox(
         virtiofsd: plan.virtiofsd,
         netns: plan.netns,
         agent_timeout: AGENT_TIMEOUT,
-        template: template_use(&plan.container.request.spec),
+        template: sandbox::template::template_use(&plan.container.request.spec),
     };
     let t0 = Instant::now();
     let sandbox = Sandbox::create(&cfg)?;

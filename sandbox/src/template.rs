@@ -178,3 +178,17 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
+
+/// `io.sandbox-vm.template=off` forces a cold boot; otherwise a matching template is used.
+pub fn template_use(spec: &oci_spec::runtime::Spec) -> TemplateUse {
+    let off = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(TEMPLATE_ANNOTATION))
+        .is_some_and(|v| v == "off");
+    if off {
+        TemplateUse::Off
+    } else {
+        TemplateUse::Auto
+    }
+}
