@@ -114,6 +114,20 @@ pub fn find(root: &Path, vm: &VmConfig) -> Result<Option<PathBuf>, TemplateError
     Ok(dir.join(persist::STATE_FILE).is_file().then_some(dir))
 }
 
+/// `io.sandbox-vm.template=off` forces a cold boot; otherwise a matching template is used.
+pub fn template_use(spec: &oci_spec::runtime::Spec) -> TemplateUse {
+    let off = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(TEMPLATE_ANNOTATION))
+        .is_some_and(|v| v == "off");
+    if off {
+        TemplateUse::Off
+    } else {
+        TemplateUse::Auto
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,19 +190,5 @@ mod tests {
         });
         assert!(not_templatable(&v).is_some());
         std::fs::remove_dir_all(&d).unwrap();
-    }
-}
-
-/// `io.sandbox-vm.template=off` forces a cold boot; otherwise a matching template is used.
-pub fn template_use(spec: &oci_spec::runtime::Spec) -> TemplateUse {
-    let off = spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(TEMPLATE_ANNOTATION))
-        .is_some_and(|v| v == "off");
-    if off {
-        TemplateUse::Off
-    } else {
-        TemplateUse::Auto
     }
 }
