@@ -403,7 +403,7 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
         .as_ref()
         .and_then(|r| r.readonly())
         .unwrap_or(false);
-    warn_ignored_labels(&id, process, &linux);
+    warn_ignored_labels(&id, process, Some(&linux));
     let seccomp = linux.seccomp().as_ref().map(seccomp::compile).transpose()?;
     let (rootfs_dir, rootfs_mount) = prepare_rootfs(&id, &rootfs, env)?;
     let undo_rootfs = |m: &Option<PathBuf>| {
@@ -566,7 +566,7 @@ impl Container {
         } else {
             PidNs::Inherit
         };
-        warn_ignored_labels(&self.id, &req.process, &Default::default());
+        warn_ignored_labels(&self.id, &req.process, None);
         let terminal = req.process.terminal().unwrap_or(false);
         let (child_stdio, agent_stdio) =
             make_stdio(req.stdio, terminal, console_size(&req.process))?;

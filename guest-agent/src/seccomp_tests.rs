@@ -270,3 +270,117 @@ fn podmans_default_profile_compiles() {
     assert_eq!(x86_64(&f, "openat", z), RET_ALLOW);
     assert_eq!(x86_64(&f, "kexec_load", z) & 0xffff_0000, RET_ERRNO);
 }
+
+/// xorshift64*: reproducible randomness without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+        v[(self.next() % v.len() as u64) as usize]
+    }
+}
+
+/// The OCI/libseccomp semantics, written plainly: the reference the BPF must agree with.
+fn reference(p: &LinuxSeccomp, name: &str, args: [u64; 6]) -> u32 {
+    let holds = |c: &LinuxSeccompArg| {
+        let (a, v) = (args[c.index()], c.value());
+        match c.op() {
+            ScmpCmpEq => a == v,
+            ScmpCmpNe => a != v,
+            ScmpCmpLt => a < v,
+            ScmpCmpLe => a <= v,
+            ScmpCmpGt => a > v,
+            ScmpCmpGe => a >= v,
+            ScmpCmpMaskedEq => a & v == c.value_two().unwrap_or(0),
+        }
+    };
+    let rules: Vec<&LinuxSyscall> = p
+        .syscalls()
+        .iter()
+        .flatten()
+        .filter(|r| r.names().iter().any(|n| n == name))
+        .collect();
+    let conditional = rules
+        .iter()
+        .filter(|r| r.args().as_ref().is_some_and(|a| !a.is_empty()));
+    for r in conditional {
+        if r.args().as_ref().unwrap().iter().all(holds) {
+            return action(r.action(), r.errno_ret()).unwrap();
+        }
+    }
+    match rules
+        .iter()
+        .find(|r| r.args().as_ref().is_none_or(|a| a.is_empty()))
+    {
+        Some(r) => action(r.action(), r.errno_ret()).unwrap(),
+        None => action(p.default_action(), p.default_errno_ret()).unwrap(),
+    }
+}
+
+#[test]
+fn random_profiles_agree_with_the_reference_semantics() {
+    let names = ["read", "write", "openat", "mkdir", "clone", "socket"];
+    let values = [
+        0u64,
+        1,
+        5,
+        0xffff_ffff,
+        0x1_0000_0000,
+        0x1_0000_0005,
+        u64::MAX,
+    ];
+    let ops = [
+        ScmpCmpEq,
+        ScmpCmpNe,
+        ScmpCmpLt,
+        ScmpCmpLe,
+        ScmpCmpGt,
+        ScmpCmpGe,
+        ScmpCmpMaskedEq,
+    ];
+    let acts = [
+        ScmpActAllow,
+        ScmpActErrno,
+        ScmpActKillProcess,
+        ScmpActTrap,
+        ScmpActLog,
+    ];
+    let mut rng = Rng(0x0dd_5eed_c0ff_ee01);
+    for _ in 0..300 {
+        let mut rules = vec![];
+        for _ in 0..1 + rng.next() % 6 {
+            let n: Vec<String> = (0..1 + rng.next() % 2)
+                .map(|_| rng.pick(&names).to_string())
+                .collect();
+            let conds: Vec<LinuxSeccompArg> = (0..rng.next() % 4)
+                .map(|_| {
+                    let (op, v, v2) = (rng.pick(&ops), rng.pick(&values), rng.pick(&values));
+                    arg((rng.next() % 6) as usize, op, v, v2)
+                })
+                .collect();
+            let mut r = rule(&[], rng.pick(&acts))
+                .names(n)
+                .errno_ret((rng.next() % 40) as u32);
+            if !conds.is_empty() {
+                r = r.args(conds);
+            }
+            rules.push(r.build().unwrap());
+        }
+        let p = profile(rng.pick(&acts), rules);
+        let f = compile(&p).unwrap();
+        for _ in 0..40 {
+            let name = rng.pick(&names);
+            let args = [(); 6].map(|_| rng.pick(&values));
+            assert_eq!(
+                x86_64(&f, name, args),
+                reference(&p, name, args),
+                "{name} {args:x?} under {p:?}"
+            );
+        }
+    }
+}

@@ -252,7 +252,7 @@ pub fn apply_identity(id: &Identity) -> Result<(), SecurityError> {
 
 /// The LSM settings of a spec that the guest cannot apply: the guest kernel has neither
 /// AppArmor nor SELinux, so they are ignored with one warning line each.
-pub fn ignored_labels(process: &Process, linux: &Linux) -> Vec<String> {
+pub fn ignored_labels(process: &Process, linux: Option<&Linux>) -> Vec<String> {
     let mut out = vec![];
     if let Some(p) = process
         .apparmor_profile()
@@ -264,14 +264,18 @@ pub fn ignored_labels(process: &Process, linux: &Linux) -> Vec<String> {
     if let Some(l) = process.selinux_label().as_deref().filter(|l| !l.is_empty()) {
         out.push(format!("process.selinuxLabel {l:?}"));
     }
-    if let Some(l) = linux.mount_label().as_deref().filter(|l| !l.is_empty()) {
+    if let Some(l) = linux
+        .and_then(|l| l.mount_label().as_deref())
+        .filter(|l| !l.is_empty())
+    {
         out.push(format!("linux.mountLabel {l:?}"));
     }
     out
 }
 
-/// Logs [`ignored_labels`] on the agent's stderr (the guest console).
-pub fn warn_ignored_labels(container_id: &str, process: &Process, linux: &Linux) {
+/// Logs [`ignored_labels`] on the agent's stderr (the guest console); `linux` is `None`
+/// for an exec'd process.
+pub fn warn_ignored_labels(container_id: &str, process: &Process, linux: Option<&Linux>) {
     for what in ignored_labels(process, linux) {
         eprintln!(
             "guest-agent: warning: container {container_id}: ignoring {what}: the guest kernel has no LSM"
@@ -287,11 +291,12 @@ mod tests {
     fn lsm_labels_are_listed_for_the_warning() {
         let mut p = Process::default();
         let mut l = Linux::default();
-        assert!(ignored_labels(&p, &l).is_empty());
+        assert!(ignored_labels(&p, Some(&l)).is_empty());
         p.set_apparmor_profile(Some("containers-default-0.50".into()));
         p.set_selinux_label(Some("system_u:system_r:container_t:s0".into()));
         l.set_mount_label(Some("system_u:object_r:container_file_t:s0".into()));
-        let w = ignored_labels(&p, &l);
+        assert_eq!(ignored_labels(&p, None).len(), 2);
+        let w = ignored_labels(&p, Some(&l));
         assert_eq!(w.len(), 3);
         assert!(w[0].starts_with("process.apparmorProfile \"containers-default"));
         assert!(w[1].starts_with("process.selinuxLabel "));

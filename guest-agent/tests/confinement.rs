@@ -86,6 +86,19 @@ fn directory_rootfs_read_only_and_read_write() {
         rw.out()
     );
     assert_eq!(std::fs::read(root.path().join("probe")).unwrap(), b"x\n");
+
+    // The same read-only root when entered with MS_MOVE + chroot (an initramfs agent).
+    let no_pivot = Agent::start_with(&["--no-pivot"]);
+    let cmd = "echo y > /probe2 && echo wrote";
+    let ro = run(
+        &no_pivot,
+        &unique("dir-ro-nopivot"),
+        with_root_readonly(spec(&["sh", "-c", cmd], "h", None), true),
+        root.path(),
+    );
+    assert_eq!(ro.exit.status, ExitStatus::Code(1), "{}", ro.out());
+    let err = String::from_utf8_lossy(&ro.stderr);
+    assert!(err.contains("Read-only file system"), "{err}");
 }
 
 #[test]

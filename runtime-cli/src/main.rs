@@ -1,6 +1,7 @@
 //! `sandbox-vm`: an OCI runtime (runc's command line) that runs each container in its own
 //! KVM microVM, plus `boot`, the developer command that boots a guest kernel with the VMM.
 
+mod bench;
 mod boot_cmd;
 mod commands;
 mod lifecycle;
@@ -11,6 +12,7 @@ mod ready;
 mod state;
 mod template_cmd;
 mod vmm_cmd;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -87,6 +89,11 @@ enum Command {
     /// The VMM as a process of its own, with a control API socket (started by the runtime).
     #[command(hide = true)]
     Vmm(Box<vmm_cmd::VmmArgs>),
+    /// Benchmarks: `bench isolation` compares sandbox-vm with other OCI runtimes.
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCmd,
+    },
 }
 
 /// The global flags the monitor and background exec inherit.
@@ -151,6 +158,10 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
             container_id,
             console_socket,
         } => Ok(code(monitor::run(store, &container_id, console_socket))),
+        Command::Bench { cmd } => {
+            bench::run(cmd)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Standard(cmd) => match *cmd {
             StandardCmd::Create(c) => {
                 lifecycle::create(

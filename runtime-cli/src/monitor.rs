@@ -145,6 +145,7 @@ pub fn run(store: &Store, id: &str, console: Option<PathBuf>) -> i32 {
         }
     };
     ready.ok();
+    crate::watch::virtiofsd(&dir, sandbox.host_pids()[1]);
     let exit = sandbox.handle().wait(id, None);
     for p in pumps.outputs {
         let _ = p.join();

@@ -16,6 +16,7 @@
 
 pub mod handle;
 pub mod image;
+pub mod jail;
 pub mod oci;
 pub mod paths;
 pub mod process;

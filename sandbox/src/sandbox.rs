@@ -409,5 +409,6 @@ fn save_snapshot(api_sock: &Path, dir: &Path) -> Result<(), String> {
 /// under its state directory. The helper processes are the owner's process group's and
 /// are killed with it.
 pub fn clean_up_after_owner(dir: &Path) -> Result<usize, SandboxError> {
+    crate::jail::remove_cgroup(&dir.join(crate::jail::DIR_NAME));
     Ok(crate::share::unmount_under(dir, false)?)
 }

@@ -32,6 +32,11 @@ pub fn describe_exit(status: ExitStatus, log: &Path, console: &Path) -> String {
             console.display()
         ),
         (Some(c), _) => format!("the VMM failed (exit {c}): {}", last_line(log)),
+        (None, Some(libc::SIGSYS)) => format!(
+            "the VMM was killed by signal {} (SIGSYS: a system call outside its seccomp \
+             filter; the kernel log names it: dmesg | grep type=1326)",
+            libc::SIGSYS
+        ),
         (None, Some(sig)) => format!("the VMM was killed by signal {sig}"),
         (None, None) => "the VMM ended".into(),
     }
@@ -68,6 +73,13 @@ impl VmmProcess {
             .arg(config)
             .arg("--api-sock")
             .arg(api_sock);
+        // `log` finds what a host's VMM needs (the kernel logs each call outside a filter).
+        if let Some(mode) = std::env::var_os("SANDBOX_VM_SECCOMP") {
+            cmd.arg("--seccomp").arg(mode);
+        }
+        if let Some(dir) = crate::jail::dir_for(config) {
+            cmd.arg("--jail").arg(dir);
+        }
         let mut proc = Supervised::spawn("the VMM", cmd, log)?;
         proc.wait_ready(READY_TIMEOUT, || UnixStream::connect(api_sock).is_ok())?;
         Ok(VmmProcess {

@@ -19,6 +19,7 @@ pub mod layout;
 pub mod memory;
 pub mod mptable;
 pub mod persist;
+pub mod seccomp;
 pub mod stop;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]

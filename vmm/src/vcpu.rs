@@ -102,6 +102,7 @@ impl Vcpu {
 
     fn run(mut self, shared: VcpuShared) {
         let _guard = StopOnExit(shared.stop.clone(), self.id);
+        crate::seccomp::confine_current(crate::seccomp::ThreadKind::Vcpu);
         let id = self.id;
         let record = |exit: &Exit| {
             if let Some(c) = shared.control.exit_counters(id) {

@@ -133,6 +133,9 @@ impl Vm {
             }
         }
         on_running();
+        // Every other thread runs now: the main thread's filter only has to allow waiting
+        // and tearing down (a filter is inherited by threads spawned after it).
+        crate::seccomp::confine_current(crate::seccomp::ThreadKind::Main);
         wait_readable(self.stop.eventfd());
         self.control.shut_down();
         vcpu::stop_and_join(threads);

@@ -141,6 +141,7 @@ fn serve(
     shutdown: &EventFd,
     stop_evt: Option<&EventFd>,
 ) {
+    crate::seccomp::confine_current(crate::seccomp::ThreadKind::Api);
     let mut conns: Vec<Conn> = Vec::new();
     loop {
         let mut fds = vec![

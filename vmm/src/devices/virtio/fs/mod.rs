@@ -28,7 +28,9 @@
 //! The backend socket is connected (and features negotiated) when the device is built, so a
 //! missing backend is a build error. Later, a backend that hangs up, writes unasked, or fails
 //! a request breaks the connection: the device logs one line, sets `DEVICE_NEEDS_RESET` if
-//! active, and never talks to that backend again. The VMM and its other devices go on.
+//! active, and never talks to that backend again. The VMM and its other devices go on. (A
+//! request written to a backend that died unnoticed fails with EPIPE: like the vsock
+//! backend, this relies on the VMM binary ignoring SIGPIPE, as Rust binaries do.)
 
 pub mod event_handler;
 pub mod vhost;

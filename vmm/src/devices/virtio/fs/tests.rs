@@ -225,12 +225,12 @@ fn activation_sends_the_memory_table_and_sets_up_every_ring() {
     );
     assert_ne!(region.file.as_raw_fd(), -1);
     for (i, q) in [&hiprio, &request].into_iter().enumerate() {
-        let i32 = i as u32;
-        assert_eq!(seen.nums[&i32], u32::from(q.size()), "queue {i} size");
-        assert_eq!(seen.bases[&i32], 0);
-        assert!(seen.calls.contains_key(&i32) && seen.kicks.contains_key(&i32));
-        assert!(seen.enabled[&i32]);
-        assert_eq!(seen.addrs[&i32].flags, 0);
+        let qi = i as u32;
+        assert_eq!(seen.nums[&qi], u32::from(q.size()), "queue {i} size");
+        assert_eq!(seen.bases[&qi], 0);
+        assert!(seen.calls.contains_key(&qi) && seen.kicks.contains_key(&qi));
+        assert!(seen.enabled[&qi]);
+        assert_eq!(seen.addrs[&qi].flags, 0);
     }
     let addrs = seen.addrs.clone();
     drop(seen);
