@@ -210,9 +210,9 @@ fn api() -> Result<Vec<Entry>, BackendError> {
             1,
             &[
                 libc::FIONBIO,
-                u64::from(KVM_GET_IRQCHIP()),
-                u64::from(KVM_GET_PIT2()),
-                u64::from(KVM_GET_CLOCK()),
+                KVM_GET_IRQCHIP(),
+                KVM_GET_PIT2(),
+                KVM_GET_CLOCK(),
             ],
         )?,
         any(libc::SYS_tgkill)?,
