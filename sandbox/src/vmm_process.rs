@@ -110,6 +110,9 @@ impl VmmProcess {
         for s in &clone.fs_sockets {
             cmd.arg("--fs-socket").arg(s);
         }
+        if let Some(mode) = std::env::var_os("SANDBOX_VM_SECCOMP") {
+            cmd.arg("--seccomp").arg(mode);
+        }
         let mut proc = Supervised::spawn("the VMM", cmd, log)?;
         proc.wait_ready(READY_TIMEOUT, || UnixStream::connect(api_sock).is_ok())?;
         Ok(VmmProcess {
