@@ -109,7 +109,7 @@ impl Sandbox {
                 }),
         };
         let t0 = Instant::now();
-        let mut sandbox = Self::start(cfg, template.as_deref())?;
+        let mut sandbox = Self::start(cfg, template.as_deref(), false)?;
         let mut agent = sandbox.wait_for_agent(cfg.agent_timeout)?;
         log::info!(
             "sandbox {}: agent answered after {:.1?} ({})",
@@ -149,7 +149,8 @@ impl Sandbox {
         if dest.join(vmm::persist::STATE_FILE).is_file() {
             return Ok(dest);
         }
-        let mut sandbox = Self::start(cfg, None)?;
+        // Unjailed: the VMM writes the snapshot into the template cache.
+        let mut sandbox = Self::start(cfg, None, true)?;
         drop(sandbox.wait_for_agent(cfg.agent_timeout)?);
         let tmp = root.join(format!("{key}.tmp-{}", std::process::id()));
         let saved = save_snapshot(sandbox.vmm.api_sock(), &tmp);
@@ -172,7 +173,11 @@ impl Sandbox {
 
     /// Prepares the share and starts virtiofsd and the VMM (booting, or restoring
     /// `template`).
-    fn start(cfg: &SandboxConfig, template: Option<&Path>) -> Result<Sandbox, SandboxError> {
+    fn start(
+        cfg: &SandboxConfig,
+        template: Option<&Path>,
+        template_build: bool,
+    ) -> Result<Sandbox, SandboxError> {
         let paths = SandboxPaths::in_dir(&cfg.dir);
         let share = Share::prepare(&paths.share)?;
         let virtiofsd = Virtiofsd::start(
@@ -199,6 +204,7 @@ impl Sandbox {
                 &paths.vm_config,
                 &paths.api_sock,
                 &paths.vmm_log,
+                !template_build,
             )?,
         };
         Ok(Sandbox {
