@@ -118,7 +118,7 @@ impl Sandbox {
                 }),
         };
         let t0 = Instant::now();
-        let (mut sandbox, pod_net) = Self::start(cfg, template.as_deref())?;
+        let (mut sandbox, pod_net) = Self::start(cfg, template.as_deref(), false)?;
         let mut agent = sandbox.wait_for_agent(cfg.agent_timeout)?;
         log::info!(
             "sandbox {}: agent answered after {:.1?} ({})",
@@ -163,12 +163,13 @@ impl Sandbox {
         if dest.join(vmm::persist::STATE_FILE).is_file() {
             return Ok(dest);
         }
-        // Templates are made without a pod network (`cfg.netns` is ignored here).
+        // Templates are made without a pod network (`cfg.netns` is ignored here), and
+        // unjailed: the VMM writes the snapshot into the template cache.
         let cfg = &SandboxConfig {
             netns: None,
             ..cfg.clone()
         };
-        let (mut sandbox, _) = Self::start(cfg, None)?;
+        let (mut sandbox, _) = Self::start(cfg, None, true)?;
         drop(sandbox.wait_for_agent(cfg.agent_timeout)?);
         let tmp = root.join(format!("{key}.tmp-{}", std::process::id()));
         let saved = save_snapshot(sandbox.vmm.api_sock(), &tmp);
@@ -194,6 +195,7 @@ impl Sandbox {
     fn start(
         cfg: &SandboxConfig,
         template: Option<&Path>,
+        template_build: bool,
     ) -> Result<(Sandbox, Option<PodNetwork>), SandboxError> {
         let paths = SandboxPaths::in_dir(&cfg.dir);
         let share = Share::prepare(&paths.share)?;
@@ -232,6 +234,7 @@ impl Sandbox {
                 &paths.api_sock,
                 &paths.vmm_log,
                 pod_net.as_ref().map(|p| &p.netns),
+                !template_build,
             )?,
         };
         let sandbox = Sandbox {

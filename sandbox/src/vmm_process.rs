@@ -64,12 +64,15 @@ pub struct VmmProcess {
 impl VmmProcess {
     /// Starts `exe vmm --config CONFIG --api-sock API_SOCK` and waits until its control
     /// socket accepts (the VM is then built and running).
+    /// `jail` false keeps it out of the jail (a template build: the snapshot is written
+    /// outside the state directory).
     pub fn start(
         exe: &Path,
         config: &Path,
         api_sock: &Path,
         log: &Path,
         netns: Option<&Netns>,
+        jail: bool,
     ) -> Result<VmmProcess, ProcessError> {
         let mut cmd = Command::new(exe);
         cmd.arg("vmm")
@@ -81,7 +84,7 @@ impl VmmProcess {
         if let Some(mode) = std::env::var_os("SANDBOX_VM_SECCOMP") {
             cmd.arg("--seccomp").arg(mode);
         }
-        if let Some(dir) = crate::jail::dir_for(config) {
+        if let Some(dir) = crate::jail::dir_for(config).filter(|_| jail) {
             cmd.arg("--jail").arg(dir);
         }
         if let Some(ns) = netns {
@@ -127,6 +130,9 @@ impl VmmProcess {
             .arg(&clone.console_log);
         for s in &clone.fs_sockets {
             cmd.arg("--fs-socket").arg(s);
+        }
+        if let Some(mode) = std::env::var_os("SANDBOX_VM_SECCOMP") {
+            cmd.arg("--seccomp").arg(mode);
         }
         let mut proc = Supervised::spawn("the VMM", cmd, log)?;
         proc.wait_ready(READY_TIMEOUT, || UnixStream::connect(api_sock).is_ok())?;

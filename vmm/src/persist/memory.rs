@@ -70,6 +70,13 @@ pub fn save_memory_file(mem: &GuestMemory, path: &Path) -> Result<u64, MemoryFil
         .truncate(true)
         .open(path)
         .map_err(werr)?;
+    if let Some(memfd) = shared_backing_file(mem) {
+        let total = mem.iter().map(|r| r.len()).sum();
+        let written = save_from_backing_file(memfd, total, &file).map_err(werr)?;
+        file.set_len(total).map_err(werr)?;
+        file.sync_all().map_err(werr)?;
+        return Ok(written);
+    }
     let mut buf = vec![0u8; CHUNK];
     let mut file_off = 0u64;
     let mut written = 0u64;
@@ -94,6 +101,46 @@ pub fn save_memory_file(mem: &GuestMemory, path: &Path) -> Result<u64, MemoryFil
     }
     file.set_len(file_off).map_err(werr)?;
     file.sync_all().map_err(werr)?;
+    Ok(written)
+}
+
+/// The file behind guest RAM when every region is a shared mapping of it at the offsets
+/// the memory file uses (a booted VM's memfd, or a restored VM's copy): then its holes are
+/// pages the guest never touched, and reading it faults nothing into the VM's mapping.
+fn shared_backing_file(mem: &GuestMemory) -> Option<&File> {
+    let mut expect = 0u64;
+    let mut file = None;
+    for r in mem.iter() {
+        let fo = r.file_offset()?;
+        if r.flags() & libc::MAP_SHARED == 0 || fo.start() != expect {
+            return None;
+        }
+        expect += r.len();
+        file = Some(fo.file());
+    }
+    file
+}
+
+/// Copies the non-zero pages of `memfd`'s data extents to `out` at the same offsets.
+fn save_from_backing_file(memfd: &File, total: u64, out: &File) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut written = 0u64;
+    let mut at = 0u64;
+    while let Some((start, end)) = next_data_extent(memfd, at, total)? {
+        let mut off = start;
+        while off < end {
+            let n = CHUNK.min((end - off) as usize);
+            memfd.read_exact_at(&mut buf[..n], off)?;
+            for (i, page) in buf[..n].chunks(PAGE).enumerate() {
+                if page.iter().any(|&b| b != 0) {
+                    out.write_all_at(page, off + (i * PAGE) as u64)?;
+                    written += page.len() as u64;
+                }
+            }
+            off += n as u64;
+        }
+        at = end;
+    }
     Ok(written)
 }
 
@@ -158,11 +205,7 @@ pub fn copy_memory_file(path: &Path, mem_mib: u64) -> Result<GuestMemory, Memory
         .map_err(|e| MemoryFileError::Map(e.to_string()))?;
     // Guest RAM is one memfd, laid out as the memory file is: copy file to file (pwrite
     // allocates the memfd's pages without faulting them into our mapping one by one).
-    let memfd = mem
-        .iter()
-        .next()
-        .and_then(|r| r.file_offset())
-        .map(|f| f.file())
+    let memfd = shared_backing_file(&mem)
         .ok_or_else(|| MemoryFileError::Map("guest memory has no backing file".into()))?;
     let write_err = |err| MemoryFileError::Write {
         path: "the guest memory memfd".into(),
@@ -264,6 +307,12 @@ mod tests {
             map_memory_file(&path, 32 << 20),
             Err(MemoryFileError::Size { .. })
         ));
+
+        // A snapshot of the private mapping saves what the guest wrote, not the file.
+        let path2 = dir.join("memory2");
+        save_memory_file(&back, &path2).unwrap();
+        let again2 = map_memory_file(&path2, 16 << 20).unwrap();
+        assert_eq!(again2.read_obj::<u32>(GuestAddress(0x5000)).unwrap(), 7);
 
         // The memfd copy holds the same data and is shareable (memfd-backed).
         let copy = copy_memory_file(&path, 16).unwrap();

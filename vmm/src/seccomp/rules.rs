@@ -17,6 +17,23 @@ vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_bindings::kvm_regs);
 vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_bindings::kvm_sregs);
 vmm_sys_util::ioctl_iowr_nr!(KVM_TRANSLATE, KVMIO, 0x85, kvm_bindings::kvm_translation);
+// Snapshots (`persist`): a parked vCPU saves itself; the API thread saves the VM.
+vmm_sys_util::ioctl_iowr_nr!(KVM_GET_CPUID2, KVMIO, 0x91, kvm_bindings::kvm_cpuid2);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_bindings::kvm_mp_state);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_bindings::kvm_xsave);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_bindings::kvm_xcrs);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_bindings::kvm_debugregs);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_bindings::kvm_lapic_state);
+vmm_sys_util::ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_bindings::kvm_msrs);
+vmm_sys_util::ioctl_ior_nr!(
+    KVM_GET_VCPU_EVENTS,
+    KVMIO,
+    0x9f,
+    kvm_bindings::kvm_vcpu_events
+);
+vmm_sys_util::ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_bindings::kvm_irqchip);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_bindings::kvm_pit_state2);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_bindings::kvm_clock_data);
 
 /// A system call and the rules one of which its arguments must match (none: any).
 type Entry = (i64, Vec<SeccompRule>);
@@ -91,13 +108,28 @@ fn common() -> Result<Vec<Entry>, BackendError> {
 }
 
 /// vCPU: KVM_RUN and the reads a crash diagnosis makes; guest I/O to the buses (serial
-/// output to its file, eventfd kicks); a vhost-user device's requests at activation.
+/// output to its file, eventfd kicks); a vhost-user device's requests at activation; the
+/// reads of its own state a snapshot makes (`persist::vcpu::save`).
 fn vcpu() -> Result<Vec<Entry>, BackendError> {
     Ok(vec![
         one_of(
             libc::SYS_ioctl,
             1,
-            &[KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS(), KVM_TRANSLATE()].map(u64::from),
+            &[
+                KVM_RUN(),
+                KVM_GET_REGS(),
+                KVM_GET_SREGS(),
+                KVM_TRANSLATE(),
+                KVM_GET_CPUID2(),
+                KVM_GET_MP_STATE(),
+                KVM_GET_XSAVE(),
+                KVM_GET_XCRS(),
+                KVM_GET_DEBUGREGS(),
+                KVM_GET_LAPIC(),
+                KVM_GET_MSRS(),
+                KVM_GET_VCPU_EVENTS(),
+            ]
+            .map(u64::from),
         )?,
         any(libc::SYS_poll)?,
         any(libc::SYS_ppoll)?,
@@ -162,7 +194,9 @@ fn privilege_drop() -> Result<Vec<Entry>, BackendError> {
     ])
 }
 
-/// The API thread: its socket and connections, and kicking vCPU threads for a pause.
+/// The API thread: its socket and connections, and kicking vCPU threads for a pause; a
+/// snapshot (`persist::SnapshotSource::write`): the VM-wide KVM state, the snapshot
+/// directory and files, the guest memory file's extents, the kernel file's hash.
 fn api() -> Result<Vec<Entry>, BackendError> {
     Ok(vec![
         any(libc::SYS_poll)?,
@@ -171,8 +205,33 @@ fn api() -> Result<Vec<Entry>, BackendError> {
         any(libc::SYS_recvfrom)?,
         any(libc::SYS_sendto)?,
         any(libc::SYS_setsockopt)?,
-        one_of(libc::SYS_ioctl, 1, &[libc::FIONBIO])?,
+        one_of(
+            libc::SYS_ioctl,
+            1,
+            &[
+                libc::FIONBIO,
+                KVM_GET_IRQCHIP(),
+                KVM_GET_PIT2(),
+                KVM_GET_CLOCK(),
+            ],
+        )?,
         any(libc::SYS_tgkill)?,
+        any(libc::SYS_mkdir)?,
+        any(libc::SYS_mkdirat)?,
+        any(libc::SYS_openat)?,
+        any(libc::SYS_statx)?,
+        any(libc::SYS_newfstatat)?,
+        any(libc::SYS_fstat)?,
+        any(libc::SYS_lseek)?,
+        any(libc::SYS_pread64)?,
+        any(libc::SYS_pwrite64)?,
+        any(libc::SYS_ftruncate)?,
+        any(libc::SYS_fsync)?,
+        any(libc::SYS_rename)?,
+        any(libc::SYS_renameat)?,
+        any(libc::SYS_renameat2)?,
+        any(libc::SYS_unlink)?,
+        any(libc::SYS_unlinkat)?,
     ]
     .into_iter()
     .chain(privilege_drop()?)
