@@ -4,7 +4,8 @@
 //!
 //! * `start` (containerd runs it with the bundle as cwd): starts the shim server grouped
 //!   by the pod's `io.kubernetes.cri.sandbox-id` (or the task id when there is none) and
-//!   prints its address; a second `start` for the same pod gets the live server's address.
+//!   prints its address (bare, as containerd 1.6 reads it); a second `start` for the same
+//!   pod gets the live server's address.
 //! * `delete`: cleans up after a shim that died, prints a DeleteResponse.
 //! * no action: the server. See `serve` for why it is not the library's.
 

@@ -297,6 +297,7 @@ impl Pod {
         args: &CreateArgs,
         spec: &Spec,
         rootfs_dir: &Path,
+        mounted: bool,
     ) -> Result<Option<Vm>, ShimError> {
         let current = self.lock().vm.clone();
         match (sizing::role(spec), current) {
@@ -312,6 +313,13 @@ impl Pod {
                     rootfs_dir.to_path_buf(),
                     dir.clone(),
                 );
+                // Recorded before the boot: a shim that dies booting leaves a VM too.
+                let rec = BundleRecord {
+                    state_dir: dir.clone(),
+                    owner: true,
+                    rootfs_mounted: mounted,
+                };
+                write_record(&args.bundle, &rec);
                 let (sb, mode) = blocking(move || boot(&id, &s, &r, &d)).await?;
                 Ok(Some(Vm {
                     owner: args.id.clone(),
@@ -332,7 +340,9 @@ impl Pod {
         mounted: bool,
     ) -> Result<u32, ShimError> {
         let (host_io, stdin) = io::open(&args.io)?;
-        let booted = self.boot_if_owner(args, &spec, &rootfs_dir).await?;
+        let booted = self
+            .boot_if_owner(args, &spec, &rootfs_dir, mounted)
+            .await?;
         let vm = match &booted {
             Some(vm) => vm.clone(),
             None => self.vm()?,

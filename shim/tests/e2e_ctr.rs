@@ -19,7 +19,7 @@ fn host_release() -> String {
 
 /// Polls `ctr task ls` until the task is STOPPED.
 fn wait_stopped(c: &Containerd, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let ls = text(&c.ctr(NS, &["task", "ls"]).stdout);
         if ls
