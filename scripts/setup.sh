@@ -36,8 +36,14 @@ echo "[setup] guest image (agent disk)" >&2
 AGENT_DISK=$(images/build-agent-disk.sh | tail -n 1)
 echo "[setup] agent initramfs (OCI runtime guest)" >&2
 AGENT_INITRD=$(images/build-agent-initramfs.sh | tail -n 1)
+echo "[setup] isolation benchmark probe (static)" >&2
+PROBE=$(tests/probe/build-static.sh | tail -n 1)
 echo "[setup] binaries (cargo build --release)" >&2
 cargo build --release --workspace >&2
+# containerd looks for containerd-shim-NAME-v2 on its PATH only (1.6.20 ignores
+# runtime_path); a symlink keeps the shim's real path in target/release, beside the
+# sandbox-vm binary it runs the VMM with.
+ln -sfn "$PWD/target/release/containerd-shim-sandbox-vm-v2" /usr/local/bin/containerd-shim-sandbox-vm-v2
 
 echo "export SANDBOX_VM_KERNEL=$KERNEL"
 echo "export SANDBOX_VM_TEST_INITRD=$INITRD"
@@ -45,3 +51,4 @@ echo "export SANDBOX_VM_VIRTIO_INITRD=$VIRTIO_INITRD"
 echo "export SANDBOX_VM_AGENT_DISK=$AGENT_DISK"
 echo "export SANDBOX_VM_INITRD=$AGENT_INITRD"
 echo "export SANDBOX_VM_VIRTIOFSD=/usr/local/bin/virtiofsd"
+echo "export SANDBOX_VM_PROBE=$PROBE"

@@ -83,7 +83,7 @@ def bundle(d, rootfs, args, mode, mounts=()):
 def create_and_first_output(root, b, cid):
     """`create`, then `start`; returns (create s, create-to-first-output s, all output)."""
     t0 = time.monotonic()
-    out_path = os.path.join(root, cid + ".out")
+    out_path = os.path.join(os.path.dirname(root), cid + ".out")
     with open(out_path, "wb") as out:
         subprocess.run([SVM, "--root", root, "create", "--bundle", b, cid], check=True,
                        stdin=subprocess.DEVNULL, stdout=out, stderr=out)

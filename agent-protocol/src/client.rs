@@ -169,6 +169,18 @@ impl Client {
         }
     }
 
+    /// After a restore from a template: gives the clone its own entropy, clock and
+    /// hostname (see [`crate::clone`]).
+    pub fn clone_identity(
+        &mut self,
+        id: crate::clone::CloneIdentity,
+    ) -> Result<crate::clone::CloneApplied, ClientError> {
+        match self.call(Request::CloneIdentity(id))? {
+            Response::CloneApplied(a) => Ok(a),
+            r => Err(unexpected("expected CloneApplied", r)),
+        }
+    }
+
     /// Sandbox-wide settings.
     pub fn create_sandbox(&mut self, req: CreateSandbox) -> Result<(), ClientError> {
         self.call_done(Request::CreateSandbox(req))

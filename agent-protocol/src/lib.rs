@@ -6,6 +6,7 @@
 //! rule both sides apply).
 
 pub mod client;
+pub mod clone;
 pub mod frame;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;

@@ -158,6 +158,10 @@ pub enum Request {
     },
     /// Sends [`Event`]s on this connection from now on.
     SubscribeEvents,
+    /// The VM was just restored from a template: make this clone its own machine
+    /// (entropy + CRNG reseed, wall clock, hostname; see [`crate::clone`]). Answered with
+    /// [`Response::CloneApplied`].
+    CloneIdentity(crate::clone::CloneIdentity),
     /// Syncs and powers the guest off (reboot, which the VMM treats as exit).
     Shutdown,
     /// Gives the guest the pod's network (its NICs, addresses, routes); sent once, after
@@ -321,6 +325,8 @@ pub enum Response {
     Processes(Vec<ProcessInfo>),
     /// Answer to [`Request::Stats`].
     Stats(ContainerStats),
+    /// Answer to [`Request::CloneIdentity`].
+    CloneApplied(crate::clone::CloneApplied),
 }
 
 /// How a process ended.

@@ -44,6 +44,12 @@ pub enum AgentError {
     /// No terminal.
     #[error("the process has no terminal")]
     NoTty,
+    /// A clone identity was refused or could not be applied.
+    #[error(transparent)]
+    Clone(#[from] crate::clone::CloneApplyError),
+    /// Only the guest's init may reseed and re-clock its machine.
+    #[error("a clone identity is only applied by the agent running as the guest's init")]
+    NotInit,
     /// The pod network could not be configured.
     #[error("pod network: {0}")]
     Network(#[from] crate::network::NetError),
@@ -67,7 +73,11 @@ impl AgentError {
                 | SeccompError::Listener(_),
             )) => ErrorCode::NotSupported,
             AgentError::Container(ContainerError::Seccomp(_)) => ErrorCode::InvalidArgument,
-            AgentError::NoTty => ErrorCode::InvalidState,
+            AgentError::NoTty | AgentError::NotInit => ErrorCode::InvalidState,
+            AgentError::Clone(crate::clone::CloneApplyError::Invalid(_)) => {
+                ErrorCode::InvalidArgument
+            }
+            AgentError::Clone(_) => ErrorCode::Internal,
             AgentError::Network(crate::network::NetError::Invalid(_)) => ErrorCode::InvalidArgument,
             AgentError::Network(_) => ErrorCode::Internal,
             AgentError::Container(c) => match c {
@@ -236,6 +246,12 @@ impl Agent {
                 }
                 *self.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(sb);
                 Ok(Response::Done)
+            }
+            Request::CloneIdentity(id) => {
+                if !self.cfg.pid1 {
+                    return Err(AgentError::NotInit);
+                }
+                Ok(Response::CloneApplied(crate::clone::apply(&id)?))
             }
             Request::ConfigureNetwork(cfg) => {
                 crate::network::configure(&cfg)?;

@@ -4,6 +4,7 @@
 mod agent;
 mod cgroup;
 mod child;
+mod clone;
 mod container;
 mod mounts;
 mod network;

@@ -242,3 +242,20 @@ fn create_sandbox_share_errors_are_clear() {
     c.create_sandbox(sb(vec![])).unwrap();
     c.ping().unwrap();
 }
+
+/// A host-test agent (not the guest's init) refuses to reseed and re-clock its host.
+#[test]
+fn clone_identity_is_refused_outside_the_guest_init() {
+    let agent = Agent::start();
+    let mut c = agent.client();
+    let id = agent_protocol::clone::CloneIdentity {
+        entropy: vec![1; agent_protocol::clone::CLONE_ENTROPY_BYTES],
+        realtime_ns: 1_800_000_000 * 1_000_000_000,
+        hostname: "clone-1".into(),
+    };
+    assert_eq!(
+        code(c.clone_identity(id).unwrap_err()),
+        ErrorCode::InvalidState
+    );
+    c.ping().unwrap();
+}

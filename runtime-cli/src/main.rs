@@ -1,7 +1,9 @@
 //! `sandbox-vm`: an OCI runtime (runc's command line) that runs each container in its own
 //! KVM microVM, plus `boot`, the developer command that boots a guest kernel with the VMM.
 
+mod bench;
 mod boot_cmd;
+mod check;
 mod commands;
 mod lifecycle;
 mod logging;
@@ -9,7 +11,9 @@ mod monitor;
 mod plan;
 mod ready;
 mod state;
+mod template_cmd;
 mod vmm_cmd;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -71,6 +75,17 @@ enum Command {
     /// Boot a guest kernel in a microVM (developer command); exits 0 when the guest reboots
     /// or powers off, 2 when it crashes, 1 on a VMM error.
     Boot(Box<boot_cmd::BootArgs>),
+    /// Boot the VM a bundle's container would get to agent-ready once and save it as a
+    /// template; later creates of matching containers restore it instead of booting
+    /// (annotation io.sandbox-vm.template=off forces a cold boot). Prints its directory.
+    Template(Box<template_cmd::TemplateArgs>),
+    /// Whether this host can run sandboxes: KVM, guest kernel and image, virtiofsd, the
+    /// containerd shim and containerd's config; one line per item, exit 1 if any failed.
+    Check {
+        /// containerd's config file to look for the runtime in
+        #[arg(long, default_value = check::DEFAULT_CONTAINERD_CONFIG)]
+        containerd_config: PathBuf,
+    },
     /// The per-container host process that runs the VM (started by `create`).
     #[command(hide = true)]
     Monitor {
@@ -82,6 +97,11 @@ enum Command {
     /// The VMM as a process of its own, with a control API socket (started by the runtime).
     #[command(hide = true)]
     Vmm(Box<vmm_cmd::VmmArgs>),
+    /// Benchmarks: `bench isolation` compares sandbox-vm with other OCI runtimes.
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCmd,
+    },
 }
 
 /// The global flags the monitor and background exec inherit.
@@ -140,11 +160,17 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
     let gargs = global_args(&cli.global);
     match cli.command {
         Command::Boot(args) => boot_cmd::run(*args),
+        Command::Check { containerd_config } => Ok(check::run(&containerd_config)),
         Command::Vmm(args) => vmm_cmd::run(*args),
+        Command::Template(args) => template_cmd::run(*args),
         Command::Monitor {
             container_id,
             console_socket,
         } => Ok(code(monitor::run(store, &container_id, console_socket))),
+        Command::Bench { cmd } => {
+            bench::run(cmd)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Standard(cmd) => match *cmd {
             StandardCmd::Create(c) => {
                 lifecycle::create(

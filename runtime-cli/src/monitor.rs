@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sandbox::stdio::HostIo;
+
 use sandbox::{Sandbox, SandboxConfig};
 
 use crate::plan::Plan;
@@ -101,6 +102,7 @@ fn create_sandbox(
         virtiofsd: plan.virtiofsd,
         netns: plan.netns,
         agent_timeout: AGENT_TIMEOUT,
+        template: sandbox::template::template_use(&plan.container.request.spec),
     };
     let t0 = Instant::now();
     let sandbox = Sandbox::create(&cfg)?;
@@ -130,6 +132,7 @@ pub fn run(store: &Store, id: &str, console: Option<PathBuf>) -> i32 {
         }
     };
     ready.ok();
+    crate::watch::virtiofsd(&dir, sandbox.host_pids()[1]);
     let exit = sandbox.handle().wait(id, None);
     for p in pumps.outputs {
         let _ = p.join();

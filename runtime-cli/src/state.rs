@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Process;
@@ -208,9 +209,15 @@ impl Store {
     /// Makes a new container's directory; fails if the id is taken.
     pub fn create_dir(&self, id: &str) -> Result<PathBuf, StateError> {
         validate_id(id)?;
-        fs::create_dir_all(&self.root).map_err(io_err("cannot create state root", &self.root))?;
+        // Only the owner may enter: the sockets inside reach the VM and the agent.
+        let mut private = fs::DirBuilder::new();
+        private.mode(0o700);
+        private
+            .recursive(true)
+            .create(&self.root)
+            .map_err(io_err("cannot create state root", &self.root))?;
         let dir = self.dir(id);
-        match fs::create_dir(&dir) {
+        match private.recursive(false).create(&dir) {
             Ok(()) => Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 Err(StateError::Exists(id.into()))
@@ -337,6 +344,9 @@ mod tests {
         let store = temp_store("roundtrip");
         store.create_dir("c1").unwrap();
         assert!(matches!(store.create_dir("c1"), Err(StateError::Exists(_))));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&store.dir("c1")), 0o700);
         let s = sample("c1", Some(std::process::id() as i32));
         store.save(&s).unwrap();
         assert_eq!(store.load("c1").unwrap(), s);

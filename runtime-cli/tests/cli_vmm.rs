@@ -189,3 +189,65 @@ fn a_bad_config_exits_1_with_one_line_and_no_socket() {
         assert!(!s.sock().exists());
     }
 }
+
+fn spawn_restore(dir: &Path, sock: &Path, extra: &[&str]) -> Child {
+    Command::new(bin())
+        .args(["vmm", "--restore"])
+        .arg(dir)
+        .arg("--api-sock")
+        .arg(sock)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_snapshot_restores_in_a_new_vmm_process_and_another_kernel_is_refused() {
+    let s = Scratch::new("restore");
+    let config = s.guest(COUNTING);
+    let mut child = spawn_vmm(&config, &s.sock());
+    let mut client = connect(&mut child, &s.sock());
+    assert!(io_out_passes(&mut client, 100));
+    client.pause().unwrap();
+    let snap = s.0.join("snap");
+    client.snapshot(&snap).unwrap();
+    client.stop().unwrap();
+    assert_eq!(wait(&mut child).code(), Some(0));
+
+    // Two processes from the same snapshot at once.
+    let socks = [s.0.join("clone0.sock"), s.0.join("clone1.sock")];
+    let mut clones: Vec<Child> = socks.iter().map(|p| spawn_restore(&snap, p, &[])).collect();
+    for (c, sock) in clones.iter_mut().zip(&socks) {
+        let mut client = connect(c, sock);
+        let d = client.describe().unwrap();
+        assert_eq!((d.state, d.mem_mib), (VmState::Running, 16));
+        assert!(
+            io_out_passes(&mut client, 100),
+            "the restored guest does not run"
+        );
+        client.stop().unwrap();
+    }
+    for c in clones {
+        let out = c.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(
+            stderr.contains("memory mapped") && stderr.contains("vCPUs running"),
+            "{stderr}"
+        );
+    }
+
+    let other = s.0.join("other.elf");
+    std::fs::write(&other, vmm::testing::tiny_elf(0x20_0000, CRASHING, 0x1000)).unwrap();
+    let out = spawn_restore(&snap, &s.sock(), &["--kernel", other.to_str().unwrap()])
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("another kernel"), "{stderr}");
+    assert!(!s.sock().exists());
+}

@@ -3,7 +3,8 @@
 //! - `run` of a busybox bundle: `uname -sr; dmesg | grep -c .; ps` shows the guest kernel
 //!   (not the host's), the guest kernel's own log, and only the container's processes.
 //! - one container through `create` (with `--pid-file`), `state`, `start`, `exec`, `ps`,
-//!   `kill`, `state`, `delete`; the pid-file process exits with the container's status.
+//!   `pause`, `resume`, `kill`, `state`, `delete`; the pid-file process exits with the
+//!   container's status.
 //!
 //! Needs root, /dev/kvm, the guest kernel (`SANDBOX_VM_KERNEL` or the kernel cache) and
 //! the agent initramfs (`SANDBOX_VM_INITRD` or images/out/agent-initramfs.cpio).
@@ -124,6 +125,17 @@ fn run_shows_guest_kernel_and_only_container_processes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The VMM's own view of its state, from its control socket.
+fn vmm_state(sock: &Path) -> String {
+    let mut c = vmm::api::ApiClient::connect(sock, Duration::from_secs(5)).unwrap();
+    let d = c.describe().unwrap();
+    serde_json::to_value(d.state)
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// Waits for a process that is not our child: we are its subreaper (see below).
 fn wait_pid(pid: i32, timeout: Duration) -> i32 {
     let deadline = Instant::now() + timeout;
@@ -223,6 +235,26 @@ fn create_start_exec_kill_delete() {
     );
     let pids: Vec<i32> = serde_json::from_str(&ps).unwrap();
     assert_eq!(pids.len(), 2, "sh and sleep: {ps}");
+
+    // pause stops the VM's vCPUs (the VMM's control socket says so), resume restarts them.
+    ok(
+        runtime(&root).args(["pause", id]).output().unwrap(),
+        "pause",
+    );
+    assert_eq!(status_of(&root, id), "paused");
+    let describe = vmm_state(&root.join(id).join("vmm.sock"));
+    assert_eq!(describe, "paused");
+    let again = runtime(&root).args(["pause", id]).output().unwrap();
+    assert!(
+        !again.status.success(),
+        "pause of a paused container must fail"
+    );
+    ok(
+        runtime(&root).args(["resume", id]).output().unwrap(),
+        "resume",
+    );
+    assert_eq!(status_of(&root, id), "running");
+    assert_eq!(vmm_state(&root.join(id).join("vmm.sock")), "running");
 
     ok(
         runtime(&root).args(["kill", id, "TERM"]).output().unwrap(),

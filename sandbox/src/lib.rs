@@ -16,6 +16,7 @@
 
 pub mod handle;
 pub mod image;
+pub mod jail;
 pub mod network;
 pub mod oci;
 pub mod paths;
@@ -23,6 +24,7 @@ pub mod process;
 pub mod sandbox;
 pub mod share;
 pub mod stdio;
+pub mod template;
 pub mod virtiofsd;
 pub mod vmm_process;
 

@@ -8,8 +8,9 @@ use std::process::ExitStatus;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use agent_protocol::clone::{CloneIdentity, CLONE_ENTROPY_BYTES};
 use agent_protocol::{Client, ClientError, CreateSandbox, ShareMount};
-use vmm::config::VmConfig;
+use vmm::config::{SerialOutput, VmConfig};
 
 use crate::handle::{HandleError, SandboxHandle};
 use crate::network::{NetworkError, PodNetwork};
@@ -18,8 +19,9 @@ use crate::paths::SandboxPaths;
 use crate::process::ProcessError;
 use crate::share::{Share, ShareError, GUEST_SHARE_DIR, SHARE_TAG};
 use crate::stdio::{self, HostIo, Pumps};
+use crate::template::{self, TemplateError, TemplateUse};
 use crate::virtiofsd::Virtiofsd;
-use crate::vmm_process::{describe_exit, VmmProcess};
+use crate::vmm_process::{describe_exit, CloneSockets, VmmProcess};
 
 /// Errors creating or changing a sandbox; one line each.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,12 @@ pub enum SandboxError {
     Exists(String),
     #[error(transparent)]
     Network(#[from] NetworkError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("cannot save the template {path}: {msg}")]
+    TemplateSave { path: PathBuf, msg: String },
+    #[error("cannot read host entropy for the clone: {0}")]
+    Entropy(std::io::Error),
 }
 
 fn agent_err(what: &'static str) -> impl FnOnce(ClientError) -> SandboxError {
@@ -71,6 +79,8 @@ pub struct SandboxConfig {
     pub netns: Option<PathBuf>,
     /// How long the guest may take to boot to its agent.
     pub agent_timeout: Duration,
+    /// Whether to restore a matching template instead of booting (see [`crate::template`]).
+    pub template: TemplateUse,
 }
 
 /// One live sandbox. Field order is teardown order: the VMM goes before the pod network's
@@ -92,7 +102,99 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 impl Sandbox {
     /// Prepares the share, starts virtiofsd and the VMM process, and waits until the guest
     /// agent answers and has mounted the share. On error everything started is undone.
+    ///
+    /// With a matching template (and `cfg.template` not `Off`) the VMM restores it instead
+    /// of booting, and the agent is first handed the clone's own entropy, clock and
+    /// hostname.
     pub fn create(cfg: &SandboxConfig) -> Result<Sandbox, SandboxError> {
+        let template = match cfg.template {
+            // A template's VM has no NICs: a pod with a network boots cold.
+            TemplateUse::Off => None,
+            TemplateUse::Auto if cfg.netns.is_some() => None,
+            TemplateUse::Auto => template::find(&template::templates_root(), &cfg.vm)
+                .unwrap_or_else(|e| {
+                    log::debug!("sandbox {}: no template: {e}", cfg.id);
+                    None
+                }),
+        };
+        let t0 = Instant::now();
+        let (mut sandbox, pod_net) = Self::start(cfg, template.as_deref())?;
+        let mut agent = sandbox.wait_for_agent(cfg.agent_timeout)?;
+        log::info!(
+            "sandbox {}: agent answered after {:.1?} ({})",
+            cfg.id,
+            t0.elapsed(),
+            if template.is_some() {
+                "restored from a template"
+            } else {
+                "cold boot"
+            }
+        );
+        if template.is_some() {
+            let hostname = cfg.hostname.clone().unwrap_or_else(|| cfg.id.clone());
+            agent
+                .clone_identity(fresh_identity(&hostname)?)
+                .map_err(agent_err("cannot make the restored clone unique"))?;
+        }
+        agent
+            .create_sandbox(CreateSandbox {
+                sandbox_id: cfg.id.clone(),
+                hostname: cfg.hostname.clone(),
+                shares: vec![ShareMount {
+                    tag: SHARE_TAG.into(),
+                    mount_point: GUEST_SHARE_DIR.into(),
+                }],
+            })
+            .map_err(agent_err("cannot set up the sandbox in the guest"))?;
+        if let Some(pod) = pod_net {
+            agent
+                .configure_network(pod.guest)
+                .map_err(agent_err("cannot configure the pod network in the guest"))?;
+        }
+        Ok(sandbox)
+    }
+
+    /// Boots `cfg`'s VM cold to agent-ready and saves it as the template for its key under
+    /// `root` (see [`crate::template`]); returns the template's directory. A complete
+    /// template already there is kept.
+    pub fn build_template(cfg: &SandboxConfig, root: &Path) -> Result<PathBuf, SandboxError> {
+        let key = template::key(&cfg.vm)?;
+        let dest = root.join(&key);
+        if dest.join(vmm::persist::STATE_FILE).is_file() {
+            return Ok(dest);
+        }
+        // Templates are made without a pod network (`cfg.netns` is ignored here).
+        let cfg = &SandboxConfig {
+            netns: None,
+            ..cfg.clone()
+        };
+        let (mut sandbox, _) = Self::start(cfg, None)?;
+        drop(sandbox.wait_for_agent(cfg.agent_timeout)?);
+        let tmp = root.join(format!("{key}.tmp-{}", std::process::id()));
+        let saved = save_snapshot(sandbox.vmm.api_sock(), &tmp);
+        sandbox.stop()?;
+        let save_err = |msg: String| SandboxError::TemplateSave {
+            path: dest.clone(),
+            msg,
+        };
+        saved.map_err(save_err)?;
+        match std::fs::rename(&tmp, &dest) {
+            Ok(()) => Ok(dest),
+            // Another builder finished first: theirs is as good.
+            Err(_) if dest.join(vmm::persist::STATE_FILE).is_file() => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Ok(dest)
+            }
+            Err(e) => Err(save_err(e.to_string())),
+        }
+    }
+
+    /// Prepares the share and starts virtiofsd and the VMM (booting, or restoring
+    /// `template`).
+    fn start(
+        cfg: &SandboxConfig,
+        template: Option<&Path>,
+    ) -> Result<(Sandbox, Option<PodNetwork>), SandboxError> {
         let paths = SandboxPaths::in_dir(&cfg.dir);
         let share = Share::prepare(&paths.share)?;
         let virtiofsd = Virtiofsd::start(
@@ -116,14 +218,23 @@ impl Sandbox {
             path: paths.vm_config.clone(),
             err,
         })?;
-        let vmm = VmmProcess::start(
-            &cfg.vmm_exe,
-            &paths.vm_config,
-            &paths.api_sock,
-            &paths.vmm_log,
-            pod_net.as_ref().map(|p| &p.netns),
-        )?;
-        let mut sandbox = Sandbox {
+        let vmm = match template {
+            Some(dir) => VmmProcess::restore(
+                &cfg.vmm_exe,
+                dir,
+                &clone_sockets(&cfg.vm, &paths),
+                &paths.api_sock,
+                &paths.vmm_log,
+            )?,
+            None => VmmProcess::start(
+                &cfg.vmm_exe,
+                &paths.vm_config,
+                &paths.api_sock,
+                &paths.vmm_log,
+                pod_net.as_ref().map(|p| &p.netns),
+            )?,
+        };
+        let sandbox = Sandbox {
             vmm,
             network,
             virtiofsd,
@@ -132,29 +243,7 @@ impl Sandbox {
             paths,
             containers: Mutex::new(BTreeSet::new()),
         };
-        let t0 = Instant::now();
-        let mut agent = sandbox.wait_for_agent(cfg.agent_timeout)?;
-        log::info!(
-            "sandbox {}: agent answered after {:.1?}",
-            cfg.id,
-            t0.elapsed()
-        );
-        agent
-            .create_sandbox(CreateSandbox {
-                sandbox_id: cfg.id.clone(),
-                hostname: cfg.hostname.clone(),
-                shares: vec![ShareMount {
-                    tag: SHARE_TAG.into(),
-                    mount_point: GUEST_SHARE_DIR.into(),
-                }],
-            })
-            .map_err(agent_err("cannot set up the sandbox in the guest"))?;
-        if let Some(pod) = pod_net {
-            agent
-                .configure_network(pod.guest)
-                .map_err(agent_err("cannot configure the pod network in the guest"))?;
-        }
-        Ok(sandbox)
+        Ok((sandbox, pod_net))
     }
 
     /// Polls until the agent accepts a control connection (the VMM resets connections
@@ -296,11 +385,70 @@ impl Sandbox {
     }
 }
 
+/// This sandbox's own sockets and console, from its VM config.
+fn clone_sockets(vm: &VmConfig, paths: &SandboxPaths) -> CloneSockets {
+    CloneSockets {
+        vsock: vm
+            .vsock
+            .as_ref()
+            .map_or_else(|| paths.vsock.clone(), |v| v.uds_path.clone()),
+        console_log: match &vm.serial {
+            SerialOutput::File(p) => p.clone(),
+            _ => paths.console_log.clone(),
+        },
+        fs_sockets: vm.fs.iter().map(|f| f.socket.clone()).collect(),
+    }
+}
+
+/// Fresh host entropy, the host's wall clock and `hostname`, for a restored clone.
+fn fresh_identity(hostname: &str) -> Result<CloneIdentity, SandboxError> {
+    let mut entropy = vec![0u8; CLONE_ENTROPY_BYTES];
+    let mut filled = 0;
+    while filled < entropy.len() {
+        // SAFETY: getrandom writes at most `len - filled` bytes into the buffer's tail.
+        let n = unsafe {
+            libc::getrandom(
+                entropy[filled..].as_mut_ptr().cast(),
+                entropy.len() - filled,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(SandboxError::Entropy(e));
+            }
+            continue;
+        }
+        filled += n as usize;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Ok(CloneIdentity {
+        entropy,
+        realtime_ns: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
+        hostname: hostname.to_string(),
+    })
+}
+
+/// Pauses the VM behind `api_sock` and snapshots it into `dir`.
+fn save_snapshot(api_sock: &Path, dir: &Path) -> Result<(), String> {
+    let mut c = vmm::api::ApiClient::connect(api_sock, Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    c.set_timeout(Some(Duration::from_secs(120)))
+        .map_err(|e| e.to_string())?;
+    c.pause().map_err(|e| e.to_string())?;
+    c.snapshot(dir).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// Cleans up after a sandbox whose owner died (SIGKILL, a crash): removes the pod
-/// network's taps and filters and detaches every mount left under its state directory.
-/// The helper processes are the owner's process group's and are killed with it.
+/// network's taps and filters and detaches every mount left under its state directory. The helper processes are the owner's process group's and
+/// are killed with it.
 pub fn clean_up_after_owner(dir: &Path) -> Result<usize, SandboxError> {
     crate::network::detach(&SandboxPaths::in_dir(dir).network_state)?;
+    crate::jail::remove_cgroup(&dir.join(crate::jail::DIR_NAME));
     Ok(crate::share::unmount_under(dir, false)?)
 }
 

@@ -35,9 +35,23 @@ pub fn describe_exit(status: ExitStatus, log: &Path, console: &Path) -> String {
             console.display()
         ),
         (Some(c), _) => format!("the VMM failed (exit {c}): {}", last_line(log)),
+        (None, Some(libc::SIGSYS)) => format!(
+            "the VMM was killed by signal {} (SIGSYS: a system call outside its seccomp \
+             filter; the kernel log names it: dmesg | grep type=1326)",
+            libc::SIGSYS
+        ),
         (None, Some(sig)) => format!("the VMM was killed by signal {sig}"),
         (None, None) => "the VMM ended".into(),
     }
+}
+
+/// What a restored clone must not share with its template: its host-side sockets and
+/// console.
+#[derive(Clone, Debug)]
+pub struct CloneSockets {
+    pub vsock: PathBuf,
+    pub console_log: PathBuf,
+    pub fs_sockets: Vec<PathBuf>,
 }
 
 /// A running VMM process.
@@ -49,9 +63,7 @@ pub struct VmmProcess {
 
 impl VmmProcess {
     /// Starts `exe vmm --config CONFIG --api-sock API_SOCK` and waits until its control
-    /// socket accepts (the VM is then built and running). With `netns`, the process runs in
-    /// that network namespace (the pod's, where its taps are); its sockets are Unix
-    /// sockets on paths, which no netns changes.
+    /// socket accepts (the VM is then built and running).
     pub fn start(
         exe: &Path,
         config: &Path,
@@ -65,6 +77,13 @@ impl VmmProcess {
             .arg(config)
             .arg("--api-sock")
             .arg(api_sock);
+        // `log` finds what a host's VMM needs (the kernel logs each call outside a filter).
+        if let Some(mode) = std::env::var_os("SANDBOX_VM_SECCOMP") {
+            cmd.arg("--seccomp").arg(mode);
+        }
+        if let Some(dir) = crate::jail::dir_for(config) {
+            cmd.arg("--jail").arg(dir);
+        }
         if let Some(ns) = netns {
             let fd = ns.file().as_raw_fd();
             // SAFETY: the closure runs in the forked child before exec and makes only the
@@ -78,6 +97,36 @@ impl VmmProcess {
                     Ok(())
                 });
             }
+        }
+        let mut proc = Supervised::spawn("the VMM", cmd, log)?;
+        proc.wait_ready(READY_TIMEOUT, || UnixStream::connect(api_sock).is_ok())?;
+        Ok(VmmProcess {
+            proc,
+            api_sock: api_sock.to_path_buf(),
+        })
+    }
+
+    /// Starts `exe vmm --restore DIR --api-sock API_SOCK` with the clone's own vsock
+    /// socket, console and virtio-fs sockets, and waits until its control socket accepts.
+    pub fn restore(
+        exe: &Path,
+        snapshot: &Path,
+        clone: &CloneSockets,
+        api_sock: &Path,
+        log: &Path,
+    ) -> Result<VmmProcess, ProcessError> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("vmm")
+            .arg("--restore")
+            .arg(snapshot)
+            .arg("--api-sock")
+            .arg(api_sock)
+            .arg("--vsock-uds")
+            .arg(&clone.vsock)
+            .arg("--serial-file")
+            .arg(&clone.console_log);
+        for s in &clone.fs_sockets {
+            cmd.arg("--fs-socket").arg(s);
         }
         let mut proc = Supervised::spawn("the VMM", cmd, log)?;
         proc.wait_ready(READY_TIMEOUT, || UnixStream::connect(api_sock).is_ok())?;

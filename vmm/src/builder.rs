@@ -3,7 +3,9 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{VcpuFd, VmFd};
@@ -23,6 +25,7 @@ use crate::devices::legacy::serial::{SerialPort, SerialSink};
 use crate::devices::virtio::attach::{attach_virtio_mmio, AttachError, VirtioMmioAllocator};
 use crate::devices::virtio::blk::{Block, BlockError};
 use crate::devices::virtio::fs::{Fs, FsError};
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::{tap::Tap, tap::TapError, Net, NetError};
 use crate::devices::virtio::rng::{Rng, RngError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
@@ -33,9 +36,10 @@ use crate::layout::{
 };
 use crate::memory::{self, GuestMemory, MemoryError};
 use crate::mptable::{self, MptableError};
+use crate::persist::{self, CpuProfile, PersistError, RestoreOverrides};
 use crate::stop::StopSignal;
 use crate::vcpu::{Buses, Vcpu};
-use crate::vm::Vm;
+use crate::vm::{Vm, VmParts};
 
 /// The guest command line when the config gives none: a quiet console on COM1 and no
 /// work the boot does not need.
@@ -108,6 +112,8 @@ pub enum BuildError {
     Rng(#[from] RngError),
     #[error(transparent)]
     Mptable(#[from] MptableError),
+    #[error(transparent)]
+    Persist(#[from] PersistError),
 }
 
 fn vm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
@@ -126,21 +132,146 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
     let mem = memory::create_guest_memory(config.mem_mib)?;
     let vm_fd = create_vm(&kvm, &mem)?;
     let stop = Arc::new(StopSignal::new().map_err(BuildError::EventFd)?);
+    let devices = attach_devices(config, &vm_fd, &mem, &stop)?;
 
+    let kernel = boot::load_kernel(&mem, &config.kernel)?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(boot::load_initrd(&mem, path, &kernel)?),
+        None => None,
+    };
+    let template = CpuTemplate::new(kvm.kvm(), config.vcpus, profile.clone())?;
+    let vcpus = create_vcpus(&vm_fd, &template, config.vcpus, kernel.entry)?;
+    let compat_args = compat_cmdline(profile.as_ref(), &vcpus[0].fd);
+    let cmdline = compose_cmdline(config.cmdline.as_deref(), &compat_args, &devices.cmdline);
+    configure_boot(&mem, &kernel, initrd, &cmdline)?;
+    mptable::write(&mem, config.vcpus)?;
+
+    Ok(Vm::new(VmParts {
+        vm_fd,
+        mem,
+        vcpus,
+        buses: devices.buses,
+        stop,
+        event_loop: devices.event_loop,
+        transports: devices.transports,
+        msr_indices: template.msr_indices().to_vec(),
+        cpu_profile: cpu_profile(&template, profile.as_ref()),
+        config: config.clone(),
+    }))
+}
+
+/// How long the steps of `build_from_snapshot` took, in ms from its start.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RestoreTimings {
+    /// State file read and checked (format, CPU profile, kernel).
+    pub checked_ms: f64,
+    /// Guest memory mapped from the memory file.
+    pub memory_mapped_ms: f64,
+    /// Devices attached and every vCPU's and the VM's state set: ready to run.
+    pub state_restored_ms: f64,
+}
+
+/// Builds a VM from the snapshot in `dir` (see `persist`), with `overrides` applied to its
+/// config; it continues where the snapshot was taken once `Vm::run` starts it. Shares the
+/// device attachment with `build`; the kernel is not loaded, RAM comes from the memory file.
+pub fn build_from_snapshot(
+    dir: &Path,
+    overrides: &RestoreOverrides,
+) -> Result<(Vm, RestoreTimings), BuildError> {
+    let started = Instant::now();
+    let ms = || started.elapsed().as_secs_f64() * 1000.0;
+    let snap = persist::read_snapshot(dir)?;
+    let mut config = snap.config;
+    overrides.apply(&mut config);
+    config.validate()?;
+    let kvm = KvmContext::open()?;
+    kvm.check_vcpus(config.vcpus)?;
+    let profile = compat::resolve_for_host(config.compat_profile);
+    let template = CpuTemplate::new(kvm.kvm(), config.vcpus, profile.clone())?;
+    let cpu_profile = cpu_profile(&template, profile.as_ref());
+    persist::check_cpu_profile(dir, &snap.header.cpu_profile, &cpu_profile)?;
+    persist::check_kernel(dir, &snap.header.kernel, &config.kernel)?;
+    let checked_ms = ms();
+
+    let mem_path = dir.join(persist::MEMORY_FILE);
+    // vhost-user backends map guest RAM from its fd: they need shared memory, not a
+    // private mapping of the file (see `persist::memory`).
+    let mem = if config.fs.is_empty() {
+        persist::memory::map_memory_file(&mem_path, config.mem_mib << 20)
+    } else {
+        persist::memory::copy_memory_file(&mem_path, config.mem_mib)
+    }
+    .map_err(PersistError::from)?;
+    let memory_mapped_ms = ms();
+    let vm_fd = create_vm(&kvm, &mem)?;
+    let stop = Arc::new(StopSignal::new().map_err(BuildError::EventFd)?);
+    let devices = attach_devices(&config, &vm_fd, &mem, &stop)?;
+    let vcpus = snap
+        .vcpus
+        .iter()
+        .map(|state| {
+            let fd = vm_fd
+                .create_vcpu(u64::from(state.id))
+                .map_err(vm_err("vCPU"))?;
+            persist::vcpu::restore(&fd, state).map_err(PersistError::from)?;
+            Ok(Vcpu { id: state.id, fd })
+        })
+        .collect::<Result<Vec<_>, BuildError>>()?;
+    persist::vm::restore(&vm_fd, &snap.vm).map_err(PersistError::from)?;
+    // Devices last: re-activating them may raise interrupts, which the restored interrupt
+    // controllers must see.
+    persist::restore_devices(dir, &devices.transports, &snap.devices)?;
+    let vm = Vm::new(VmParts {
+        vm_fd,
+        mem,
+        vcpus,
+        buses: devices.buses,
+        stop,
+        event_loop: devices.event_loop,
+        transports: devices.transports,
+        msr_indices: template.msr_indices().to_vec(),
+        cpu_profile,
+        config,
+    });
+    let timings = RestoreTimings {
+        checked_ms,
+        memory_mapped_ms,
+        state_restored_ms: ms(),
+    };
+    Ok((vm, timings))
+}
+
+/// The devices of a VM being built, and what the kernel command line must announce.
+struct AttachedDevices {
+    buses: Buses,
+    event_loop: EventLoop,
+    cmdline: String,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+}
+
+/// Attaches the legacy devices and the config's virtio devices (same order, addresses and
+/// interrupts on every build, which restores rely on).
+fn attach_devices(
+    config: &VmConfig,
+    vm_fd: &VmFd,
+    mem: &GuestMemory,
+    stop: &Arc<StopSignal>,
+) -> Result<AttachedDevices, BuildError> {
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
-    attach_serial(&vm_fd, &mut pio, &config.serial, stop.clone())?;
+    attach_serial(vm_fd, &mut pio, &config.serial, stop.clone())?;
     attach_i8042(&mut pio, stop.clone())?;
     attach_cmos(&mut pio)?;
 
     let event_loop = EventLoop::start()?;
     let mut virtio = VirtioSetup {
-        vm: &vm_fd,
+        vm: vm_fd,
         mmio: &mut mmio,
         cmdline: String::new(),
         slots: VirtioMmioAllocator::new(),
         event_loop: &event_loop,
-        mem: &mem,
+        mem,
+        transports: Vec::new(),
     };
     for (i, disk) in config.disks.iter().enumerate() {
         attach_block(&mut virtio, i, disk)?;
@@ -157,27 +288,18 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
     for fs in &config.fs {
         attach_fs(&mut virtio, fs)?;
     }
-    let device_args = virtio.cmdline;
-
-    let kernel = boot::load_kernel(&mem, &config.kernel)?;
-    let initrd = match &config.initrd {
-        Some(path) => Some(boot::load_initrd(&mem, path, &kernel)?),
-        None => None,
-    };
-    let vcpus = create_vcpus(&kvm, &vm_fd, config.vcpus, profile.clone(), kernel.entry)?;
-    let compat_args = compat_cmdline(profile.as_ref(), &vcpus[0].fd);
-    let cmdline = compose_cmdline(config.cmdline.as_deref(), &compat_args, &device_args);
-    configure_boot(&mem, &kernel, initrd, &cmdline)?;
-    mptable::write(&mem, config.vcpus)?;
-
-    Ok(Vm::new(
-        vm_fd,
-        mem,
-        vcpus,
-        Buses { pio, mmio },
-        stop,
+    let (cmdline, transports) = (virtio.cmdline, virtio.transports);
+    Ok(AttachedDevices {
+        buses: Buses { pio, mmio },
         event_loop,
-    ))
+        cmdline,
+        transports,
+    })
+}
+
+/// The CPU profile snapshots are checked against: vCPU 0's CPUID as configured here.
+fn cpu_profile(template: &CpuTemplate, profile: Option<&HostCompatProfile>) -> CpuProfile {
+    CpuProfile::of(profile.map(|p| p.name), template.cpuid(0).as_slice())
 }
 
 /// Creates the KVM VM with its in-kernel interrupt controllers and timer, and maps RAM.
@@ -257,6 +379,8 @@ struct VirtioSetup<'a> {
     slots: VirtioMmioAllocator,
     event_loop: &'a EventLoop,
     mem: &'a GuestMemory,
+    /// The transports attached so far, in attach order (what a snapshot saves).
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl VirtioSetup<'_> {
@@ -267,7 +391,7 @@ impl VirtioSetup<'_> {
             + Send
             + 'static,
     {
-        attach_virtio_mmio(
+        let (_, transport) = attach_virtio_mmio(
             self.vm,
             self.mmio,
             &mut self.cmdline,
@@ -276,6 +400,7 @@ impl VirtioSetup<'_> {
             self.mem,
             Arc::new(Mutex::new(device)),
         )?;
+        self.transports.push(transport);
         Ok(())
     }
 }
@@ -422,13 +547,11 @@ fn configure_boot(
 
 /// Creates and configures the vCPUs; vCPU 0 starts at the kernel entry.
 fn create_vcpus(
-    kvm: &KvmContext,
     vm: &VmFd,
+    template: &CpuTemplate,
     count: u8,
-    profile: Option<HostCompatProfile>,
     entry: u64,
 ) -> Result<Vec<Vcpu>, BuildError> {
-    let template = CpuTemplate::new(kvm.kvm(), count, profile)?;
     (0..count)
         .map(|id| {
             let fd = vm.create_vcpu(u64::from(id)).map_err(vm_err("vCPU"))?;

@@ -10,6 +10,12 @@
 //! lost), and waits on a condvar until every vCPU has parked. A parked vCPU waits on the
 //! same condvar until `resume` or until the main thread shuts the control down after a
 //! stop, so a stop while paused still ends the run.
+//!
+//! Snapshots: a vCPU's state can only be read well on its own thread (its fd lives there,
+//! and a pending port IN must first be completed with KVM_RUN). `snapshot` therefore bumps
+//! a save generation under the parking lock; each parked vCPU wakes, saves itself into its
+//! slot and parks again; once every slot is filled the API thread saves the VM-wide state
+//! and memory through the `SnapshotSource`.
 
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +34,7 @@ use crate::layout::{
     CMOS_PORT, COM1_IRQ, COM1_PORT, I8042_DATA_PORT, IRQ_FIRST_VIRTIO, MMIO_GAP_START,
     VIRTIO_MMIO_MAX_DEVICES, VIRTIO_MMIO_WINDOW,
 };
+use crate::persist::{PersistError, SnapshotInfo, SnapshotSource, VcpuState};
 use crate::stop::{StopReason, StopSignal};
 use crate::vcpu::{kick_signal, Buses};
 
@@ -42,13 +49,26 @@ pub enum ControlError {
     Stopping,
     #[error("the vCPUs did not all stop within {} s; the VM keeps running", PAUSE_TIMEOUT.as_secs())]
     PauseTimeout,
+    #[error("the VM is running: pause it first")]
+    NotPaused,
+    #[error("this VM cannot be snapshotted (it was built without a snapshot source)")]
+    NoSource,
+    #[error("{0}")]
+    Snapshot(String),
 }
+
+/// What a parked vCPU saves when asked: its state, or why it could not.
+pub type SavedVcpu = Result<VcpuState, String>;
 
 #[derive(Default)]
 struct Parking {
     paused: bool,
     parked: usize,
     shut_down: bool,
+    /// Bumped by `snapshot`; a parked vCPU that has not saved for this generation does.
+    save_generation: u64,
+    /// One slot per vCPU for the current generation.
+    saved: Vec<Option<SavedVcpu>>,
 }
 
 /// One device as the control API reports it.
@@ -71,6 +91,7 @@ pub struct VmControl {
     devices: OnceLock<Vec<Device>>,
     started: Instant,
     mem_mib: u64,
+    source: OnceLock<SnapshotSource>,
 }
 
 impl VmControl {
@@ -85,6 +106,7 @@ impl VmControl {
             devices: OnceLock::new(),
             started: Instant::now(),
             mem_mib,
+            source: OnceLock::new(),
         }
     }
 
@@ -206,8 +228,9 @@ impl VmControl {
         self.exits.get(usize::from(id))
     }
 
-    /// Called by a vCPU thread before each KVM_RUN: parks while the VM is paused.
-    pub(crate) fn park_if_paused(&self) {
+    /// Called by vCPU `id`'s thread before each KVM_RUN: parks while the VM is paused,
+    /// calling `save` whenever a snapshot asks for its state.
+    pub(crate) fn park_if_paused(&self, id: u8, save: &mut dyn FnMut() -> SavedVcpu) {
         if !self.pause_requested.load(Ordering::SeqCst) {
             return;
         }
@@ -216,11 +239,72 @@ impl VmControl {
             return;
         }
         p.parked += 1;
+        let mut seen = p.save_generation;
         self.changed.notify_all();
         while p.paused && !p.shut_down {
+            if p.save_generation != seen {
+                seen = p.save_generation;
+                let state = save();
+                if let Some(slot) = p.saved.get_mut(usize::from(id)) {
+                    *slot = Some(state);
+                }
+                self.changed.notify_all();
+                continue;
+            }
             p = self.changed.wait(p).unwrap_or_else(|e| e.into_inner());
         }
         p.parked -= 1;
+    }
+
+    /// Records what `snapshot` needs besides the vCPUs (once).
+    pub(crate) fn set_snapshot_source(&self, source: SnapshotSource) {
+        let _ = self.source.set(source);
+    }
+
+    /// Asks every parked vCPU for its state and waits for all of them.
+    fn save_vcpus(&self) -> Result<Vec<VcpuState>, ControlError> {
+        let n = self.exits.len();
+        let mut p = self.lock_parking();
+        if self.stopping(&p) {
+            return Err(ControlError::Stopping);
+        }
+        if !p.paused || p.parked < n {
+            return Err(ControlError::NotPaused);
+        }
+        p.save_generation += 1;
+        p.saved = (0..n).map(|_| None).collect();
+        self.changed.notify_all();
+        let deadline = Instant::now() + PAUSE_TIMEOUT;
+        while p.saved.iter().any(Option::is_none) {
+            if self.stopping(&p) {
+                return Err(ControlError::Stopping);
+            }
+            if Instant::now() >= deadline {
+                return Err(ControlError::Snapshot(
+                    "the vCPUs did not save their state".into(),
+                ));
+            }
+            p = self
+                .changed
+                .wait_timeout(p, KICK_INTERVAL)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        p.saved
+            .drain(..)
+            .flatten()
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(ControlError::Snapshot)
+    }
+
+    /// Saves the paused VM into `dir` (see `persist`). The VM stays paused.
+    pub fn snapshot(&self, dir: &std::path::Path) -> Result<SnapshotInfo, ControlError> {
+        let source = self.source.get().ok_or(ControlError::NoSource)?;
+        let started = Instant::now();
+        let vcpus = self.save_vcpus()?;
+        source
+            .write(dir, vcpus, started)
+            .map_err(|e: PersistError| ControlError::Snapshot(e.to_string()))
     }
 
     /// Makes a spawned vCPU thread kickable by `pause`.
@@ -406,7 +490,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut laps = 0u64;
                     while !c.stop.is_requested() {
-                        c.park_if_paused();
+                        c.park_if_paused(0, &mut || Err("not a vCPU".into()));
                         laps += 1;
                         std::thread::yield_now();
                     }

@@ -142,6 +142,7 @@ fn run(
     control: Arc<Mutex<Control>>,
     rx: Receiver<Subscriber>,
 ) -> Result<(), EventLoopError> {
+    crate::seccomp::confine_current(crate::seccomp::ThreadKind::Devices);
     loop {
         match manager.run() {
             Ok(_) => {}

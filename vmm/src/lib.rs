@@ -18,6 +18,8 @@ pub mod kvm;
 pub mod layout;
 pub mod memory;
 pub mod mptable;
+pub mod persist;
+pub mod seccomp;
 pub mod stop;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]

@@ -12,6 +12,7 @@ use crate::bus::Bus;
 use crate::control::VmControl;
 use crate::exits::{self, describe_internal_error, Action, Exit, IoDispatch};
 use crate::memory::GuestMemory;
+use crate::persist;
 use crate::stop::{StopReason, StopSignal};
 
 /// Errors starting vCPU threads.
@@ -57,6 +58,8 @@ pub struct VcpuShared {
     pub stop: Arc<StopSignal>,
     pub mem: GuestMemory,
     pub control: Arc<VmControl>,
+    /// The MSRs a snapshot saves (KVM_GET_MSR_INDEX_LIST).
+    pub msr_indices: Arc<[u32]>,
 }
 
 /// The signal used to kick a vCPU thread out of KVM_RUN.
@@ -99,6 +102,7 @@ impl Vcpu {
 
     fn run(mut self, shared: VcpuShared) {
         let _guard = StopOnExit(shared.stop.clone(), self.id);
+        crate::seccomp::confine_current(crate::seccomp::ThreadKind::Vcpu);
         let id = self.id;
         let record = |exit: &Exit| {
             if let Some(c) = shared.control.exit_counters(id) {
@@ -106,7 +110,11 @@ impl Vcpu {
             }
         };
         while !shared.stop.is_requested() {
-            shared.control.park_if_paused();
+            let fd = &mut self.fd;
+            shared.control.park_if_paused(id, &mut || {
+                persist::vcpu::finish_pending_io(fd);
+                persist::vcpu::save(fd, id, &shared.msr_indices).map_err(|e| e.to_string())
+            });
             if shared.stop.is_requested() {
                 break;
             }

@@ -1,14 +1,17 @@
 //! A built VM: runs its vCPUs until the guest, a control request or an error stops it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::bus::{BusError, SharedDevice};
+use crate::config::VmConfig;
 use crate::control::VmControl;
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::event_loop::EventLoop;
 use crate::memory::GuestMemory;
+use crate::persist::{CpuProfile, SnapshotSource};
 use crate::stop::{StopReason, StopSignal};
 use crate::vcpu::{self, Buses, Vcpu, VcpuError, VcpuShared};
 
@@ -16,32 +19,57 @@ use crate::vcpu::{self, Buses, Vcpu, VcpuError, VcpuShared};
 pub struct Vm {
     // Field order is drop order: vCPUs and the VM fd go before the memory they map.
     vcpus: Vec<Vcpu>,
-    _vm_fd: VmFd,
+    _vm_fd: Arc<VmFd>,
     buses: Arc<Buses>,
     stop: Arc<StopSignal>,
     control: Arc<VmControl>,
     event_loop: Option<EventLoop>,
+    msr_indices: Arc<[u32]>,
     mem: GuestMemory,
 }
 
+/// What `builder` hands over to make a `Vm`.
+pub(crate) struct VmParts {
+    pub vm_fd: VmFd,
+    pub mem: GuestMemory,
+    pub vcpus: Vec<Vcpu>,
+    pub buses: Buses,
+    pub stop: Arc<StopSignal>,
+    pub event_loop: EventLoop,
+    /// The virtio transports, in attach order (a snapshot saves each).
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// KVM_GET_MSR_INDEX_LIST: the MSRs a snapshot saves.
+    pub msr_indices: Vec<u32>,
+    /// The config the VM was built from and its CPU profile, for snapshots.
+    pub config: VmConfig,
+    pub cpu_profile: CpuProfile,
+}
+
 impl Vm {
-    pub(crate) fn new(
-        vm_fd: VmFd,
-        mem: GuestMemory,
-        vcpus: Vec<Vcpu>,
-        buses: Buses,
-        stop: Arc<StopSignal>,
-        event_loop: EventLoop,
-    ) -> Self {
+    pub(crate) fn new(parts: VmParts) -> Self {
+        let mem = parts.mem;
         let mem_mib = mem.iter().map(|r| r.len()).sum::<u64>() >> 20;
-        let control = Arc::new(VmControl::new(vcpus.len(), mem_mib, stop.clone()));
+        let control = Arc::new(VmControl::new(
+            parts.vcpus.len(),
+            mem_mib,
+            parts.stop.clone(),
+        ));
+        let vm_fd = Arc::new(parts.vm_fd);
+        control.set_snapshot_source(SnapshotSource {
+            vm_fd: vm_fd.clone(),
+            mem: mem.clone(),
+            transports: parts.transports,
+            config: parts.config,
+            cpu_profile: parts.cpu_profile,
+        });
         Self {
-            vcpus,
+            vcpus: parts.vcpus,
             _vm_fd: vm_fd,
-            buses: Arc::new(buses),
-            stop,
+            buses: Arc::new(parts.buses),
+            stop: parts.stop,
             control,
-            event_loop: Some(event_loop),
+            event_loop: Some(parts.event_loop),
+            msr_indices: parts.msr_indices.into(),
             mem,
         }
     }
@@ -77,11 +105,17 @@ impl Vm {
 
     /// Runs until the VM stops; returns why.
     pub fn run(&mut self) -> Result<StopReason, VcpuError> {
+        self.run_with(|| {})
+    }
+
+    /// As `run`, calling `on_running` once every vCPU thread has started.
+    pub fn run_with(&mut self, on_running: impl FnOnce()) -> Result<StopReason, VcpuError> {
         let shared = VcpuShared {
             buses: self.buses.clone(),
             stop: self.stop.clone(),
             mem: self.mem.clone(),
             control: self.control(),
+            msr_indices: self.msr_indices.clone(),
         };
         let mut threads = Vec::new();
         for vcpu in self.vcpus.drain(..) {
@@ -98,6 +132,10 @@ impl Vm {
                 }
             }
         }
+        on_running();
+        // Every other thread runs now: the main thread's filter only has to allow waiting
+        // and tearing down (a filter is inherited by threads spawned after it).
+        crate::seccomp::confine_current(crate::seccomp::ThreadKind::Main);
         wait_readable(self.stop.eventfd());
         self.control.shut_down();
         vcpu::stop_and_join(threads);

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
+use super::validate;
+
 /// Why a bundle cannot be used; each message names the file and what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -18,6 +20,8 @@ pub enum BundleError {
         path: PathBuf,
         err: serde_json::Error,
     },
+    #[error("invalid config.json: {0}")]
+    Spec(super::validate::ValidateError),
     #[error("unsupported ociVersion {0:?} in config.json (supported: 1.0.0 to {max})", max = super::OCI_VERSION)]
     Version(String),
     #[error("config.json has no root.path (the container's root filesystem)")]
@@ -64,11 +68,19 @@ pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
             err,
         },
     })?;
-    let spec: Spec =
-        serde_json::from_str(&text).map_err(|err| BundleError::Invalid { path, err })?;
+    let invalid = |err| BundleError::Invalid {
+        path: path.clone(),
+        err,
+    };
+    // Names first, from the JSON itself: a typed parse rejects them only with a long
+    // list of every valid name.
+    let raw: serde_json::Value = serde_json::from_str(&text).map_err(invalid)?;
+    validate::raw_names(&raw).map_err(BundleError::Spec)?;
+    let spec: Spec = serde_json::from_value(raw).map_err(invalid)?;
     if !version_supported(spec.version()) {
         return Err(BundleError::Version(spec.version().clone()));
     }
+    validate::spec(&spec).map_err(BundleError::Spec)?;
     let root = spec.root().as_ref().ok_or(BundleError::NoRoot)?;
     if spec.process().is_none() {
         return Err(BundleError::NoProcess);

@@ -1,7 +1,11 @@
 //! The OCI side: bundles, the spec → VM translation, and where the guest artifacts are.
 
 pub mod bundle;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod translate;
+pub mod validate;
 
 use std::path::{Path, PathBuf};
 

@@ -5,7 +5,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{ApiRequest, ApiResponse, ResponseBody, StateChange, VmDescription, VmMetrics};
+use super::{
+    ApiRequest, ApiResponse, ResponseBody, SnapshotInfo, StateChange, VmDescription, VmMetrics,
+};
 
 /// How long a request waits for its response unless `set_timeout` says otherwise (a pause
 /// may take up to `control::PAUSE_TIMEOUT`).
@@ -142,6 +144,17 @@ impl ApiClient {
         match self.request(&ApiRequest::Stop {})? {
             ResponseBody::Stop(s) => Ok(s),
             _ => Err(ClientError::Mismatch(ApiRequest::Stop {})),
+        }
+    }
+
+    /// Saves the paused VM into `dir` (see `ApiRequest::Snapshot`).
+    pub fn snapshot(&mut self, dir: &Path) -> Result<SnapshotInfo, ClientError> {
+        let req = ApiRequest::Snapshot {
+            dir: dir.to_path_buf(),
+        };
+        match self.request(&req)? {
+            ResponseBody::Snapshot(s) => Ok(s),
+            _ => Err(ClientError::Mismatch(req)),
         }
     }
 

@@ -24,7 +24,10 @@ mod server_tests;
 
 use serde::{Deserialize, Serialize};
 
+use std::path::PathBuf;
+
 use crate::exits::ExitCounts;
+pub use crate::persist::SnapshotInfo;
 
 pub use client::{ApiClient, ClientError};
 pub use server::{ApiServer, ServerError};
@@ -47,6 +50,9 @@ pub enum ApiRequest {
     Stop {},
     /// Exit counters summed over the vCPUs, and per-device access counters.
     Metrics {},
+    /// Save the paused VM into directory `dir` (`state.json` + `memory`, see
+    /// `crate::persist`); the VM stays paused. Refused while the VM runs.
+    Snapshot { dir: PathBuf },
 }
 
 impl ApiRequest {
@@ -88,6 +94,7 @@ pub enum ResponseBody {
     Resume(StateChange),
     Stop(StateChange),
     Metrics(VmMetrics),
+    Snapshot(SnapshotInfo),
 }
 
 /// Whether the vCPUs run.
@@ -183,6 +190,12 @@ mod tests {
             (r#" {"request":"resume"} "#, ApiRequest::Resume {}),
             (r#"{"request":"stop"}"#, ApiRequest::Stop {}),
             (r#"{"request":"metrics"}"#, ApiRequest::Metrics {}),
+            (
+                r#"{"request":"snapshot","dir":"/tmp/s"}"#,
+                ApiRequest::Snapshot {
+                    dir: "/tmp/s".into(),
+                },
+            ),
         ] {
             assert_eq!(ApiRequest::parse(line).unwrap(), want, "{line}");
             let round = serde_json::to_string(&want).unwrap();
@@ -199,6 +212,7 @@ mod tests {
             "[]",
             r#"{"request":"frobnicate"}"#,
             r#"{"request":"pause","extra":1}"#,
+            r#"{"request":"snapshot"}"#,
             r#"{"request":7}"#,
             r#"{"op":"pause"}"#,
             r#"{"request":"pause""#,

@@ -141,6 +141,7 @@ fn serve(
     shutdown: &EventFd,
     stop_evt: Option<&EventFd>,
 ) {
+    crate::seccomp::confine_current(crate::seccomp::ThreadKind::Api);
     let mut conns: Vec<Conn> = Vec::new();
     loop {
         let mut fds = vec![
@@ -272,6 +273,10 @@ pub fn handle(req: ApiRequest, c: &VmControl) -> ApiResponse {
                 },
             )),
             Err(e) => return ApiResponse::error(format!("cannot resume: {e}")),
+        },
+        ApiRequest::Snapshot { dir } => match c.snapshot(&dir) {
+            Ok(info) => ResponseBody::Snapshot(info),
+            Err(e) => return ApiResponse::error(format!("cannot snapshot: {e}")),
         },
         ApiRequest::Stop {} => {
             let changed = c.request_stop();

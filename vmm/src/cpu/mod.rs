@@ -53,6 +53,18 @@ impl CpuTemplate {
         })
     }
 
+    /// KVM_GET_MSR_INDEX_LIST: the MSRs KVM can save and restore.
+    pub fn msr_indices(&self) -> &[u32] {
+        &self.msrs
+    }
+
+    /// The CPUID vCPU `id` gets: KVM's supported set, shaped by the topology and profile.
+    pub fn cpuid(&self, id: u8) -> CpuId {
+        let mut cpuid = self.supported_cpuid.clone();
+        cpuid::configure_cpuid(cpuid.as_mut_slice(), id, self.vcpus, self.profile.as_ref());
+        cpuid
+    }
+
     /// Configures vCPU `id`; `boot_entry` is set for the boot CPU only (the others wait for
     /// the INIT/SIPI the guest sends through the in-kernel APIC).
     pub fn configure(
@@ -61,9 +73,7 @@ impl CpuTemplate {
         id: u8,
         boot_entry: Option<u64>,
     ) -> Result<(), CpuError> {
-        let mut cpuid = self.supported_cpuid.clone();
-        cpuid::configure_cpuid(cpuid.as_mut_slice(), id, self.vcpus, self.profile.as_ref());
-        vcpu.set_cpuid2(&cpuid)
+        vcpu.set_cpuid2(&self.cpuid(id))
             .map_err(|e| CpuError::SetCpuid(id, e))?;
 
         let entries = msr::boot_msrs(&self.msrs);

@@ -176,6 +176,7 @@ pub fn container_request(
     mode: RootfsMode,
     probe: FileProbe<'_>,
 ) -> Result<ContainerPlan, TranslateError> {
+    crate::oci::validate::spec(spec)?;
     let (mounts, mount_binds) =
         guest_mounts(id, spec.mounts().as_deref().unwrap_or_default(), probe)?;
     let spec = guest_spec(spec, mounts)?;

@@ -48,6 +48,8 @@ pub const MIN_LIMIT_MIB: u64 = 16;
 /// What cannot be honoured; one line each.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TranslateError {
+    #[error(transparent)]
+    Invalid(#[from] crate::oci::validate::ValidateError),
     #[error("no guest kernel: set SANDBOX_VM_KERNEL or the {ANN_KERNEL} annotation, or build one with guest-kernel-config/build.sh")]
     NoKernel,
     #[error("no agent initramfs: set SANDBOX_VM_INITRD or the {ANN_INITRD} annotation, or build one with images/build-agent-initramfs.sh")]

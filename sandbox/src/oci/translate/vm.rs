@@ -150,6 +150,7 @@ pub fn vm_config(
     paths: &VmPaths,
 ) -> Result<(VmConfig, RootfsMode), TranslateError> {
     // The spec's own problems first, then the host's.
+    crate::oci::validate::spec(spec)?;
     let vcpus = vcpus(spec, defaults.max_vcpus)?;
     let mem_mib = mem_mib(spec)?;
     let compat = compat(spec)?;

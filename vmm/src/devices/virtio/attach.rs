@@ -127,7 +127,7 @@ pub fn attach_virtio_mmio<D>(
     event_loop: &EventLoop,
     mem: &GuestMemory,
     device: Arc<Mutex<D>>,
-) -> Result<MmioSlot, AttachError>
+) -> Result<(MmioSlot, Arc<Mutex<MmioTransport>>), AttachError>
 where
     D: VirtioDevice + MutEventSubscriber + Send + 'static,
 {
@@ -142,8 +142,9 @@ where
         vm.register_ioevent(evt, &IoEventAddress::Mmio(notify), queue)
             .map_err(|e| AttachError::RegisterIoEvent(notify, e))?;
     }
+    let transport = Arc::new(Mutex::new(transport));
     mmio_bus
-        .insert(Arc::new(Mutex::new(transport)), slot.base, slot.size)
+        .insert(transport.clone(), slot.base, slot.size)
         .map_err(AttachError::Bus)?;
     event_loop
         .add_subscriber(device)
@@ -152,7 +153,7 @@ where
         cmdline.push(' ');
     }
     cmdline.push_str(&slot.cmdline_fragment());
-    Ok(slot)
+    Ok((slot, transport))
 }
 
 #[cfg(test)]
@@ -194,7 +195,7 @@ mod tests {
         let mut cmdline = String::from("console=ttyS0");
         let mut slots = VirtioMmioAllocator::new();
         let mem = test_mem();
-        let slot =
+        let (slot, _) =
             attach_virtio_mmio(&vm, &mut bus, &mut cmdline, &mut slots, &el, &mem, blk).unwrap();
         assert_eq!(
             cmdline,

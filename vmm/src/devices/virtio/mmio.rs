@@ -455,6 +455,9 @@ fn lock(device: &Mutex<dyn VirtioDevice>) -> MutexGuard<'_, dyn VirtioDevice + '
     device.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+#[path = "mmio_persist.rs"]
+pub mod persist;
+
 #[cfg(test)]
 #[path = "mmio_tests.rs"]
 mod tests;

@@ -142,6 +142,10 @@ pub trait VirtioDevice: Send {
     /// The driver wrote 0 to the status register: forget the queues and memory given by
     /// `activate` and stop processing; the device must be ready to be activated again.
     fn reset(&mut self);
+
+    /// The device was activated again from a snapshot (`mmio::persist`): tell the driver
+    /// whatever a restore changed. Most devices have nothing to say (the default).
+    fn restored(&mut self) {}
 }
 
 /// The device-to-driver signals of one virtio-mmio device: interrupt status bits, the config
@@ -213,6 +217,20 @@ impl VirtioInterrupt {
     /// `InterruptACK`: the driver handled `bits`.
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Sets the registers a snapshot saved; re-raises the line if an interrupt was pending
+    /// (the restored guest has not seen it yet, or saw it and will read the bits again).
+    pub fn restore(&self, status: u32, config_generation: u32, needs_reset: bool) {
+        self.status.store(status, Ordering::SeqCst);
+        self.config_generation
+            .store(config_generation, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
+        if status != 0 {
+            if let Err(e) = self.irq.trigger() {
+                log::error!("cannot raise virtio interrupt: {e}");
+            }
+        }
     }
 
     /// Device reset: no pending interrupt, no failure.

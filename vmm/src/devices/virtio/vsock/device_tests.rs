@@ -414,3 +414,29 @@ fn event_loop_with_unix_backend_end_to_end() {
     assert!(!path.exists(), "socket removed with the device");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn transport_reset_goes_into_the_next_event_buffer() {
+    let mut d = Driver::new();
+    let mut dev = test_device();
+    assert!(!dev.send_transport_reset(), "inactive: nothing to send");
+    d.activate(&mut dev);
+    assert!(!dev.send_transport_reset(), "no event buffer posted yet");
+    let buf = 0x13_0000;
+    d.mem.write_obj(0xffff_ffffu32, GuestAddress(buf)).unwrap();
+    d.ev.add_chain(&[(buf, 4, WRITE)]);
+    dev.restored();
+    assert_eq!(d.ev.used(), vec![(0, 4)]);
+    assert_eq!(
+        d.mem.read_obj::<u32>(GuestAddress(buf)).unwrap(),
+        0,
+        "TRANSPORT_RESET is 0"
+    );
+    // Until the driver has handled it, nothing goes to the guest.
+    assert!(dev.reset_pending);
+    d.offer_rx(1);
+    dev.process_rx();
+    assert!(d.rx.used().is_empty());
+    dev.reset();
+    assert!(!dev.reset_pending);
+}

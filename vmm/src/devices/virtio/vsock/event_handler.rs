@@ -58,6 +58,9 @@ impl<B: VsockBackend> Vsock<B> {
 
     /// Fills RX buffers with what the muxer has for the guest, as long as both last.
     pub(crate) fn process_rx(&mut self) {
+        if self.reset_pending {
+            return;
+        }
         let Some(a) = self.state.active_mut() else {
             return;
         };
@@ -132,8 +135,12 @@ impl<B: VsockBackend> MutEventSubscriber for Vsock<B> {
                 q if q == RX_QUEUE as u32 && self.activation.consume_queue_event(q) => {
                     self.process_rx()
                 }
-                q if q == EVENT_QUEUE as u32 => {
-                    self.activation.consume_queue_event(q);
+                // The driver re-posted its event buffer: it has handled the reset.
+                q if q == EVENT_QUEUE as u32
+                    && self.activation.consume_queue_event(q)
+                    && std::mem::take(&mut self.reset_pending) =>
+                {
+                    self.process_rx()
                 }
                 _ => {}
             },

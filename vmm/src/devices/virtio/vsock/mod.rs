@@ -11,9 +11,10 @@
 //! | `event_handler` | the virtqueues and the event loop (plumbing only) |
 //! | [`fuzz`] | the fuzz target's entry point (packet parser + muxer) |
 //!
-//! Queues: 0 = RX (device → driver packets), 1 = TX (driver → device), 2 = event (unused:
-//! we never send `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`). The config space is the guest CID,
-//! a little-endian u64.
+//! Queues: 0 = RX (device → driver packets), 1 = TX (driver → device), 2 = event (used
+//! once after a restore from a snapshot: `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`, so the guest
+//! drops connections that pointed at the old host side and re-reads its CID, which a
+//! clone may have changed). The config space is the guest CID, a little-endian u64.
 //!
 //! Building one (the VMM builder):
 //!
@@ -43,13 +44,16 @@ mod unix_tests;
 use std::path::PathBuf;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::Bytes;
 
 pub use self::backend::VsockBackend;
 pub use self::unix::{UnixBackend, UnixBackendError};
 use super::activation::Activation;
 use super::device::DeviceState;
-use super::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{
+    add_used, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 use muxer::Muxer;
 use packet::MAX_PKT_DATA;
 
@@ -78,6 +82,7 @@ pub enum VsockError {
 pub(crate) struct Queues {
     rx: Queue,
     tx: Queue,
+    event: Queue,
 }
 
 /// A virtio-vsock device over a [`VsockBackend`] ([`UnixBackend`] unless testing).
@@ -87,6 +92,11 @@ pub struct Vsock<B: VsockBackend = UnixBackend> {
     state: DeviceState<Queues>,
     /// Payload of the packet being moved (TX or RX).
     pkt_buf: Vec<u8>,
+    /// A TRANSPORT_RESET was sent and the driver has not yet handled it (it re-posts the
+    /// event buffer when it has). Meanwhile nothing goes to the guest: the driver handles
+    /// RX before events, so a connection made before it handled the reset would be reset
+    /// by it silently, and the host side would wait forever.
+    reset_pending: bool,
 }
 
 impl Vsock<UnixBackend> {
@@ -118,6 +128,7 @@ impl<B: VsockBackend> Vsock<B> {
             activation: Activation::new().map_err(VsockError::EventFd)?,
             state: DeviceState::Inactive,
             pkt_buf: vec![0; MAX_PKT_DATA],
+            reset_pending: false,
         })
     }
 
@@ -130,7 +141,41 @@ impl<B: VsockBackend> Vsock<B> {
     pub fn muxer(&mut self) -> &mut Muxer<B> {
         &mut self.muxer
     }
+
+    /// Puts `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` in the driver's next event buffer. Returns
+    /// whether it was delivered (false: not active, no buffer posted, or a bad buffer).
+    pub fn send_transport_reset(&mut self) -> bool {
+        let Some(a) = self.state.active_mut() else {
+            return false;
+        };
+        let Some(chain) = a.data.event.pop_descriptor_chain(&a.mem) else {
+            log::warn!("vsock: the driver posted no event buffer for TRANSPORT_RESET");
+            return false;
+        };
+        let head = chain.head_index();
+        let event = EVENT_TRANSPORT_RESET.to_le_bytes();
+        let target = chain
+            .writable()
+            .find(|d| d.len() as usize >= event.len())
+            .map(|d| d.addr());
+        let len = match target.map(|addr| a.mem.write_slice(&event, addr)) {
+            Some(Ok(())) => event.len() as u32,
+            _ => {
+                log::warn!("vsock: the driver's event buffer cannot take TRANSPORT_RESET");
+                0
+            }
+        };
+        if !add_used(&a.mem, &mut a.data.event, &a.interrupt, head, len) {
+            return false;
+        }
+        a.interrupt.signal_used_queue();
+        self.reset_pending = len != 0;
+        len != 0
+    }
 }
+
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` (`struct virtio_vsock_event { le32 id; }`).
+const EVENT_TRANSPORT_RESET: u32 = 0;
 
 impl<B: VsockBackend> VirtioDevice for Vsock<B> {
     fn device_type(&self) -> u32 {
@@ -151,15 +196,19 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
     }
 
     fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
-        // The event queue only carries transport resets, which this device never sends.
-        let [rx, tx, _event] = ctx.take_queues::<NUM_QUEUES>()?;
-        let evts = self.state.activate(ctx, Queues { rx, tx });
+        let [rx, tx, event] = ctx.take_queues::<NUM_QUEUES>()?;
+        let evts = self.state.activate(ctx, Queues { rx, tx, event });
         self.activation.activate(evts)
+    }
+
+    fn restored(&mut self) {
+        self.send_transport_reset();
     }
 
     fn reset(&mut self) {
         // The driver forgot its sockets: drop ours without telling it.
         self.muxer.reset();
+        self.reset_pending = false;
         self.state.reset();
         self.activation.deactivate();
     }

@@ -1,0 +1,58 @@
+//! `sandbox-vm template [--bundle DIR]`: boots the VM the bundle's container would get to
+//! agent-ready once and saves it as a template (`sandbox::template`), so later `create`s
+//! of matching containers restore it instead of booting. Prints the template directory;
+//! an existing template for the same key is reused.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use sandbox::oci::{bundle, translate};
+use sandbox::template::{self, TemplateUse};
+use sandbox::{Sandbox, SandboxConfig, SandboxPaths};
+
+/// How long the template's guest may take to boot to its agent.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Args)]
+pub struct TemplateArgs {
+    /// The bundle whose VM (kernel, guest image, shape, annotations) the template is for
+    #[arg(long, short, default_value = ".")]
+    bundle: PathBuf,
+}
+
+/// Builds (or finds) the template; prints its directory.
+pub fn run(args: TemplateArgs) -> Result<ExitCode> {
+    let bundle = bundle::load(&args.bundle)?;
+    let root = template::templates_root();
+    let work = root.join(format!("build-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    let paths = SandboxPaths::in_dir(&work);
+    let defaults = sandbox::oci::host_defaults();
+    let (vm, _) = translate::vm_config(&bundle.spec, &defaults, &paths.vm_paths())?;
+    let cfg = SandboxConfig {
+        id: format!("template-{}", std::process::id()),
+        dir: work.clone(),
+        vm,
+        vmm_exe: std::env::current_exe().context("cannot find this executable")?,
+        virtiofsd: sandbox::virtiofsd::find()
+            .context("virtiofsd not found (set SANDBOX_VM_VIRTIOFSD)")?,
+        hostname: None,
+        netns: None,
+        agent_timeout: AGENT_TIMEOUT,
+        template: TemplateUse::Off,
+    };
+    let t0 = Instant::now();
+    let built = Sandbox::build_template(&cfg, &root);
+    let _ = std::fs::remove_dir_all(&work);
+    let dir = built?;
+    eprintln!(
+        "sandbox-vm template: {} ready after {:.1} s",
+        dir.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    println!("{}", dir.display());
+    Ok(ExitCode::SUCCESS)
+}

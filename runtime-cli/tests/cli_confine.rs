@@ -1,0 +1,325 @@
+//! The confined VMM process: per-thread seccomp filters, the jail, private sockets.
+//! Tiny hand-made guests stand in for a kernel (needs /dev/kvm and root; seconds in all).
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use vmm::api::ApiClient;
+use vmm::config::{SerialOutput, VmConfig, VsockConfig};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sandbox-vm")
+}
+
+/// `mov dx, 0x510; xor eax, eax; 1: inc eax; out dx, eax; jmp 1b`: runs until stopped.
+const COUNTING: &[u8] = &[
+    0x66, 0xba, 0x10, 0x05, 0x31, 0xc0, 0xff, 0xc0, 0xef, 0xeb, 0xfb,
+];
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("svm-confine-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self(d)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    /// The counting guest with a vsock device and a serial file; returns the config path.
+    fn config(&self) -> PathBuf {
+        let kernel = self.path("guest.elf");
+        std::fs::write(&kernel, vmm::testing::tiny_elf(0x20_0000, COUNTING, 0x1000)).unwrap();
+        let mut c = VmConfig::new(kernel);
+        c.mem_mib = 16;
+        c.serial = SerialOutput::File(self.path("console.log"));
+        c.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: self.path("vsock.sock"),
+        });
+        let path = self.path("vm.json");
+        std::fs::write(&path, serde_json::to_string(&c).unwrap()).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn spawn(s: &Scratch, extra: &[&str]) -> Child {
+    Command::new(bin())
+        .arg("vmm")
+        .arg("--config")
+        .arg(s.config())
+        .arg("--api-sock")
+        .arg(s.path("api.sock"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait(child: &mut Child, secs: u64) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    panic!("the VMM did not exit within {secs} s");
+}
+
+fn connect(child: &mut Child, sock: &Path) -> ApiClient {
+    ApiClient::connect_while(sock, Duration::from_secs(30), || {
+        child.try_wait().unwrap().is_none()
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_call_outside_each_threads_filter_kills_the_vmm_with_sigsys() {
+    for kind in ["main", "vcpu", "devices", "api"] {
+        let s = Scratch::new(&format!("sigsys-{kind}"));
+        let mut vmm = spawn(&s, &["--seccomp-selftest", kind]);
+        let status = wait(&mut vmm, 30);
+        assert_eq!(status.signal(), Some(libc::SIGSYS), "{kind}: {status:?}");
+    }
+}
+
+#[test]
+fn the_selftest_call_alone_is_harmless_without_filters() {
+    let s = Scratch::new("nofilter");
+    let mut vmm = spawn(&s, &["--seccomp", "off", "--seccomp-selftest", "vcpu"]);
+    let mut api = connect(&mut vmm, &s.path("api.sock"));
+    api.describe().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    api.stop().unwrap();
+    assert_eq!(wait(&mut vmm, 30).code(), Some(0));
+}
+
+/// Tries to connect to `sock` as uid/gid 65534; returns the errno (0: connected).
+fn connect_as_nobody(sock: &Path) -> i32 {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(sock.as_os_str().as_bytes()).unwrap();
+    // SAFETY: the child only makes raw system calls on prepared memory, then _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: as above; `addr` is a zeroed sockaddr_un filled within its bounds.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                libc::_exit(200);
+            }
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            let mut addr: libc::sockaddr_un = std::mem::zeroed();
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            let bytes = path.as_bytes();
+            for (i, b) in bytes.iter().enumerate().take(addr.sun_path.len() - 1) {
+                addr.sun_path[i] = *b as libc::c_char;
+            }
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            let r = libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len);
+            let errno = *libc::__errno_location();
+            libc::_exit(if r == 0 { 0 } else { errno.min(199) });
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(libc::WIFEXITED(status));
+    let code = libc::WEXITSTATUS(status);
+    assert_ne!(code, 200, "cannot become uid 65534");
+    code
+}
+
+#[test]
+fn the_vmms_sockets_are_private() {
+    let s = Scratch::new("perm");
+    let mut vmm = spawn(&s, &[]);
+    let mut api = connect(&mut vmm, &s.path("api.sock"));
+    for name in ["api.sock", "vsock.sock"] {
+        let p = s.path(name);
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        assert!(meta.file_type().is_socket(), "{name}");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+        // The directory is open to all: only the socket's own mode keeps others out.
+        assert_eq!(connect_as_nobody(&p), libc::EACCES, "{name}");
+    }
+    api.stop().unwrap();
+    assert_eq!(wait(&mut vmm, 30).code(), Some(0));
+}
+
+/// The jailed VMM (the outer process's only child).
+fn inner_pid(outer: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children")).unwrap();
+        if let Some(pid) = children.split_whitespace().next() {
+            return pid.parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no jailed child");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn status_field(pid: u32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn ns(pid: &str, kind: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap()
+}
+
+/// Checks a running jailed VMM `pid` from the host.
+fn assert_jailed(pid: u32, s: &Scratch) {
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    // What the VMM can open: its own files, at their own paths, and nothing else.
+    assert!(root
+        .join(s.path("guest.elf").strip_prefix("/").unwrap())
+        .is_file());
+    assert!(root.join("dev/kvm").exists());
+    for outside in [
+        "etc/passwd",
+        "bin/sh",
+        "usr",
+        "root",
+        "home",
+        "sys",
+        "dev/null",
+    ] {
+        assert!(
+            !root.join(outside).exists(),
+            "{outside} is visible in the jail"
+        );
+    }
+    let mut top: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["dev", "proc", "tmp"], "the jail's top level");
+    assert_eq!(status_field(pid, "Uid:"), "65534 65534 65534 65534");
+    assert_eq!(status_field(pid, "Gid:"), "65534 65534 65534 65534");
+    assert_eq!(status_field(pid, "Groups:"), "");
+    assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
+    assert_eq!(status_field(pid, "Seccomp:"), "2");
+    for kind in ["mnt", "pid", "ipc"] {
+        assert_ne!(
+            ns(&pid.to_string(), kind),
+            ns("self", kind),
+            "{kind} namespace"
+        );
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    assert!(
+        limits.contains("Max open files            2048"),
+        "{limits}"
+    );
+    assert!(
+        limits.contains("Max file size             268435456"),
+        "{limits}"
+    );
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let name = sandbox::jail::cgroup_name(&s.path("jail"));
+    let line = cgroup
+        .lines()
+        .find(|l| l.contains("memory"))
+        .unwrap_or_default();
+    assert!(line.ends_with(&format!("/{name}")), "{cgroup}");
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/{name}/memory.limit_in_bytes"
+    ))
+    .unwrap();
+    assert_eq!(
+        limit.trim().parse::<u64>().unwrap(),
+        (16 + sandbox::jail::VMM_OVERHEAD_MIB) << 20
+    );
+}
+
+fn assert_nothing_left(s: &Scratch, inner: u32) {
+    let name = sandbox::jail::cgroup_name(&s.path("jail"));
+    assert!(!Path::new("/sys/fs/cgroup/memory").join(&name).exists());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // Gone, or a zombie waiting for host init to reap it (its parent is gone).
+    while Path::new(&format!("/proc/{inner}")).exists()
+        && !status_field(inner, "State:").starts_with('Z')
+    {
+        assert!(Instant::now() < deadline, "the jailed VMM lives on");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!info.contains(s.0.to_str().unwrap()), "a mount is left");
+    let left: Vec<_> = std::fs::read_dir(s.path("jail")).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "the jail directory is not empty on the host"
+    );
+}
+
+fn jail_args(s: &Scratch) -> Vec<String> {
+    vec!["--jail".into(), s.path("jail").display().to_string()]
+}
+
+#[test]
+fn a_jailed_vmm_sees_only_its_jail_and_leaves_nothing() {
+    if !Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+        panic!("this test reads the cgroup v1 memory controller, which this host lacks");
+    }
+    let s = Scratch::new("jail");
+    let args = jail_args(&s);
+    let mut vmm = spawn(&s, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut api = connect(&mut vmm, &s.path("api.sock"));
+    let inner = inner_pid(vmm.id());
+    // The VM runs while jailed (the pause needs every vCPU thread to answer).
+    api.pause().unwrap();
+    api.resume().unwrap();
+    assert_jailed(inner, &s);
+    api.stop().unwrap();
+    assert_eq!(wait(&mut vmm, 30).code(), Some(0));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_nothing_left(&s, inner);
+
+    // A SIGKILL of the outer process takes the jailed VMM with it; its cgroup goes with
+    // the cleaner's `remove_cgroup`.
+    let mut vmm = spawn(&s, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    connect(&mut vmm, &s.path("api.sock"));
+    let inner = inner_pid(vmm.id());
+    vmm.kill().unwrap();
+    assert_eq!(wait(&mut vmm, 10).signal(), Some(libc::SIGKILL));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sandbox::jail::remove_cgroup(&s.path("jail")) {
+        assert!(Instant::now() < deadline, "the cgroup stays busy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_nothing_left(&s, inner);
+}
+
+#[test]
+fn a_jailed_vmm_killed_by_its_filter_is_reported_as_such() {
+    let s = Scratch::new("jailsigsys");
+    let mut args = jail_args(&s);
+    args.extend(["--seccomp-selftest".into(), "vcpu".into()]);
+    let mut vmm = spawn(&s, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(wait(&mut vmm, 30).signal(), Some(libc::SIGSYS));
+}

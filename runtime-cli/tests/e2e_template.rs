@@ -1,0 +1,168 @@
+//! Templates end to end, with the real guest kernel and agent: one cold boot builds the
+//! template; two sandboxes are then restored from it at the same time, each runs a
+//! container, and they must be distinct machines (different `/dev/urandom` output, their
+//! own hostname) with the right wall clock. A snapshot restored with another kernel is
+//! refused with one line.
+//!
+//! Needs root, /dev/kvm, virtiofsd, the guest kernel and the guest image (see
+//! `scripts/setup.sh`).
+
+#[path = "common/bundle.rs"]
+mod bundle;
+mod common;
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sandbox::oci::translate::{self, probe_host, Defaults};
+use sandbox::stdio::HostIo;
+use sandbox::template::TemplateUse;
+use sandbox::{Sandbox, SandboxConfig, SandboxPaths};
+
+const SCRIPT: &str = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; \
+                      date +%s; hostname; echo done";
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("svm-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn config(dir: &Path, id: &str, spec: &oci_spec::runtime::Spec, t: TemplateUse) -> SandboxConfig {
+    let state = dir.join(id);
+    let paths = SandboxPaths::in_dir(&state);
+    let defaults = Defaults {
+        kernel: Some(common::kernel()),
+        initrd: None,
+        agent_disk: Some(common::image("SANDBOX_VM_AGENT_DISK", "agent.ext4")),
+        max_vcpus: 1,
+    };
+    let (vm, _) = translate::vm_config(spec, &defaults, &paths.vm_paths()).unwrap();
+    SandboxConfig {
+        id: id.into(),
+        dir: state,
+        vm,
+        vmm_exe: env!("CARGO_BIN_EXE_sandbox-vm").into(),
+        virtiofsd: sandbox::virtiofsd::find()
+            .expect("virtiofsd not found: run scripts/setup.sh (it installs it)"),
+        hostname: Some(format!("{id}-host")),
+        netns: None,
+        agent_timeout: Duration::from_secs(600),
+        template: t,
+    }
+}
+
+/// Runs the bundle's container in a sandbox restored from the template; returns its
+/// output and how long the sandbox took to be ready.
+fn run_clone(cfg: &SandboxConfig, bundle: &Path) -> (String, Duration) {
+    let t = Instant::now();
+    let sb = Sandbox::create(cfg).unwrap();
+    let ready = t.elapsed();
+    let log = std::fs::read_to_string(&sb.paths().vmm_log).unwrap_or_default();
+    assert!(
+        log.contains("restored"),
+        "not restored from the template: {log}"
+    );
+    let spec = spec_of(bundle);
+    let plan = translate::container_request(
+        "c",
+        &spec,
+        &bundle.join("rootfs"),
+        translate::RootfsMode::Share,
+        &probe_host,
+    )
+    .unwrap();
+    let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
+    let io = HostIo {
+        stdin: None,
+        stdout: Some(w.try_clone().unwrap()),
+        stderr: Some(w),
+    };
+    let (_, pumps) = sb.add_container(plan, io).unwrap();
+    sb.handle().start("c").unwrap();
+    let exit = sb.handle().wait("c", None).unwrap();
+    for p in pumps.outputs {
+        p.join().unwrap();
+    }
+    let mut out = String::new();
+    std::fs::File::from(r).read_to_string(&mut out).unwrap();
+    assert_eq!(exit.status.as_shell_status(), 0, "{out}");
+    sb.remove_container("c", false).unwrap();
+    sb.stop().unwrap();
+    (out, ready)
+}
+
+fn spec_of(bundle: &Path) -> oci_spec::runtime::Spec {
+    serde_json::from_str(&std::fs::read_to_string(bundle.join("config.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn clones_of_one_template_are_distinct_machines_with_the_right_clock() {
+    let dir = scratch("template");
+    let templates = dir.join("templates");
+    // Only this test in this binary: the variable is not raced.
+    std::env::set_var(sandbox::template::TEMPLATE_DIR_ENV, &templates);
+    let b = bundle::busybox_bundle(&dir.join("bundle"), &["sh", "-c", SCRIPT]);
+    let spec = spec_of(&b);
+
+    let t = Instant::now();
+    let tcfg = config(&dir, "tpl", &spec, TemplateUse::Off);
+    let template = Sandbox::build_template(&tcfg, &templates).unwrap();
+    eprintln!("template built in {:.1} s", t.elapsed().as_secs_f64());
+
+    let cfgs: Vec<SandboxConfig> = (0..2)
+        .map(|i| config(&dir, &format!("clone{i}"), &spec, TemplateUse::Auto))
+        .collect();
+    let t = Instant::now();
+    let outs: Vec<(String, Duration)> = std::thread::scope(|s| {
+        let handles: Vec<_> = cfgs.iter().map(|c| s.spawn(|| run_clone(c, &b))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    eprintln!("two clones ran in {:.1} s", t.elapsed().as_secs_f64());
+    let host_now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut randoms = Vec::new();
+    for (i, (out, ready)) in outs.iter().enumerate() {
+        eprintln!("clone{i}: ready after {:.2} s:\n{out}", ready.as_secs_f64());
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines.len() >= 4 && lines[3] == "done", "{out}");
+        assert_eq!(lines[0].len(), 64, "32 random bytes in hex: {out}");
+        randoms.push(lines[0].to_string());
+        let guest_secs: u64 = lines[1].trim().parse().unwrap();
+        assert!(
+            guest_secs.abs_diff(host_now) < 120,
+            "clone{i} clock {guest_secs} vs host {host_now}"
+        );
+        assert_eq!(lines[2], format!("clone{i}-host"));
+    }
+    assert_ne!(
+        randoms[0], randoms[1],
+        "two clones read the same urandom bytes"
+    );
+
+    // The template restored with another kernel is refused.
+    let other = dir.join("other-vmlinux");
+    let mut k = std::fs::read(common::kernel()).unwrap();
+    k.extend_from_slice(b"other");
+    std::fs::write(&other, k).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
+        .args(["vmm", "--restore"])
+        .arg(&template)
+        .arg("--api-sock")
+        .arg(dir.join("refused.sock"))
+        .arg("--kernel")
+        .arg(&other)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("another kernel"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,194 @@
+//! Templates: a guest booted to agent-ready once, snapshotted, and restored for each new
+//! sandbox instead of booting it (`Sandbox::create` does so when one matches).
+//!
+//! A template is keyed like the kernel build cache: by a hash of what the booted guest
+//! depends on — the kernel and initrd contents, the read-only disks (path, size, mtime,
+//! inode), the command line, the VM shape (vCPUs, memory, compat profile, devices) and the
+//! snapshot format version — and never by per-sandbox paths (sockets, console log), which
+//! each clone overrides. It lives in `~/.cache/sandbox-vm/templates/<key>/` (or
+//! `$SANDBOX_VM_TEMPLATE_DIR/<key>/`) as a `vmm::persist` snapshot directory.
+//!
+//! Only VMs whose devices carry no per-sandbox state can be templates: no net devices and
+//! only read-only disks (the shared guest image). Other VMs boot cold.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use vmm::config::VmConfig;
+use vmm::persist::{self, PersistError};
+
+/// `io.sandbox-vm.template=off` in a container's annotations forces a cold boot.
+pub const TEMPLATE_ANNOTATION: &str = "io.sandbox-vm.template";
+/// Overrides where templates are kept.
+pub const TEMPLATE_DIR_ENV: &str = "SANDBOX_VM_TEMPLATE_DIR";
+
+/// Errors finding or keying a template.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("cannot identify {0} for the template key: {1}")]
+    Identify(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Hash(#[from] PersistError),
+    #[error("this VM cannot be a template: {0}")]
+    NotTemplatable(&'static str),
+}
+
+/// Whether a sandbox may start from a template.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TemplateUse {
+    /// Restore from a matching template when one exists; boot cold otherwise.
+    #[default]
+    Auto,
+    /// Always boot cold.
+    Off,
+}
+
+/// Where templates are kept.
+pub fn templates_root() -> PathBuf {
+    if let Some(d) = std::env::var_os(TEMPLATE_DIR_ENV) {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/sandbox-vm/templates")
+}
+
+/// Why `vm` cannot be a template, if it cannot.
+pub fn not_templatable(vm: &VmConfig) -> Option<&'static str> {
+    if !vm.net.is_empty() {
+        return Some("it has a network device (per-sandbox TAP and MAC)");
+    }
+    if vm.disks.iter().any(|d| !d.read_only) {
+        return Some("it has a writable disk (a per-sandbox rootfs)");
+    }
+    if vm.vsock.is_none() {
+        return Some("it has no vsock device, so no agent to hand the clone its identity");
+    }
+    None
+}
+
+/// The template key of `vm` (see the module doc).
+pub fn key(vm: &VmConfig) -> Result<String, TemplateError> {
+    if let Some(why) = not_templatable(vm) {
+        return Err(TemplateError::NotTemplatable(why));
+    }
+    let mut parts = vec![
+        format!("format {}", persist::FORMAT_VERSION),
+        format!("kernel {}", persist::sha256_file(&vm.kernel)?),
+    ];
+    if let Some(initrd) = &vm.initrd {
+        parts.push(format!("initrd {}", persist::sha256_file(initrd)?));
+    }
+    for d in &vm.disks {
+        let m =
+            std::fs::metadata(&d.path).map_err(|e| TemplateError::Identify(d.path.clone(), e))?;
+        parts.push(format!(
+            "disk {} {} {} {} {:?}",
+            d.path.display(),
+            m.len(),
+            m.mtime_nsec() + m.mtime() * 1_000_000_000,
+            m.ino(),
+            d.id
+        ));
+    }
+    parts.push(format!("cmdline {:?}", vm.cmdline));
+    parts.push(format!(
+        "shape vcpus={} mem={} compat={:?} rng={} cid={:?}",
+        vm.vcpus,
+        vm.mem_mib,
+        vm.compat_profile,
+        vm.rng,
+        vm.vsock.as_ref().map(|v| v.guest_cid)
+    ));
+    for fs in &vm.fs {
+        parts.push(format!(
+            "fs {} {} {}",
+            fs.tag, fs.num_request_queues, fs.queue_size
+        ));
+    }
+    Ok(persist::sha256_hex(parts.join("\n").as_bytes()))
+}
+
+/// The template directory for `vm` under `root`, if a complete one exists.
+pub fn find(root: &Path, vm: &VmConfig) -> Result<Option<PathBuf>, TemplateError> {
+    let dir = root.join(key(vm)?);
+    Ok(dir.join(persist::STATE_FILE).is_file().then_some(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm::config::{DiskConfig, NetConfig, SerialOutput, VsockConfig};
+
+    fn vm(dir: &Path) -> VmConfig {
+        std::fs::write(dir.join("vmlinux"), b"kernel").unwrap();
+        std::fs::write(dir.join("initrd"), b"initrd").unwrap();
+        let mut vm = VmConfig::new(dir.join("vmlinux"));
+        vm.initrd = Some(dir.join("initrd"));
+        vm.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: dir.join("a/vsock.sock"),
+        });
+        vm
+    }
+
+    #[test]
+    fn the_key_ignores_per_sandbox_paths_and_follows_what_the_guest_booted() {
+        let d = std::env::temp_dir().join(format!("sandbox-template-key-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let a = vm(&d);
+        let k = key(&a).unwrap();
+        let mut b = a.clone();
+        b.vsock.as_mut().unwrap().uds_path = d.join("b/vsock.sock");
+        b.serial = SerialOutput::File(d.join("b/console.log"));
+        assert_eq!(key(&b).unwrap(), k, "per-sandbox paths changed the key");
+
+        let mut c = a.clone();
+        c.mem_mib *= 2;
+        assert_ne!(key(&c).unwrap(), k);
+        std::fs::write(d.join("vmlinux"), b"another kernel").unwrap();
+        assert_ne!(key(&a).unwrap(), k, "a new kernel must not match");
+
+        let root = d.join("templates");
+        assert_eq!(find(&root, &a).unwrap(), None);
+        let t = root.join(key(&a).unwrap());
+        std::fs::create_dir_all(&t).unwrap();
+        assert_eq!(find(&root, &a).unwrap(), None, "no state file: incomplete");
+        std::fs::write(t.join(persist::STATE_FILE), b"{}").unwrap();
+        assert_eq!(find(&root, &a).unwrap(), Some(t));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn per_sandbox_devices_are_not_templatable() {
+        let d = std::env::temp_dir().join(format!("sandbox-template-no-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let mut v = vm(&d);
+        v.disks.push(DiskConfig {
+            path: d.join("rootfs.img"),
+            read_only: false,
+            id: None,
+        });
+        assert!(matches!(key(&v), Err(TemplateError::NotTemplatable(_))));
+        let mut v = vm(&d);
+        v.net.push(NetConfig {
+            tap: "tap0".into(),
+            mac: None,
+        });
+        assert!(not_templatable(&v).is_some());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
+
+/// `io.sandbox-vm.template=off` forces a cold boot; otherwise a matching template is used.
+pub fn template_use(spec: &oci_spec::runtime::Spec) -> TemplateUse {
+    let off = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(TEMPLATE_ANNOTATION))
+        .is_some_and(|v| v == "off");
+    if off {
+        TemplateUse::Off
+    } else {
+        TemplateUse::Auto
+    }
+}

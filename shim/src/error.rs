@@ -1,0 +1,94 @@
+//! The shim's errors and their ttrpc status codes (containerd maps NotFound,
+//! AlreadyExists, FailedPrecondition and Unimplemented to its own error kinds).
+
+use std::path::PathBuf;
+
+use containerd_shim_protos::ttrpc::{self, Code};
+
+/// Everything a Task call can fail with; one line each.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    Exists(String),
+    #[error("{0}")]
+    State(String),
+    #[error("sandbox-vm does not support {0}")]
+    Unsupported(&'static str),
+    #[error("the pod has no VM: its sandbox container was not created by this shim or is gone")]
+    NoVm,
+    #[error("this shim's VM already belongs to container {0}")]
+    SecondOwner(String),
+    #[error("cannot read the bundle's config.json: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+    #[error("{0}")]
+    Translate(#[from] sandbox::oci::translate::TranslateError),
+    #[error("{what} {path} not found: run scripts/setup.sh or set the SANDBOX_VM_* variables in containerd's environment")]
+    Artifact { what: &'static str, path: PathBuf },
+    #[error(
+        "virtiofsd not found: run scripts/setup.sh (it installs it) or set SANDBOX_VM_VIRTIOFSD"
+    )]
+    NoVirtiofsd,
+    #[error("the sandbox-vm binary (it runs the VMM) was found neither beside the shim nor on PATH: set SANDBOX_VM_BIN")]
+    NoVmmExe,
+    #[error("cannot create the VM's state directory {path}: {err}")]
+    StateDir { path: PathBuf, err: std::io::Error },
+    #[error("{0}")]
+    Image(#[from] sandbox::image::ImageError),
+    #[error("{0}")]
+    Sandbox(#[from] sandbox::SandboxError),
+    #[error("{0}")]
+    Handle(#[from] sandbox::HandleError),
+    #[error("{0}")]
+    Mount(#[from] crate::mount::MountError),
+    #[error("{0}")]
+    Io(#[from] crate::io::IoError),
+    #[error("bad exec process spec: {0}")]
+    ExecSpec(serde_json::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ShimError {
+    /// The ttrpc status code containerd sees.
+    pub fn code(&self) -> Code {
+        match self {
+            ShimError::NotFound(_) => Code::NOT_FOUND,
+            ShimError::Exists(_) => Code::ALREADY_EXISTS,
+            ShimError::State(_) | ShimError::NoVm | ShimError::SecondOwner(_) => {
+                Code::FAILED_PRECONDITION
+            }
+            ShimError::Unsupported(_) => Code::UNIMPLEMENTED,
+            ShimError::Spec(_) | ShimError::Translate(_) | ShimError::ExecSpec(_) => {
+                Code::INVALID_ARGUMENT
+            }
+            _ => Code::INTERNAL,
+        }
+    }
+}
+
+impl From<ShimError> for ttrpc::Error {
+    fn from(e: ShimError) -> ttrpc::Error {
+        ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_the_codes_containerd_understands() {
+        let e: ttrpc::Error = ShimError::NotFound("container x".into()).into();
+        match e {
+            ttrpc::Error::RpcStatus(s) => {
+                assert_eq!(s.code(), Code::NOT_FOUND);
+                assert_eq!(s.message(), "container x not found");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(ShimError::Unsupported("x").code(), Code::UNIMPLEMENTED);
+        assert_eq!(ShimError::NoVm.code(), Code::FAILED_PRECONDITION);
+    }
+}

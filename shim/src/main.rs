@@ -1,0 +1,251 @@
+//! `containerd-shim-sandbox-vm-v2`: containerd's shim v2 for runtime type
+//! `io.containerd.sandbox-vm.v2` (Kubernetes RuntimeClass handler `sandbox-vm`). One shim
+//! process serves one pod and owns its one microVM.
+//!
+//! * `start` (containerd runs it with the bundle as cwd): starts the shim server grouped
+//!   by the pod's `io.kubernetes.cri.sandbox-id` (or the task id when there is none) and
+//!   prints its address; a second `start` for the same pod gets the live server's address.
+//! * `delete`: cleans up after a shim that died, prints a DeleteResponse.
+//! * no action: the server. See `serve` for why it is not the library's.
+
+mod cleanup;
+mod container;
+mod error;
+mod io;
+mod metrics;
+mod mount;
+mod pod;
+mod service;
+mod sizing;
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::{Config, DeleteResponse, Flags, StartOpts};
+use containerd_shim_protos::shim_async::create_task;
+use containerd_shim_protos::ttrpc::r#async::transport::Listener;
+use containerd_shim_protos::ttrpc::r#async::Server;
+
+use crate::pod::Pod;
+use crate::service::Service;
+
+/// The runtime type containerd is configured with.
+const RUNTIME_ID: &str = "io.containerd.sandbox-vm.v2";
+/// Task API service names: containerd 1.6/1.7 call v2, 2.x calls v3; the messages are
+/// the same on the wire, so one service answers both.
+const TASK_V2: &str = "containerd.task.v2.Task";
+const TASK_V3: &str = "containerd.task.v3.Task";
+/// Where pods' VMs keep their state unless `$SANDBOX_VM_SHIM_ROOT` says otherwise.
+const DEFAULT_STATE_ROOT: &str = "/run/sandbox-vm/shim";
+
+fn state_root() -> PathBuf {
+    std::env::var_os("SANDBOX_VM_SHIM_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_ROOT))
+}
+
+/// The shim library's options: no reaping of our children behind `std::process`'s back
+/// (the sandbox waits for its VMM and virtiofsd itself), no subreaper.
+fn config() -> Config {
+    Config {
+        no_reaper: true,
+        no_sub_reaper: true,
+        ..Default::default()
+    }
+}
+
+/// Starts the server for the pod of the bundle in the current directory (or finds the
+/// one already serving it) and returns its address.
+async fn spawn_server(opts: StartOpts) -> containerd_shim::Result<String> {
+    let spec = oci_spec::runtime::Spec::load("config.json")
+        .map_err(|e| containerd_shim::Error::InvalidArgument(e.to_string()))?;
+    let grouping = sizing::grouping(&spec, &opts.id);
+    let address = spawn(opts, &grouping, Vec::new()).await?;
+    containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
+    Ok(address)
+}
+
+/// The `start` action. The library's own answers with the JSON (or protobuf) that
+/// containerd 1.7+ reads; containerd 1.6 takes stdout as the address itself, and 1.7 and
+/// 2.x still accept a bare address (they then call the Task API by its v2 name, which the
+/// server answers too).
+async fn start(flags: &Flags) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let opts = StartOpts {
+        id: flags.id.clone(),
+        publish_binary: flags.publish_binary.clone(),
+        address: flags.address.clone(),
+        ttrpc_address: std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?,
+        namespace: flags.namespace.clone(),
+        debug: flags.debug,
+        ..Default::default()
+    };
+    let address = spawn_server(opts).await?;
+    let mut out = tokio::io::stdout();
+    out.write_all(address.as_bytes()).await?;
+    out.flush().await?;
+    Ok(())
+}
+
+struct SandboxShim {
+    namespace: String,
+    exit: Arc<ExitSignal>,
+}
+
+#[async_trait]
+impl Shim for SandboxShim {
+    type T = Service;
+
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        SandboxShim {
+            namespace: args.namespace.clone(),
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        spawn_server(opts).await
+    }
+
+    async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        let bundle =
+            std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
+        tokio::task::spawn_blocking(move || cleanup::delete_leftovers(&bundle))
+            .await
+            .map_err(|e| containerd_shim::Error::Other(e.to_string()))?
+            .map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
+        let mut resp = DeleteResponse::new();
+        resp.exit_status = 128 + libc::SIGKILL as u32;
+        resp.exited_at = Some(containerd_shim::util::timestamp()?).into();
+        Ok(resp)
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Service {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let pod = Arc::new(Pod::new(state_root(), self.namespace.clone(), tx));
+        Service::new(
+            pod,
+            rx,
+            publisher,
+            self.namespace.clone(),
+            self.exit.clone(),
+        )
+    }
+}
+
+/// Binds the server socket; `None` when a live shim already serves it (a second server
+/// for the same pod then has nothing to do).
+fn listen(socket: &str) -> anyhow::Result<Option<UnixListener>> {
+    let path = Path::new(socket.strip_prefix("unix://").unwrap_or(socket));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match UnixListener::bind(path) {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if UnixStream::connect(path).is_ok() {
+                return Ok(None);
+            }
+            std::fs::remove_file(path).with_context(|| format!("removing stale {socket}"))?;
+            Ok(Some(
+                UnixListener::bind(path).with_context(|| format!("binding {socket}"))?,
+            ))
+        }
+        Err(e) => Err(e).with_context(|| format!("binding {socket}")),
+    }
+}
+
+/// Tells `start` (which reads our stdout until EOF) that the server is up.
+fn close_stdout() {
+    // SAFETY: dup2 on two fds this process owns; stdout becomes a copy of stderr, which
+    // closes the pipe `start` reads.
+    unsafe {
+        libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO);
+    }
+}
+
+/// The shim server. The library's own serve path registers the Task service only under
+/// its v3 name, which containerd 1.6/1.7 never call (they call `containerd.task.v2.Task`:
+/// every request would fail as "service not found"), so this one registers both.
+async fn serve(flags: Flags) -> anyhow::Result<()> {
+    containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
+        .context("setting up the shim log")?;
+    let Some(listener) = listen(&flags.socket)? else {
+        close_stdout();
+        return Ok(());
+    };
+    let mut cfg = config();
+    let mut shim = SandboxShim::new(RUNTIME_ID, &flags, &mut cfg).await;
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
+    let publisher = RemotePublisher::new(&ttrpc_address)
+        .await
+        .with_context(|| format!("connecting to containerd at {ttrpc_address}"))?;
+    let task: Arc<dyn containerd_shim_protos::shim_async::Task + Send + Sync> =
+        Arc::new(shim.create_task_service(publisher).await);
+    let mut services = create_task(task.clone());
+    let v2 = create_task(task)
+        .remove(TASK_V3)
+        .context("the generated Task service has an unexpected name")?;
+    services.insert(TASK_V2.to_string(), v2);
+    let listener = Listener::try_from(listener).context("making the ttrpc listener")?;
+    let mut server = Server::new()
+        .add_listener(listener)
+        .register_service(services);
+    server.start().await.context("starting the ttrpc server")?;
+    close_stdout();
+    log::info!("sandbox-vm shim serving {}", flags.socket);
+    shim.wait().await;
+    log::info!("sandbox-vm shim exiting");
+    let _ = server.shutdown().await;
+    let _ = std::fs::remove_file(
+        flags
+            .socket
+            .strip_prefix("unix://")
+            .unwrap_or(&flags.socket),
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<_> = std::env::args_os().collect();
+    let flags = match containerd_shim::parse(&args[1..]) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{RUNTIME_ID}: {e}");
+            std::process::exit(1);
+        }
+    };
+    if flags.version {
+        println!(
+            "{RUNTIME_ID} (containerd-shim-sandbox-vm-v2) {}",
+            env!("CARGO_PKG_VERSION")
+        );
+        return;
+    }
+    if flags.action == "start" {
+        if let Err(e) = start(&flags).await {
+            eprintln!("{RUNTIME_ID}: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if flags.info || flags.action == "delete" {
+        containerd_shim::asynchronous::run::<SandboxShim>(RUNTIME_ID, Some(config())).await;
+        return;
+    }
+    if let Err(e) = serve(flags).await {
+        log::error!("{e:#}");
+        eprintln!("{RUNTIME_ID}: {e:#}");
+        std::process::exit(1);
+    }
+}

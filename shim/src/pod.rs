@@ -1,0 +1,631 @@
+//! The pod one shim serves: its VM (one `sandbox::Sandbox`, booted by the pod's sandbox
+//! container or by a standalone container) and its containers. Blocking sandbox calls run
+//! on tokio's blocking pool; each process's exit is awaited on a thread of its own, which
+//! reports it on the pod's exit channel.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use oci_spec::runtime::{Process, Spec};
+use sandbox::oci::translate::{self, probe_host, RootfsMode};
+use sandbox::stdio::Pumps;
+use sandbox::{Sandbox, SandboxConfig, SandboxHandle, SandboxPaths};
+use tokio::sync::mpsc;
+
+use crate::container::{
+    drop_hostname_without_uts, exit_code, join_sandbox_namespaces, Container, Exec, Exit, Proc,
+    Status,
+};
+use crate::error::ShimError;
+use crate::io::{self, IoPaths};
+use crate::mount::{self, RootfsMount};
+use crate::sizing::{self, Role};
+
+/// How long a guest may take to boot to its agent (boots take about half a minute on
+/// hosts that emulate guest kernel mode, several under load).
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Exit status reported when the VM ended without the process reporting one.
+pub const LOST_STATUS: u32 = 255;
+/// The file in a task's bundle that lets `delete` clean up after a crashed shim.
+pub const BUNDLE_RECORD: &str = "sandbox-vm-shim.json";
+
+/// A process exit, from its watcher thread to the service.
+#[derive(Debug)]
+pub struct ExitMsg {
+    pub container_id: String,
+    pub exec_id: String,
+    pub status: u32,
+}
+
+/// What `delete` needs after a crash, kept in the task's bundle.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct BundleRecord {
+    /// The VM's state directory.
+    pub state_dir: PathBuf,
+    /// This task booted the VM.
+    pub owner: bool,
+    /// `bundle/rootfs` is our mount.
+    pub rootfs_mounted: bool,
+}
+
+/// The pod's VM.
+#[derive(Clone)]
+struct Vm {
+    owner: String,
+    mode: RootfsMode,
+    sandbox: Arc<Mutex<Option<Sandbox>>>,
+    handle: SandboxHandle,
+    dir: PathBuf,
+}
+
+#[derive(Default)]
+struct PodState {
+    vm: Option<Vm>,
+    containers: BTreeMap<String, Container>,
+}
+
+/// One pod: see the module docs.
+pub struct Pod {
+    state_root: PathBuf,
+    namespace: String,
+    inner: Mutex<PodState>,
+    exits: mpsc::UnboundedSender<ExitMsg>,
+}
+
+/// What Create gets.
+pub struct CreateArgs {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: Vec<RootfsMount>,
+    pub io: IoPaths,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ShimError> + Send + 'static,
+) -> Result<T, ShimError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ShimError::Internal(format!("blocking task failed: {e}")))?
+}
+
+/// The binary whose `vmm` subcommand runs a VM: `$SANDBOX_VM_BIN`, else `sandbox-vm`
+/// beside this shim's real path (both are built into the same target directory), else
+/// `PATH`.
+pub fn vmm_exe() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SANDBOX_VM_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.canonicalize().ok())
+        .and_then(|e| e.parent().map(|d| d.join("sandbox-vm")));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    beside
+        .into_iter()
+        .chain(std::env::split_paths(&path).map(|d| d.join("sandbox-vm")))
+        .find(|p| p.is_file())
+}
+
+/// Where a pod's VM keeps its files: `root/<namespace>/<grouping, shortened>` (the
+/// sockets inside must stay under the 108-byte Unix socket path limit).
+pub fn state_dir(root: &Path, namespace: &str, grouping: &str) -> PathBuf {
+    let short: String = grouping.chars().take(24).collect();
+    root.join(namespace).join(short)
+}
+
+fn check_artifacts(vm: &vmm::config::VmConfig) -> Result<(), ShimError> {
+    let files = std::iter::once(("guest kernel", &vm.kernel))
+        .chain(vm.initrd.iter().map(|i| ("agent initramfs", i)))
+        .chain(vm.disks.iter().map(|d| ("guest image", &d.path)));
+    for (what, path) in files {
+        if !path.is_file() {
+            return Err(ShimError::Artifact {
+                what,
+                path: path.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Boots the pod's VM from the spec of the container that owns it.
+fn boot(
+    id: &str,
+    spec: &Spec,
+    rootfs: &Path,
+    dir: &Path,
+) -> Result<(Sandbox, RootfsMode), ShimError> {
+    let paths = SandboxPaths::in_dir(dir);
+    let defaults = sandbox::oci::host_defaults();
+    let (vm, mode) =
+        translate::vm_config(&sizing::pod_vm_spec(spec), &defaults, &paths.vm_paths())?;
+    check_artifacts(&vm)?;
+    let cfg = SandboxConfig {
+        id: id.into(),
+        dir: dir.into(),
+        vm,
+        vmm_exe: vmm_exe().ok_or(ShimError::NoVmmExe)?,
+        virtiofsd: sandbox::virtiofsd::find().ok_or(ShimError::NoVirtiofsd)?,
+        hostname: spec.hostname().clone(),
+        netns: translate::pod_netns(spec),
+        agent_timeout: AGENT_TIMEOUT,
+        template: sandbox::template::template_use(spec),
+    };
+    std::fs::create_dir_all(dir).map_err(|err| ShimError::StateDir {
+        path: dir.into(),
+        err,
+    })?;
+    if mode == RootfsMode::Block {
+        sandbox::image::build(rootfs, &paths.rootfs_disk)?;
+    }
+    let sandbox = Sandbox::create(&cfg)?;
+    log::info!("pod VM for {id} is up (pids {:?})", sandbox.host_pids());
+    Ok((sandbox, mode))
+}
+
+fn stop_vm(vm: &Vm) {
+    if let Some(sb) = vm.sandbox.lock().expect("poisoned").take() {
+        match sb.stop() {
+            Ok(status) => log::info!("pod VM stopped ({status:?})"),
+            Err(e) => log::warn!("stopping the pod VM: {e}"),
+        }
+    }
+    if let Err(e) = std::fs::remove_dir_all(&vm.dir) {
+        log::warn!("cannot remove {}: {e}", vm.dir.display());
+    }
+}
+
+fn write_record(bundle: &Path, rec: &BundleRecord) {
+    let json = serde_json::to_vec(rec).expect("record serializes");
+    if let Err(e) = std::fs::write(bundle.join(BUNDLE_RECORD), json) {
+        log::warn!("cannot write {BUNDLE_RECORD} in {}: {e}", bundle.display());
+    }
+}
+
+/// Waits for a process's exit on a thread of its own and reports it.
+fn watch_exit(
+    handle: SandboxHandle,
+    container_id: String,
+    exec_id: String,
+    pumps: Option<Pumps>,
+    exits: mpsc::UnboundedSender<ExitMsg>,
+) {
+    let name = format!("wait-{}", &container_id[..container_id.len().min(8)]);
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        let exec = (!exec_id.is_empty()).then_some(exec_id.as_str());
+        let result = handle.wait(&container_id, exec);
+        for t in pumps.into_iter().flat_map(|p| p.outputs) {
+            let _ = t.join();
+        }
+        let status = match result {
+            Ok(info) => exit_code(&info),
+            Err(e) => {
+                log::warn!("lost the exit of {container_id}/{exec_id}: {e}");
+                LOST_STATUS
+            }
+        };
+        let _ = exits.send(ExitMsg {
+            container_id,
+            exec_id,
+            status,
+        });
+    });
+    if let Err(e) = spawned {
+        log::error!("cannot start an exit watcher thread: {e}");
+    }
+}
+
+impl Pod {
+    pub fn new(
+        state_root: PathBuf,
+        namespace: String,
+        exits: mpsc::UnboundedSender<ExitMsg>,
+    ) -> Pod {
+        Pod {
+            state_root,
+            namespace,
+            inner: Mutex::new(PodState::default()),
+            exits,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PodState> {
+        self.inner.lock().expect("poisoned")
+    }
+
+    fn vm(&self) -> Result<Vm, ShimError> {
+        self.lock().vm.clone().ok_or(ShimError::NoVm)
+    }
+
+    /// Runs `f` on container `id` (NotFound if there is none).
+    pub fn with<T>(&self, id: &str, f: impl FnOnce(&mut Container) -> T) -> Result<T, ShimError> {
+        let mut st = self.lock();
+        let c = st
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {id}")))?;
+        Ok(f(c))
+    }
+
+    /// Runs `f` on process `exec_id` of container `id`.
+    pub fn with_proc<T>(
+        &self,
+        id: &str,
+        exec_id: &str,
+        f: impl FnOnce(&mut Proc) -> T,
+    ) -> Result<T, ShimError> {
+        self.with(id, |c| c.proc_mut(exec_id).map(f))?
+            .ok_or_else(|| ShimError::NotFound(format!("exec {exec_id} of container {id}")))
+    }
+
+    /// Whether no container is left.
+    pub fn is_empty(&self) -> bool {
+        self.lock().containers.is_empty()
+    }
+
+    /// Create: mounts the rootfs, boots the VM if this container owns one, and adds the
+    /// container to it with its streams attached. Returns the guest pid.
+    pub async fn create(&self, args: CreateArgs) -> Result<u32, ShimError> {
+        if self.lock().containers.contains_key(&args.id) {
+            return Err(ShimError::Exists(args.id));
+        }
+        let spec = Spec::load(args.bundle.join("config.json"))?;
+        let target = args.bundle.join("rootfs");
+        let (rootfs_dir, mounted) = {
+            let (mounts, t) = (args.rootfs.clone(), target.clone());
+            let mounted = blocking(move || Ok(mount::mount_all(&mounts, &t)?)).await?;
+            let dir = match (mounted, spec.root()) {
+                (false, Some(r)) if r.path().is_absolute() => r.path().clone(),
+                (false, Some(r)) => args.bundle.join(r.path()),
+                _ => target.clone(),
+            };
+            (dir, mounted)
+        };
+        let result = self.create_mounted(&args, spec, rootfs_dir, mounted).await;
+        if result.is_err() && mounted {
+            let _ = mount::unmount_rootfs(&target);
+        }
+        result
+    }
+
+    /// Boots the VM when this container owns one (the pod's sandbox container, or a
+    /// standalone container); `None` for a pod member, which joins the running VM.
+    async fn boot_if_owner(
+        &self,
+        args: &CreateArgs,
+        spec: &Spec,
+        rootfs_dir: &Path,
+    ) -> Result<Option<Vm>, ShimError> {
+        let current = self.lock().vm.clone();
+        match (sizing::role(spec), current) {
+            (Role::PodMember, None) => Err(ShimError::NoVm),
+            (Role::PodMember, Some(_)) => Ok(None),
+            (_, Some(vm)) => Err(ShimError::SecondOwner(vm.owner)),
+            (_, None) => {
+                let grouping = sizing::grouping(spec, &args.id);
+                let dir = state_dir(&self.state_root, &self.namespace, &grouping);
+                let (id, s, r, d) = (
+                    args.id.clone(),
+                    spec.clone(),
+                    rootfs_dir.to_path_buf(),
+                    dir.clone(),
+                );
+                let (sb, mode) = blocking(move || boot(&id, &s, &r, &d)).await?;
+                Ok(Some(Vm {
+                    owner: args.id.clone(),
+                    mode,
+                    handle: sb.handle().clone(),
+                    sandbox: Arc::new(Mutex::new(Some(sb))),
+                    dir,
+                }))
+            }
+        }
+    }
+
+    async fn create_mounted(
+        &self,
+        args: &CreateArgs,
+        spec: Spec,
+        rootfs_dir: PathBuf,
+        mounted: bool,
+    ) -> Result<u32, ShimError> {
+        let (host_io, stdin) = io::open(&args.io)?;
+        let booted = self.boot_if_owner(args, &spec, &rootfs_dir).await?;
+        let vm = match &booted {
+            Some(vm) => vm.clone(),
+            None => self.vm()?,
+        };
+        // Only the VM's owner can have a block rootfs: its disk is attached at boot.
+        let mode = match booted {
+            Some(_) => vm.mode,
+            None => RootfsMode::Share,
+        };
+        let mut plan =
+            translate::container_request(&args.id, &spec, &rootfs_dir, mode, &probe_host)?;
+        if booted.is_none() {
+            let sandbox_pid = self.with(&vm.owner, |c| c.init.pid)?;
+            join_sandbox_namespaces(&mut plan.request.spec, &spec, sandbox_pid);
+        }
+        drop_hostname_without_uts(&mut plan.request.spec);
+        let slot = vm.sandbox.clone();
+        let added = blocking(move || {
+            let guard = slot.lock().expect("poisoned");
+            let sb = guard.as_ref().ok_or(ShimError::NoVm)?;
+            Ok(sb.add_container(plan, host_io)?)
+        })
+        .await;
+        let (pid, pumps) = match added {
+            Ok(x) => x,
+            Err(e) => {
+                if let Some(vm) = booted {
+                    tokio::task::spawn_blocking(move || stop_vm(&vm));
+                }
+                return Err(e);
+            }
+        };
+        write_record(
+            &args.bundle,
+            &BundleRecord {
+                state_dir: vm.dir.clone(),
+                owner: booted.is_some(),
+                rootfs_mounted: mounted,
+            },
+        );
+        let mut init = Proc::new(args.io.clone());
+        init.pid = pid as u32;
+        init.stdin = stdin;
+        init.pumps = Some(pumps);
+        let mut st = self.lock();
+        if let Some(vm) = booted {
+            st.vm = Some(vm);
+        }
+        st.containers.insert(
+            args.id.clone(),
+            Container {
+                id: args.id.clone(),
+                bundle: args.bundle.clone(),
+                rootfs_mount: mounted.then(|| args.bundle.join("rootfs")),
+                init,
+                execs: BTreeMap::new(),
+            },
+        );
+        Ok(pid as u32)
+    }
+
+    /// Start of a container's init (`exec_id` empty) or of an exec. Returns the guest pid.
+    pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32, ShimError> {
+        let handle = self.vm()?.handle;
+        let status = self.with_proc(id, exec_id, |p| p.status)?;
+        if status != Status::Created {
+            return Err(ShimError::State(format!(
+                "{id}/{exec_id} is {status:?}, not created"
+            )));
+        }
+        if exec_id.is_empty() {
+            let (h, c) = (handle.clone(), id.to_string());
+            blocking(move || Ok(h.start(&c)?)).await?;
+            let (pid, pumps) = self.with_proc(id, "", |p| {
+                p.status = Status::Running;
+                (p.pid, p.pumps.take())
+            })?;
+            watch_exit(handle, id.into(), String::new(), pumps, self.exits.clone());
+            return Ok(pid);
+        }
+        let (process, paths) = self
+            .with(id, |c| {
+                c.execs
+                    .get(exec_id)
+                    .map(|e| (e.process.clone(), e.proc.io.clone()))
+            })?
+            .ok_or_else(|| ShimError::NotFound(format!("exec {exec_id}")))?;
+        let (host_io, stdin) = io::open(&paths)?;
+        let (h, c, e) = (handle.clone(), id.to_string(), exec_id.to_string());
+        let (pid, pumps) = blocking(move || Ok(h.exec(&c, &e, process, host_io)?)).await?;
+        self.with_proc(id, exec_id, |p| {
+            p.status = Status::Running;
+            p.pid = pid as u32;
+            p.stdin = stdin;
+        })?;
+        watch_exit(
+            handle,
+            id.into(),
+            exec_id.into(),
+            Some(pumps),
+            self.exits.clone(),
+        );
+        Ok(pid as u32)
+    }
+
+    /// Registers an exec (it runs at its Start).
+    pub fn add_exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: Process,
+        io: IoPaths,
+    ) -> Result<(), ShimError> {
+        self.with(id, |c| {
+            if c.execs.contains_key(exec_id) {
+                return Err(ShimError::Exists(format!("exec {exec_id}")));
+            }
+            if c.init.status != Status::Running {
+                return Err(ShimError::State(format!("container {id} is not running")));
+            }
+            let proc = Proc::new(io);
+            c.execs.insert(exec_id.into(), Exec { process, proc });
+            Ok(())
+        })?
+    }
+
+    /// Records an exit from a watcher; returns the pid and exit if this was the first.
+    pub fn record_exit(&self, m: &ExitMsg) -> Option<(u32, Exit)> {
+        self.with_proc(&m.container_id, &m.exec_id, |p| {
+            p.set_exited(m.status)
+                .then(|| (p.pid, p.exited().expect("just set")))
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// Kill. A process that never started is marked exited with the signal's status (its
+    /// exit goes through the exit channel like any other); one that ended already is fine.
+    pub async fn kill(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<(), ShimError> {
+        let status = self.with_proc(id, exec_id, |p| p.status)?;
+        match status {
+            Status::Stopped => return Ok(()),
+            Status::Created => {
+                let _ = self.exits.send(ExitMsg {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    status: 128 + signal,
+                });
+                return Ok(());
+            }
+            Status::Running | Status::Paused => {}
+        }
+        let handle = self.vm()?.handle;
+        let (c, e) = (id.to_string(), exec_id.to_string());
+        let sent = blocking(move || {
+            let exec = (!e.is_empty()).then_some(e.as_str());
+            Ok(handle.signal(&c, exec, signal as i32, all)?)
+        })
+        .await;
+        match sent {
+            Err(_) if self.with_proc(id, exec_id, |p| p.exited().is_some())? => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Delete of an exec: forgets it. Returns its pid and exit.
+    fn delete_exec(&self, id: &str, exec_id: &str) -> Result<(u32, Option<Exit>), ShimError> {
+        self.with(id, |c| {
+            let e = c
+                .execs
+                .get(exec_id)
+                .ok_or_else(|| ShimError::NotFound(format!("exec {exec_id}")))?;
+            if matches!(e.proc.status, Status::Running | Status::Paused) {
+                return Err(ShimError::State(format!("exec {exec_id} is still running")));
+            }
+            let e = c.execs.remove(exec_id).expect("just found");
+            Ok((e.proc.pid, e.proc.exited()))
+        })?
+    }
+
+    /// Delete: an exec's record, or a container: out of the guest and the share, its
+    /// rootfs unmounted; the VM stops with its owner or the last container.
+    pub async fn delete(&self, id: &str, exec_id: &str) -> Result<(u32, Option<Exit>), ShimError> {
+        if !exec_id.is_empty() {
+            return self.delete_exec(id, exec_id);
+        }
+        let status = self.with(id, |c| c.init.status)?;
+        if matches!(status, Status::Running | Status::Paused) {
+            return Err(ShimError::State(format!("container {id} is still running")));
+        }
+        if let Ok(vm) = self.vm() {
+            let (slot, c) = (vm.sandbox.clone(), id.to_string());
+            let removed = blocking(move || match slot.lock().expect("poisoned").as_ref() {
+                Some(sb) => Ok(sb.remove_container(&c, true)?),
+                None => Ok(()),
+            })
+            .await;
+            if let Err(e) = removed {
+                log::warn!("removing {id} from the VM: {e}");
+            }
+        }
+        let (c, vm_to_stop) = {
+            let mut st = self.lock();
+            let c = st.containers.remove(id).expect("checked above");
+            let owner_gone = st.vm.as_ref().is_some_and(|v| v.owner == id);
+            let stop = (owner_gone || st.containers.is_empty())
+                .then(|| st.vm.take())
+                .flatten();
+            (c, stop)
+        };
+        if let Some(s) = &c.init.stdin {
+            s.close();
+        }
+        let _ = std::fs::remove_file(c.bundle.join(BUNDLE_RECORD));
+        if let Some(t) = c.rootfs_mount.clone() {
+            blocking(move || Ok(mount::unmount_rootfs(&t)?)).await?;
+        }
+        if let Some(vm) = vm_to_stop {
+            self.orphan_all(LOST_STATUS);
+            blocking(move || {
+                stop_vm(&vm);
+                Ok(())
+            })
+            .await?;
+        }
+        Ok((c.init.pid, c.init.exited()))
+    }
+
+    /// Reports every process still running as exited (their VM is going away).
+    fn orphan_all(&self, status: u32) {
+        let st = self.lock();
+        for c in st.containers.values() {
+            let procs = std::iter::once((String::new(), &c.init))
+                .chain(c.execs.iter().map(|(k, e)| (k.clone(), &e.proc)));
+            for (exec_id, p) in procs {
+                if p.exited().is_none() {
+                    let _ = self.exits.send(ExitMsg {
+                        container_id: c.id.clone(),
+                        exec_id,
+                        status,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Stops the VM if one is left (Shutdown with no task, or the shim ending).
+    pub async fn stop_vm(&self) {
+        let vm = self.lock().vm.take();
+        if let Some(vm) = vm {
+            let _ = tokio::task::spawn_blocking(move || stop_vm(&vm)).await;
+        }
+    }
+
+    /// The VM's handle and whether `id` is the container that owns it.
+    pub fn handle_for(&self, id: &str) -> Result<(SandboxHandle, bool), ShimError> {
+        self.with(id, |_| ())?;
+        let vm = self.vm()?;
+        Ok((vm.handle.clone(), vm.owner == id))
+    }
+
+    /// Pause/Resume of the whole VM (only through the container that owns it): every
+    /// running process's status follows.
+    pub async fn set_paused(&self, id: &str, pause: bool) -> Result<(), ShimError> {
+        let (handle, owner) = self.handle_for(id)?;
+        if !owner {
+            return Err(ShimError::Unsupported(
+                "pausing one container of a pod (pause the pod's sandbox container: it pauses the VM)",
+            ));
+        }
+        blocking(move || match pause {
+            true => Ok(handle.pause()?),
+            false => Ok(handle.resume()?),
+        })
+        .await?;
+        let (from, to) = match pause {
+            true => (Status::Running, Status::Paused),
+            false => (Status::Paused, Status::Running),
+        };
+        let mut st = self.lock();
+        for c in st.containers.values_mut() {
+            let procs =
+                std::iter::once(&mut c.init).chain(c.execs.values_mut().map(|e| &mut e.proc));
+            for p in procs.filter(|p| p.status == from) {
+                p.status = to;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,346 @@
+//! The e2e tests' containerd: Debian's containerd 1.6 started by the test with its own
+//! root, state, sockets, config and PATH (holding this build's shim), images imported from
+//! a docker-archive tar made here from busybox-static, and the checks that nothing is left
+//! behind. Anything missing fails the test with the reason.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The shim under test.
+pub const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-sandbox-vm-v2");
+/// The runtime type.
+pub const RUNTIME: &str = "io.containerd.sandbox-vm.v2";
+/// The images the tar holds.
+pub const BUSYBOX: &str = "localhost/busybox:1";
+pub const PAUSE: &str = "localhost/pause:1";
+
+fn need(ok: bool, why: &str) {
+    assert!(ok, "cannot run this e2e test: {why}");
+}
+
+/// Fails (never skips) unless the host has what the test needs.
+pub fn require_host() {
+    need(nix::unistd::geteuid().is_root(), "it must run as root");
+    need(Path::new("/dev/kvm").exists(), "/dev/kvm is missing");
+    for bin in ["containerd", "ctr"] {
+        need(
+            which(bin).is_some(),
+            &format!("{bin} is not installed (apt-get install containerd)"),
+        );
+    }
+    need(
+        Path::new("/bin/busybox").is_file(),
+        "/bin/busybox is missing (apt-get install busybox-static)",
+    );
+}
+
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The `sandbox-vm` binary the shim runs the VMM with: `$SANDBOX_VM_BIN`, else the newer
+/// of this target directory's debug and release builds.
+pub fn sandbox_vm_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SANDBOX_VM_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = Path::new(SHIM)
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir");
+    let mtime = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
+    let found = ["debug", "release"]
+        .iter()
+        .map(|p| target.join(p).join("sandbox-vm"))
+        .filter_map(|p| mtime(&p).map(|t| (t, p)))
+        .max();
+    match found {
+        Some((_, p)) => p,
+        None => panic!(
+            "cannot run this e2e test: no sandbox-vm binary in {} (cargo build -p runtime-cli, or set SANDBOX_VM_BIN)",
+            target.display()
+        ),
+    }
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    out
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn sh(script: &str) {
+    let out = run(Command::new("sh").arg("-ec").arg(script));
+    assert!(out.status.success(), "{script}: {}", text(&out.stderr));
+}
+
+/// A docker-archive tar with two images on one busybox layer: `BUSYBOX` (`sh`) and
+/// `PAUSE` (sleeps forever, CRI's sandbox image).
+pub fn build_images(dir: &Path) -> PathBuf {
+    let d = dir.join("image");
+    let root = d.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    for sub in ["proc", "sys", "dev", "etc", "tmp"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "cat", "echo", "uname", "sleep", "head", "ls", "true", "ps",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    sh(&format!(
+        "cd {d}; tar --numeric-owner --owner=0 --group=0 -C rootfs -cf layer.tar .",
+        d = d.display()
+    ));
+    let digest = |f: &Path| -> String {
+        let out = run(Command::new("sha256sum").arg(f));
+        text(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let layer = digest(&d.join("layer.tar"));
+    let mut manifest = Vec::new();
+    for (name, cmd) in [(BUSYBOX, vec!["sh"]), (PAUSE, vec!["sleep", "2147483647"])] {
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": cmd, "Env": ["PATH=/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer}")]},
+        });
+        let tmp = d.join("config.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&config).unwrap()).unwrap();
+        let cfg = format!("{}.json", digest(&tmp));
+        std::fs::rename(&tmp, d.join(&cfg)).unwrap();
+        manifest.push(serde_json::json!({
+            "Config": cfg, "RepoTags": [name], "Layers": ["layer.tar"],
+        }));
+    }
+    std::fs::write(
+        d.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    sh(&format!(
+        "cd {d}; tar -cf ../images.tar manifest.json *.json layer.tar",
+        d = d.display()
+    ));
+    dir.join("images.tar")
+}
+
+/// A containerd of the test's own.
+pub struct Containerd {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub sock: PathBuf,
+    /// Where the shim keeps the pods' VM state (`$SANDBOX_VM_SHIM_ROOT`).
+    pub vm_root: PathBuf,
+    pub log: PathBuf,
+}
+
+fn config(dir: &Path) -> String {
+    format!(
+        r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/containerd.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE}"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    snapshotter = "overlayfs"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.sandbox-vm]
+      runtime_type = "{RUNTIME}"
+      pod_annotations = ["io.sandbox-vm.*"]
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{d}/cni"
+"#,
+        d = dir.display()
+    )
+}
+
+impl Containerd {
+    /// Starts containerd in a fresh directory and waits for its socket.
+    pub fn start(tag: &str) -> Containerd {
+        let dir = PathBuf::from(format!("/tmp/shim-e2e-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for sub in ["bin", "cni", "vms", "logs"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::os::unix::fs::symlink(SHIM, dir.join("bin/containerd-shim-sandbox-vm-v2")).unwrap();
+        // Pods get loopback only until pod networking lands.
+        std::fs::write(
+            dir.join("cni/10-loopback.conflist"),
+            r#"{"cniVersion": "0.4.0", "name": "lo-only", "plugins": [{"type": "loopback"}]}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join("config.toml"), config(&dir)).unwrap();
+        let path = format!(
+            "{}:{}",
+            dir.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = dir.join("containerd.log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .arg("--log-level")
+            .arg("info")
+            .env("PATH", path)
+            .env("SANDBOX_VM_SHIM_ROOT", dir.join("vms"))
+            .env("SANDBOX_VM_BIN", sandbox_vm_bin())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .expect("cannot start containerd");
+        let c = Containerd {
+            child: Some(child),
+            sock: dir.join("containerd.sock"),
+            vm_root: dir.join("vms"),
+            log,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.ctr("default", &["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not come up: {}",
+                c.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        c
+    }
+
+    pub fn log_tail(&self) -> String {
+        let t = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// `ctr --address SOCK -n NS ARGS`.
+    pub fn ctr(&self, ns: &str, args: &[&str]) -> Output {
+        run(Command::new("ctr")
+            .arg("--address")
+            .arg(&self.sock)
+            .arg("-n")
+            .arg(ns)
+            .args(args))
+    }
+
+    /// Imports the test images into namespace `ns`.
+    pub fn import_images(&self, ns: &str) {
+        let tar = build_images(&self.dir);
+        let out = self.ctr(ns, &["image", "import", tar.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "ctr image import: {}",
+            text(&out.stderr)
+        );
+    }
+
+    /// What the shims of this containerd left: processes (shims, VMMs, virtiofsd), mounts
+    /// and VM state directories.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        let vm_root = format!("{}/", self.vm_root.display());
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = text(&cmd).replace('\0', " ");
+            let ours = cmd.contains(&vm_root)
+                || (cmd.contains("containerd-shim-sandbox-vm-v2")
+                    && cmd.contains(self.sock.to_str().unwrap()));
+            if ours {
+                left.push(format!("process {pid}: {cmd}"));
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let dir = self.dir.to_str().unwrap();
+        for m in mounts.lines().filter(|l| l.contains(dir)) {
+            left.push(format!("mount: {m}"));
+        }
+        for ns in std::fs::read_dir(&self.vm_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for pod in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                left.push(format!("state directory {}", pod.path().display()));
+            }
+        }
+        left
+    }
+
+    /// Waits up to `timeout` for nothing to be left behind; returns what still is.
+    pub fn wait_clean(&self, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() || Instant::now() > deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Containerd {
+    /// Stops containerd, kills whatever a failed test left, unmounts and removes the
+    /// directory.
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for l in self.leftovers() {
+            if let Some(pid) = l.strip_prefix("process ").and_then(|r| r.split(':').next()) {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let dir = self.dir.to_str().unwrap().to_string();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&dir))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        }
+        if std::env::var_os("SHIM_E2E_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,212 @@
+"""CRI e2e: a real CRI client (PyPI container-runtime-interface-api) drives containerd's
+CRI plugin with runtime_handler="sandbox-vm". Two pods (two VM boots); every failed
+check raises. Prints one `MEASUREMENTS {json}` line.
+
+usage: cri_e2e.py CONTAINERD_SOCK LOG_DIR VM_ROOT IMAGE
+"""
+
+import json
+import os
+import sys
+import time
+
+import grpc
+from cri_api.v1 import api_pb2 as pb
+from cri_api.v1 import api_pb2_grpc as rpc
+
+SOCK, LOG_DIR, VM_ROOT, IMAGE = sys.argv[1:5]
+HANDLER = "sandbox-vm"
+BOOT_TIMEOUT = 900  # seconds; a boot takes ~30 s on hosts that emulate guest kernel mode
+
+rt = rpc.RuntimeServiceStub(grpc.insecure_channel(f"unix://{SOCK}"))
+
+
+def log(msg):
+    print(f"[cri-e2e {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run_pod(name, annotations):
+    cfg = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="default"),
+        hostname=name,
+        log_directory=os.path.join(LOG_DIR, name),
+        annotations=annotations,
+        # No CNI network: containerd 1.6 rejects a loopback-only CNI result ("failed to
+        # find network info"), and a pod's VM has loopback only until pod networking
+        # lands. With the node's network the CRI plugin skips CNI; in the guest the pod's
+        # containers then share the VM's (loopback-only) network namespace.
+        linux=pb.LinuxPodSandboxConfig(
+            security_context=pb.LinuxSandboxSecurityContext(
+                namespace_options=pb.NamespaceOption(network=pb.NODE)
+            )
+        ),
+    )
+    os.makedirs(cfg.log_directory, exist_ok=True)
+    resp = rt.RunPodSandbox(
+        pb.RunPodSandboxRequest(config=cfg, runtime_handler=HANDLER), timeout=BOOT_TIMEOUT
+    )
+    return resp.pod_sandbox_id, cfg
+
+
+def start_container(pod_id, pod_cfg, name, command):
+    cfg = pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name=name),
+        image=pb.ImageSpec(image=IMAGE),
+        command=command,
+        log_path=f"{name}.log",
+    )
+    cid = rt.CreateContainer(
+        pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=cfg, sandbox_config=pod_cfg),
+        timeout=BOOT_TIMEOUT,
+    ).container_id
+    rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=BOOT_TIMEOUT)
+    return cid, os.path.join(pod_cfg.log_directory, f"{name}.log")
+
+
+def log_lines(path):
+    """The container's output lines from a CRI log file (`TIME STREAM TAG TEXT`)."""
+    try:
+        with open(path) as f:
+            return [l.rstrip("\n").split(" ", 3)[3] for l in f if l.count(" ") >= 3]
+    except FileNotFoundError:
+        return []
+
+
+def wait_lines(path, n, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        lines = log_lines(path)
+        if len(lines) >= n:
+            return lines
+        time.sleep(0.05)
+    raise AssertionError(f"{path}: wanted {n} lines, got {log_lines(path)}")
+
+
+def wait_exited(cid, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid)).status
+        if st.state == pb.CONTAINER_EXITED:
+            return st
+        time.sleep(0.1)
+    raise AssertionError(f"container {cid} did not exit")
+
+
+def pss_kib(pid):
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+def pod_processes(pod_id):
+    """Pids of the pod's shim (its -id is the pod id), VMM and virtiofsd (their command
+    lines name the pod's state directory, named after the pod id's first 24 chars)."""
+    state = os.path.join(VM_ROOT, "k8s.io", pod_id[:24]) + "/"
+    found = {}
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in argv if a]
+        if not args:
+            continue
+        exe = os.path.basename(args[0])
+        if exe == "containerd-shim-sandbox-vm-v2" and pod_id in args:
+            found["shim"] = int(p)
+        elif any(state in a for a in args):
+            found["virtiofsd" if "virtiofsd" in exe else "vmm"] = int(p)
+    return found
+
+
+def boot_id(lines):
+    ids = [l for l in lines if len(l) == 36 and l.count("-") == 4]
+    assert ids, f"no boot_id in {lines}"
+    return ids[0]
+
+
+def mem_total_kib(cid):
+    r = rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["head", "-1", "/proc/meminfo"], timeout=60), timeout=120)
+    return int(r.stdout.decode().split()[1])
+
+
+def main():
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        host_boot = f.read().strip()
+    m = {}
+
+    # Pod 1: its first container's first output, timed from RunPodSandbox.
+    t0 = time.time()
+    pod1, cfg1 = run_pod("pod1", {"io.sandbox-vm.mem-mib": "192"})
+    m["run_pod_sandbox_s"] = round(time.time() - t0, 2)
+    log(f"pod1 {pod1[:12]} ready after {m['run_pod_sandbox_s']} s")
+    c1, log1 = start_container(
+        pod1, cfg1, "c1", ["sh", "-c", "cat /proc/sys/kernel/random/boot_id; echo c1-ready; sleep 100000"]
+    )
+    lines1 = wait_lines(log1, 1)
+    m["pod_to_first_output_s"] = round(time.time() - t0, 2)
+    log(f"pod1/c1 first output after {m['pod_to_first_output_s']} s: {lines1}")
+    boot1 = boot_id(wait_lines(log1, 2))
+    assert boot1 != host_boot, "pod1 sees the host's boot_id"
+
+    procs = pod_processes(pod1)
+    assert set(procs) == {"shim", "vmm", "virtiofsd"}, f"pod1 processes: {procs}"
+    m["pod1_pss_kib"] = {k: pss_kib(p) for k, p in procs.items()}
+    m["pod1_pss_total_kib"] = sum(m["pod1_pss_kib"].values())
+
+    # A second container in the same pod: same kernel, and its exit code.
+    t1 = time.time()
+    c2, log2 = start_container(pod1, cfg1, "c2", ["sh", "-c", "cat /proc/sys/kernel/random/boot_id; exit 3"])
+    lines2 = wait_lines(log2, 1)
+    m["second_container_to_output_s"] = round(time.time() - t1, 2)
+    assert boot_id(lines2) == boot1, f"c2 runs in another kernel: {lines2} vs {boot1}"
+    st2 = wait_exited(c2)
+    assert st2.exit_code == 3, f"c2 exit code {st2.exit_code}"
+    procs_after = pod_processes(pod1)
+    m["pod1_pss_total_after_second_container_kib"] = sum(pss_kib(p) for p in procs_after.values())
+
+    # ExecSync in c1, and the pod annotation that sized the VM reached it.
+    r = rt.ExecSync(pb.ExecSyncRequest(container_id=c1, cmd=["sh", "-c", "echo exec-ok; exit 4"], timeout=60), timeout=120)
+    assert r.stdout.decode().strip() == "exec-ok" and r.exit_code == 4, f"ExecSync: {r}"
+    mem1 = mem_total_kib(c1)
+    assert mem1 > 150 * 1024, f"pod1 asked for 192 MiB, its guest has MemTotal {mem1} kB"
+
+    # Pod 2: another VM.
+    t2 = time.time()
+    pod2, cfg2 = run_pod("pod2", {})
+    c3, log3 = start_container(pod2, cfg2, "c3", ["sh", "-c", "cat /proc/sys/kernel/random/boot_id; sleep 100000"])
+    boot2 = boot_id(wait_lines(log3, 1))
+    m["second_pod_to_output_s"] = round(time.time() - t2, 2)
+    assert boot2 not in (boot1, host_boot), "pod2 shares a kernel with pod1 or the host"
+    mem2 = mem_total_kib(c3)
+    assert mem2 < mem1, f"pod2 (default size) has MemTotal {mem2} kB, pod1 {mem1} kB"
+    procs2 = pod_processes(pod2)
+    m["pod2_pss_total_kib"] = sum(pss_kib(p) for p in procs2.values())
+    m["second_pod_pss_added_kib"] = m["pod2_pss_total_kib"]
+    m["second_container_pss_added_kib"] = (
+        m["pod1_pss_total_after_second_container_kib"] - m["pod1_pss_total_kib"]
+    )
+
+    # StopContainer needs the shim's exit event (it would hang without it).
+    t3 = time.time()
+    rt.StopContainer(pb.StopContainerRequest(container_id=c1, timeout=2), timeout=120)
+    st1 = wait_exited(c1)
+    m["stop_container_s"] = round(time.time() - t3, 2)
+    assert st1.exit_code == 137, f"c1 killed after its grace period: exit code {st1.exit_code}"
+    assert "c1-ready" in log_lines(log1), f"c1 log: {log_lines(log1)}"
+
+    for pod in (pod1, pod2):
+        rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=300)
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=300)
+    left = rt.ListPodSandbox(pb.ListPodSandboxRequest()).items
+    assert not left, f"pods left: {left}"
+    print("MEASUREMENTS " + json.dumps(m), flush=True)
+
+
+if __name__ == "__main__":
+    main()

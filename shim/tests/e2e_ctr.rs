@@ -1,0 +1,149 @@
+//! containerd 1.6 (Debian's, started by the test) runs containers through the shim with
+//! `ctr`: each container in a microVM of its own (two boots in all).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{text, Containerd, BUSYBOX, RUNTIME};
+
+const NS: &str = "shim-e2e";
+
+fn host_release() -> String {
+    nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Polls `ctr task ls` until the task is STOPPED.
+fn wait_stopped(c: &Containerd, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ls = text(&c.ctr(NS, &["task", "ls"]).stdout);
+        if ls
+            .lines()
+            .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "task {id} did not stop: {ls}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn ctr_runs_execs_and_kills_containers_in_their_own_vms() {
+    common::require_host();
+    let c = Containerd::start("ctr");
+    c.import_images(NS);
+    let host = host_release();
+
+    // `ctr run --rm`: the guest's kernel release, not the host's; nothing left after.
+    let t0 = Instant::now();
+    let out = c.ctr(
+        NS,
+        &[
+            "run",
+            "--runtime",
+            RUNTIME,
+            "--rm",
+            BUSYBOX,
+            "uname1",
+            "uname",
+            "-r",
+        ],
+    );
+    let release = text(&out.stdout).trim().to_string();
+    eprintln!("ctr run uname -r: {release:?} in {:.1?}", t0.elapsed());
+    assert!(
+        out.status.success(),
+        "ctr run failed: {}\ncontainerd log:\n{}",
+        text(&out.stderr),
+        c.log_tail()
+    );
+    assert!(
+        !release.is_empty(),
+        "no output; stderr: {}",
+        text(&out.stderr)
+    );
+    assert_ne!(release, host, "the container saw the host's kernel");
+    assert!(
+        release.contains("sandbox-vm"),
+        "not our guest kernel: {release}"
+    );
+    let left = c.wait_clean(Duration::from_secs(20));
+    assert!(left.is_empty(), "left behind after ctr run --rm: {left:#?}");
+
+    // A detached container: exec in it, then kill it and read its status.
+    let out = c.ctr(
+        NS,
+        &[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            BUSYBOX,
+            "long1",
+            "sleep",
+            "100000",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "ctr run -d: {}\n{}",
+        text(&out.stderr),
+        c.log_tail()
+    );
+    let exec = c.ctr(
+        NS,
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "long1",
+            "sh",
+            "-c",
+            "uname -r; exit 3",
+        ],
+    );
+    assert_eq!(text(&exec.stdout).trim(), release, "exec output");
+    assert_eq!(
+        exec.status.code(),
+        Some(3),
+        "exec exit status; {}",
+        text(&exec.stderr)
+    );
+    let ps = text(&c.ctr(NS, &["task", "ps", "long1"]).stdout);
+    assert!(
+        ps.lines().count() >= 2,
+        "task ps lists the container's processes: {ps}"
+    );
+
+    let kill = c.ctr(NS, &["task", "kill", "-s", "SIGKILL", "long1"]);
+    assert!(
+        kill.status.success(),
+        "ctr task kill: {}",
+        text(&kill.stderr)
+    );
+    wait_stopped(&c, "long1");
+    // ctr 1.6 reports a deleted task's non-zero status as a warning and exits 0.
+    let del = c.ctr(NS, &["task", "delete", "long1"]);
+    let msg = text(&del.stderr);
+    assert!(del.status.success(), "ctr task delete: {msg}");
+    assert!(
+        msg.contains("exit code 137"),
+        "exit status of the SIGKILLed task not reported: {msg}"
+    );
+    let cdel = c.ctr(NS, &["container", "delete", "long1"]);
+    assert!(
+        cdel.status.success(),
+        "ctr container delete: {}",
+        text(&cdel.stderr)
+    );
+
+    let left = c.wait_clean(Duration::from_secs(20));
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
