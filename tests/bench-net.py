@@ -79,14 +79,23 @@ def make_bundle(d, sandbox_vm, pod_ns, seconds):
 
 
 def parse(out):
-    """(rtt avg ms, upload Mbit/s, download Mbit/s, iperf's mean TCP RTT ms) from the output."""
+    """(rtt avg ms, upload Mbit/s, download Mbit/s, iperf's mean TCP RTT ms) from the output;
+    a value iperf3 could not measure is None (its error is printed)."""
     m = re.search(r"min/avg/max = [\d.]+/([\d.]+)/", out)
     rtt = float(m.group(1)) if m else None
     parts = out.split(MARK)
     up = json.loads(parts[1][len("up"):])
     down = json.loads(parts[2][len("down"):])
-    mbit = lambda j: j["end"]["sum_received"]["bits_per_second"] / 1e6
-    srtt = up["end"]["streams"][0]["sender"].get("mean_rtt")
+    for name, j in (("upload", up), ("download", down)):
+        if "error" in j:
+            print(f"  iperf3 {name}: {j['error']}", file=sys.stderr)
+
+    def mbit(j):
+        s = j.get("end", {}).get("sum_received")
+        return s["bits_per_second"] / 1e6 if s else None
+
+    streams = up.get("end", {}).get("streams") or [{}]
+    srtt = streams[0].get("sender", {}).get("mean_rtt")
     return rtt, mbit(up), mbit(down), (srtt / 1000 if srtt else None)
 
 
@@ -94,6 +103,9 @@ def run(cmd):
     start = time.monotonic()
     r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     took = time.monotonic() - start
+    if os.environ.get("BENCH_NET_RAW"):
+        with open(os.environ["BENCH_NET_RAW"], "a") as f:
+            f.write(f"== {cmd[0]}\n{r.stdout}\n")
     if r.returncode != 0:
         print(f"  {cmd[0]} failed ({r.returncode}): {r.stderr.strip()[-400:]}\n{r.stdout[-400:]}", file=sys.stderr)
         return None
