@@ -58,13 +58,13 @@ fn bad_bundles_fail_with_one_line_and_leave_nothing() {
             "too small",
         ),
         (
-            "dirbind",
+            "bindsource",
             Box::new(|b| {
                 edit_config(b, |c| {
-                    c["mounts"].as_array_mut().unwrap().push(serde_json::json!({"destination": "/data", "type": "bind", "source": "/tmp", "options": ["rbind"]}))
+                    c["mounts"].as_array_mut().unwrap().push(serde_json::json!({"destination": "/data", "type": "bind", "source": "/nonexistent/dir", "options": ["rbind"]}))
                 })
             }),
-            "not supported yet",
+            "must be an existing file or directory",
         ),
         (
             "json",
