@@ -29,7 +29,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SVM = os.path.join(ROOT, "target/release/sandbox-vm")
 CACHE = os.path.expanduser("~/.cache/sandbox-vm/bench")
-APPLETS = ["sh", "echo", "dd", "cat", "true", "sleep"]
+APPLETS = ["sh", "echo", "dd", "cat", "true", "sleep", "time"]
 BIG = 64 << 20
 
 
@@ -112,11 +112,12 @@ def med(xs):
 
 
 def dd_rate(output):
-    """busybox dd: '67108864 bytes (64.0MB) copied, 12.3 seconds, 5.2MB/s'."""
-    m = re.search(r"(\d+) bytes .* copied, ([\d.]+) seconds", output)
+    """MiB/s from busybox `time dd ...`: 'real 0m 12.34s' (or '1h 2m 3.45s')."""
+    m = re.search(r"real\s+(?:(\d+)h\s*)?(?:(\d+)m\s*)?([\d.]+)s", output)
     if not m:
         return None
-    return int(m.group(1)) / float(m.group(2)) / (1 << 20)
+    secs = int(m.group(1) or 0) * 3600 + int(m.group(2) or 0) * 60 + float(m.group(3))
+    return BIG / secs / (1 << 20)
 
 
 def host_read_rate(path):
@@ -177,8 +178,8 @@ def main():
         reads = {"host": host_read_rate(big)}
         share_mount = [{"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "ro"]}]
         for mode, mounts, prog in [
-            ("virtio-fs", share_mount, ["dd", "if=/data/big", "of=/dev/null", "bs=1M"]),
-            ("virtio-blk", [], ["dd", "if=/big", "of=/dev/null", "bs=1M"]),
+            ("virtio-fs", share_mount, ["time", "dd", "if=/data/big", "of=/dev/null", "bs=1M"]),
+            ("virtio-blk", [], ["time", "dd", "if=/big", "of=/dev/null", "bs=1M"]),
         ]:
             cid = f"read-{mode}"
             b = bundle(os.path.join(work, cid), bb, prog, "block" if mode == "virtio-blk" else "share", mounts)
