@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
-pub use rules::allowed_syscalls;
+pub use rules::{allowed_by_any_thread, allowed_syscalls};
 
 /// The kinds of threads in the VMM process; each has its own filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
