@@ -129,7 +129,11 @@ fn vcpu() -> Result<Vec<Entry>, BackendError> {
                 KVM_GET_MSRS(),
                 KVM_GET_VCPU_EVENTS(),
             ]
-            .map(u64::from),
+            .map(u64::from)
+            .into_iter()
+            // A virtio-net driver's DRIVER_OK: the TAP gets the offloads it accepted.
+            .chain([libc::TUNSETOFFLOAD])
+            .collect::<Vec<_>>(),
         )?,
         any(libc::SYS_poll)?,
         any(libc::SYS_ppoll)?,
