@@ -137,10 +137,13 @@ fn boot(
     rootfs: &Path,
     dir: &Path,
 ) -> Result<(Sandbox, RootfsMode), ShimError> {
+    // The pod's hostname is the VM's (below); the spec keeps it only with a UTS namespace.
+    let mut vm_spec = spec.clone();
+    drop_hostname_without_uts(&mut vm_spec);
     let paths = SandboxPaths::in_dir(dir);
     let defaults = sandbox::oci::host_defaults();
     let (vm, mode) =
-        translate::vm_config(&sizing::pod_vm_spec(spec), &defaults, &paths.vm_paths())?;
+        translate::vm_config(&sizing::pod_vm_spec(&vm_spec), &defaults, &paths.vm_paths())?;
     check_artifacts(&vm)?;
     let cfg = SandboxConfig {
         id: id.into(),
@@ -352,8 +355,12 @@ impl Pod {
             Some(_) => vm.mode,
             None => RootfsMode::Share,
         };
+        // The validator refuses a hostname without a UTS namespace (host-network pods):
+        // such a container gets the VM's hostname.
+        let mut guest_spec = spec.clone();
+        drop_hostname_without_uts(&mut guest_spec);
         let mut plan =
-            translate::container_request(&args.id, &spec, &rootfs_dir, mode, &probe_host)?;
+            translate::container_request(&args.id, &guest_spec, &rootfs_dir, mode, &probe_host)?;
         if booted.is_none() {
             let sandbox_pid = self.with(&vm.owner, |c| c.init.pid)?;
             join_sandbox_namespaces(&mut plan.request.spec, &spec, sandbox_pid);

@@ -294,7 +294,11 @@ pub fn allowed_by_any_thread() -> usize {
     ];
     let mut all = std::collections::BTreeSet::new();
     for k in kinds {
-        all.extend(rules(k).map(|r| r.into_keys().collect::<Vec<_>>()).unwrap_or_default());
+        all.extend(
+            rules(k)
+                .map(|r| r.into_keys().collect::<Vec<_>>())
+                .unwrap_or_default(),
+        );
     }
     all.len()
 }
