@@ -203,7 +203,8 @@ def main():
     rt.StopContainer(pb.StopContainerRequest(container_id=c1, timeout=2), timeout=600)
     st1 = wait_exited(c1)
     m["stop_container_s"] = round(time.time() - t3, 2)
-    assert st1.exit_code == 137, f"c1 killed after its grace period: exit code {st1.exit_code}"
+    # SIGTERM (143), or SIGKILL after the grace period (137) if the shell ignored it.
+    assert st1.exit_code in (137, 143), f"c1 stopped: exit code {st1.exit_code}"
     assert "c1-ready" in log_lines(log1), f"c1 log: {log_lines(log1)}"
 
     for pod in (pod1, pod2):
