@@ -248,6 +248,7 @@ impl Agent {
                 Ok(Response::Done)
             }
             Request::CloneIdentity(id) => {
+                crate::trace::mark("request: clone identity");
                 if !self.cfg.pid1 {
                     return Err(AgentError::NotInit);
                 }
@@ -258,6 +259,7 @@ impl Agent {
                 Ok(Response::Done)
             }
             Request::CreateContainer(req) => {
+                crate::trace::mark("request: create container");
                 let id = req.container_id.clone();
                 validate_container_id(&id)?;
                 {
@@ -279,6 +281,7 @@ impl Agent {
                 Ok(Response::Process { pid })
             }
             Request::StartContainer { container_id } => {
+                crate::trace::mark("request: start container");
                 self.container(&container_id)?.start()?;
                 Ok(Response::Done)
             }

@@ -169,6 +169,7 @@ fn setup(plan: &ChildPlan, sync: &mut UnixStream) -> Result<Infallible, ChildErr
     keep.extend(plan.cgroup_procs.iter().map(|f| f.as_raw_fd()));
     keep.extend(plan.join.iter().map(|(fd, _)| fd.as_raw_fd()));
     close_other_fds(keep);
+    crate::trace::mark("child: forked");
 
     for mut f in plan.cgroup_procs.iter() {
         f.write_all(b"0").map_err(|cause| ChildError::Sys {
@@ -181,6 +182,7 @@ fn setup(plan: &ChildPlan, sync: &mut UnixStream) -> Result<Infallible, ChildErr
     }
     if !plan.unshare.is_empty() {
         unshare(plan.unshare).map_err(sys("unshare"))?;
+        crate::trace::mark("child: namespaces made");
     }
     if let Some(root) = &plan.root {
         build_root(root)?;
@@ -192,7 +194,7 @@ fn setup(plan: &ChildPlan, sync: &mut UnixStream) -> Result<Infallible, ChildErr
         })?;
         let mut b = [0u8; 1];
         match sync.read(&mut b) {
-            Ok(1) if b[0] == b'S' => {}
+            Ok(1) if b[0] == b'S' => crate::trace::mark("child: started"),
             // The agent dropped the container before starting it.
             // SAFETY: see `run`.
             _ => unsafe { libc::_exit(0) },
@@ -207,7 +209,9 @@ fn build_root(r: &RootPlan) -> Result<(), ChildError> {
     for m in &r.mounts {
         mounts::do_mount(m)?;
     }
+    crate::trace::mark("child: mounts made");
     mounts::create_devices(&r.rootfs, &r.devices)?;
+    crate::trace::mark("child: devices made");
     mounts::enter_rootfs(&r.rootfs, r.no_pivot)?;
     for (k, v) in &r.sysctl {
         let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
@@ -224,10 +228,13 @@ fn build_root(r: &RootPlan) -> Result<(), ChildError> {
     if let Some(h) = &r.hostname {
         sethostname(h).map_err(sys("sethostname"))?;
     }
+    crate::trace::mark("child: root built (masked, read-only paths)");
     Ok(())
 }
 
 fn exec_process(p: &ProcessPlan, sync_fd: RawFd) -> Result<Infallible, ChildError> {
+    // The last mark: fd 2 is the process's own from here.
+    crate::trace::mark("child: stdio, identity, exec");
     for (target, &fd) in p.stdio.fds.iter().enumerate() {
         // SAFETY: dup2 on fds this child owns; `fd` was kept open by
         // `close_other_fds` and `target` is 0, 1 or 2.

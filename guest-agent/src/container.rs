@@ -128,6 +128,11 @@ pub struct Container {
     publish: Publish,
     /// The container's seccomp filter, for exec'd processes too.
     seccomp: Option<Filter>,
+    /// The init's mount namespace, held until the container is removed. Without it the
+    /// last reference goes with the init, whose exit then unmounts the container's whole
+    /// tree (proc, sysfs, tmpfs, devpts, mqueue, the masked paths' binds) before its
+    /// parent is told; emulated here, that is seconds between the exit and its report.
+    _mount_ns: Option<fs::File>,
 }
 
 enum PidNs {
@@ -406,6 +411,7 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
     warn_ignored_labels(&id, process, Some(&linux));
     let seccomp = linux.seccomp().as_ref().map(seccomp::compile).transpose()?;
     let (rootfs_dir, rootfs_mount) = prepare_rootfs(&id, &rootfs, env)?;
+    crate::trace::mark("create: rootfs prepared");
     let undo_rootfs = |m: &Option<PathBuf>| {
         if let Some(m) = m {
             let _ = umount2(m, MntFlags::MNT_DETACH);
@@ -460,10 +466,12 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
                 process: plan_process(process, child_stdio, seccomp.clone())?,
             };
             let (mut ours, theirs) = UnixStream::pair().map_err(sys("socketpair"))?;
+            crate::trace::mark("create: cgroup and stdio made");
             let init = env.reaper.spawn_registered(
                 || fork_child(pid_ns, plan, theirs),
                 |pid| Proc::new(pid, &id, None, agent_stdio),
             )?;
+            crate::trace::mark("create: forked");
             match read_sync(&mut ours) {
                 Ok(Some(b'R')) => Ok((init, ours)),
                 Ok(_) => Err(ContainerError::Child(
@@ -481,6 +489,8 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
         }
     })();
     let (init, ours, cgroup) = result.inspect_err(|_| undo_rootfs(&rootfs_mount))?;
+    let mount_ns = fs::File::open(format!("/proc/{}/ns/mnt", init.pid)).ok();
+    crate::trace::mark("create: container ready");
     spawn_monitor(&init, &cgroup, &env.publish);
     Ok(Container {
         id,
@@ -493,6 +503,7 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
         rootfs_mount,
         publish: env.publish.clone(),
         seccomp,
+        _mount_ns: mount_ns,
     })
 }
 

@@ -16,6 +16,7 @@ mod security;
 mod server;
 mod stdio;
 mod syscalls;
+mod trace;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -115,6 +116,7 @@ fn run(pid1: bool) -> anyhow::Result<()> {
         eprintln!("guest-agent: {e}");
     }
     let args = parse_args()?;
+    trace::init(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     if !pid1 {
         // Orphans of container processes come back to us to be reaped.
         // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer argument.

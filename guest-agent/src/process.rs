@@ -102,6 +102,7 @@ impl Proc {
 
     /// Records the exit status (from the reaper).
     pub fn set_exit(&self, status: ExitStatus) {
+        crate::trace::mark("reaped");
         let mut st = self.lock();
         st.exit = Some(status);
         // The process can no longer read stdin: unblock the copier.

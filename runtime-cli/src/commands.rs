@@ -183,10 +183,13 @@ pub fn run(
     keep: bool,
 ) -> Result<i32, CommandError> {
     let mut monitor = lifecycle::create(store, opts)?;
-    if let Err(e) = lifecycle::start(store, &opts.id) {
-        let _ = lifecycle::delete(store, &opts.id, true);
-        let _ = monitor.wait();
-        return Err(e.into());
+    // The monitor starts the container itself when asked to (`run` always asks).
+    if !opts.start {
+        if let Err(e) = lifecycle::start(store, &opts.id) {
+            let _ = lifecycle::delete(store, &opts.id, true);
+            let _ = monitor.wait();
+            return Err(e.into());
+        }
     }
     if detach {
         return Ok(0);

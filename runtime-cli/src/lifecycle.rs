@@ -77,6 +77,9 @@ pub struct CreateOpts {
     pub console_socket: Option<PathBuf>,
     /// Global flags to hand on to the monitor (`--log`, `--log-format`, `--debug`).
     pub global_args: Vec<String>,
+    /// `run`: the monitor starts the container as soon as it is created, on the agent
+    /// connection it already has, before it reports ready.
+    pub start: bool,
 }
 
 /// Removes a half-made container directory unless disarmed.
@@ -129,7 +132,7 @@ fn make_plan(
 ) -> Result<(Plan, RootfsMode), LifecycleError> {
     let defaults = sandbox::oci::host_defaults();
     let (vm, mode) = translate::vm_config(&bundle.spec, &defaults, &paths.vm_paths())?;
-    let container =
+    let mut container =
         translate::container_request(id, &bundle.spec, &bundle.rootfs, mode, &probe_host)?;
     check_artifact(
         "guest kernel",
@@ -156,9 +159,11 @@ fn make_plan(
     }
     let virtiofsd = sandbox::virtiofsd::find().ok_or(LifecycleError::NoVirtiofsd)?;
     let netns = translate::pod_netns(&bundle.spec);
-    if let Some(ns) = &netns {
+    match &netns {
         // A missing or deleted netns is reported here, before anything exists.
-        sandbox::network::Netns::open(ns)?;
+        Some(ns) => drop(sandbox::network::Netns::open(ns)?),
+        // The container has the VM to itself, and the VM no NIC.
+        None => translate::alone_in_vm_without_nic(&mut container),
     }
     Ok((
         Plan {
@@ -183,6 +188,9 @@ fn start_monitor(store: &Store, opts: &CreateOpts) -> Result<Child, LifecycleErr
         .arg(&opts.id);
     if let Some(sock) = &opts.console_socket {
         cmd.arg("--console-socket").arg(sock);
+    }
+    if opts.start {
+        cmd.arg("--start");
     }
     pipe.pass_to(&mut cmd)?;
     let spawned = cmd.spawn();

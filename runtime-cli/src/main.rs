@@ -93,6 +93,9 @@ enum Command {
         /// Send the container's pty master to this socket (`create --console-socket`)
         #[arg(long)]
         console_socket: Option<PathBuf>,
+        /// Start the container once created, before reporting ready (`run`)
+        #[arg(long)]
+        start: bool,
     },
     /// The VMM as a process of its own, with a control API socket (started by the runtime).
     #[command(hide = true)]
@@ -166,7 +169,13 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
         Command::Monitor {
             container_id,
             console_socket,
-        } => Ok(code(monitor::run(store, &container_id, console_socket))),
+            start,
+        } => Ok(code(monitor::run(
+            store,
+            &container_id,
+            console_socket,
+            start,
+        ))),
         Command::Bench { cmd } => {
             bench::run(cmd)?;
             Ok(ExitCode::SUCCESS)
@@ -181,6 +190,7 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
                         pid_file: c.pid_file,
                         console_socket: c.console_socket,
                         global_args: gargs,
+                        start: false,
                     },
                 )?;
                 Ok(ExitCode::SUCCESS)
@@ -208,6 +218,7 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
                     pid_file: r.pid_file,
                     console_socket: r.console_socket,
                     global_args: gargs,
+                    start: true,
                 };
                 Ok(code(commands::run(store, &opts, r.detach, r.keep)?))
             }

@@ -5,7 +5,8 @@
 //!
 //! 1. creates the sandbox from `plan.json` and adds the container to it, with its streams
 //!    attached (copy threads in `sandbox::stdio`);
-//! 2. tells `create` it is ready (`ready`: `OK` or `ERR <message>`);
+//! 2. with `--start` (from `run`) starts the container on its own agent connection, then
+//!    tells `create` it is ready (`ready`: `OK` or `ERR <message>`);
 //! 3. waits for the container's exit, records it in `state.json`, stops the sandbox.
 //!
 //! The process exits with the container's status (128 + signal for a signal), or 255 when
@@ -84,6 +85,7 @@ fn create_sandbox(
     store: &Store,
     id: &str,
     console: Option<&Path>,
+    start: bool,
 ) -> Result<(Sandbox, sandbox::stdio::Pumps), MonitorError> {
     let dir = store.dir(id);
     let pid = std::process::id() as i32;
@@ -113,16 +115,24 @@ fn create_sandbox(
         &dir,
         &format!("container created after {:.1?}", t0.elapsed()),
     );
+    if start {
+        sandbox.start_container(id)?;
+        store.update(id, |s| s.status = Status::Running)?;
+        log_line(
+            &dir,
+            &format!("container started after {:.1?}", t0.elapsed()),
+        );
+    }
     Ok((sandbox, pumps))
 }
 
 /// `sandbox-vm monitor ID [--console-socket PATH]` (hidden): see the module docs.
-pub fn run(store: &Store, id: &str, console: Option<PathBuf>) -> i32 {
+pub fn run(store: &Store, id: &str, console: Option<PathBuf>, start: bool) -> i32 {
     let _ = nix::unistd::setsid();
     let mut ready = ReadyWriter::from_env();
     let dir = store.dir(id);
 
-    let (mut sandbox, pumps) = match create_sandbox(store, id, console.as_deref()) {
+    let (mut sandbox, pumps) = match create_sandbox(store, id, console.as_deref(), start) {
         Ok(s) => s,
         Err(e) => {
             log_line(&dir, &format!("error: {e}"));
@@ -133,7 +143,8 @@ pub fn run(store: &Store, id: &str, console: Option<PathBuf>) -> i32 {
     };
     ready.ok();
     crate::watch::virtiofsd(&dir, sandbox.host_pids()[1]);
-    let exit = sandbox.handle().wait(id, None);
+    // Nothing else in this process asks the agent anything: wait on the kept connection.
+    let exit = sandbox.wait_on_control(id, None);
     for p in pumps.outputs {
         let _ = p.join();
     }

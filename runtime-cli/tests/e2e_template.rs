@@ -2,7 +2,8 @@
 //! template; two sandboxes are then restored from it at the same time, each runs a
 //! container, and they must be distinct machines (different `/dev/urandom` output) with
 //! the right wall clock. A snapshot restored with another kernel is
-//! refused with one line.
+//! refused with one line, and a template that no longer restores costs a cold boot
+//! instead of a failed create.
 //!
 //! Needs root, /dev/kvm, virtiofsd, the guest kernel and the guest image (see
 //! `scripts/setup.sh`).
@@ -166,5 +167,18 @@ fn clones_of_one_template_are_distinct_machines_with_the_right_clock() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("another kernel"), "{stderr}");
+
+    // A template that no longer restores (its memory file cut short) costs a cold boot,
+    // not a failed create.
+    let mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open(template.join(vmm::persist::MEMORY_FILE))
+        .unwrap();
+    mem.set_len(4096).unwrap();
+    let cfg = config(&dir, "fallback", &spec, TemplateUse::Auto);
+    let sb = Sandbox::create(&cfg).expect("a broken template falls back to a cold boot");
+    let log = std::fs::read_to_string(&sb.paths().vmm_log).unwrap_or_default();
+    assert!(!log.contains("restored"), "{log}");
+    sb.stop().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use agent_protocol::clone::{CloneIdentity, CLONE_ENTROPY_BYTES};
-use agent_protocol::{Client, ClientError, CreateSandbox, ShareMount};
+use agent_protocol::{Client, ClientError, CreateSandbox, ExitInfo, ShareMount};
 use vmm::config::{SerialOutput, VmConfig};
 
 use crate::handle::{HandleError, SandboxHandle};
@@ -94,6 +94,11 @@ pub struct Sandbox {
     handle: SandboxHandle,
     paths: SandboxPaths,
     containers: Mutex<BTreeSet<String>>,
+    /// The control connection `create` opened, kept for this sandbox's own calls: each
+    /// new connection costs the guest an accept, a thread and a handshake (0.4–0.9 s of
+    /// emulated kernel work on hosts without hardware virtualization). `None` after a
+    /// call on it failed; the next call connects anew.
+    control: Mutex<Option<Client>>,
 }
 
 /// How long the VMM gets to stop after SIGTERM before it is killed.
@@ -118,8 +123,21 @@ impl Sandbox {
                 }),
         };
         let t0 = Instant::now();
-        let (mut sandbox, pod_net) = Self::start(cfg, template.as_deref(), false)?;
-        let mut agent = sandbox.wait_for_agent(cfg.agent_timeout)?;
+        let (template, (sandbox, pod_net, mut agent)) = match template {
+            None => (None, Self::start_to_agent(cfg, None)?),
+            Some(t) => match Self::start_to_agent(cfg, Some(&t)) {
+                Ok(up) => (Some(t), up),
+                // Everything the failed restore started is gone (dropped): boot cold.
+                Err(e) => {
+                    log::warn!(
+                        "sandbox {}: the template {} did not restore ({e}); booting cold",
+                        cfg.id,
+                        t.display()
+                    );
+                    (None, Self::start_to_agent(cfg, None)?)
+                }
+            },
+        };
         log::info!(
             "sandbox {}: agent answered after {:.1?} ({})",
             cfg.id,
@@ -151,7 +169,54 @@ impl Sandbox {
                 .configure_network(pod.guest)
                 .map_err(agent_err("cannot configure the pod network in the guest"))?;
         }
+        *sandbox.control.lock().expect("poisoned") = Some(agent);
         Ok(sandbox)
+    }
+
+    /// Runs `call` on the kept control connection (connecting if there is none). A failed
+    /// call drops the connection: after a timeout or a broken stream it may be mid-frame.
+    fn with_agent<T>(
+        &self,
+        what: &'static str,
+        call: impl FnOnce(&mut Client) -> Result<T, ClientError>,
+    ) -> Result<T, SandboxError> {
+        let mut kept = self.control.lock().expect("poisoned");
+        let client = match kept.as_mut() {
+            Some(c) => c,
+            None => kept.insert(self.handle.agent()?),
+        };
+        call(client).map_err(|err| {
+            *kept = None;
+            SandboxError::Agent { what, err }
+        })
+    }
+
+    /// Runs a created container's process, on the kept connection.
+    pub fn start_container(&self, container_id: &str) -> Result<(), SandboxError> {
+        self.with_agent("cannot start the container", |a| {
+            a.start_container(container_id)
+        })
+    }
+
+    /// Blocks until the process exits and its output has been delivered, on the kept
+    /// connection, which it holds meanwhile: for a caller that has nothing else to ask
+    /// this sandbox (other callers use [`SandboxHandle::wait`], which connects anew).
+    pub fn wait_on_control(
+        &self,
+        container_id: &str,
+        exec_id: Option<&str>,
+    ) -> Result<ExitInfo, SandboxError> {
+        self.with_agent("waiting for the exit", |a| a.wait(container_id, exec_id))
+    }
+
+    /// Starts the sandbox (restoring `template`, or booting) up to the agent's first answer.
+    fn start_to_agent(
+        cfg: &SandboxConfig,
+        template: Option<&Path>,
+    ) -> Result<(Sandbox, Option<PodNetwork>, Client), SandboxError> {
+        let (mut sandbox, pod_net) = Self::start(cfg, template, false)?;
+        let agent = sandbox.wait_for_agent(cfg.agent_timeout)?;
+        Ok((sandbox, pod_net, agent))
     }
 
     /// Boots `cfg`'s VM cold to agent-ready and saves it as the template for its key under
@@ -245,6 +310,7 @@ impl Sandbox {
             handle: SandboxHandle::open(&paths.dir),
             paths,
             containers: Mutex::new(BTreeSet::new()),
+            control: Mutex::new(None),
         };
         Ok((sandbox, pod_net))
     }
@@ -332,18 +398,13 @@ impl Sandbox {
         }
         plan.request.stdio = io.config();
         let id = plan.request.container_id.clone();
-        let pid = self
-            .handle
-            .agent()?
-            .create_container(plan.request.clone())
-            .map_err(agent_err("cannot create the container"))?;
+        let pid = self.with_agent("cannot create the container", |a| {
+            a.create_container(plan.request.clone())
+        })?;
         let pumps = match stdio::attach(self.handle.endpoint(), &id, None, io) {
             Ok(p) => p,
             Err(e) => {
-                let _ = self
-                    .handle
-                    .agent()
-                    .map(|mut a| a.remove_container(&id, true));
+                let _ = self.with_agent("", |a| a.remove_container(&id, true));
                 return Err(HandleError::from(e).into());
             }
         };
@@ -353,10 +414,9 @@ impl Sandbox {
     /// Removes a container from the guest (killing it with `force`) and its binds from the
     /// share.
     pub fn remove_container(&self, container_id: &str, force: bool) -> Result<(), SandboxError> {
-        self.handle
-            .agent()?
-            .remove_container(container_id, force)
-            .map_err(agent_err("cannot remove the container"))?;
+        self.with_agent("cannot remove the container", |a| {
+            a.remove_container(container_id, force)
+        })?;
         self.forget_container(container_id)
     }
 

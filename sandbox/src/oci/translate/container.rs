@@ -167,6 +167,24 @@ fn guest_spec(spec: &Spec, mounts: Vec<Mount>) -> Result<Spec, TranslateError> {
     Ok(g)
 }
 
+/// For a container alone in a VM that has no NIC (the OCI CLI's container without a pod
+/// network namespace): a new network namespace in the guest would hold a loopback device
+/// only, as the guest's root netns does, so the container stays in the root one. That
+/// spares the guest creating a netns and tearing it down at exit (about 1 s of emulated
+/// kernel work each on hosts without hardware virtualization). Not for pods: containers
+/// that share a VM must keep the network namespaces they ask for.
+pub fn alone_in_vm_without_nic(plan: &mut ContainerPlan) {
+    if let Some(nss) = plan
+        .request
+        .spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.namespaces_mut().as_mut())
+    {
+        nss.retain(|ns| ns.typ() != oci_spec::runtime::LinuxNamespaceType::Network);
+    }
+}
+
 /// Translates one container whose bundle rootfs is `rootfs_dir` on the host. `probe`
 /// answers "is this host path a file or a directory" for bind-mount sources.
 pub fn container_request(
@@ -353,6 +371,28 @@ mod tests {
         // Host network: no entry, so the guest's root netns, which has no NIC.
         let host = spec(serde_json::json!({"linux": {"namespaces": [{"type": "mount"}]}}));
         assert!(nets(&host).is_empty());
+    }
+
+    #[test]
+    fn a_container_alone_in_a_vm_without_nic_stays_in_the_root_netns() {
+        use oci_spec::runtime::LinuxNamespaceType as T;
+        let s = spec(serde_json::json!({"linux": {"namespaces": [
+            {"type": "network"}, {"type": "mount"}, {"type": "pid"}]}}));
+        let mut p = tr(&s, &no_files).unwrap();
+        alone_in_vm_without_nic(&mut p);
+        let types: Vec<T> = p
+            .request
+            .spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        assert_eq!(types, [T::Mount, T::Pid]);
     }
 
     #[test]

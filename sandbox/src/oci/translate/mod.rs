@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-pub use container::{container_request, share_dir, ContainerPlan, HostBind};
+pub use container::{
+    alone_in_vm_without_nic, container_request, share_dir, ContainerPlan, HostBind,
+};
 pub use vm::{pod_netns, vm_config, RootfsMode, VmPaths};
 
 /// Annotation: guest kernel path.
