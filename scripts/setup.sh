@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PKGS=(build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils python3
       linux-source-6.12 qemu-system-x86 busybox-static e2fsprogs util-linux
       podman runc crun libseccomp-dev libcap-ng-dev pkg-config mmdebstrap
-      containerd python3-venv curl iproute2 iperf3)
+      containerd containernetworking-plugins python3-venv curl iproute2 iperf3)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -3,6 +3,8 @@ CRI plugin with runtime_handler="sandbox-vm". Two pods (two VM boots); every fai
 check raises. Prints one `MEASUREMENTS {json}` line.
 
 usage: cri_e2e.py CONTAINERD_SOCK LOG_DIR VM_ROOT IMAGE
+
+cri_net_e2e.py imports its helpers (after `connect`).
 """
 
 import json
@@ -14,30 +16,36 @@ import grpc
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc as rpc
 
-SOCK, LOG_DIR, VM_ROOT, IMAGE = sys.argv[1:5]
 HANDLER = "sandbox-vm"
 BOOT_TIMEOUT = 1800  # seconds; a boot takes ~30 s on an idle host that emulates guest kernel mode, 10 min under heavy load
 
-rt = rpc.RuntimeServiceStub(grpc.insecure_channel(f"unix://{SOCK}"))
+LOG_DIR = VM_ROOT = IMAGE = rt = None
+
+
+def connect(sock, log_dir, vm_root, image):
+    """Sets the containerd socket, CRI log directory, shim state root and image to use."""
+    global LOG_DIR, VM_ROOT, IMAGE, rt
+    LOG_DIR, VM_ROOT, IMAGE = log_dir, vm_root, image
+    rt = rpc.RuntimeServiceStub(grpc.insecure_channel(f"unix://{sock}"))
 
 
 def log(msg):
     print(f"[cri-e2e {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def run_pod(name, annotations):
+def run_pod(name, annotations, network=pb.NODE):
+    """RunPodSandbox. With the node's network (`pb.NODE`, the default here) the CRI plugin
+    skips CNI and the VM has loopback only (this test's containerd has a loopback-only CNI
+    config, whose result containerd 1.6 rejects: "failed to find network info");
+    `pb.POD` gives the pod a CNI network (cri_net_e2e.py)."""
     cfg = pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="default"),
         hostname=name,
         log_directory=os.path.join(LOG_DIR, name),
         annotations=annotations,
-        # No CNI network: containerd 1.6 rejects a loopback-only CNI result ("failed to
-        # find network info"), and a pod's VM has loopback only until pod networking
-        # lands. With the node's network the CRI plugin skips CNI; in the guest the pod's
-        # containers then share the VM's (loopback-only) network namespace.
         linux=pb.LinuxPodSandboxConfig(
             security_context=pb.LinuxSandboxSecurityContext(
-                namespace_options=pb.NamespaceOption(network=pb.NODE)
+                namespace_options=pb.NamespaceOption(network=network)
             )
         ),
     )
@@ -216,4 +224,5 @@ def main():
 
 
 if __name__ == "__main__":
+    connect(*sys.argv[1:5])
     main()

@@ -86,6 +86,46 @@ fn sh(script: &str) {
     assert!(out.status.success(), "{script}: {}", text(&out.stderr));
 }
 
+/// The CRI client's package, pinned.
+const CRI_API: &str = "container-runtime-interface-api==2.0.1";
+
+/// A venv with the CRI client, made once per target directory (pip needs the network the
+/// first time; without it the test fails saying so).
+pub fn venv_python() -> PathBuf {
+    let target = Path::new(SHIM)
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir");
+    let venv = target.join("cri-venv");
+    let python = venv.join("bin/python");
+    let ready = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import cri_api.v1.api_pb2_grpc, grpc"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if ready(&python) {
+        return python;
+    }
+    let out = run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
+    assert!(
+        out.status.success(),
+        "cannot run this e2e test: python3 -m venv failed (apt-get install python3-venv): {}",
+        text(&out.stderr)
+    );
+    let out = run(Command::new(venv.join("bin/pip")).args(["install", "-q", CRI_API]));
+    assert!(
+        out.status.success(),
+        "cannot run this e2e test: pip install {CRI_API} failed: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        ready(&python),
+        "cannot run this e2e test: the CRI client does not import"
+    );
+    python
+}
+
 /// A docker-archive tar with two images on one busybox layer: `BUSYBOX` (`sh`) and
 /// `PAUSE` (sleeps forever, CRI's sandbox image).
 pub fn build_images(dir: &Path) -> PathBuf {
@@ -177,21 +217,41 @@ state = "{d}/state"
     )
 }
 
+/// CNI config of a containerd without pod networks: loopback only (containerd 1.6 refuses
+/// its result for a pod network; the tests' pods use the node network).
+const LOOPBACK_CONFLIST: &str =
+    r#"{"cniVersion": "0.4.0", "name": "lo-only", "plugins": [{"type": "loopback"}]}"#;
+
 impl Containerd {
     /// Starts containerd in a fresh directory and waits for its socket.
     pub fn start(tag: &str) -> Containerd {
+        Self::launch(tag, None, |_| LOOPBACK_CONFLIST.to_string())
+    }
+
+    /// Starts containerd inside the network namespace at `netns` (`nsenter --net`, which
+    /// keeps the host's mounts, cgroups included), with the CNI network list
+    /// `conflist(dir)` (`dir`: the test's directory, for the plugins' state): the pods'
+    /// networks and all their traffic stay in that namespace.
+    pub fn start_in_netns(
+        tag: &str,
+        netns: &Path,
+        conflist: impl FnOnce(&Path) -> String,
+    ) -> Containerd {
+        Self::launch(tag, Some(netns), conflist)
+    }
+
+    fn launch(
+        tag: &str,
+        netns: Option<&Path>,
+        conflist: impl FnOnce(&Path) -> String,
+    ) -> Containerd {
         let dir = PathBuf::from(format!("/tmp/shim-e2e-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         for sub in ["bin", "cni", "vms", "logs"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
         std::os::unix::fs::symlink(SHIM, dir.join("bin/containerd-shim-sandbox-vm-v2")).unwrap();
-        // Pods get loopback only until pod networking lands.
-        std::fs::write(
-            dir.join("cni/10-loopback.conflist"),
-            r#"{"cniVersion": "0.4.0", "name": "lo-only", "plugins": [{"type": "loopback"}]}"#,
-        )
-        .unwrap();
+        std::fs::write(dir.join("cni/10-test.conflist"), conflist(&dir)).unwrap();
         std::fs::write(dir.join("config.toml"), config(&dir)).unwrap();
         let path = format!(
             "{}:{}",
@@ -199,7 +259,16 @@ impl Containerd {
             std::env::var("PATH").unwrap_or_default()
         );
         let log = dir.join("containerd.log");
-        let child = Command::new("containerd")
+        // nsenter execs containerd: the child is containerd itself.
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg("containerd");
+                c
+            }
+            None => Command::new("containerd"),
+        };
+        let child = cmd
             .arg("--config")
             .arg(dir.join("config.toml"))
             .arg("--log-level")

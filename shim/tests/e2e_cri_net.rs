@@ -1,0 +1,202 @@
+//! Kubernetes pod networking: containerd 1.6's CRI plugin sets up each pod's network with
+//! CNI (Debian's containernetworking-plugins: bridge + host-local, containerd's own
+//! loopback) and the shim joins the VM to the pod's netns. containerd runs inside a network
+//! namespace this test makes (`nsenter --net`), so the CNI bridge, the pods' subnet and all
+//! their traffic stay there. `cri_net_e2e.py` (the CRI client) runs two pods, two VM boots:
+//! each gets the IP CRI reports, the pods reach each other (HTTP, ping both ways) and the
+//! node reaches them. Afterwards nothing is left: no shim, VMM or virtiofsd, no mount, no
+//! pod netns, no veth or tap in the test's netns, no process in it, no CNI cache entry;
+//! then the test's netns is deleted.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{text, Containerd, BUSYBOX};
+
+/// The CNI network's name, bridge and subnet (inside the test's netns only).
+const NETWORK: &str = "svm-cri-e2e";
+const BRIDGE: &str = "svmcri0";
+const GATEWAY: &str = "10.231.12.1";
+const SUBNET: &str = "10.231.12.0/24";
+
+/// A bridge network as a cluster's simplest CNI config gives it: the bridge is the pods'
+/// gateway, host-local hands out addresses (its state in the test's directory).
+fn conflist(dir: &Path) -> String {
+    serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": NETWORK,
+        "plugins": [{
+            "type": "bridge",
+            "bridge": BRIDGE,
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": SUBNET, "gateway": GATEWAY}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": dir.join("ipam"),
+            },
+        }],
+    })
+    .to_string()
+}
+
+/// A network namespace of the test's own; deleted on drop if the test did not get to it.
+struct TestNetns(String);
+
+impl TestNetns {
+    fn new() -> TestNetns {
+        let name = format!("svm-cri-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        for args in [
+            vec!["netns", "add", &name],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+        ] {
+            let out = common::run(Command::new("ip").args(&args));
+            assert!(out.status.success(), "ip {args:?}: {}", text(&out.stderr));
+        }
+        TestNetns(name)
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.0))
+    }
+
+    /// The interfaces in it.
+    fn links(&self) -> Vec<String> {
+        let out = common::run(Command::new("ip").args(["-n", &self.0, "-o", "link", "show"]));
+        text(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect()
+    }
+
+    /// Host processes inside it.
+    fn processes(&self) -> Vec<String> {
+        let ino = std::fs::metadata(self.path())
+            .expect("the test netns")
+            .ino();
+        let want = format!("net:[{ino}]");
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path().join("ns/net"))
+                    .is_ok_and(|l| l.to_string_lossy() == want)
+            })
+            .map(|e| {
+                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                format!(
+                    "{}: {}",
+                    e.file_name().to_string_lossy(),
+                    text(&cmd).replace('\0', " ")
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// Names in a directory (empty if it does not exist).
+fn names(dir: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn cri_pods_on_a_cni_bridge_get_their_ips_and_reach_each_other() {
+    common::require_host();
+    for plugin in ["bridge", "host-local", "loopback"] {
+        assert!(
+            Path::new("/usr/lib/cni").join(plugin).is_file(),
+            "cannot run this e2e test: /usr/lib/cni/{plugin} is missing (apt-get install containernetworking-plugins)"
+        );
+    }
+    let python = common::venv_python();
+    let ns = TestNetns::new();
+    let c = Containerd::start_in_netns("cri-net", &ns.path(), conflist);
+    c.import_images("k8s.io");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cri_net_e2e.py");
+    let out = common::run(
+        Command::new(&python)
+            .arg(&script)
+            .arg(&c.sock)
+            .arg(c.dir.join("logs"))
+            .arg(&c.vm_root)
+            .arg(BUSYBOX)
+            .arg(ns.path())
+            .arg(GATEWAY),
+    );
+    eprintln!("{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "the CRI network e2e script failed\ncontainerd log:\n{}",
+        c.log_tail()
+    );
+    let result: serde_json::Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_else(|| panic!("no result: {stdout}"));
+    let pod_netns: Vec<&str> = result["pod_netns"]
+        .as_array()
+        .expect("pod_netns")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert_eq!(pod_netns.len(), 2, "{result}");
+    let pod_ids: Vec<&str> = result["pod_ids"]
+        .as_array()
+        .expect("pod_ids")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert_eq!(pod_ids.len(), 2, "{result}");
+
+    let left = c.wait_clean(Duration::from_secs(30));
+    assert!(
+        left.is_empty(),
+        "left behind after RemovePodSandbox: {left:#?}"
+    );
+    assert_eq!(
+        ns.links(),
+        ["lo", BRIDGE],
+        "only the CNI bridge stays in the test netns (no veth, no tap)"
+    );
+    let cache: Vec<String> = names("/var/lib/cni/results")
+        .into_iter()
+        .filter(|n| pod_ids.iter().any(|id| n.contains(id)))
+        .collect();
+    assert!(cache.is_empty(), "CNI cache entries left: {cache:?}");
+    drop(c);
+    let inside = ns.processes();
+    assert!(
+        inside.is_empty(),
+        "processes left in the test netns: {inside:#?}"
+    );
+    let out = common::run(Command::new("ip").args(["netns", "del", &ns.0]));
+    assert!(out.status.success(), "ip netns del: {}", text(&out.stderr));
+    for p in pod_netns
+        .iter()
+        .copied()
+        .chain([ns.path().to_str().unwrap()])
+    {
+        assert!(!Path::new(p).exists(), "netns {p} is left");
+    }
+}
