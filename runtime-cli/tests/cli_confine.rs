@@ -218,7 +218,9 @@ fn assert_jailed(pid: u32, s: &Scratch) {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     top.sort();
-    assert_eq!(top, ["dev", "proc", "tmp"], "the jail's top level");
+    assert_eq!(top, ["dev", "proc", "tmp", "vsock"], "the jail's top level");
+    // The vsock directory is mounted at /vsock, where the VMM made its socket.
+    assert!(root.join("vsock/vsock.sock").exists());
     assert_eq!(status_field(pid, "Uid:"), "65534 65534 65534 65534");
     assert_eq!(status_field(pid, "Gid:"), "65534 65534 65534 65534");
     assert_eq!(status_field(pid, "Groups:"), "");
