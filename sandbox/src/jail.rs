@@ -176,11 +176,12 @@ pub fn create_vsock_dir(uds: &Path, jailed: bool) -> Result<(), JailError> {
     let Some(dir) = uds.parent() else {
         return Ok(());
     };
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(at("create", dir)(e)),
-    }
+    // The state directory may not exist yet: it is made 0700 too.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(at("create", dir))?;
     let (uid, gid) = if jailed { (UID, GID) } else { (0, 0) };
     std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(at("chown", dir))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(at("chmod", dir))

@@ -169,6 +169,7 @@ fn guest_port_listeners_are_reachable_by_the_jailed_vmm_only() {
     std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
     let uds = d.join("vsock/vsock.sock");
     create_vsock_dir(&uds, true).unwrap();
+    create_vsock_dir(&uds, true).unwrap();
     let meta = std::fs::metadata(d.join("vsock")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (UID, GID));
     assert_eq!(meta.mode() & 0o7777, 0o700);
@@ -202,6 +203,13 @@ fn guest_port_listeners_are_reachable_by_the_jailed_vmm_only() {
     // Not jailed: root's directory, root's listeners; an existing directory is fixed up.
     let uds = d.join("plain/vsock.sock");
     std::fs::create_dir(d.join("plain")).unwrap();
+    create_vsock_dir(&d.join("new/state/vsock/vsock.sock"), false).unwrap();
+    let meta = std::fs::metadata(d.join("new/state")).unwrap();
+    assert_eq!(
+        meta.mode() & 0o7777,
+        0o700,
+        "a missing state directory is made private"
+    );
     create_vsock_dir(&uds, false).unwrap();
     let meta = std::fs::metadata(d.join("plain")).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o700));
