@@ -81,9 +81,9 @@ pub struct VmmArgs {
     /// opens, rlimits, and the unprivileged --jail-uid/--jail-gid once the VM is built
     #[arg(long, value_name = "DIR", conflicts_with = "restore")]
     jail: Option<PathBuf>,
-    #[arg(long, default_value_t = 65534, requires = "jail")]
+    #[arg(long, default_value_t = jail::UID, requires = "jail")]
     jail_uid: u32,
-    #[arg(long, default_value_t = 65534, requires = "jail")]
+    #[arg(long, default_value_t = jail::GID, requires = "jail")]
     jail_gid: u32,
 }
 
@@ -102,7 +102,7 @@ fn enable_seccomp(args: &VmmArgs) -> Result<()> {
 pub fn run(args: VmmArgs) -> Result<ExitCode> {
     let started = Instant::now();
     // Read before the jail: inside it only what the VM opens is left.
-    let config = args
+    let mut config = args
         .config
         .as_deref()
         .map(VmConfig::from_file)
@@ -121,6 +121,9 @@ pub fn run(args: VmmArgs) -> Result<ExitCode> {
         // Before any thread: the parent stays outside, waits and ends as the VMM did.
         jail::fork_into_pid_namespace(j)?;
         jail::enter(j)?;
+        if let Some(c) = config.as_mut() {
+            j.vm_config_inside(c);
+        }
     }
     // Sockets and files the VMM creates are its owner's alone.
     // SAFETY: umask only swaps the process's file-mode mask.

@@ -1,6 +1,10 @@
 //! The confined VMM process: per-thread seccomp filters, the jail, private sockets.
 //! Tiny hand-made guests stand in for a kernel (needs /dev/kvm and root; seconds in all).
 
+#[allow(dead_code)] // the connect helper only
+#[path = "common/host.rs"]
+mod host;
+
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -110,44 +114,6 @@ fn the_selftest_call_alone_is_harmless_without_filters() {
     assert_eq!(wait(&mut vmm, 30).code(), Some(0));
 }
 
-/// Tries to connect to `sock` as uid/gid 65534; returns the errno (0: connected).
-fn connect_as_nobody(sock: &Path) -> i32 {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(sock.as_os_str().as_bytes()).unwrap();
-    // SAFETY: the child only makes raw system calls on prepared memory, then _exits.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        // SAFETY: as above; `addr` is a zeroed sockaddr_un filled within its bounds.
-        unsafe {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(65534) != 0
-                || libc::setuid(65534) != 0
-            {
-                libc::_exit(200);
-            }
-            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-            let mut addr: libc::sockaddr_un = std::mem::zeroed();
-            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-            let bytes = path.as_bytes();
-            for (i, b) in bytes.iter().enumerate().take(addr.sun_path.len() - 1) {
-                addr.sun_path[i] = *b as libc::c_char;
-            }
-            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-            let r = libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len);
-            let errno = *libc::__errno_location();
-            libc::_exit(if r == 0 { 0 } else { errno.min(199) });
-        }
-    }
-    let mut status = 0;
-    // SAFETY: waits for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert!(libc::WIFEXITED(status));
-    let code = libc::WEXITSTATUS(status);
-    assert_ne!(code, 200, "cannot become uid 65534");
-    code
-}
-
 #[test]
 fn the_vmms_sockets_are_private() {
     let s = Scratch::new("perm");
@@ -159,7 +125,7 @@ fn the_vmms_sockets_are_private() {
         assert!(meta.file_type().is_socket(), "{name}");
         assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
         // The directory is open to all: only the socket's own mode keeps others out.
-        assert_eq!(connect_as_nobody(&p), libc::EACCES, "{name}");
+        assert_eq!(host::connect_as(65534, &p), libc::EACCES, "{name}");
     }
     api.stop().unwrap();
     assert_eq!(wait(&mut vmm, 30).code(), Some(0));
@@ -218,7 +184,9 @@ fn assert_jailed(pid: u32, s: &Scratch) {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     top.sort();
-    assert_eq!(top, ["dev", "proc", "tmp"], "the jail's top level");
+    assert_eq!(top, ["dev", "proc", "tmp", "vsock"], "the jail's top level");
+    // The vsock directory is mounted at /vsock, where the VMM made its socket.
+    assert!(root.join("vsock/vsock.sock").exists());
     assert_eq!(status_field(pid, "Uid:"), "65534 65534 65534 65534");
     assert_eq!(status_field(pid, "Gid:"), "65534 65534 65534 65534");
     assert_eq!(status_field(pid, "Groups:"), "");

@@ -11,7 +11,7 @@ mod common;
 mod host;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
 struct Env {
@@ -22,10 +22,15 @@ struct Env {
 
 impl Env {
     fn new(name: &str, annotations: serde_json::Value) -> Env {
+        Self::running(name, annotations, &["sleep", "600"])
+    }
+
+    /// A busybox bundle whose container runs `args`.
+    fn running(name: &str, annotations: serde_json::Value, args: &[&str]) -> Env {
         let dir = std::env::temp_dir().join(format!("svm-faults-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let bundle = bundle::busybox_bundle(&dir.join("bundle"), &["sleep", "600"]);
+        let bundle = bundle::busybox_bundle(&dir.join("bundle"), args);
         let cfg = bundle.join("config.json");
         let mut c: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
@@ -58,6 +63,38 @@ impl Env {
         assert!(out.status.success(), "create: {out:?}");
         let out = self.cli(&["start", id]);
         assert!(out.status.success(), "start: {out:?}");
+    }
+
+    /// Like `create_and_start`, with the container's stdout and stderr (which `create`
+    /// hands on) going to `log`, and its stdin a pipe: the returned end.
+    fn create_and_start_logged(&self, id: &str, log: &Path) -> std::process::ChildStdin {
+        let file = std::fs::File::create(log).unwrap();
+        let mut create = Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
+            .env("SANDBOX_VM_KERNEL", common::kernel())
+            .env(
+                "SANDBOX_VM_AGENT_DISK",
+                common::image("SANDBOX_VM_AGENT_DISK", "agent.ext4"),
+            )
+            .arg("--root")
+            .arg(&self.root)
+            .args(["create", "--bundle"])
+            .arg(&self.bundle)
+            .arg(id)
+            .stdin(std::process::Stdio::piped())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let stdin = create.stdin.take().unwrap();
+        let status = create.wait().unwrap();
+        assert!(
+            status.success(),
+            "create: {}",
+            std::fs::read_to_string(log).unwrap()
+        );
+        let out = self.cli(&["start", id]);
+        assert!(out.status.success(), "start: {out:?}");
+        stdin
     }
 
     fn status(&self, id: &str) -> String {
@@ -145,43 +182,110 @@ fn kill_9_of_the_vmm_stops_the_container_with_a_reason_and_delete_cleans_up() {
     env.delete_and_check("k1");
 }
 
-/// Runs `sandbox-vm exec` for at most `secs`; None if it had to be killed.
-fn exec_for(env: &Env, id: &str, cmd: &str, secs: u64) -> Option<std::process::ExitStatus> {
+/// Runs `sandbox-vm exec ID sh -c CMD` for at most `secs`: its exit status and what it
+/// printed (stdout and stderr), or None if it had to be killed.
+fn exec_for(env: &Env, id: &str, cmd: &str, secs: u64) -> Option<(ExitStatus, String)> {
+    let out = env.dir.join(format!("exec-{id}.out"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
         .arg("--root")
         .arg(&env.root)
         .args(["exec", id, "sh", "-c", cmd])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&out).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
         if let Some(st) = child.try_wait().unwrap() {
-            return Some(st);
+            return Some((st, std::fs::read_to_string(&out).unwrap_or_default()));
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
     let _ = child.kill();
     let _ = child.wait();
     None
 }
 
+/// The container of the virtiofsd case: reads a file of the share every second until that
+/// fails, says so, and stays (reading its stdin, a pipe the test holds: no new program
+/// could start from the dead share).
+const READ_UNTIL_EIO: &str = "echo reading; \
+    while read -r l < /data.txt; do sleep 1; done; echo 'the share failed'; read x";
+
 #[test]
-fn kill_9_of_virtiofsd_is_reported_and_delete_cleans_up() {
-    let env = Env::new("virtiofsd", serde_json::json!({}));
-    env.create_and_start("v1");
+fn kill_9_of_virtiofsd_gives_the_container_eio_is_reported_and_delete_cleans_up() {
+    let env = Env::running(
+        "virtiofsd",
+        serde_json::json!({}),
+        &["sh", "-c", READ_UNTIL_EIO],
+    );
+    std::fs::write(env.bundle.join("rootfs/data.txt"), "a line\n").unwrap();
+    let out = env.dir.join("container.out");
+    let _stdin = env.create_and_start_logged("v1", &out);
+    // Its shell runs (loaded from the share) before the share goes.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&out)
+        .unwrap_or_default()
+        .contains("reading")
+    {
+        assert!(Instant::now() < deadline, "the container never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let sock = env.root.join("v1/virtiofsd.sock");
     kill9(&pids_of(&format!("socket-path={}", sock.display())));
-    // A file the guest has not cached: the share cannot answer any more. (Today the guest
-    // waits for the dead backend instead of getting EIO: the read never succeeds.)
-    let read = exec_for(&env, "v1", "cat /bin/busybox >/dev/null", 60);
+    let killed = Instant::now();
+
+    // The container's next read fails with EIO, instead of waiting for virtiofsd forever.
+    let deadline = killed + Duration::from_secs(120);
+    let said = loop {
+        let said = std::fs::read_to_string(&out).unwrap_or_default();
+        // stdout and stderr are copied by two threads: either may come first.
+        if said.contains("the share failed") && said.contains("/data.txt: Input/output error") {
+            break said;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container's read hangs: {said}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let to_eio = killed.elapsed();
+
+    // A new process in the container gets EIO too, and the user is told.
+    let t = Instant::now();
+    let exec = exec_for(&env, "v1", "cat /data.txt", 120);
+    let (status, exec_out) = exec.expect("the exec hangs: the guest waits for virtiofsd");
     assert!(
-        !read.is_some_and(|s| s.success()),
-        "reading through a dead share worked"
+        !status.success(),
+        "reading through a dead share worked: {exec_out}"
     );
+    assert!(exec_out.contains("Input/output error"), "{exec_out}");
+    eprintln!(
+        "virtiofsd killed: the container's read failed {:.1} s later ({}); an exec failed \
+         after {:.1} s: {}",
+        to_eio.as_secs_f64(),
+        said.trim().replace('\n', " | "),
+        t.elapsed().as_secs_f64(),
+        exec_out.trim()
+    );
+
+    // The runtime says why: the monitor (it looks every second) and the VMM.
     let log = env.file("v1", "monitor.log");
-    assert!(log.contains("virtiofsd (pid"), "no reason given: {log}");
+    assert!(
+        log.contains("virtiofsd (pid") && log.contains("died"),
+        "no reason given: {log}"
+    );
+    let vmm_log = env.file("v1", "vmm.log");
+    assert!(
+        vmm_log.contains("answers every request with EIO"),
+        "{vmm_log}"
+    );
+    assert_eq!(
+        env.status("v1"),
+        "running",
+        "the VM and the container live on"
+    );
     env.delete_and_check("v1");
 }
 

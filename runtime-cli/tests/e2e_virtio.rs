@@ -6,8 +6,15 @@
 //! - the guest reads /dev/hwrng;
 //! - the guest connects to the host over vsock (`<uds>_5000`) and data flows both ways;
 //! - the host connects into a guest listener with `CONNECT 6000` and data flows both ways.
+//!
+//! A second boot runs the same guest under a jailed VMM (`vmm --jail`, uid 65534) in a
+//! state directory like a sandbox's (0700 root): the guest's connection to host port 5000
+//! still reaches the host's listener, which no other uid can connect to.
 
 mod common;
+#[allow(dead_code)] // the connect helper only
+#[path = "common/host.rs"]
+mod host;
 
 use common::{image, kernel};
 use std::io::{BufRead, BufReader, Write};
@@ -146,4 +153,118 @@ fn guest_uses_blk_vsock_and_rng() {
     // The VMM removed its socket; the test's own listener file is ours to remove.
     assert!(!Path::new(&uds).exists(), "vsock socket left behind");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits until the console file holds `needle` (the guest is slow here).
+fn wait_console(console: &Path, needle: &str, vmm: &mut std::process::Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let text = std::fs::read_to_string(console).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        if let Some(st) = vmm.try_wait().unwrap() {
+            panic!("the VMM ended ({st}) before {needle:?}; console:\n{text}");
+        }
+        assert!(Instant::now() < deadline, "no {needle:?}; console:\n{text}");
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The jailed VMM of the test and its directory: whatever happens, nothing stays.
+struct JailedRun {
+    dir: PathBuf,
+    vmm: Option<std::process::Child>,
+}
+
+impl Drop for JailedRun {
+    fn drop(&mut self) {
+        if let Some(mut vmm) = self.vmm.take() {
+            // The jailed child dies with its parent (PR_SET_PDEATHSIG); the cgroup stays.
+            let _ = vmm.kill();
+            let _ = vmm.wait();
+        }
+        sandbox::jail::remove_cgroup(&self.dir.join("jail"));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_jailed_vmm_delivers_guest_connections_to_a_listener_no_other_uid_reaches() {
+    use std::os::unix::fs::PermissionsExt;
+    let kernel = kernel();
+    let initrd = image("SANDBOX_VM_VIRTIO_INITRD", "virtio-check.cpio");
+    let dir = std::env::temp_dir().join(format!("svm-e2e-jail-vsock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // As a sandbox's state directory is laid out (sandbox::SandboxPaths).
+    let uds = dir.join("vsock/vsock.sock");
+    sandbox::jail::create_vsock_dir(&uds, true).unwrap();
+    let listener = sandbox::jail::listen_guest_port(&uds, 5000).unwrap();
+    let port_sock = dir.join("vsock/vsock.sock_5000");
+    for uid in [sandbox::jail::UID, 1000] {
+        assert_eq!(host::connect_as(uid, &port_sock), libc::EACCES, "uid {uid}");
+    }
+    let guest_conn = serve_guest_connection(listener);
+
+    let console = dir.join("console.log");
+    let mut vm = vmm::config::VmConfig::new(&kernel);
+    vm.initrd = Some(initrd);
+    vm.serial = vmm::config::SerialOutput::File(console.clone());
+    vm.vsock = Some(vmm::config::VsockConfig {
+        guest_cid: 3,
+        uds_path: uds.clone(),
+    });
+    vm.rng = true;
+    let config = dir.join("vm.json");
+    std::fs::write(&config, serde_json::to_string(&vm).unwrap()).unwrap();
+    let started = Instant::now();
+    let vmm = Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
+        .arg("vmm")
+        .arg("--config")
+        .arg(&config)
+        .arg("--api-sock")
+        .arg(dir.join("vmm.sock"))
+        .arg("--jail")
+        .arg(dir.join("jail"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut run = JailedRun {
+        dir: dir.clone(),
+        vmm: Some(vmm),
+    };
+    let vmm = run.vmm.as_mut().unwrap();
+
+    let text = wait_console(&console, "VC vsock-out ", vmm);
+    eprintln!(
+        "jailed VMM: the guest's connection was served {:.1} s after start",
+        started.elapsed().as_secs_f64()
+    );
+    // Without a reachable listener the VMM resets the guest's connection ("connect:
+    // Connection reset by peer") and the listener thread never returns: check the guest first.
+    assert_eq!(
+        step(&text, "vsock-out"),
+        "reply=host got: hello from the guest"
+    );
+    assert_eq!(guest_conn.join().unwrap(), "hello from the guest\n");
+    // Host -> guest through the jailed VMM's own socket, so the guest finishes and reboots.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let (ok, reply) = connect_into_guest(uds.clone(), deadline).join().unwrap();
+    assert!(ok.starts_with("OK "), "{ok}");
+    assert_eq!(reply, "PING FROM HOST\n");
+    let status = loop {
+        if let Some(st) = vmm.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the guest never rebooted");
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status.code(), Some(0));
+    run.vmm = None;
+    // The jailed VMM could remove its own socket from its directory.
+    assert!(!uds.exists(), "vsock socket left behind");
 }

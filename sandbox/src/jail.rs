@@ -9,8 +9,8 @@
 //! 3. **mount and IPC namespaces** (the child): a tmpfs on DIR holding only what the VMM
 //!    opens (kernel, initrd, disks, `/dev/kvm`, `/dev/net/tun` for a TAP, `/proc/cpuinfo`,
 //!    the serial file, and the directories of its sockets), each bind-mounted at its own
-//!    path so the VM config is valid unchanged; then `pivot_root` into it and the old root
-//!    detached;
+//!    path so the VM config is valid unchanged — except the vsock directory, see below;
+//!    then `pivot_root` into it and the old root detached;
 //! 4. **rlimits** (`RLIMIT_FSIZE`, `RLIMIT_NOFILE`; SIGXFSZ ignored so an over-long write
 //!    fails instead of killing) and `PR_SET_NO_NEW_PRIVS`;
 //! 5. **an unprivileged uid/gid** ([`drop_privileges`]) once the VM is built: every file,
@@ -18,11 +18,24 @@
 //!
 //! Nothing of the jail is visible on the host: the mounts live in the VMM's private mount
 //! namespace, and DIR stays an empty directory.
+//!
+//! # Guest → host vsock connections
+//!
+//! A guest that connects to host port P makes the VMM connect to `<vsock socket>_P` (hybrid
+//! vsock), long after it dropped to the jail's uid. A sandbox's state directory is 0700
+//! root, so that uid could not even look inside it. So the vsock sockets live in a
+//! directory of their own ([`create_vsock_dir`]: 0700, owned by the jail's uid), which the
+//! jail mounts at [`VSOCK_DIR`] — outside the state directory's mount — and the VMM is
+//! told that its vsock socket is there ([`Jail::vm_config_inside`]). A listener for port P
+//! ([`listen_guest_port`]) is 0600 and owned by the directory's owner. On the host the
+//! state directory keeps every other user out, the jail's uid included: only root and the
+//! jailed VMM (through its own mount) can connect.
 
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -37,6 +50,12 @@ pub const NOFILE: u64 = 2048;
 pub const MIN_FSIZE: u64 = 256 << 20;
 /// The jail directory's name in a sandbox's state directory.
 pub const DIR_NAME: &str = "jail";
+/// The uid and gid a jailed VMM runs as unless told otherwise (`sandbox-vm vmm
+/// --jail-uid/--jail-gid`): nobody/nogroup.
+pub const UID: u32 = 65534;
+pub const GID: u32 = 65534;
+/// Where the VM's vsock directory is mounted inside the jail.
+pub const VSOCK_DIR: &str = "/vsock";
 
 /// The jail directory for a VMM whose config is `vm_config` (beside it in the state
 /// directory), or None when `$SANDBOX_VM_JAIL` is `off` (a host without a memory cgroup,
@@ -84,6 +103,8 @@ pub struct Jail {
     pub memory_limit: u64,
     pub fsize: u64,
     pub paths: Vec<JailPath>,
+    /// The directory of the VM's vsock socket, mounted at [`VSOCK_DIR`].
+    pub vsock_dir: Option<PathBuf>,
 }
 
 impl Jail {
@@ -123,8 +144,7 @@ impl Jail {
         if !vm.net.is_empty() {
             paths.push(rw(Path::new("/dev/net/tun")));
         }
-        let mut dirs: Vec<PathBuf> = vm.vsock.iter().map(|v| parent(&v.uds_path)).collect();
-        dirs.extend(vm.fs.iter().map(|f| parent(&f.socket)));
+        let mut dirs: Vec<PathBuf> = vm.fs.iter().map(|f| parent(&f.socket)).collect();
         dirs.push(parent(api_sock));
         dirs.sort();
         dirs.dedup();
@@ -136,8 +156,53 @@ impl Jail {
             memory_limit: (vm.mem_mib + VMM_OVERHEAD_MIB) << 20,
             fsize,
             paths,
+            vsock_dir: vm.vsock.as_ref().map(|v| parent(&v.uds_path)),
         }
     }
+
+    /// `vm` as the VMM must see it inside this jail: its vsock socket under [`VSOCK_DIR`].
+    pub fn vm_config_inside(&self, vm: &mut VmConfig) {
+        if let Some(v) = vm.vsock.as_mut() {
+            let name = v.uds_path.file_name().unwrap_or_default();
+            v.uds_path = Path::new(VSOCK_DIR).join(name);
+        }
+    }
+}
+
+/// Creates the directory for the vsock socket `uds` (its parent) and the `_PORT`
+/// listeners beside it: mode 0700, owned by the jail's [`UID`]/[`GID`] when the VMM will be
+/// `jailed` (it connects to the listeners after dropping to that uid), else by root.
+pub fn create_vsock_dir(uds: &Path, jailed: bool) -> Result<(), JailError> {
+    let Some(dir) = uds.parent() else {
+        return Ok(());
+    };
+    // The state directory may not exist yet: it is made 0700 too.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(at("create", dir))?;
+    let (uid, gid) = if jailed { (UID, GID) } else { (0, 0) };
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(at("chown", dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(at("chmod", dir))
+}
+
+/// Listens for the guest's connections to host port `port`: binds `<uds>_<port>` (hybrid
+/// vsock) with mode 0600, owned by the owner of its directory (see [`create_vsock_dir`]),
+/// so that the VMM, jailed or not, can connect and nobody else can.
+pub fn listen_guest_port(uds: &Path, port: u32) -> Result<UnixListener, JailError> {
+    let mut path = uds.as_os_str().to_os_string();
+    path.push(format!("_{port}"));
+    let path = PathBuf::from(path);
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let owner = std::fs::metadata(dir).map_err(at("look at", dir))?;
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(at("listen on", &path))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(at("chmod", &path))?;
+    std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid()))
+        .map_err(at("chown", &path))?;
+    Ok(listener)
 }
 
 fn sys(what: &'static str) -> impl FnOnce(io::Error) -> JailError {
@@ -356,6 +421,9 @@ pub fn enter(jail: &Jail) -> Result<(), JailError> {
     for p in &jail.paths {
         bind_into(&jail.dir, p)?;
     }
+    if let Some(d) = &jail.vsock_dir {
+        bind_at(&jail.dir, d, Path::new(VSOCK_DIR))?;
+    }
     pivot(&jail.dir)?;
     limits(jail)
 }
@@ -377,6 +445,28 @@ fn mount(
             target.as_ptr(),
             ptr(&fstype),
             flags,
+            std::ptr::null(),
+        )
+    })
+}
+
+/// Bind-mounts directory `dir` (writable) at `inside` under `root`.
+fn bind_at(root: &Path, dir: &Path, inside: &Path) -> Result<(), JailError> {
+    let target = root.join(inside.strip_prefix("/").unwrap_or(inside));
+    std::fs::create_dir_all(&target).map_err(at("create", &target))?;
+    bind(dir, &target).map_err(at("bind", dir))
+}
+
+/// A plain (non-recursive) bind mount of one file or directory.
+fn bind(source: &Path, target: &Path) -> io::Result<()> {
+    let (source, dest) = (cstr(source), cstr(target));
+    // SAFETY: both are valid NUL-terminated paths; no data argument.
+    check(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            dest.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
             std::ptr::null(),
         )
     })
@@ -404,19 +494,7 @@ fn bind_into(root: &Path, p: &JailPath) -> Result<(), JailError> {
     if !is_dir {
         std::fs::write(&target, b"").map_err(at("create", &target))?;
     }
-    let source = cstr(&p.path);
-    let dest = cstr(&target);
-    // SAFETY: both are valid paths; a plain (non-recursive) bind of one file or directory.
-    check(unsafe {
-        libc::mount(
-            source.as_ptr(),
-            dest.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        )
-    })
-    .map_err(at("bind", &p.path))?;
+    bind(&p.path, &target).map_err(at("bind", &p.path))?;
     if !p.writable {
         let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID;
         mount(None, &target, None, flags).map_err(at("make read-only", &p.path))?;

@@ -7,7 +7,9 @@ use agent_protocol::{Endpoint, AGENT_VSOCK_PORT};
 use crate::oci::translate::VmPaths;
 
 /// Where a sandbox keeps its files: `<dir>/vm.json` (the VM config the VMM process reads),
-/// `vmm.sock` (its control API), `vmm.log`, `vsock.sock` (the hybrid vsock: the agent),
+/// `vmm.sock` (its control API), `vmm.log`, `vsock/vsock.sock` (the hybrid vsock: the agent;
+/// in a directory of its own with the `vsock.sock_PORT` listeners of guest → host
+/// connections, which a jailed VMM can reach: see [`crate::jail::create_vsock_dir`]),
 /// `console.log` (the guest's serial line), `virtiofsd.sock` / `virtiofsd.log`, `share/`
 /// (the virtio-fs share), for a block rootfs `rootfs.img`, and with a pod network
 /// `network.json` (the taps to remove).
@@ -34,7 +36,7 @@ impl SandboxPaths {
             vm_config: dir.join("vm.json"),
             api_sock: dir.join("vmm.sock"),
             vmm_log: dir.join("vmm.log"),
-            vsock: dir.join("vsock.sock"),
+            vsock: dir.join("vsock").join("vsock.sock"),
             console_log: dir.join("console.log"),
             fs_socket: dir.join("virtiofsd.sock"),
             fs_log: dir.join("virtiofsd.log"),

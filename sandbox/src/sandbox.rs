@@ -53,6 +53,8 @@ pub enum SandboxError {
     TemplateSave { path: PathBuf, msg: String },
     #[error("cannot read host entropy for the clone: {0}")]
     Entropy(std::io::Error),
+    #[error(transparent)]
+    Jail(#[from] crate::jail::JailError),
 }
 
 fn agent_err(what: &'static str) -> impl FnOnce(ClientError) -> SandboxError {
@@ -263,6 +265,10 @@ impl Sandbox {
         template_build: bool,
     ) -> Result<(Sandbox, Option<PodNetwork>), SandboxError> {
         let paths = SandboxPaths::in_dir(&cfg.dir);
+        // The jailed VMM connects to guest → host listeners beside its vsock socket.
+        let jailed = template.is_none()
+            && crate::vmm_process::jail_dir(&paths.vm_config, !template_build).is_some();
+        crate::jail::create_vsock_dir(&paths.vsock, jailed)?;
         let share = Share::prepare(&paths.share)?;
         let virtiofsd = Virtiofsd::start(
             &cfg.virtiofsd,

@@ -45,6 +45,12 @@ pub fn describe_exit(status: ExitStatus, log: &Path, console: &Path) -> String {
     }
 }
 
+/// The jail directory the VMM of `config` runs in ([`VmmProcess::start`] with `jail`), or
+/// None (not asked for, or jailing is off on this host).
+pub fn jail_dir(config: &Path, jail: bool) -> Option<PathBuf> {
+    crate::jail::dir_for(config).filter(|_| jail)
+}
+
 /// What a restored clone must not share with its template: its host-side sockets and
 /// console.
 #[derive(Clone, Debug)]
@@ -84,7 +90,7 @@ impl VmmProcess {
         if let Some(mode) = std::env::var_os("SANDBOX_VM_SECCOMP") {
             cmd.arg("--seccomp").arg(mode);
         }
-        if let Some(dir) = crate::jail::dir_for(config).filter(|_| jail) {
+        if let Some(dir) = jail_dir(config, jail) {
             cmd.arg("--jail").arg(dir);
         }
         if let Some(ns) = netns {

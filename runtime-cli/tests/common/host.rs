@@ -85,3 +85,43 @@ pub fn output_via_files(cmd: &mut std::process::Command) -> std::process::Output
     let _ = std::fs::remove_file(err);
     output
 }
+
+/// Tries to connect to the Unix socket `sock` from a child process running as `uid` (and
+/// the same gid, no supplementary groups); returns connect's errno (0: connected).
+#[allow(dead_code)] // not every test file checks who may connect
+pub fn connect_as(uid: u32, sock: &Path) -> i32 {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(sock.as_os_str().as_bytes()).unwrap();
+    // SAFETY: the child only makes raw system calls on prepared memory, then _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: as above; `addr` is a zeroed sockaddr_un filled within its bounds.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(uid) != 0
+                || libc::setuid(uid) != 0
+            {
+                libc::_exit(200);
+            }
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            let mut addr: libc::sockaddr_un = std::mem::zeroed();
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            let bytes = path.as_bytes();
+            for (i, b) in bytes.iter().enumerate().take(addr.sun_path.len() - 1) {
+                addr.sun_path[i] = *b as libc::c_char;
+            }
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            let r = libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len);
+            let errno = *libc::__errno_location();
+            libc::_exit(if r == 0 { 0 } else { errno.min(199) });
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(libc::WIFEXITED(status));
+    let code = libc::WEXITSTATUS(status);
+    assert_ne!(code, 200, "cannot become uid {uid}");
+    code
+}

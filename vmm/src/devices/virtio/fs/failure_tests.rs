@@ -170,6 +170,26 @@ fn backend_dying_during_activation() {
     s.el.stop().unwrap();
 }
 
+/// A FUSE request header for `unique` at `at`.
+fn fuse_request(mem: &GuestMemory, at: u64, unique: u64) {
+    let mut h = [0u8; 40];
+    h[0..4].copy_from_slice(&40u32.to_le_bytes());
+    h[4..8].copy_from_slice(&1u32.to_le_bytes()); // FUSE_LOOKUP
+    h[8..16].copy_from_slice(&unique.to_le_bytes());
+    mem.write_slice(&h, GuestAddress(at)).unwrap();
+}
+
+/// The fuse_out_header the device wrote at `at`: (len, error, unique).
+fn fuse_reply(mem: &GuestMemory, at: u64) -> (u32, i32, u64) {
+    let mut b = [0u8; 16];
+    mem.read_slice(&mut b, GuestAddress(at)).unwrap();
+    (
+        u32::from_le_bytes(b[0..4].try_into().unwrap()),
+        i32::from_le_bytes(b[4..8].try_into().unwrap()),
+        u64::from_le_bytes(b[8..16].try_into().unwrap()),
+    )
+}
+
 #[test]
 fn backend_dying_while_a_request_is_in_flight() {
     capture_logs();
@@ -180,23 +200,44 @@ fn backend_dying_while_a_request_is_in_flight() {
     assert_eq!(status, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
 
     // The guest queues a FUSE request and notifies; the backend gets the kick, then dies.
-    s.mem
-        .write_slice(&[0u8; 40], GuestAddress(0x30_0000))
-        .unwrap();
+    fuse_request(&s.mem, 0x30_0000, 0xfeed);
     request.add_chain(&[(0x30_0000, 40, 0), (0x31_0000, 4096, WRITE)]);
     s.transport.write(NOTIFY_REG_OFFSET, &1u32.to_le_bytes());
     assert_eq!(s.backend.kicks(1), 1);
+    let _ = s.irq.eventfd().read();
     s.backend.kill();
 
+    // The device answers the pending request itself: EIO, with an interrupt.
     let interrupt = s.transport.interrupt().clone();
-    wait_until("NEEDS_RESET", || interrupt.needs_reset());
+    wait_until("the EIO reply", || request.used().len() == 1);
+    assert_eq!(request.used(), [(0, 16)]);
+    assert_eq!(fuse_reply(&s.mem, 0x31_0000), (16, -libc::EIO, 0xfeed));
+    assert!(interrupt.needs_reset());
     assert_ne!(r(&mut s.transport, 0x70) & DEVICE_NEEDS_RESET, 0);
-    assert_ne!(interrupt.status() & int_status::CONFIG_CHANGE, 0);
+    let want = int_status::CONFIG_CHANGE | int_status::USED_RING;
+    assert_eq!(interrupt.status() & want, want);
+    assert!(s.irq.eventfd().read().is_ok(), "the driver is told");
     s.wait_socket_dropped();
+    assert!(s.fs.lock().unwrap().answering());
+
+    // A request after the death: the guest's notification reaches the device.
+    interrupt.ack(int_status::USED_RING);
+    fuse_request(&s.mem, 0x32_0000, 0xbeef);
+    request.add_chain(&[(0x32_0000, 40, 0), (0x33_0000, 16, WRITE)]);
+    s.transport.write(NOTIFY_REG_OFFSET, &1u32.to_le_bytes());
+    wait_until("the second EIO reply", || request.used().len() == 2);
+    assert_eq!(request.used()[1], (2, 16));
+    assert_eq!(fuse_reply(&s.mem, 0x33_0000), (16, -libc::EIO, 0xbeef));
+    wait_until("the used-buffer interrupt", || {
+        interrupt.status() & int_status::USED_RING != 0
+    });
+
     let lines = log_lines_with("'dies-serving'");
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0].contains("closed the connection"), "{lines:?}");
-    assert!(request.used().is_empty());
+    assert!(
+        lines[0].contains("closed the connection") && lines[0].contains("EIO"),
+        "{lines:?}"
+    );
     s.rng_still_works();
 
     // The driver resets the device and tries again: refused, without a panic.
@@ -208,5 +249,26 @@ fn backend_dying_while_a_request_is_in_flight() {
     let lines = log_lines_with("'dies-serving'");
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines[1].contains("cannot be used again"), "{lines:?}");
+    s.el.stop().unwrap();
+}
+
+#[test]
+fn a_backend_that_breaks_the_protocol_keeps_its_rings() {
+    capture_logs();
+    let mut s = setup(behaviour(), "chatty-serving");
+    let hiprio = TestQueue::new(&s.mem, 0x10_0000, 16);
+    let mut request = TestQueue::new(&s.mem, 0x20_0000, 16);
+    driver_setup(&mut s.transport, &[&hiprio, &request]);
+    fuse_request(&s.mem, 0x30_0000, 1);
+    request.add_chain(&[(0x30_0000, 40, 0), (0x31_0000, 16, WRITE)]);
+    s.backend.send_unasked();
+    let interrupt = s.transport.interrupt().clone();
+    wait_until("NEEDS_RESET", || interrupt.needs_reset());
+    s.wait_socket_dropped();
+    // Still alive, it may still be using the rings: the device does not touch them.
+    assert!(!s.fs.lock().unwrap().answering());
+    s.transport.write(NOTIFY_REG_OFFSET, &1u32.to_le_bytes());
+    assert_eq!(s.backend.kicks(1), 1, "the backend still gets the kicks");
+    assert!(request.used().is_empty());
     s.el.stop().unwrap();
 }

@@ -6,7 +6,8 @@
 //! | module | what |
 //! | --- | --- |
 //! | [`vhost`] | the vhost-user messages: negotiation, memory table, rings, stop |
-//! | [`event_handler`] | the event loop: call eventfds → interrupt; backend hang-up → NEEDS_RESET |
+//! | [`event_handler`] | the event loop: call eventfds → interrupt; backend hang-up → take-over |
+//! | [`eio`] | without a backend: every FUSE request answered with EIO |
 //!
 //! Queues: 0 = hiprio, 1..=N = request queues, all of `queue_size` entries at most. Config
 //! space: `tag[36]` (NUL-padded) then `num_request_queues` (le32). No DAX window.
@@ -31,7 +32,16 @@
 //! active, and never talks to that backend again. The VMM and its other devices go on. (A
 //! request written to a backend that died unnoticed fails with EPIPE: like the vsock
 //! backend, this relies on the VMM binary ignoring SIGPIPE, as Rust binaries do.)
+//!
+//! Linux's driver does not act on `DEVICE_NEEDS_RESET`, so its requests would wait for the
+//! dead backend forever. When an active device's backend hangs up, the device takes the
+//! queues over ([`eio`]): the queue eventfds, which KVM keeps signalling on the guest's
+//! notifications, go back to the event loop (the backend's copies died with it), and every
+//! unanswered request, then every new one, gets a FUSE reply with `error = -EIO`. A
+//! backend that is still there but breaks the protocol keeps the rings (it can still reach
+//! them): the device only sets `DEVICE_NEEDS_RESET`.
 
+pub mod eio;
 pub mod event_handler;
 pub mod vhost;
 
@@ -46,8 +56,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
+use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use self::eio::Answering;
 use self::vhost::{RingRecord, VhostError, VhostUserBackend, DRIVER_FEATURES};
 use super::activation::Activation;
 use super::device::DeviceState;
@@ -82,10 +94,17 @@ pub enum FsError {
 }
 
 /// What an active device keeps besides memory, interrupt and features: what each ring was
-/// set up with in the backend.
+/// set up with in the backend, and what it needs to answer the requests itself.
 pub struct Rings {
     /// One per ring the driver made ready, in queue order.
     pub rings: Vec<RingRecord>,
+    /// The driver's queues as it set them up (index = queue index).
+    queues: Vec<Queue>,
+    /// Duplicates of the transport's queue eventfds (KVM ioeventfds): the backend's kick
+    /// fds while it lives, the event loop's after a take-over.
+    kicks: Vec<EventFd>,
+    /// Set when the backend is gone and the device answers every request with EIO.
+    answering: Option<Answering>,
 }
 
 /// A virtio-fs device whose requests a vhost-user backend serves.
@@ -200,7 +219,7 @@ impl VirtioDevice for Fs {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
         if ctx.queues.len() != self.queue_sizes.len() {
             return Err(ActivateError::QueueCount {
                 expected: self.queue_sizes.len(),
@@ -221,9 +240,15 @@ impl VirtioDevice for Fs {
                 &calls,
             )
             .map_err(|e| ActivateError::Backend(format!("{}: {e}", self.name())))?;
-        // The kick eventfds now belong to the backend (it got its own copies); the event
-        // loop polls the call eventfds instead.
-        drop(self.state.activate(ctx, Rings { rings }));
+        // The backend got its own copies of the kick eventfds; ours are kept for a
+        // take-over, and the event loop polls the call eventfds instead.
+        let rings = Rings {
+            rings,
+            queues: std::mem::take(&mut ctx.queues),
+            kicks: std::mem::take(&mut ctx.queue_evts),
+            answering: None,
+        };
+        drop(self.state.activate(ctx, rings));
         self.activation.activate(calls)
     }
 
