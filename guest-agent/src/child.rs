@@ -1,21 +1,24 @@
-//! What a forked child does before `execve`: join its cgroup and namespaces,
-//! (container init only) build the root filesystem and wait for "start", then
-//! set up stdio and identity and exec the OCI process.
+//! What a new container process does before `execve`: join its cgroup and
+//! namespaces, (container init only) build the root filesystem and wait for
+//! "start", then set up stdio and identity and exec the OCI process.
 //!
-//! The agent is multi-threaded, so the child must not rely on locks another
-//! thread may have held at fork time. Everything is prepared by the agent in
-//! a [`ChildPlan`]; the child makes system calls and small allocations only
-//! (glibc's `fork` leaves malloc usable in the child).
+//! The process runs in the agent's memory until it execs (see [`crate::spawn`]), with
+//! the agent's spawning thread suspended. Everything is prepared by the agent in a
+//! [`ChildPlan`] and an [`ExecTarget`]; the child makes system calls and only
+//! allocations it frees again before `execve` or `_exit` (anything still held then
+//! would stay allocated in the agent). Identity changes are raw system calls: glibc's
+//! wrappers would apply them to the agent's threads.
 //!
-//! Parent/child sync runs over a socketpair: the init child sends `R` when
-//! its filesystem is ready and waits for `S`; any child sends `E<message>` on
-//! failure and exits. A successful `execve` closes the (close-on-exec)
-//! socket, which the agent sees as EOF.
+//! Parent/child sync runs over a socketpair: the child first sends `P` (it runs; the
+//! agent takes its pid), the init child sends `R` when its filesystem is ready and
+//! waits for `S`; any child sends `E<message>` on failure and exits. A successful
+//! `execve` closes the (close-on-exec) socket, which the agent sees as EOF.
 
 use std::convert::Infallible;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
@@ -24,7 +27,7 @@ use std::path::PathBuf;
 use nix::mount::MsFlags;
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
-use nix::unistd::{chdir, execve, sethostname, setsid};
+use nix::unistd::{chdir, sethostname, setsid};
 
 use crate::mounts::{self, DeviceOp, MountError, MountOp};
 use crate::seccomp::{Filter, SeccompError};
@@ -129,12 +132,80 @@ pub struct ChildPlan {
     pub process: ProcessPlan,
 }
 
-/// Runs in the forked child; never returns.
-pub fn run(plan: ChildPlan, mut sync: UnixStream) -> ! {
-    let Err(e) = setup(&plan, &mut sync);
-    let mut msg = b"E".to_vec();
-    msg.extend_from_slice(e.to_string().as_bytes());
-    let _ = sync.write_all(&msg);
+/// What `execve` gets, built before the child starts (the child must not leave
+/// allocations behind in the agent's memory): the paths to try, in order, and the
+/// NULL-terminated argv and envp arrays, pointing into the plan's strings.
+pub struct ExecTarget<'a> {
+    candidates: Vec<CString>,
+    searched: bool,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    _strings: PhantomData<&'a ProcessPlan>,
+}
+
+impl<'a> ExecTarget<'a> {
+    /// The target of `p`: argv\[0\] itself if it holds a `/`, else argv\[0\] in each
+    /// directory of `p.path`.
+    pub fn new(p: &'a ProcessPlan) -> ExecTarget<'a> {
+        let prog = p.args.first().map(|a| a.as_bytes()).unwrap_or_default();
+        let searched = !prog.contains(&b'/');
+        let candidates = if searched {
+            p.path
+                .iter()
+                .filter_map(|dir| {
+                    let mut cand = dir.as_os_str().as_bytes().to_vec();
+                    cand.push(b'/');
+                    cand.extend_from_slice(prog);
+                    CString::new(cand).ok()
+                })
+                .collect()
+        } else {
+            p.args.first().cloned().into_iter().collect()
+        };
+        let pointers = |v: &[CString]| -> Vec<*const libc::c_char> {
+            v.iter()
+                .map(|s| s.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
+        };
+        ExecTarget {
+            candidates,
+            searched,
+            argv: pointers(&p.args),
+            envp: pointers(&p.env),
+            _strings: PhantomData,
+        }
+    }
+
+    /// Tries each candidate; returns only if none could be executed, with the most
+    /// telling error (a search keeps going past ENOENT/ENOTDIR).
+    fn exec(&self) -> io::Error {
+        let mut err = io::Error::from_raw_os_error(libc::ENOENT);
+        for cand in &self.candidates {
+            // SAFETY: a NUL-terminated path and NULL-terminated arrays of NUL-terminated
+            // strings, all owned by the plan and this target, which outlive the call.
+            unsafe { libc::execve(cand.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
+            let e = io::Error::last_os_error();
+            if !self.searched || !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) {
+                err = e;
+            }
+        }
+        err
+    }
+}
+
+/// Runs in the new process; never returns. Everything it allocated is freed again
+/// before it exits.
+pub fn run(plan: &ChildPlan, target: &ExecTarget<'_>, sync: &UnixStream) -> ! {
+    let mut sync = sync;
+    if sync.write_all(b"P").is_ok() {
+        let Err(e) = setup(plan, target, &mut sync);
+        let mut msg = b"E".to_vec();
+        msg.extend_from_slice(e.to_string().as_bytes());
+        let _ = sync.write_all(&msg);
+        drop(msg);
+        drop(e);
+    }
     // SAFETY: _exit is async-signal-safe and skips the parent's atexit
     // handlers and stdio buffers, which belong to the agent.
     unsafe { libc::_exit(1) }
@@ -163,13 +234,18 @@ fn close_range(first: libc::c_uint, last: libc::c_uint) {
     unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) };
 }
 
-fn setup(plan: &ChildPlan, sync: &mut UnixStream) -> Result<Infallible, ChildError> {
+fn setup(
+    plan: &ChildPlan,
+    target: &ExecTarget<'_>,
+    sync: &mut &UnixStream,
+) -> Result<Infallible, ChildError> {
     let mut keep: Vec<RawFd> = plan.process.stdio.fds.to_vec();
     keep.push(sync.as_raw_fd());
     keep.extend(plan.cgroup_procs.iter().map(|f| f.as_raw_fd()));
     keep.extend(plan.join.iter().map(|(fd, _)| fd.as_raw_fd()));
+    keep.extend(crate::trace::fd());
     close_other_fds(keep);
-    crate::trace::mark("child: forked");
+    crate::trace::mark("child: running");
 
     for mut f in plan.cgroup_procs.iter() {
         f.write_all(b"0").map_err(|cause| ChildError::Sys {
@@ -200,7 +276,7 @@ fn setup(plan: &ChildPlan, sync: &mut UnixStream) -> Result<Infallible, ChildErr
             _ => unsafe { libc::_exit(0) },
         }
     }
-    exec_process(&plan.process, sync.as_raw_fd())
+    exec_process(&plan.process, target, sync.as_raw_fd())
 }
 
 fn build_root(r: &RootPlan) -> Result<(), ChildError> {
@@ -232,9 +308,12 @@ fn build_root(r: &RootPlan) -> Result<(), ChildError> {
     Ok(())
 }
 
-fn exec_process(p: &ProcessPlan, sync_fd: RawFd) -> Result<Infallible, ChildError> {
-    // The last mark: fd 2 is the process's own from here.
-    crate::trace::mark("child: stdio, identity, exec");
+fn exec_process(
+    p: &ProcessPlan,
+    target: &ExecTarget<'_>,
+    sync_fd: RawFd,
+) -> Result<Infallible, ChildError> {
+    crate::trace::mark("child: stdio, identity");
     for (target, &fd) in p.stdio.fds.iter().enumerate() {
         // SAFETY: dup2 on fds this child owns; `fd` was kept open by
         // `close_other_fds` and `target` is 0, 1 or 2.
@@ -245,8 +324,8 @@ fn exec_process(p: &ProcessPlan, sync_fd: RawFd) -> Result<Infallible, ChildErro
             });
         }
     }
-    // Only 0-2 and the (close-on-exec) sync socket go past this point.
-    close_other_fds(vec![sync_fd]);
+    // Only 0-2 and the (close-on-exec) sync socket and trace fd go past this point.
+    close_other_fds([sync_fd].into_iter().chain(crate::trace::fd()).collect());
 
     setsid().map_err(sys("setsid"))?;
     if p.stdio.tty {
@@ -284,26 +363,9 @@ fn exec_process(p: &ProcessPlan, sync_fd: RawFd) -> Result<Infallible, ChildErro
         f.install()?;
     }
 
-    let prog = &p.args[0];
-    let bytes = prog.as_bytes();
-    let mut err = io::Error::from_raw_os_error(libc::ENOENT);
-    if bytes.contains(&b'/') {
-        err = execve(prog, &p.args, &p.env).unwrap_err().into();
-    } else {
-        for dir in &p.path {
-            let mut cand = dir.as_os_str().as_bytes().to_vec();
-            cand.push(b'/');
-            cand.extend_from_slice(bytes);
-            let Ok(cand) = CString::new(cand) else {
-                continue;
-            };
-            let e: io::Error = execve(&cand, &p.args, &p.env).unwrap_err().into();
-            // Keep looking after ENOENT/ENOTDIR; remember anything more telling.
-            if !matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) {
-                err = e;
-            }
-        }
-    }
+    crate::trace::mark("child: execve");
+    let err = target.exec();
+    let bytes = p.args.first().map(|a| a.as_bytes()).unwrap_or_default();
     Err(ChildError::Exec {
         program: OsStr::from_bytes(bytes).to_string_lossy().into_owned(),
         cause: err,

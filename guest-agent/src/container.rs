@@ -17,17 +17,18 @@ use agent_protocol::{
     CreateContainer, Event, ExecProcess, ExitInfo, ExitStatus, ProcessInfo, Rootfs,
 };
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{setns, unshare, CloneFlags};
+use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::unistd::Pid;
 
 use crate::cgroup::{Cgroup, CgroupError, CgroupManager};
-use crate::child::{self, ChildPlan, ProcessPlan, RootPlan};
+use crate::child::{ChildPlan, ProcessPlan, RootPlan};
 use crate::mounts::{self, MountError};
 use crate::process::{Proc, Reaper};
 use crate::sandbox::{self, SandboxError};
 use crate::seccomp::{self, Filter, SeccompError};
 use crate::security::{plan_caps, plan_rlimits, warn_ignored_labels, Identity};
+use crate::spawn::{spawn, PidNs, SpawnError};
 use crate::stdio::{make_stdio, StdioError};
 
 /// Container failures, each mapped to a protocol error code by the agent.
@@ -63,7 +64,7 @@ pub enum ContainerError {
     /// Standard streams could not be created.
     #[error(transparent)]
     Stdio(#[from] StdioError),
-    /// fork, socketpair, or a namespace file failed.
+    /// socketpair or a namespace file failed.
     #[error("{op} failed: {cause}")]
     Sys {
         /// Operation.
@@ -71,6 +72,9 @@ pub enum ContainerError {
         /// Cause.
         cause: io::Error,
     },
+    /// The container process could not be started.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
     /// The child reported an error before exec.
     #[error("container process setup failed: {0}")]
     Child(String),
@@ -133,49 +137,6 @@ pub struct Container {
     /// tree (proc, sysfs, tmpfs, devpts, mqueue, the masked paths' binds) before its
     /// parent is told; emulated here, that is seconds between the exit and its report.
     _mount_ns: Option<fs::File>,
-}
-
-enum PidNs {
-    Inherit,
-    New,
-    Join(OwnedFd),
-}
-
-/// Forks a child that runs `plan`, in a new or joined PID namespace if asked.
-///
-/// `unshare(CLONE_NEWPID)` and `setns(CLONE_NEWPID)` only change the PID
-/// namespace of the calling thread's future children, so they are done in a
-/// short-lived thread that then forks: the agent's other threads and later
-/// forks are unaffected, and no helper process or re-exec is needed (a
-/// fork+exec costs seconds in the emulated guest).
-fn fork_child(pid_ns: PidNs, plan: ChildPlan, sync: UnixStream) -> Result<i32, ContainerError> {
-    let inherit = matches!(pid_ns, PidNs::Inherit);
-    let go = move || -> Result<i32, ContainerError> {
-        match &pid_ns {
-            PidNs::Inherit => {}
-            PidNs::New => unshare(CloneFlags::CLONE_NEWPID)
-                .map_err(|e| sys("unshare(CLONE_NEWPID)")(e.into()))?,
-            PidNs::Join(fd) => {
-                setns(fd, CloneFlags::CLONE_NEWPID).map_err(|e| sys("setns(pid)")(e.into()))?
-            }
-        }
-        // SAFETY: the child only runs `child::run`, which uses data prepared
-        // before the fork, system calls and the allocator (made fork-safe by
-        // glibc), then execs or `_exit`s; it never returns here.
-        match unsafe { fork() }.map_err(|e| sys("fork")(e.into()))? {
-            ForkResult::Child => child::run(plan, sync),
-            // Dropping `plan` and `sync` closes the child's ends here.
-            ForkResult::Parent { child } => Ok(child.as_raw()),
-        }
-    };
-    if inherit {
-        return go();
-    }
-    std::thread::scope(|s| {
-        s.spawn(go)
-            .join()
-            .unwrap_or_else(|_| Err(ContainerError::Child("fork thread panicked".into())))
-    })
 }
 
 /// Reads the child's answer: `Ok(Some(b))` for a status byte, `Ok(None)` at
@@ -468,7 +429,7 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
             let (mut ours, theirs) = UnixStream::pair().map_err(sys("socketpair"))?;
             crate::trace::mark("create: cgroup and stdio made");
             let init = env.reaper.spawn_registered(
-                || fork_child(pid_ns, plan, theirs),
+                || spawn(pid_ns, plan, theirs, &mut ours),
                 |pid| Proc::new(pid, &id, None, agent_stdio),
             )?;
             crate::trace::mark("create: forked");
@@ -591,7 +552,7 @@ impl Container {
         };
         let (mut ours, theirs) = UnixStream::pair().map_err(sys("socketpair"))?;
         let proc = env.reaper.spawn_registered(
-            || fork_child(pid_ns, plan, theirs),
+            || spawn(pid_ns, plan, theirs, &mut ours),
             |pid| Proc::new(pid, &self.id, Some(&req.exec_id), agent_stdio),
         )?;
         read_sync(&mut ours)?;

@@ -14,6 +14,7 @@ mod sandbox;
 mod seccomp;
 mod security;
 mod server;
+mod spawn;
 mod stdio;
 mod syscalls;
 mod trace;

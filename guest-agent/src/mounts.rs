@@ -3,12 +3,14 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
 use agent_protocol::oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount};
+use nix::fcntl::{open, AtFlags, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use nix::unistd::{chdir, chown, chroot, pivot_root, Gid, Uid};
+use nix::sys::stat::{fstatat, makedev, mknod, mknodat, umask, Mode, SFlag};
+use nix::unistd::{chdir, chown, chroot, pivot_root, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
 /// Mount-related failures.
 #[derive(Debug, thiserror::Error)]
@@ -309,8 +311,6 @@ pub fn do_mount(op: &MountOp) -> Result<(), MountError> {
         if !t.exists() {
             fs::File::create(t).map_err(io_err("create", t))?;
         }
-    } else {
-        fs::create_dir_all(t).map_err(io_err("mkdir", t))?;
     }
     let flags = op.flags - MsFlags::MS_REMOUNT;
     let mut first = flags;
@@ -318,14 +318,24 @@ pub fn do_mount(op: &MountOp) -> Result<(), MountError> {
         // A bind mount ignores most flags: apply them with a remount.
         first &= MsFlags::MS_BIND | MsFlags::MS_REC;
     }
-    mount(
-        op.source.as_deref(),
-        t,
-        op.fstype.as_deref(),
-        first,
-        op.data.as_deref(),
-    )
-    .map_err(sys("mount", t))?;
+    let mount_it = || {
+        mount(
+            op.source.as_deref(),
+            t,
+            op.fstype.as_deref(),
+            first,
+            op.data.as_deref(),
+        )
+    };
+    // Mount points usually exist: try first, make the directory only when it is missing
+    // (each system call is emulated kernel work in the guest).
+    match mount_it() {
+        Err(nix::errno::Errno::ENOENT) if !src_is_file => {
+            fs::create_dir_all(t).map_err(io_err("mkdir", t))?;
+            mount_it().map_err(sys("mount", t))?;
+        }
+        r => r.map_err(sys("mount", t))?,
+    }
     if op.is_bind() && flags != first {
         let re = (flags - MsFlags::MS_REC) | MsFlags::MS_REMOUNT;
         mount(None::<&str>, t, None::<&str>, re, None::<&str>).map_err(sys("remount", t))?;
@@ -338,28 +348,66 @@ pub fn do_mount(op: &MountOp) -> Result<(), MountError> {
 }
 
 /// Creates device nodes (defaults only where `/dev` exists and is writable).
+///
+/// Nodes directly in `/dev` are made relative to one descriptor of it, with the umask
+/// cleared so that `mknod` sets the exact mode: one system call per node.
 pub fn create_devices(rootfs: &Path, ops: &[DeviceOp]) -> Result<(), MountError> {
     let dev = rootfs.join("dev");
-    if !dev.is_dir() {
-        return Ok(());
+    let dir = match open(
+        &dev,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(_) => return Ok(()),
+    };
+    let old_umask = umask(Mode::empty());
+    let made = make_nodes(&dir, &dev, ops);
+    umask(old_umask);
+    made?;
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let _ = symlinkat(target, &dir, link);
     }
+    let pts = fstatat(&dir, "pts", AtFlags::AT_SYMLINK_NOFOLLOW);
+    if pts.is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR) {
+        let ptmx = || symlinkat("pts/ptmx", &dir, "ptmx");
+        if ptmx() == Err(nix::errno::Errno::EEXIST) {
+            let _ = unlinkat(&dir, "ptmx", UnlinkatFlags::NoRemoveDir);
+            let _ = ptmx();
+        }
+    }
+    Ok(())
+}
+
+fn make_nodes(dir: &OwnedFd, dev: &Path, ops: &[DeviceOp]) -> Result<(), MountError> {
     for d in ops {
         let made = (|| {
-            if let Some(p) = d.path.parent() {
-                fs::create_dir_all(p).map_err(io_err("mkdir", p))?;
-            }
             let perm = Mode::from_bits_truncate(d.mode);
-            match mknod(&d.path, d.kind, perm, makedev(d.major, d.minor)) {
+            let devno = makedev(d.major, d.minor);
+            // A node directly in /dev (the defaults, most spec devices).
+            let name = d
+                .path
+                .strip_prefix(dev)
+                .ok()
+                .filter(|n| n.components().count() == 1);
+            let r = match name {
+                Some(n) => mknodat(dir, n, d.kind, perm, devno),
+                None => {
+                    if let Some(p) = d.path.parent() {
+                        fs::create_dir_all(p).map_err(io_err("mkdir", p))?;
+                    }
+                    mknod(&d.path, d.kind, perm, devno)
+                }
+            };
+            match r {
                 Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
                 Err(e) => return Err(sys("mknod", &d.path)(e)),
             }
-            // mknod honours the umask; set the exact mode.
-            let _ = nix::sys::stat::fchmodat(
-                nix::fcntl::AT_FDCWD,
-                &d.path,
-                perm,
-                nix::sys::stat::FchmodatFlags::FollowSymlink,
-            );
             if d.uid.is_some() || d.gid.is_some() {
                 chown(&d.path, d.uid.map(Uid::from_raw), d.gid.map(Gid::from_raw))
                     .map_err(sys("chown", &d.path))?;
@@ -369,19 +417,6 @@ pub fn create_devices(rootfs: &Path, ops: &[DeviceOp]) -> Result<(), MountError>
         if d.required {
             made?;
         }
-    }
-    for (link, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        let _ = std::os::unix::fs::symlink(target, dev.join(link));
-    }
-    if dev.join("pts").is_dir() {
-        let ptmx = dev.join("ptmx");
-        let _ = fs::remove_file(&ptmx);
-        let _ = std::os::unix::fs::symlink("pts/ptmx", ptmx);
     }
     Ok(())
 }
@@ -413,46 +448,57 @@ pub fn enter_rootfs(rootfs: &Path, no_pivot: bool) -> Result<(), MountError> {
 }
 
 /// Hides paths: /dev/null over files, an empty read-only tmpfs over dirs.
+///
+/// The bind of /dev/null is tried first: it fails with ENOENT for a missing path and
+/// ENOTDIR for a directory, which saves a `stat` per path (once /dev/null is known to
+/// exist, so that ENOENT can only mean the path).
 pub fn mask_paths(paths: &[String]) -> Result<(), MountError> {
+    let null = Path::new("/dev/null");
+    let null_ok = fs::metadata(null).is_ok_and(|m| !m.is_dir());
     for p in paths {
         let p = Path::new(p);
-        let r = match fs::metadata(p) {
-            Err(_) => continue,
-            Ok(m) if m.is_dir() => mount(
+        let tmpfs = || {
+            mount(
                 Some("tmpfs"),
                 p,
                 Some("tmpfs"),
                 MsFlags::MS_RDONLY,
                 None::<&str>,
-            ),
-            Ok(_) => mount(
-                Some("/dev/null"),
-                p,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            ),
+            )
+        };
+        let bind_null = || mount(Some(null), p, None::<&str>, MsFlags::MS_BIND, None::<&str>);
+        let r = if null_ok {
+            match bind_null() {
+                Err(nix::errno::Errno::ENOENT) => continue,
+                Err(nix::errno::Errno::ENOTDIR) => tmpfs(),
+                r => r,
+            }
+        } else {
+            match fs::metadata(p) {
+                Err(_) => continue,
+                Ok(m) if m.is_dir() => tmpfs(),
+                Ok(_) => bind_null(),
+            }
         };
         r.map_err(sys("mask", p))?;
     }
     Ok(())
 }
 
-/// Makes paths read-only.
+/// Makes paths read-only (missing ones are skipped).
 pub fn readonly_paths(paths: &[String]) -> Result<(), MountError> {
     for p in paths {
         let p = Path::new(p);
-        if !p.exists() {
-            continue;
-        }
-        mount(
+        match mount(
             Some(p),
             p,
             None::<&str>,
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
-        )
-        .map_err(sys("bind", p))?;
+        ) {
+            Err(nix::errno::Errno::ENOENT) => continue,
+            r => r.map_err(sys("bind", p))?,
+        }
         remount_ro(p)?;
     }
     Ok(())

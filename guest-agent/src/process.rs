@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use agent_protocol::{ExitInfo, ExitStatus, Stream, StreamKind};
 use nix::sys::signal::{SigSet, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 /// Errors about a process's streams.
@@ -102,7 +102,6 @@ impl Proc {
 
     /// Records the exit status (from the reaper).
     pub fn set_exit(&self, status: ExitStatus) {
-        crate::trace::mark("reaped");
         let mut st = self.lock();
         st.exit = Some(status);
         // The process can no longer read stdin: unblock the copier.
@@ -215,7 +214,7 @@ impl Reaper {
     /// Collects every exited child (registered or orphaned).
     pub fn reap(&self) {
         loop {
-            let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            let (pid, status) = match wait_any() {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
                 Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitStatus::Signal(sig as i32)),
                 Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
@@ -233,6 +232,31 @@ impl Reaper {
             }
         }
     }
+}
+
+/// `waitpid(-1, WNOHANG)`, marking each reaped child's own page faults and kernel time
+/// when tracing (the child's rusage, from `wait4`).
+fn wait_any() -> nix::Result<WaitStatus> {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 writes the status and rusage we own.
+    let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut ru) };
+    if pid < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    if pid == 0 {
+        return Ok(WaitStatus::StillAlive);
+    }
+    if crate::trace::enabled() {
+        let stime_ms = ru.ru_stime.tv_sec * 1000 + ru.ru_stime.tv_usec / 1000;
+        let utime_ms = ru.ru_utime.tv_sec * 1000 + ru.ru_utime.tv_usec / 1000;
+        crate::trace::mark(&format!(
+            "reaped {pid}: its pf={} majflt={} sys={stime_ms} ms user={utime_ms} ms",
+            ru.ru_minflt, ru.ru_majflt
+        ));
+    }
+    WaitStatus::from_raw(Pid::from_raw(pid), status)
 }
 
 /// The signals the agent handles synchronously in [`signal_loop`]. Block them

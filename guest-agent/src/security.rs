@@ -7,7 +7,6 @@ use agent_protocol::oci_spec::runtime::{
     Capability, Linux, LinuxCapabilities, PosixRlimit, PosixRlimitType, Process,
 };
 use nix::sys::resource::{setrlimit, Resource};
-use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
 
 /// Privilege changes that failed.
 #[derive(Debug, thiserror::Error)]
@@ -222,12 +221,19 @@ pub fn apply_identity(id: &Identity) -> Result<(), SecurityError> {
         }
         prctl(libc::PR_SET_KEEPCAPS, 1, 0).map_err(sys("PR_SET_KEEPCAPS"))?;
     }
-    let groups: Vec<Gid> = id.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    setgroups(&groups).map_err(sys("setgroups"))?;
-    let gid = Gid::from_raw(id.gid);
-    setresgid(gid, gid, gid).map_err(sys("setgid"))?;
-    let uid = Uid::from_raw(id.uid);
-    setresuid(uid, uid, uid).map_err(sys("setuid"))?;
+    // Raw system calls, not glibc's wrappers: the process runs in the agent's memory
+    // until it execs (see `spawn`), and glibc would apply an id change to every thread
+    // it knows of, which are the agent's.
+    let groups: &[libc::gid_t] = &id.groups;
+    // SAFETY: setgroups reads `groups.len()` gids from the slice, which outlives the call.
+    let r = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    nix::errno::Errno::result(r).map_err(sys("setgroups"))?;
+    // SAFETY: setresgid and setresuid take plain integers.
+    let r = unsafe { libc::syscall(libc::SYS_setresgid, id.gid, id.gid, id.gid) };
+    nix::errno::Errno::result(r).map_err(sys("setgid"))?;
+    // SAFETY: as above.
+    let r = unsafe { libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid) };
+    nix::errno::Errno::result(r).map_err(sys("setuid"))?;
     if let Some(caps) = &id.caps {
         capset(caps).map_err(sys("capset"))?;
         for cap in 0..64u64 {

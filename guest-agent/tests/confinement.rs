@@ -346,3 +346,41 @@ fn seccomp_denials_errno_kill_and_exec() {
     assert_eq!(e.code, ErrorCode::NotSupported);
     assert!(e.message.contains("SCMP_ACT_NOTIFY"), "{}", e.message);
 }
+
+#[test]
+fn default_devices_masked_and_read_only_paths() {
+    let agent = Agent::start();
+    let root = busybox_rootfs();
+    let cmd = "stat -c '%n %F %a %t:%T' /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty; \
+               for l in fd stdin stdout stderr ptmx; do readlink /dev/$l; done; \
+               stat -c '%n %F' /proc/timer_list /proc/keys; ls -A /sys/firmware | wc -l; \
+               umask; echo x > /proc/sys/kernel/domainname";
+    let r = run(
+        &agent,
+        &unique("devs"),
+        spec(&["sh", "-c", cmd], "h", None),
+        root.path(),
+    );
+    let want = "/dev/null character special file 666 1:3\n\
+                /dev/zero character special file 666 1:5\n\
+                /dev/full character special file 666 1:7\n\
+                /dev/random character special file 666 1:8\n\
+                /dev/urandom character special file 666 1:9\n\
+                /dev/tty character special file 666 5:0\n\
+                /proc/self/fd\n/proc/self/fd/0\n/proc/self/fd/1\n/proc/self/fd/2\npts/ptmx\n\
+                /proc/timer_list character special file\n\
+                /proc/keys character special file\n\
+                0\n\
+                0022\n";
+    assert_eq!(
+        r.out(),
+        want,
+        "stderr: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    // The exact modes come from a cleared umask during setup; the process gets the
+    // agent's back (0022 above). /proc/sys stays read-only.
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert_eq!(r.exit.status, ExitStatus::Code(1));
+}

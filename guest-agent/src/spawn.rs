@@ -1,0 +1,188 @@
+//! Starting a container process without copying the agent.
+//!
+//! `fork` copies the agent's page tables, write-protects all its memory (each page the
+//! agent or the child then writes costs a copy-on-write fault) and `execve` tears the
+//! copy down again. In a guest whose kernel code is emulated that was about a second
+//! per container. Here the process is made with `clone(CLONE_VM | CLONE_VFORK)`, as
+//! `posix_spawn` does: it runs in the agent's memory, on a stack of its own, until it
+//! execs or exits, while the thread that made it stays suspended. That thread is a
+//! short-lived one of its own, since a container's init waits for "start" before it
+//! execs, and the suspended thread's TLS is the one the child runs with.
+//!
+//! `unshare(CLONE_NEWPID)` and `setns(CLONE_NEWPID)` only change the PID namespace of
+//! the calling thread's future children, so the spawning thread does them too: the
+//! agent's other threads are unaffected.
+
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{mpsc, Arc};
+
+use nix::sched::{setns, unshare, CloneFlags};
+
+use crate::child::{self, ChildPlan, ExecTarget};
+
+/// Why a container process could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// A system call failed.
+    #[error("{op} failed: {cause}")]
+    Sys {
+        /// Operation.
+        op: &'static str,
+        /// Cause.
+        cause: io::Error,
+    },
+    /// The process died before it reported that it runs.
+    #[error("the container process died as it started")]
+    Died,
+}
+
+fn sys(op: &'static str) -> impl FnOnce(io::Error) -> SpawnError {
+    move |cause| SpawnError::Sys { op, cause }
+}
+
+/// The PID namespace of a new process.
+pub enum PidNs {
+    /// The agent's.
+    Inherit,
+    /// A new one, whose PID 1 the process is.
+    New,
+    /// An existing one (a container's, for an exec).
+    Join(OwnedFd),
+}
+
+/// Stack size of the new process until it execs.
+const CHILD_STACK: usize = 1 << 20;
+
+/// An anonymous stack mapping with a guard page below it.
+struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    fn new(size: usize) -> io::Result<ChildStack> {
+        let guard = 4096;
+        let len = size + guard;
+        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the guard page is the first page of our own mapping.
+        if unsafe { libc::mprotect(base, guard, libc::PROT_NONE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    /// The initial stack pointer (stacks grow down; the end is page-aligned).
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of our mapping, which `clone` takes as the stack top.
+        unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: unmaps our own mapping; its only user (the child) has exec'd or exited.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// What the new process reads at its start, kept alive by the suspended spawning thread.
+struct Start<'a> {
+    plan: &'a ChildPlan,
+    target: &'a ExecTarget<'a>,
+    sync: &'a UnixStream,
+}
+
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Start` that `clone_child` passed, which outlives this
+    // process's use of the shared memory (the spawning thread is suspended until we
+    // exec or exit).
+    let start = unsafe { &*arg.cast::<Start<'_>>() };
+    child::run(start.plan, start.target, start.sync)
+}
+
+/// Makes the process in the calling thread; returns once it has exec'd or exited.
+fn clone_child(plan: &ChildPlan, sync: &UnixStream, tid: &AtomicI32) -> io::Result<()> {
+    let stack = ChildStack::new(CHILD_STACK)?;
+    let target = ExecTarget::new(&plan.process);
+    let start = Start {
+        plan,
+        target: &target,
+        sync,
+    };
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD;
+    // SAFETY: the child runs `child_main` on its own stack, reads `start` (alive until
+    // clone returns, which CLONE_VFORK delays until the child execs or exits) and never
+    // returns into this frame. The kernel stores the child's pid in `tid` before the
+    // child runs.
+    let r = unsafe {
+        libc::clone(
+            child_main,
+            stack.top(),
+            flags,
+            std::ptr::from_ref(&start).cast_mut().cast(),
+            tid.as_ptr(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Starts a process that runs `plan` in `pid_ns`; `theirs` is its end of the sync
+/// socket, `ours` the agent's. Returns the process's pid (in the agent's PID
+/// namespace) as soon as it runs.
+pub fn spawn(
+    pid_ns: PidNs,
+    plan: ChildPlan,
+    theirs: UnixStream,
+    ours: &mut UnixStream,
+) -> Result<i32, SpawnError> {
+    let tid = Arc::new(AtomicI32::new(0));
+    let (failed, failure) = mpsc::channel::<SpawnError>();
+    let child_tid = tid.clone();
+    let go = move || {
+        let r = match &pid_ns {
+            PidNs::Inherit => Ok(()),
+            PidNs::New => unshare(CloneFlags::CLONE_NEWPID)
+                .map_err(|e| sys("unshare(CLONE_NEWPID)")(e.into())),
+            PidNs::Join(fd) => {
+                setns(fd, CloneFlags::CLONE_NEWPID).map_err(|e| sys("setns(pid)")(e.into()))
+            }
+        };
+        let r = r.and_then(|()| clone_child(&plan, &theirs, &child_tid).map_err(sys("clone")));
+        if let Err(e) = r {
+            let _ = failed.send(e);
+        }
+        // Dropping `plan` and `theirs` here closes the agent's copies of the child's
+        // ends (its stdio, its sync socket): the agent sees EOF once the child exec'd.
+    };
+    std::thread::Builder::new()
+        .name("spawn".into())
+        .stack_size(256 << 10)
+        .spawn(go)
+        .map_err(sys("start the spawning thread"))?;
+    let mut b = [0u8; 1];
+    match ours.read(&mut b) {
+        Ok(1) if b[0] == b'P' => Ok(tid.load(Ordering::SeqCst)),
+        Ok(_) => Err(failure.recv().unwrap_or(SpawnError::Died)),
+        Err(e) => Err(sys("read from the container process")(e)),
+    }
+}
