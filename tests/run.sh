@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite: setup (idempotent, cached), formatting and lint checks, a brief run of
-# the fuzz targets, then every test in the workspace (unit, KVM tiny-guest, CLI, agent, and
-# the e2e boots of the real kernel).
+# the fuzz targets, the template the e2e tests restore from (tests/test-template.sh), then
+# every test in the workspace (unit, KVM tiny-guest, CLI, agent, and the e2e boots of the
+# real kernel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/setup.sh)"
@@ -12,5 +13,9 @@ echo "[test] cargo clippy" >&2
 cargo clippy --workspace --all-targets -- -D warnings
 echo "[test] fuzz targets, briefly" >&2
 bash tests/fuzz-brief.sh
+echo "[test] template for the e2e tests" >&2
+# Sandboxes whose VM matches it restore from this template instead of booting cold.
+export SANDBOX_VM_TEMPLATE_DIR=${SANDBOX_VM_CACHE:-$HOME/.cache/sandbox-vm}/test-templates
+bash tests/test-template.sh
 echo "[test] cargo test" >&2
 cargo test --workspace -- --nocapture 2>&1
