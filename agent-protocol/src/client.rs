@@ -181,6 +181,12 @@ impl Client {
         }
     }
 
+    /// Before a template's snapshot: has the agent start `threads` idle workers (see
+    /// [`Request::WarmUp`]).
+    pub fn warm_up(&mut self, threads: u32) -> Result<(), ClientError> {
+        self.call_done(Request::WarmUp { threads })
+    }
+
     /// Sandbox-wide settings.
     pub fn create_sandbox(&mut self, req: CreateSandbox) -> Result<(), ClientError> {
         self.call_done(Request::CreateSandbox(req))

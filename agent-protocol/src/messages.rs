@@ -162,6 +162,14 @@ pub enum Request {
     /// (entropy + CRNG reseed, wall clock, hostname; see [`crate::clone`]). Answered with
     /// [`Response::CloneApplied`].
     CloneIdentity(crate::clone::CloneIdentity),
+    /// Before a template's snapshot: start `threads` idle worker threads with their
+    /// stacks touched, so that each clone of the template serves its first connections
+    /// and processes without starting threads (each costs about 0.2 s where the guest
+    /// kernel is emulated). Answered with [`Response::Done`] once they are idle.
+    WarmUp {
+        /// Worker threads to have idle (the agent caps it).
+        threads: u32,
+    },
     /// Syncs and powers the guest off (reboot, which the VMM treats as exit).
     Shutdown,
     /// Gives the guest the pod's network (its NICs, addresses, routes); sent once, after

@@ -100,6 +100,7 @@ fn every_message_round_trips() {
             cols: 80,
         },
         Request::SubscribeEvents,
+        Request::WarmUp { threads: 8 },
         Request::Shutdown,
     ];
     for (i, request) in requests.into_iter().enumerate() {

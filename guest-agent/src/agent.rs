@@ -53,6 +53,9 @@ pub enum AgentError {
     /// The pod network could not be configured.
     #[error("pod network: {0}")]
     Network(#[from] crate::network::NetError),
+    /// Worker threads could not be started.
+    #[error("cannot start worker threads: {0}")]
+    WarmUp(std::io::Error),
 }
 
 impl AgentError {
@@ -63,7 +66,7 @@ impl AgentError {
             AgentError::BadId(_) => ErrorCode::InvalidArgument,
             AgentError::Stream(ProcError::AlreadyAttached(_)) => ErrorCode::AlreadyExists,
             AgentError::Stream(ProcError::NotConfigured(_)) => ErrorCode::NotFound,
-            AgentError::Resize(_) => ErrorCode::Internal,
+            AgentError::Resize(_) | AgentError::WarmUp(_) => ErrorCode::Internal,
             AgentError::Share(e) | AgentError::Container(ContainerError::Disk(e)) => {
                 sandbox_code(e)
             }
@@ -245,6 +248,10 @@ impl Agent {
                     crate::network::loopback_up()?;
                 }
                 *self.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(sb);
+                Ok(Response::Done)
+            }
+            Request::WarmUp { threads } => {
+                crate::pool::warm(threads as usize).map_err(AgentError::WarmUp)?;
                 Ok(Response::Done)
             }
             Request::CloneIdentity(id) => {

@@ -122,7 +122,7 @@ pub struct ChildPlan {
     pub cgroup_procs: Vec<File>,
     /// Namespaces to join, in order.
     pub join: Vec<(OwnedFd, CloneFlags)>,
-    /// Namespaces to create (the PID namespace is set up before fork).
+    /// Namespaces to create (the PID namespace is set up by the spawning thread).
     pub unshare: CloneFlags,
     /// Root filesystem, for a container's init.
     pub root: Option<RootPlan>,

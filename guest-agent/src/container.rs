@@ -1,5 +1,5 @@
 //! Containers: turning a CreateContainer/Exec request into a [`ChildPlan`],
-//! forking the child into the right PID namespace, and the container's
+//! spawning the child into the right PID namespace, and the container's
 //! lifecycle afterwards (start, signal, processes, removal).
 
 use std::collections::HashMap;
@@ -281,20 +281,17 @@ fn spawn_monitor(proc: &Arc<Proc>, cgroup: &Arc<Cgroup>, publish: &Publish) {
     let base = cgroup.oom_kills();
     let fallback = proc.clone();
     let (proc, cgroup, publish) = (proc.clone(), cgroup.clone(), publish.clone());
-    let r = std::thread::Builder::new()
-        .stack_size(128 * 1024)
-        .spawn(move || {
-            let status = proc.wait_exited_and_drained();
-            let oom_killed =
-                status == ExitStatus::Signal(libc::SIGKILL) && cgroup.oom_kills() > base;
-            let exit = ExitInfo { status, oom_killed };
-            proc.set_final(exit);
-            publish(Event::Exit {
-                container_id: proc.container_id.clone(),
-                exec_id: proc.exec_id.clone(),
-                exit,
-            });
+    let r = crate::pool::run(move || {
+        let status = proc.wait_exited_and_drained();
+        let oom_killed = status == ExitStatus::Signal(libc::SIGKILL) && cgroup.oom_kills() > base;
+        let exit = ExitInfo { status, oom_killed };
+        proc.set_final(exit);
+        publish(Event::Exit {
+            container_id: proc.container_id.clone(),
+            exec_id: proc.exec_id.clone(),
+            exit,
         });
+    });
     if r.is_err() {
         // Without a monitor nobody would report the exit: report it as
         // unknown right away rather than hang waiters.
@@ -432,7 +429,7 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
                 || spawn(pid_ns, plan, theirs, &mut ours),
                 |pid| Proc::new(pid, &id, None, agent_stdio),
             )?;
-            crate::trace::mark("create: forked");
+            crate::trace::mark("create: spawned");
             match read_sync(&mut ours) {
                 Ok(Some(b'R')) => Ok((init, ours)),
                 Ok(_) => Err(ContainerError::Child(

@@ -9,6 +9,7 @@ mod container;
 mod mounts;
 mod network;
 mod pid1;
+mod pool;
 mod process;
 mod sandbox;
 mod seccomp;

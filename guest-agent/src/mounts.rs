@@ -276,7 +276,7 @@ pub fn plan_devices(rootfs: &Path, devices: &[LinuxDevice]) -> Result<Vec<Device
     Ok(ops)
 }
 
-// ---- Steps run by the container's init process after fork ----
+// ---- Steps run by the container's init process before it execs ----
 
 /// Sets the propagation of every mount in the (new) namespace.
 pub fn set_root_propagation(flags: MsFlags) -> Result<(), MountError> {

@@ -195,17 +195,17 @@ pub struct Reaper {
 }
 
 impl Reaper {
-    /// Runs `fork` (which starts a child and returns its pid) with the table
+    /// Runs `start` (which starts a child and returns its pid) with the table
     /// locked, then registers the process built by `make`. Holding the lock
-    /// across the fork means the reaper cannot collect the child's exit before
+    /// across the start means the reaper cannot collect the child's exit before
     /// the child is registered.
     pub fn spawn_registered<E>(
         &self,
-        fork: impl FnOnce() -> Result<i32, E>,
+        start: impl FnOnce() -> Result<i32, E>,
         make: impl FnOnce(i32) -> Proc,
     ) -> Result<Arc<Proc>, E> {
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        let pid = fork()?;
+        let pid = start()?;
         let proc = Arc::new(make(pid));
         table.insert(pid, proc.clone());
         Ok(proc)

@@ -34,10 +34,7 @@ pub fn serve(listener: Listener, agent: Arc<Agent>) -> io::Error {
             }
         };
         let agent = agent.clone();
-        if let Err(e) = std::thread::Builder::new()
-            .stack_size(256 * 1024)
-            .spawn(move || handle_conn(&agent, stream))
-        {
+        if let Err(e) = crate::pool::run(move || handle_conn(&agent, stream)) {
             return e;
         }
     }
@@ -136,12 +133,10 @@ fn control_loop(agent: &Arc<Agent>, mut reader: Stream) {
         match request {
             Request::Wait { .. } => {
                 let (agent2, writer2) = (agent.clone(), writer.clone());
-                let spawned = std::thread::Builder::new()
-                    .stack_size(128 * 1024)
-                    .spawn(move || {
-                        let (result, _) = agent2.handle(request);
-                        send(&writer2, &ServerMessage::Reply { id, result });
-                    });
+                let spawned = crate::pool::run(move || {
+                    let (result, _) = agent2.handle(request);
+                    send(&writer2, &ServerMessage::Reply { id, result });
+                });
                 if spawned.is_err() {
                     let err = ErrorReply::new(ErrorCode::Internal, "cannot start a wait thread");
                     send(

@@ -5,9 +5,9 @@
 //! copy down again. In a guest whose kernel code is emulated that was about a second
 //! per container. Here the process is made with `clone(CLONE_VM | CLONE_VFORK)`, as
 //! `posix_spawn` does: it runs in the agent's memory, on a stack of its own, until it
-//! execs or exits, while the thread that made it stays suspended. That thread is a
-//! short-lived one of its own, since a container's init waits for "start" before it
-//! execs, and the suspended thread's TLS is the one the child runs with.
+//! execs or exits, while the thread that made it stays suspended. That thread is a pool
+//! worker of its own ([`crate::pool`]), since a container's init waits for "start"
+//! before it execs, and the suspended thread's TLS is the one the child runs with.
 //!
 //! `unshare(CLONE_NEWPID)` and `setns(CLONE_NEWPID)` only change the PID namespace of
 //! the calling thread's future children, so the spawning thread does them too: the
@@ -17,7 +17,7 @@ use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 
 use nix::sched::{setns, unshare, CloneFlags};
 
@@ -146,6 +146,23 @@ fn clone_child(plan: &ChildPlan, sync: &UnixStream, tid: &AtomicI32) -> io::Resu
     Ok(())
 }
 
+/// Points the calling thread's future children at the agent's own PID namespace again
+/// (undoing `unshare`/`setns(CLONE_NEWPID)`).
+fn restore_pid_ns() -> io::Result<()> {
+    static OWN: OnceLock<Option<OwnedFd>> = OnceLock::new();
+    // The active PID namespace of every agent thread is the agent's, whatever its
+    // children's is.
+    let own = OWN.get_or_init(|| {
+        std::fs::File::open("/proc/self/ns/pid")
+            .ok()
+            .map(Into::into)
+    });
+    let fd = own
+        .as_ref()
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+    setns(fd, CloneFlags::CLONE_NEWPID).map_err(io::Error::from)
+}
+
 /// Starts a process that runs `plan` in `pid_ns`; `theirs` is its end of the sync
 /// socket, `ours` the agent's. Returns the process's pid (in the agent's PID
 /// namespace) as soon as it runs.
@@ -171,14 +188,14 @@ pub fn spawn(
         if let Err(e) = r {
             let _ = failed.send(e);
         }
+        // Back to the agent's own PID namespace for this (pooled) thread's later children.
+        if !matches!(pid_ns, PidNs::Inherit) && restore_pid_ns().is_err() {
+            crate::pool::retire_this_thread();
+        }
         // Dropping `plan` and `theirs` here closes the agent's copies of the child's
         // ends (its stdio, its sync socket): the agent sees EOF once the child exec'd.
     };
-    std::thread::Builder::new()
-        .name("spawn".into())
-        .stack_size(256 << 10)
-        .spawn(go)
-        .map_err(sys("start the spawning thread"))?;
+    crate::pool::run(go).map_err(sys("start the spawning thread"))?;
     let mut b = [0u8; 1];
     match ours.read(&mut b) {
         Ok(1) if b[0] == b'P' => Ok(tid.load(Ordering::SeqCst)),

@@ -41,7 +41,7 @@ pub struct ChildStdio {
     pub fds: [RawFd; 3],
     /// Whether fd 0 is a terminal to make the controlling terminal.
     pub tty: bool,
-    /// Keeps the fds open until the fork; closed in the parent afterwards.
+    /// Keeps the fds open until the child execs; closed in the agent afterwards.
     pub _keep: Vec<OwnedFd>,
 }
 
@@ -96,9 +96,7 @@ pub fn make_stdio(
         } else {
             // Nobody reads the terminal: drain it so the process never blocks.
             let out = dup(&pty.master)?;
-            let _ = std::thread::Builder::new()
-                .stack_size(64 * 1024)
-                .spawn(move || drain(File::from(out), None, None));
+            let _ = crate::pool::run(move || drain(File::from(out), None, None));
         }
         let s = pty.slave.as_raw_fd();
         agent.tty = Some(Arc::new(pty.master));

@@ -389,7 +389,7 @@ fn kill_group(pgid: i32) {
 }
 
 /// SIGKILLs the monitor's process group (and with it the VM and virtiofsd) and waits until
-/// the monitor is gone.
+/// all of them are gone.
 fn kill_monitor(s: &ContainerState) -> Result<(), LifecycleError> {
     let Some(pid) = s.pid else { return Ok(()) };
     if !crate::state::process_alive(pid, s.pid_start) {
@@ -397,7 +397,7 @@ fn kill_monitor(s: &ContainerState) -> Result<(), LifecycleError> {
     }
     kill_group(pid);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while crate::state::process_alive(pid, s.pid_start) {
+    while crate::state::process_alive(pid, s.pid_start) || crate::state::group_alive(pid) {
         if Instant::now() > deadline {
             return Err(LifecycleError::StuckMonitor {
                 id: s.id.clone(),

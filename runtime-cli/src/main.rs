@@ -128,11 +128,20 @@ fn code(c: i32) -> ExitCode {
     ExitCode::from(c.clamp(0, 255) as u8)
 }
 
+/// Prints a command's output. A reader that went away (`sandbox-vm state ID | head -1`)
+/// ends the output quietly, as SIGPIPE ends a C or Go tool; other write errors are errors.
 fn print(s: String) -> anyhow::Result<ExitCode> {
-    if !s.is_empty() {
-        println!("{s}");
+    use std::io::Write;
+    if s.is_empty() {
+        return Ok(ExitCode::SUCCESS);
     }
-    Ok(ExitCode::SUCCESS)
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{s}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("cannot write to stdout"))
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// `sandbox-vm run bundle/`: when the one positional argument of `run` is a directory with a

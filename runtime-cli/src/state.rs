@@ -167,6 +167,30 @@ pub fn process_alive(pid: i32, start: Option<u64>) -> bool {
     }
 }
 
+/// Whether any live (not zombie) process is in process group `pgid`: after a SIGKILL of
+/// the group, its members (the VMM, virtiofsd) may still be exiting, their files (the
+/// API socket, the share's mapping) open.
+pub fn group_alive(pgid: i32) -> bool {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .any(|pid| {
+            let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let Some(rest) = text.rfind(')').and_then(|i| text.get(i + 2..)) else {
+                return false;
+            };
+            // From field 3: state, ppid, pgrp.
+            let mut f = rest.split_whitespace();
+            let state = f.next().and_then(|s| s.chars().next());
+            let pgrp = f.nth(1).and_then(|g| g.parse::<i32>().ok());
+            pgrp == Some(pgid) && !matches!(state, Some('Z' | 'X'))
+        })
+}
+
 /// Checks a container id: it names a directory and travels to the agent.
 pub fn validate_id(id: &str) -> Result<(), StateError> {
     agent_protocol::validate_container_id(id).map_err(|e| StateError::BadId(e.0))

@@ -152,3 +152,18 @@ fn dev_kvm_without_permission() {
     assert_one_line_error(out, "no permission to open /dev/kvm");
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    // `sandbox-vm features | head -c 1`: the reader is gone before the output is written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(bin())
+        .arg("features")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?} stderr: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
+}

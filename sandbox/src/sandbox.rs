@@ -105,6 +105,9 @@ pub struct Sandbox {
 
 /// How long the VMM gets to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Idle agent threads a template starts with: a `run` uses six at once (the control,
+/// stdout and stderr connections, the wait, the spawn and the process monitor).
+const TEMPLATE_WORKERS: u32 = 8;
 
 impl Sandbox {
     /// Prepares the share, starts virtiofsd and the VMM process, and waits until the guest
@@ -237,7 +240,12 @@ impl Sandbox {
             ..cfg.clone()
         };
         let (mut sandbox, _) = Self::start(cfg, None, true)?;
-        drop(sandbox.wait_for_agent(cfg.agent_timeout)?);
+        let mut agent = sandbox.wait_for_agent(cfg.agent_timeout)?;
+        // Idle workers with their stacks in memory, for every clone (see Request::WarmUp).
+        agent
+            .warm_up(TEMPLATE_WORKERS)
+            .map_err(agent_err("cannot warm up the template's agent"))?;
+        drop(agent);
         let tmp = root.join(format!("{key}.tmp-{}", std::process::id()));
         let saved = save_snapshot(sandbox.vmm.api_sock(), &tmp);
         sandbox.stop()?;

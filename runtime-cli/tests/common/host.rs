@@ -13,8 +13,8 @@ pub struct Footprint {
     pub state_dirs: usize,
     /// Memory cgroups of jails (`sandbox-vm/*`), host-wide.
     pub cgroups: usize,
-    /// Unix sockets under the root (from /proc/net/unix).
-    pub sockets: usize,
+    /// Unix sockets under the root (their paths, from /proc/net/unix).
+    pub sockets: Vec<String>,
 }
 
 fn count_dirs(p: &Path) -> usize {
@@ -44,8 +44,9 @@ pub fn footprint(root: &Path) -> Footprint {
     let sockets = std::fs::read_to_string("/proc/net/unix")
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.contains(&needle))
-        .count();
+        .filter_map(|l| l.split_whitespace().nth(7).filter(|p| p.contains(&needle)))
+        .map(str::to_string)
+        .collect();
     Footprint {
         processes,
         mounts,
