@@ -165,7 +165,8 @@ pub enum Request {
     /// Before a template's snapshot: start `threads` idle worker threads with their
     /// stacks touched, so that each clone of the template serves its first connections
     /// and processes without starting threads (each costs about 0.2 s where the guest
-    /// kernel is emulated). Answered with [`Response::Done`] once they are idle.
+    /// kernel is emulated), and prepare the parent of containers' cgroups. Answered with
+    /// [`Response::Done`] once done.
     WarmUp {
         /// Worker threads to have idle (the agent caps it).
         threads: u32,

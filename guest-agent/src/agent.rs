@@ -251,6 +251,7 @@ impl Agent {
                 Ok(Response::Done)
             }
             Request::WarmUp { threads } => {
+                self.cgroups.prepare();
                 crate::pool::warm(threads as usize).map_err(AgentError::WarmUp)?;
                 Ok(Response::Done)
             }

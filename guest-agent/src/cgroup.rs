@@ -5,9 +5,11 @@
 //! relative one, or the default `sandbox-vm/<id>`, is placed under the
 //! agent's own cgroup (the root in the guest; the test's cgroup on a host).
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use agent_protocol::oci_spec::runtime::LinuxResources;
@@ -74,9 +76,13 @@ struct Hier {
 }
 
 /// The cgroup hierarchies available to the agent.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct CgroupManager {
     hiers: Vec<Hier>,
+    /// v2 ancestors whose children already have the controllers enabled (by this agent):
+    /// each check and write is several emulated system calls, and a template's agent
+    /// prepares the default parent before its snapshot ([`CgroupManager::prepare`]).
+    prepared: Mutex<HashSet<PathBuf>>,
 }
 
 /// Parses /proc/self/mountinfo into (mount point, fstype, super options).
@@ -133,6 +139,7 @@ impl CgroupManager {
                     mount: m.clone(),
                     own: own_path(sc, ""),
                 }],
+                prepared: Mutex::default(),
             };
         }
         let hiers = Ctrl::V1
@@ -149,7 +156,10 @@ impl CgroupManager {
                 })
             })
             .collect();
-        CgroupManager { hiers }
+        CgroupManager {
+            hiers,
+            prepared: Mutex::default(),
+        }
     }
 
     /// True for cgroup v2.
@@ -161,6 +171,19 @@ impl CgroupManager {
         self.hiers
             .iter()
             .any(|h| h.ctrl == ctrl || h.ctrl == Ctrl::Unified)
+    }
+
+    /// Prepares the parent of containers' default cgroups (`sandbox-vm/` under the
+    /// agent's own): it exists and hands its children the controllers, so creating a
+    /// container's cgroup is one `mkdir`. A template's agent does this before its
+    /// snapshot.
+    pub fn prepare(&self) {
+        let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        for h in self.hiers.iter().filter(|h| h.ctrl == Ctrl::Unified) {
+            let leaf = format!("{}/sandbox-vm/x", h.own.trim_end_matches('/'));
+            let dir = h.mount.join(leaf.trim_start_matches('/'));
+            enable_v2_controllers(&h.mount, &dir, &mut prepared);
+        }
     }
 
     /// Creates the container's cgroup and applies the spec's limits.
@@ -185,7 +208,8 @@ impl CgroupManager {
             };
             let dir = h.mount.join(full.trim_start_matches('/'));
             if h.ctrl == Ctrl::Unified {
-                enable_v2_controllers(&h.mount, &dir);
+                let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+                enable_v2_controllers(&h.mount, &dir, &mut prepared);
             }
             fs::create_dir_all(&dir).map_err(|cause| CgroupError::Create {
                 path: dir.clone(),
@@ -293,25 +317,34 @@ impl CgroupManager {
     }
 }
 
-/// Enables memory/cpu/pids for the children of every ancestor of `dir`
-/// (best effort: a controller missing here shows up when a limit is written).
-fn enable_v2_controllers(mount: &Path, dir: &Path) {
+/// Enables memory/cpu/pids for the children of every ancestor of `dir` and creates the
+/// ancestors (best effort: a controller missing here shows up when a limit is written).
+/// Ancestors in `prepared` were done before and are skipped; done ones are added.
+fn enable_v2_controllers(mount: &Path, dir: &Path, prepared: &mut HashSet<PathBuf>) {
     let Ok(rel) = dir.strip_prefix(mount) else {
         return;
     };
     let mut cur = mount.to_path_buf();
-    for comp in rel.components() {
-        let avail = fs::read_to_string(cur.join("cgroup.controllers")).unwrap_or_default();
-        let want: Vec<String> = ["memory", "cpu", "pids"]
-            .iter()
-            .filter(|c| avail.split_whitespace().any(|a| a == **c))
-            .map(|c| format!("+{c}"))
-            .collect();
-        if !want.is_empty() {
-            let _ = fs::write(cur.join("cgroup.subtree_control"), want.join(" "));
+    let mut comps = rel.components().peekable();
+    while let Some(comp) = comps.next() {
+        if !prepared.contains(&cur) {
+            let avail = fs::read_to_string(cur.join("cgroup.controllers")).unwrap_or_default();
+            let want: Vec<String> = ["memory", "cpu", "pids"]
+                .iter()
+                .filter(|c| avail.split_whitespace().any(|a| a == **c))
+                .map(|c| format!("+{c}"))
+                .collect();
+            if want.is_empty()
+                || fs::write(cur.join("cgroup.subtree_control"), want.join(" ")).is_ok()
+            {
+                prepared.insert(cur.clone());
+            }
         }
         cur.push(comp);
-        let _ = fs::create_dir(&cur);
+        // The leaf is the caller's to create (and its error to report).
+        if comps.peek().is_some() && !prepared.contains(&cur) {
+            let _ = fs::create_dir(&cur);
+        }
     }
 }
 
@@ -492,5 +525,31 @@ mod tests {
         fs::write(&d, "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n").unwrap();
         assert_eq!(keyed(&d, "oom_kill"), Some(3));
         fs::remove_file(d).unwrap();
+    }
+
+    #[test]
+    fn v2_ancestors_are_prepared_once() {
+        let mount = std::env::temp_dir().join(format!("svm-cg-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&mount);
+        fs::create_dir_all(&mount).unwrap();
+        fs::write(mount.join("cgroup.controllers"), "cpuset cpu memory pids\n").unwrap();
+        let mut prepared = HashSet::new();
+        let leaf = mount.join("sandbox-vm/c1");
+        enable_v2_controllers(&mount, &leaf, &mut prepared);
+        assert_eq!(
+            fs::read_to_string(mount.join("cgroup.subtree_control")).unwrap(),
+            "+memory +cpu +pids"
+        );
+        assert!(mount.join("sandbox-vm").is_dir());
+        assert!(!leaf.exists(), "the leaf is the caller's");
+        assert!(prepared.contains(&mount));
+        // (A real cgroup dir would list its controllers; this one lists none, so
+        // there is nothing to enable below it, and it counts as prepared too.)
+        assert!(prepared.contains(&mount.join("sandbox-vm")));
+        // Prepared ancestors are not touched again.
+        fs::remove_file(mount.join("cgroup.subtree_control")).unwrap();
+        enable_v2_controllers(&mount, &mount.join("sandbox-vm/c2"), &mut prepared);
+        assert!(!mount.join("cgroup.subtree_control").exists());
+        fs::remove_dir_all(&mount).unwrap();
     }
 }
