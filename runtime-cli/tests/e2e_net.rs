@@ -23,11 +23,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn scratch(name: &str) -> PathBuf {
+/// A scratch directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("svm-e2e-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
 }
 
 fn ok(out: Output, what: &str) -> String {
@@ -322,7 +338,8 @@ fn oci_container_in_a_pod_netns_reaches_its_gateway_and_delete_cleans_up_after_a
 /// A busybox image with `ip`, `wget`, `httpd` and `/www/index.html`, imported into podman.
 struct Image {
     tag: String,
-    dir: PathBuf,
+    /// Removed when the image is dropped.
+    dir: Scratch,
 }
 
 impl Image {
@@ -353,7 +370,6 @@ impl Drop for Image {
         let _ = Command::new("podman")
             .args(["rmi", "-f", &self.tag])
             .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

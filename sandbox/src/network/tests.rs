@@ -129,10 +129,28 @@ impl Drop for TestNets {
     }
 }
 
-fn state_file(tag: &str) -> PathBuf {
+/// The network state file of a test, in a directory of its own that goes when dropped.
+struct StateFile(PathBuf);
+
+impl std::ops::Deref for StateFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for StateFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn state_file(tag: &str) -> StateFile {
     let dir = std::env::temp_dir().join(format!("svm-net-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join(STATE_FILE)
+    StateFile(dir.join(STATE_FILE))
 }
 
 /// Opens a tap the way the VMM does (with a virtio-net header), non-blocking.
