@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use agent_protocol::oci_spec::runtime::{
-    LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
 };
 use agent_protocol::{Event, ExitStatus, StdioConfig, StreamKind};
 use common::*;
@@ -470,4 +470,49 @@ fn background_child_holding_stdout_does_not_block_exit() {
     assert!(t.elapsed() < Duration::from_secs(20));
     assert_eq!(out.join().unwrap(), b"started\n");
     c.remove_container(&id, true).unwrap();
+}
+
+#[test]
+fn a_container_without_a_pid_namespace_gets_the_agents_after_ones_with() {
+    // New PID namespaces are made by the (pooled) thread that starts the process; that
+    // thread must hand its later children the agent's namespace again.
+    let agent = Agent::start();
+    let root = busybox_rootfs();
+    let agent_ns = std::fs::read_link(format!("/proc/{}/ns/pid", agent.child.id())).unwrap();
+    let mut no_pid_ns = spec(&["busybox", "readlink", "/proc/self/ns/pid"], "h", None);
+    let mut linux = no_pid_ns.linux().clone().unwrap();
+    let ns: Vec<_> = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.typ() != LinuxNamespaceType::Pid)
+        .collect();
+    linux.set_namespaces(Some(ns));
+    no_pid_ns.set_linux(Some(linux));
+    for i in 0..3 {
+        let own = run(
+            &agent,
+            &unique(&format!("pidns-{i}")),
+            spec(&["busybox", "readlink", "/proc/self/ns/pid"], "h", None),
+            root.path(),
+        );
+        assert_ne!(
+            own.out().trim(),
+            agent_ns.to_string_lossy(),
+            "own PID namespace"
+        );
+        let shared = run(
+            &agent,
+            &unique(&format!("nopidns-{i}")),
+            no_pid_ns.clone(),
+            root.path(),
+        );
+        assert_eq!(
+            shared.out().trim(),
+            agent_ns.to_string_lossy(),
+            "round {i}: stderr {}",
+            String::from_utf8_lossy(&shared.stderr)
+        );
+    }
 }
