@@ -289,6 +289,7 @@ fn build_root(r: &RootPlan) -> Result<(), ChildError> {
     mounts::create_devices(&r.rootfs, &r.devices)?;
     crate::trace::mark("child: devices made");
     mounts::enter_rootfs(&r.rootfs, r.no_pivot)?;
+    crate::trace::mark("child: root entered");
     for (k, v) in &r.sysctl {
         let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
         std::fs::write(&p, v).map_err(|cause| ChildError::Sys {
@@ -297,7 +298,9 @@ fn build_root(r: &RootPlan) -> Result<(), ChildError> {
         })?;
     }
     mounts::mask_paths(&r.masked)?;
+    crate::trace::mark("child: paths masked");
     mounts::readonly_paths(&r.readonly)?;
+    crate::trace::mark("child: paths read-only");
     if r.root_readonly {
         mounts::remount_ro(std::path::Path::new("/"))?;
     }
