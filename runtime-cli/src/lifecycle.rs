@@ -389,15 +389,18 @@ fn kill_group(pgid: i32) {
 }
 
 /// SIGKILLs the monitor's process group (and with it the VM and virtiofsd) and waits until
-/// all of them are gone.
-fn kill_monitor(s: &ContainerState) -> Result<(), LifecycleError> {
+/// all of them are gone, their sockets under `dir` closed.
+fn kill_monitor(s: &ContainerState, dir: &Path) -> Result<(), LifecycleError> {
     let Some(pid) = s.pid else { return Ok(()) };
     if !crate::state::process_alive(pid, s.pid_start) {
         return Ok(());
     }
     kill_group(pid);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while crate::state::process_alive(pid, s.pid_start) || crate::state::group_alive(pid) {
+    while crate::state::process_alive(pid, s.pid_start)
+        || crate::state::group_alive(pid)
+        || crate::state::sockets_open_under(dir)
+    {
         if Instant::now() > deadline {
             return Err(LifecycleError::StuckMonitor {
                 id: s.id.clone(),
@@ -431,7 +434,7 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), LifecycleError
     };
     match s.effective_status() {
         Status::Stopped => {}
-        Status::Created => kill_monitor(&s)?,
+        Status::Created => kill_monitor(&s, &store.dir(id))?,
         status @ (Status::Running | Status::Creating | Status::Paused) => {
             if !force {
                 return Err(LifecycleError::WrongState {
@@ -440,7 +443,7 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), LifecycleError
                     what: "stop it first or use delete --force",
                 });
             }
-            kill_monitor(&s)?;
+            kill_monitor(&s, &store.dir(id))?;
         }
     }
     remove_dir(store, id)

@@ -191,6 +191,18 @@ pub fn group_alive(pgid: i32) -> bool {
         })
 }
 
+/// Whether a Unix socket bound under `dir` is still open somewhere: a killed VMM or
+/// virtiofsd may still be exiting (a jailed VMM's inner process dies with its parent,
+/// after it), its sockets with it.
+pub fn sockets_open_under(dir: &Path) -> bool {
+    let prefix = format!("{}/", dir.display());
+    fs::read_to_string("/proc/net/unix")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(7))
+        .any(|p| p.starts_with(&prefix))
+}
+
 /// Checks a container id: it names a directory and travels to the agent.
 pub fn validate_id(id: &str) -> Result<(), StateError> {
     agent_protocol::validate_container_id(id).map_err(|e| StateError::BadId(e.0))

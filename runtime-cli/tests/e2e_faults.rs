@@ -127,7 +127,16 @@ impl Env {
         );
         assert_eq!(left.mounts, 0, "mounts left");
         assert_eq!(left.state_dirs, 0, "state directories left");
-        assert!(left.sockets.is_empty(), "sockets left: {:?}", left.sockets);
+        if !left.sockets.is_empty() {
+            // Who holds them (ss shows the owning processes), for the failure message.
+            let ss = Command::new("ss").args(["-xap"]).output().unwrap();
+            let ss = String::from_utf8_lossy(&ss.stdout);
+            let holders: Vec<&str> = ss
+                .lines()
+                .filter(|l| left.sockets.iter().any(|s| l.contains(s.as_str())))
+                .collect();
+            panic!("sockets left: {:?}; ss: {holders:?}", left.sockets);
+        }
         let jail = self.root.join(id).join(sandbox::jail::DIR_NAME);
         let cg = sandbox::jail::cgroup_name(&jail);
         assert!(
