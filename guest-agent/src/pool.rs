@@ -144,8 +144,10 @@ pub fn warm(n: usize) -> io::Result<()> {
     let (open, cv) = &*gate;
     *open.lock().unwrap_or_else(|e| e.into_inner()) = true;
     cv.notify_all();
-    // Until each is back waiting for work.
-    while idle() < n {
+    // Until each is back waiting for work (a job that came in meanwhile may hold one: the
+    // wait is bounded, and warming is only a speed-up).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while idle() < n && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     Ok(())
