@@ -142,29 +142,41 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// `(state char, start time)` of a process from `/proc/PID/stat`.
-fn proc_stat(pid: i32) -> Option<(char, u64)> {
+/// What `/proc/PID/stat` says of a process.
+struct ProcStat {
+    state: char,
+    pgrp: i32,
+    start: u64,
+}
+
+impl ProcStat {
+    /// Neither a zombie nor dead.
+    fn live(&self) -> bool {
+        self.state != 'Z' && self.state != 'X'
+    }
+}
+
+fn proc_stat(pid: i32) -> Option<ProcStat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain anything, so split after its closing parenthesis.
-    let rest = &text[text.rfind(')')? + 2..];
+    let rest = text.get(text.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state); start time is field 22.
-    let state = fields.first()?.chars().next()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
+    // `rest` starts at field 3 (state); pgrp is field 5, start time field 22.
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
 }
 
 /// Start time of a live process, to record next to its pid.
 pub fn process_start_time(pid: i32) -> Option<u64> {
-    proc_stat(pid).map(|(_, s)| s)
+    proc_stat(pid).map(|p| p.start)
 }
 
 /// Whether `pid` is a live (not zombie) process started at `start` (if known).
 pub fn process_alive(pid: i32, start: Option<u64>) -> bool {
-    match proc_stat(pid) {
-        Some((state, s)) => state != 'Z' && state != 'X' && start.is_none_or(|want| want == s),
-        None => false,
-    }
+    proc_stat(pid).is_some_and(|p| p.live() && start.is_none_or(|want| want == p.start))
 }
 
 /// Whether any live (not zombie) process is in process group `pgid`: after a SIGKILL of
@@ -176,19 +188,8 @@ pub fn group_alive(pgid: i32) -> bool {
     };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .any(|pid| {
-            let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            let Some(rest) = text.rfind(')').and_then(|i| text.get(i + 2..)) else {
-                return false;
-            };
-            // From field 3: state, ppid, pgrp.
-            let mut f = rest.split_whitespace();
-            let state = f.next().and_then(|s| s.chars().next());
-            let pgrp = f.nth(1).and_then(|g| g.parse::<i32>().ok());
-            pgrp == Some(pgid) && !matches!(state, Some('Z' | 'X'))
-        })
+        .filter_map(proc_stat)
+        .any(|p| p.pgrp == pgid && p.live())
 }
 
 /// Whether a Unix socket bound under `dir` is still open somewhere: a killed VMM or
@@ -344,6 +345,17 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_process_group_is_alive_and_an_unused_one_is_not() {
+        let me = std::process::id() as i32;
+        let pgrp = nix::unistd::getpgrp().as_raw();
+        assert_eq!(proc_stat(me).unwrap().pgrp, pgrp);
+        assert!(process_alive(me, process_start_time(me)));
+        assert!(group_alive(pgrp));
+        // Pids above the kernel's maximum are never process groups.
+        assert!(!group_alive(i32::MAX));
+    }
 
     pub(crate) fn sample(id: &str, pid: Option<i32>) -> ContainerState {
         ContainerState {
