@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use oci_spec::runtime::Process;
+use oci_spec::runtime::{Process, Spec};
 
 use crate::frame::{read_frame, write_frame, FrameError};
 use crate::messages::{
@@ -185,6 +185,12 @@ impl Client {
     /// [`Request::WarmUp`]).
     pub fn warm_up(&mut self, threads: u32) -> Result<(), ClientError> {
         self.call_done(Request::WarmUp { threads })
+    }
+
+    /// Before a template's snapshot: has the agent make a container init for `spec`
+    /// ahead of time (see [`Request::PrepareInit`]).
+    pub fn prepare_init(&mut self, spec: Spec) -> Result<(), ClientError> {
+        self.call_done(Request::PrepareInit(Box::new(spec)))
     }
 
     /// Sandbox-wide settings.

@@ -171,6 +171,15 @@ pub enum Request {
         /// Worker threads to have idle (the agent caps it).
         threads: u32,
     },
+    /// Before a template's snapshot: make the init process of a container with this spec
+    /// ahead of time, in its new namespaces and with the kernel filesystems the spec
+    /// mounts first (proc, sysfs, `/dev` with its devices, devpts, mqueue, tmpfs) and its
+    /// masked and read-only paths, staged outside any root filesystem. The next
+    /// [`Request::CreateContainer`] whose spec asks for the same takes that process over,
+    /// moves the staged mounts into its rootfs and does only the rest; any other spec is
+    /// created as usual. The spec's process and rootfs do not matter. Answered with
+    /// [`Response::Done`] once the process is ready.
+    PrepareInit(Box<Spec>),
     /// Syncs and powers the guest off (reboot, which the VMM treats as exit).
     Shutdown,
     /// Gives the guest the pod's network (its NICs, addresses, routes); sent once, after

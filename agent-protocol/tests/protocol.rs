@@ -101,6 +101,7 @@ fn every_message_round_trips() {
         },
         Request::SubscribeEvents,
         Request::WarmUp { threads: 8 },
+        Request::PrepareInit(Box::default()),
         Request::Shutdown,
     ];
     for (i, request) in requests.into_iter().enumerate() {

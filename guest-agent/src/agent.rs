@@ -13,6 +13,7 @@ use agent_protocol::{
 
 use crate::cgroup::CgroupManager;
 use crate::container::{self, Container, ContainerError, Env, Publish};
+use crate::prepared::Prepared;
 use crate::process::{Proc, ProcError, Reaper};
 use crate::sandbox::{self, SandboxError};
 use crate::seccomp::SeccompError;
@@ -162,6 +163,8 @@ pub struct Agent {
     sandbox: Mutex<Option<CreateSandbox>>,
     /// virtio-fs shares mounted so far.
     shares: Mutex<Vec<ShareMount>>,
+    /// A container init made ahead of time (see [`crate::prepared`]).
+    prepared: Mutex<Option<Prepared>>,
 }
 
 impl Agent {
@@ -176,6 +179,7 @@ impl Agent {
             events: Arc::default(),
             sandbox: Mutex::default(),
             shares: Mutex::default(),
+            prepared: Mutex::default(),
         }
     }
 
@@ -189,6 +193,7 @@ impl Agent {
             state_dir: &self.cfg.state_dir,
             sys_block: &self.cfg.sys_block,
             no_pivot: self.cfg.no_pivot,
+            prepared: &self.prepared,
         }
     }
 
@@ -253,6 +258,23 @@ impl Agent {
             Request::WarmUp { threads } => {
                 self.cgroups.prepare();
                 crate::pool::warm(threads as usize).map_err(AgentError::WarmUp)?;
+                Ok(Response::Done)
+            }
+            Request::PrepareInit(spec) => {
+                let mut slot = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+                if slot.is_some() {
+                    return Err(ContainerError::State(
+                        "a container init is prepared already".into(),
+                    )
+                    .into());
+                }
+                *slot = Some(crate::prepared::prepare(
+                    &self.reaper,
+                    &spec,
+                    &self.cfg.state_dir,
+                    self.cgroups.is_v2(),
+                    self.cfg.pid1,
+                )?);
                 Ok(Response::Done)
             }
             Request::CloneIdentity(id) => {

@@ -18,7 +18,6 @@ use std::convert::Infallible;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
@@ -134,19 +133,36 @@ pub struct ChildPlan {
 
 /// What `execve` gets, built before the child starts (the child must not leave
 /// allocations behind in the agent's memory): the paths to try, in order, and the
-/// NULL-terminated argv and envp arrays, pointing into the plan's strings.
-pub struct ExecTarget<'a> {
+/// NULL-terminated argv and envp arrays, pointing into the target's own copies of the
+/// plan's strings (their heap buffers stay put when the target moves).
+pub struct ExecTarget {
     candidates: Vec<CString>,
     searched: bool,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
-    _strings: PhantomData<&'a ProcessPlan>,
+    _args: Vec<CString>,
+    _env: Vec<CString>,
 }
 
-impl<'a> ExecTarget<'a> {
+impl std::fmt::Debug for ExecTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecTarget")
+            .field("candidates", &self.candidates)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: the raw pointers point only into the target's own strings, which are never
+// changed or freed while it exists; sharing or moving it between threads is as safe as
+// sharing those strings.
+unsafe impl Send for ExecTarget {}
+// SAFETY: as above; the target is never mutated after `new`.
+unsafe impl Sync for ExecTarget {}
+
+impl ExecTarget {
     /// The target of `p`: argv\[0\] itself if it holds a `/`, else argv\[0\] in each
     /// directory of `p.path`.
-    pub fn new(p: &'a ProcessPlan) -> ExecTarget<'a> {
+    pub fn new(p: &ProcessPlan) -> ExecTarget {
         let prog = p.args.first().map(|a| a.as_bytes()).unwrap_or_default();
         let searched = !prog.contains(&b'/');
         let candidates = if searched {
@@ -168,12 +184,14 @@ impl<'a> ExecTarget<'a> {
                 .chain(std::iter::once(std::ptr::null()))
                 .collect()
         };
+        let (args, env) = (p.args.clone(), p.env.clone());
         ExecTarget {
             candidates,
             searched,
-            argv: pointers(&p.args),
-            envp: pointers(&p.env),
-            _strings: PhantomData,
+            argv: pointers(&args),
+            envp: pointers(&env),
+            _args: args,
+            _env: env,
         }
     }
 
@@ -183,7 +201,7 @@ impl<'a> ExecTarget<'a> {
         let mut err = io::Error::from_raw_os_error(libc::ENOENT);
         for cand in &self.candidates {
             // SAFETY: a NUL-terminated path and NULL-terminated arrays of NUL-terminated
-            // strings, all owned by the plan and this target, which outlive the call.
+            // strings, all owned by this target, which outlives the call.
             unsafe { libc::execve(cand.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
             let e = io::Error::last_os_error();
             if !self.searched || !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) {
@@ -196,10 +214,19 @@ impl<'a> ExecTarget<'a> {
 
 /// Runs in the new process; never returns. Everything it allocated is freed again
 /// before it exits.
-pub fn run(plan: &ChildPlan, target: &ExecTarget<'_>, sync: &UnixStream) -> ! {
+pub fn run(plan: &ChildPlan, target: &ExecTarget, sync: &UnixStream) -> ! {
+    run_with(sync, |sync| setup(plan, target, sync))
+}
+
+/// Sends `P`, runs `setup`, which execs or fails, and reports its failure as
+/// `E<message>`; never returns.
+pub(crate) fn run_with(
+    sync: &UnixStream,
+    setup: impl FnOnce(&mut &UnixStream) -> Result<Infallible, ChildError>,
+) -> ! {
     let mut sync = sync;
     if sync.write_all(b"P").is_ok() {
-        let Err(e) = setup(plan, target, &mut sync);
+        let Err(e) = setup(&mut sync);
         let mut msg = b"E".to_vec();
         msg.extend_from_slice(e.to_string().as_bytes());
         let _ = sync.write_all(&msg);
@@ -213,7 +240,7 @@ pub fn run(plan: &ChildPlan, target: &ExecTarget<'_>, sync: &UnixStream) -> ! {
 
 /// Closes every fd except 0-2 and `keep`, so that fds another thread opened
 /// for another child do not leak into this one.
-fn close_other_fds(mut keep: Vec<RawFd>) {
+pub(crate) fn close_other_fds(mut keep: Vec<RawFd>) {
     keep.retain(|&fd| fd > 2);
     keep.sort_unstable();
     keep.dedup();
@@ -236,7 +263,7 @@ fn close_range(first: libc::c_uint, last: libc::c_uint) {
 
 fn setup(
     plan: &ChildPlan,
-    target: &ExecTarget<'_>,
+    target: &ExecTarget,
     sync: &mut &UnixStream,
 ) -> Result<Infallible, ChildError> {
     let mut keep: Vec<RawFd> = plan.process.stdio.fds.to_vec();
@@ -264,19 +291,33 @@ fn setup(
         build_root(root)?;
     }
     if plan.wait_for_start {
-        sync.write_all(b"R").map_err(|cause| ChildError::Sys {
-            op: "report ready",
-            cause,
-        })?;
-        let mut b = [0u8; 1];
-        match sync.read(&mut b) {
-            Ok(1) if b[0] == b'S' => crate::trace::mark("child: started"),
-            // The agent dropped the container before starting it.
-            // SAFETY: see `run`.
-            _ => unsafe { libc::_exit(0) },
-        }
+        wait_for_start(sync)?;
     }
-    exec_process(&plan.process, target, sync.as_raw_fd())
+    exec_process(
+        &plan.process,
+        target,
+        plan.process.stdio.fds,
+        sync.as_raw_fd(),
+    )
+}
+
+/// A container's init: reports `R` (its filesystem is ready) and waits for `S`; exits
+/// quietly if the agent drops the container instead.
+pub(crate) fn wait_for_start(sync: &mut &UnixStream) -> Result<(), ChildError> {
+    sync.write_all(b"R").map_err(|cause| ChildError::Sys {
+        op: "report ready",
+        cause,
+    })?;
+    let mut b = [0u8; 1];
+    match sync.read(&mut b) {
+        Ok(1) if b[0] == b'S' => {
+            crate::trace::mark("child: started");
+            Ok(())
+        }
+        // The agent dropped the container before starting it.
+        // SAFETY: see `run`.
+        _ => unsafe { libc::_exit(0) },
+    }
 }
 
 fn build_root(r: &RootPlan) -> Result<(), ChildError> {
@@ -297,27 +338,36 @@ fn build_root(r: &RootPlan) -> Result<(), ChildError> {
             cause,
         })?;
     }
-    mounts::mask_paths(&r.masked)?;
+    let root = std::path::Path::new("/");
+    mounts::mask_paths(root, &r.masked)?;
     crate::trace::mark("child: paths masked");
-    mounts::readonly_paths(&r.readonly)?;
+    mounts::readonly_paths(root, &r.readonly)?;
     crate::trace::mark("child: paths read-only");
-    if r.root_readonly {
+    finish_root(r.root_readonly, r.hostname.as_deref())
+}
+
+/// The last steps in the container's root: `/` read-only if asked, the hostname.
+pub(crate) fn finish_root(root_readonly: bool, hostname: Option<&str>) -> Result<(), ChildError> {
+    if root_readonly {
         mounts::remount_ro(std::path::Path::new("/"))?;
     }
-    if let Some(h) = &r.hostname {
+    if let Some(h) = hostname {
         sethostname(h).map_err(sys("sethostname"))?;
     }
     crate::trace::mark("child: root built (masked, read-only paths)");
     Ok(())
 }
 
-fn exec_process(
+/// Makes `stdio` (fds of this process) its 0, 1 and 2, drops everything else, takes the
+/// process's identity and execs it.
+pub(crate) fn exec_process(
     p: &ProcessPlan,
-    target: &ExecTarget<'_>,
+    target: &ExecTarget,
+    stdio: [RawFd; 3],
     sync_fd: RawFd,
 ) -> Result<Infallible, ChildError> {
     crate::trace::mark("child: stdio, identity");
-    for (target, &fd) in p.stdio.fds.iter().enumerate() {
+    for (target, &fd) in stdio.iter().enumerate() {
         // SAFETY: dup2 on fds this child owns; `fd` was kept open by
         // `close_other_fds` and `target` is 0, 1 or 2.
         if unsafe { libc::dup2(fd, target as RawFd) } < 0 {

@@ -24,11 +24,12 @@ use nix::unistd::Pid;
 use crate::cgroup::{Cgroup, CgroupError, CgroupManager};
 use crate::child::{ChildPlan, ProcessPlan, RootPlan};
 use crate::mounts::{self, MountError};
+use crate::prepared::{self, Claim, Prepared, Skeleton};
 use crate::process::{Proc, Reaper};
 use crate::sandbox::{self, SandboxError};
 use crate::seccomp::{self, Filter, SeccompError};
 use crate::security::{plan_caps, plan_rlimits, warn_ignored_labels, Identity};
-use crate::spawn::{spawn, PidNs, SpawnError};
+use crate::spawn::{spawn, Job, PidNs, SpawnError};
 use crate::stdio::{make_stdio, StdioError};
 
 /// Container failures, each mapped to a protocol error code by the agent.
@@ -101,6 +102,8 @@ pub struct Env<'a> {
     pub sys_block: &'a Path,
     /// Use MS_MOVE + chroot instead of pivot_root.
     pub no_pivot: bool,
+    /// A container init made ahead of time, if any (see [`crate::prepared`]).
+    pub prepared: &'a Mutex<Option<Prepared>>,
 }
 
 /// Namespaces a container can have, with their /proc/PID/ns names. Order
@@ -116,6 +119,14 @@ const NAMESPACES: [(LinuxNamespaceType, CloneFlags, &str); 5] = [
     ),
     (LinuxNamespaceType::Mount, CloneFlags::CLONE_NEWNS, "mnt"),
 ];
+
+/// The clone flag of a namespace type the agent supports (PID aside).
+pub(crate) fn namespace_flag(t: LinuxNamespaceType) -> Option<CloneFlags> {
+    NAMESPACES
+        .iter()
+        .find(|(typ, _, _)| *typ == t)
+        .map(|&(_, flag, _)| flag)
+}
 
 /// A container.
 pub struct Container {
@@ -141,7 +152,7 @@ pub struct Container {
 
 /// Reads the child's answer: `Ok(Some(b))` for a status byte, `Ok(None)` at
 /// EOF (exec happened or the child died), `Err` with the child's message.
-fn read_sync(s: &mut UnixStream) -> Result<Option<u8>, ContainerError> {
+pub(crate) fn read_sync(s: &mut UnixStream) -> Result<Option<u8>, ContainerError> {
     let mut b = [0u8; 1];
     match s.read(&mut b) {
         Ok(0) => Ok(None),
@@ -399,6 +410,27 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
         let made = (|| {
             let terminal = process.terminal().unwrap_or(false);
             let (child_stdio, agent_stdio) = make_stdio(stdio, terminal, console_size(process))?;
+            let staging = env.state_dir.join(prepared::STAGING_DIR);
+            let ready = match Skeleton::of(spec, &staging, env.cgroups.is_v2()) {
+                Ok(want) => prepared::take_matching(env.prepared, &want, env.reaper),
+                Err(why) => {
+                    crate::trace::mark(&format!("create: no prepared init: {why}"));
+                    None
+                }
+            };
+            if let Some(ready) = ready {
+                let claim = Claim {
+                    rootfs: rootfs_dir.clone(),
+                    propagation,
+                    mounts: mounts[ready.skeleton().covered..].to_vec(),
+                    no_pivot: env.no_pivot,
+                    root_readonly: readonly,
+                    hostname,
+                    process: plan_process(process, child_stdio, seccomp.clone())?,
+                };
+                let proc = Proc::new(ready.pid(), &id, None, agent_stdio);
+                return ready.claim(env.reaper, cgroup.procs_files()?, claim, proc);
+            }
             let plan = ChildPlan {
                 cgroup_procs: cgroup.procs_files()?,
                 join,
@@ -426,7 +458,7 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
             let (mut ours, theirs) = UnixStream::pair().map_err(sys("socketpair"))?;
             crate::trace::mark("create: cgroup and stdio made");
             let init = env.reaper.spawn_registered(
-                || spawn(pid_ns, plan, theirs, &mut ours),
+                || spawn(pid_ns, Job::Now(Box::new(plan)), theirs, &mut ours),
                 |pid| Proc::new(pid, &id, None, agent_stdio),
             )?;
             crate::trace::mark("create: spawned");
@@ -549,7 +581,7 @@ impl Container {
         };
         let (mut ours, theirs) = UnixStream::pair().map_err(sys("socketpair"))?;
         let proc = env.reaper.spawn_registered(
-            || spawn(pid_ns, plan, theirs, &mut ours),
+            || spawn(pid_ns, Job::Now(Box::new(plan)), theirs, &mut ours),
             |pid| Proc::new(pid, &self.id, Some(&req.exec_id), agent_stdio),
         )?;
         read_sync(&mut ours)?;

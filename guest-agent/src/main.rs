@@ -10,6 +10,7 @@ mod mounts;
 mod network;
 mod pid1;
 mod pool;
+mod prepared;
 mod process;
 mod sandbox;
 mod seccomp;

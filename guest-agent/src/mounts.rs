@@ -347,6 +347,19 @@ pub fn do_mount(op: &MountOp) -> Result<(), MountError> {
     Ok(())
 }
 
+/// Moves the mount at `from`, with everything mounted under it, to `to` (made if
+/// missing, as for [`do_mount`]).
+pub fn move_mount(from: &Path, to: &Path) -> Result<(), MountError> {
+    let move_it = || mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>);
+    match move_it() {
+        Err(nix::errno::Errno::ENOENT) => {
+            fs::create_dir_all(to).map_err(io_err("mkdir", to))?;
+            move_it().map_err(sys("move mount to", to))
+        }
+        r => r.map_err(sys("move mount to", to)),
+    }
+}
+
 /// Creates device nodes (defaults only where `/dev` exists and is writable).
 ///
 /// Nodes directly in `/dev` are made relative to one descriptor of it, with the umask
@@ -452,11 +465,14 @@ pub fn enter_rootfs(rootfs: &Path, no_pivot: bool) -> Result<(), MountError> {
 /// The bind of /dev/null is tried first: it fails with ENOENT for a missing path and
 /// ENOTDIR for a directory, which saves a `stat` per path (once /dev/null is known to
 /// exist, so that ENOENT can only mean the path).
-pub fn mask_paths(paths: &[String]) -> Result<(), MountError> {
-    let null = Path::new("/dev/null");
+///
+/// The paths are container paths, taken under `root` (`/` once in the container's root;
+/// a staging directory for a prepared init), and so is `/dev/null`.
+pub fn mask_paths(root: &Path, paths: &[String]) -> Result<(), MountError> {
+    let null = &root.join("dev/null");
     let null_ok = fs::metadata(null).is_ok_and(|m| !m.is_dir());
     for p in paths {
-        let p = Path::new(p);
+        let p = &root.join(p.trim_start_matches('/'));
         let tmpfs = || {
             mount(
                 Some("tmpfs"),
@@ -485,10 +501,11 @@ pub fn mask_paths(paths: &[String]) -> Result<(), MountError> {
     Ok(())
 }
 
-/// Makes paths read-only (missing ones are skipped).
-pub fn readonly_paths(paths: &[String]) -> Result<(), MountError> {
+/// Makes paths read-only (missing ones are skipped); container paths under `root`, as
+/// for [`mask_paths`].
+pub fn readonly_paths(root: &Path, paths: &[String]) -> Result<(), MountError> {
     for p in paths {
-        let p = Path::new(p);
+        let p = &root.join(p.trim_start_matches('/'));
         match mount(
             Some(p),
             p,

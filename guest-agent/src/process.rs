@@ -212,6 +212,23 @@ impl Reaper {
     }
 
     /// Collects every exited child (registered or orphaned).
+    /// Whether `pid` is a registered process that has not been reaped.
+    pub fn has(&self, pid: i32) -> bool {
+        self.table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&pid)
+    }
+
+    /// Puts `proc` in the place of the registered, unreaped `pid` (a prepared init taken
+    /// over by a container); `None` if `pid` was reaped already.
+    pub fn replace(&self, pid: i32, proc: Proc) -> Option<Arc<Proc>> {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = table.get_mut(&pid)?;
+        *slot = Arc::new(proc);
+        Some(slot.clone())
+    }
+
     pub fn reap(&self) {
         loop {
             let (pid, status) = match wait_any() {

@@ -22,6 +22,7 @@ use std::sync::{mpsc, Arc, OnceLock};
 use nix::sched::{setns, unshare, CloneFlags};
 
 use crate::child::{self, ChildPlan, ExecTarget};
+use crate::prepared::PreparedInit;
 
 /// Why a container process could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,14 @@ pub enum PidNs {
     New,
     /// An existing one (a container's, for an exec).
     Join(OwnedFd),
+}
+
+/// What the new process does.
+pub enum Job {
+    /// Set up and exec a process now (a container's init waits for "start" first).
+    Now(Box<ChildPlan>),
+    /// Become a prepared container init (see [`crate::prepared`]).
+    Prepared(Arc<PreparedInit>),
 }
 
 /// Stack size of the new process until it execs.
@@ -104,9 +113,13 @@ impl Drop for ChildStack {
 
 /// What the new process reads at its start, kept alive by the suspended spawning thread.
 struct Start<'a> {
-    plan: &'a ChildPlan,
-    target: &'a ExecTarget<'a>,
+    job: StartJob<'a>,
     sync: &'a UnixStream,
+}
+
+enum StartJob<'a> {
+    Now(&'a ChildPlan, &'a ExecTarget),
+    Prepared(&'a PreparedInit),
 }
 
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
@@ -114,18 +127,24 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // process's use of the shared memory (the spawning thread is suspended until we
     // exec or exit).
     let start = unsafe { &*arg.cast::<Start<'_>>() };
-    child::run(start.plan, start.target, start.sync)
+    match start.job {
+        StartJob::Now(plan, target) => child::run(plan, target, start.sync),
+        StartJob::Prepared(init) => crate::prepared::run_child(init, start.sync),
+    }
 }
 
 /// Makes the process in the calling thread; returns once it has exec'd or exited.
-fn clone_child(plan: &ChildPlan, sync: &UnixStream, tid: &AtomicI32) -> io::Result<()> {
+fn clone_child(job: &Job, sync: &UnixStream, tid: &AtomicI32) -> io::Result<()> {
     let stack = ChildStack::new(CHILD_STACK)?;
-    let target = ExecTarget::new(&plan.process);
-    let start = Start {
-        plan,
-        target: &target,
-        sync,
+    let target;
+    let job = match job {
+        Job::Now(plan) => {
+            target = ExecTarget::new(&plan.process);
+            StartJob::Now(plan, &target)
+        }
+        Job::Prepared(init) => StartJob::Prepared(init),
     };
+    let start = Start { job, sync };
     let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD;
     // SAFETY: the child runs `child_main` on its own stack, reads `start` (alive until
     // clone returns, which CLONE_VFORK delays until the child execs or exits) and never
@@ -163,12 +182,12 @@ fn restore_pid_ns() -> io::Result<()> {
     setns(fd, CloneFlags::CLONE_NEWPID).map_err(io::Error::from)
 }
 
-/// Starts a process that runs `plan` in `pid_ns`; `theirs` is its end of the sync
+/// Starts a process that does `job` in `pid_ns`; `theirs` is its end of the sync
 /// socket, `ours` the agent's. Returns the process's pid (in the agent's PID
 /// namespace) as soon as it runs.
 pub fn spawn(
     pid_ns: PidNs,
-    plan: ChildPlan,
+    job: Job,
     theirs: UnixStream,
     ours: &mut UnixStream,
 ) -> Result<i32, SpawnError> {
@@ -184,7 +203,7 @@ pub fn spawn(
                 setns(fd, CloneFlags::CLONE_NEWPID).map_err(|e| sys("setns(pid)")(e.into()))
             }
         };
-        let r = r.and_then(|()| clone_child(&plan, &theirs, &child_tid).map_err(sys("clone")));
+        let r = r.and_then(|()| clone_child(&job, &theirs, &child_tid).map_err(sys("clone")));
         if let Err(e) = r {
             let _ = failed.send(e);
         }
@@ -192,7 +211,7 @@ pub fn spawn(
         if !matches!(pid_ns, PidNs::Inherit) && restore_pid_ns().is_err() {
             crate::pool::retire_this_thread();
         }
-        // Dropping `plan` and `theirs` here closes the agent's copies of the child's
+        // Dropping `job` and `theirs` here closes the agent's copies of the child's
         // ends (its stdio, its sync socket): the agent sees EOF once the child exec'd.
     };
     crate::pool::run(go).map_err(sys("start the spawning thread"))?;

@@ -75,9 +75,12 @@ enum Command {
     /// Boot a guest kernel in a microVM (developer command); exits 0 when the guest reboots
     /// or powers off, 2 when it crashes, 1 on a VMM error.
     Boot(Box<boot_cmd::BootArgs>),
-    /// Boot the VM a bundle's container would get to agent-ready once and save it as a
-    /// template; later creates of matching containers restore it instead of booting
-    /// (annotation io.sandbox-vm.template=off forces a cold boot). Prints its directory.
+    /// Boot the VM a bundle's container would get to agent-ready once, prepare that
+    /// container's init in it (namespaces, proc, sysfs, /dev, masked paths) and save it as
+    /// a template; later creates of matching containers restore it instead of booting,
+    /// and the first container of each with the same mounts and namespaces takes the
+    /// prepared init over (annotation io.sandbox-vm.template=off forces a cold boot).
+    /// Prints its directory.
     Template(Box<template_cmd::TemplateArgs>),
     /// Whether this host can run sandboxes: KVM, guest kernel and image, virtiofsd, the
     /// containerd shim and containerd's config; one line per item, exit 1 if any failed.

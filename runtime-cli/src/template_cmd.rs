@@ -1,7 +1,8 @@
 //! `sandbox-vm template [--bundle DIR]`: boots the VM the bundle's container would get to
-//! agent-ready once and saves it as a template (`sandbox::template`), so later `create`s
-//! of matching containers restore it instead of booting. Prints the template directory;
-//! an existing template for the same key is reused.
+//! agent-ready once, has the agent prepare the bundle's container init ahead (its
+//! namespaces and kernel filesystems), and saves it as a template (`sandbox::template`),
+//! so later `create`s of matching containers restore it instead of booting. Prints the
+//! template directory; an existing template for the same key is reused.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,7 +32,20 @@ pub fn run(args: TemplateArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
     let paths = SandboxPaths::in_dir(&work);
     let defaults = sandbox::oci::host_defaults();
-    let (vm, _) = translate::vm_config(&bundle.spec, &defaults, &paths.vm_paths())?;
+    let (vm, mode) = translate::vm_config(&bundle.spec, &defaults, &paths.vm_paths())?;
+    // The guest spec `create` would send for this bundle: its container's init is
+    // prepared in the template.
+    let mut plan = translate::container_request(
+        "template",
+        &bundle.spec,
+        &bundle.rootfs,
+        mode,
+        &translate::probe_host,
+    )?;
+    // As `create` does (lifecycle::make_plan).
+    if translate::pod_netns(&bundle.spec).is_none() {
+        translate::alone_in_vm_without_nic(&mut plan);
+    }
     let cfg = SandboxConfig {
         id: format!("template-{}", std::process::id()),
         dir: work.clone(),
@@ -45,7 +59,7 @@ pub fn run(args: TemplateArgs) -> Result<ExitCode> {
         template: TemplateUse::Off,
     };
     let t0 = Instant::now();
-    let built = Sandbox::build_template(&cfg, &root);
+    let built = Sandbox::build_template(&cfg, &root, Some(&plan.request.spec));
     let _ = std::fs::remove_dir_all(&work);
     let dir = built?;
     eprintln!(

@@ -23,8 +23,14 @@ use sandbox::stdio::HostIo;
 use sandbox::template::TemplateUse;
 use sandbox::{Sandbox, SandboxConfig, SandboxPaths};
 
+/// Also tells whether the container's init was the one the template prepared: its
+/// `/proc` was mounted before its root (lower mount id; nothing was unmounted in the
+/// clone before, so ids only grow), where one made on the spot mounts `/proc` after.
 const SCRIPT: &str = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; \
-                      date +%s; hostname; echo done";
+                      date +%s; hostname; \
+                      awk '$5 == \"/\" { r = $1 } $5 == \"/proc\" { p = $1 } \
+                      END { print (p + 0 < r + 0) ? \"init prepared\" : \"init made\" }' \
+                      /proc/self/mountinfo; echo done";
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("svm-e2e-{name}-{}", std::process::id()));
@@ -68,15 +74,7 @@ fn run_clone(cfg: &SandboxConfig, bundle: &Path) -> (String, Duration) {
         log.contains("restored"),
         "not restored from the template: {log}"
     );
-    let spec = spec_of(bundle);
-    let plan = translate::container_request(
-        "c",
-        &spec,
-        &bundle.join("rootfs"),
-        translate::RootfsMode::Share,
-        &probe_host,
-    )
-    .unwrap();
+    let plan = container_plan("c", bundle);
     let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
     let io = HostIo {
         stdin: None,
@@ -97,6 +95,18 @@ fn run_clone(cfg: &SandboxConfig, bundle: &Path) -> (String, Duration) {
     (out, ready)
 }
 
+/// The bundle's container as `create` sends it to the agent.
+fn container_plan(id: &str, bundle: &Path) -> translate::ContainerPlan {
+    translate::container_request(
+        id,
+        &spec_of(bundle),
+        &bundle.join("rootfs"),
+        translate::RootfsMode::Share,
+        &probe_host,
+    )
+    .unwrap()
+}
+
 fn spec_of(bundle: &Path) -> oci_spec::runtime::Spec {
     serde_json::from_str(&std::fs::read_to_string(bundle.join("config.json")).unwrap()).unwrap()
 }
@@ -112,7 +122,8 @@ fn clones_of_one_template_are_distinct_machines_with_the_right_clock() {
 
     let t = Instant::now();
     let tcfg = config(&dir, "tpl", &spec, TemplateUse::Off);
-    let template = Sandbox::build_template(&tcfg, &templates).unwrap();
+    let guest_spec = container_plan("tpl", &b).request.spec;
+    let template = Sandbox::build_template(&tcfg, &templates, Some(&guest_spec)).unwrap();
     eprintln!("template built in {:.1} s", t.elapsed().as_secs_f64());
 
     let cfgs: Vec<SandboxConfig> = (0..2)
@@ -132,7 +143,11 @@ fn clones_of_one_template_are_distinct_machines_with_the_right_clock() {
     for (i, (out, ready)) in outs.iter().enumerate() {
         eprintln!("clone{i}: ready after {:.2} s:\n{out}", ready.as_secs_f64());
         let lines: Vec<&str> = out.lines().collect();
-        assert!(lines.len() >= 4 && lines[3] == "done", "{out}");
+        assert!(lines.len() >= 5 && lines[4] == "done", "{out}");
+        // The template prepared the container's init (namespaces, proc, sysfs, /dev,
+        // masks); each clone's container took it over, its rootfs reaching it from the
+        // share mounted after the restore.
+        assert_eq!(lines[3], "init prepared", "{out}");
         assert_eq!(lines[0].len(), 64, "32 random bytes in hex: {out}");
         randoms.push(lines[0].to_string());
         let guest_secs: u64 = lines[1].trim().parse().unwrap();

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use agent_protocol::clone::{CloneIdentity, CLONE_ENTROPY_BYTES};
-use agent_protocol::{Client, ClientError, CreateSandbox, ExitInfo, ShareMount};
+use agent_protocol::oci_spec::runtime::Spec;
+use agent_protocol::{Client, ClientError, CreateSandbox, ErrorCode, ExitInfo, ShareMount};
 use vmm::config::{SerialOutput, VmConfig};
 
 use crate::handle::{HandleError, SandboxHandle};
@@ -226,8 +227,15 @@ impl Sandbox {
 
     /// Boots `cfg`'s VM cold to agent-ready and saves it as the template for its key under
     /// `root` (see [`crate::template`]); returns the template's directory. A complete
-    /// template already there is kept.
-    pub fn build_template(cfg: &SandboxConfig, root: &Path) -> Result<PathBuf, SandboxError> {
+    /// template already there is kept. With `init`, the guest spec of the container the
+    /// template is built for, the agent also prepares that container's init ahead
+    /// (`Request::PrepareInit`): the first matching container of each clone takes it over.
+    /// A spec whose init cannot be prepared only loses that.
+    pub fn build_template(
+        cfg: &SandboxConfig,
+        root: &Path,
+        init: Option<&Spec>,
+    ) -> Result<PathBuf, SandboxError> {
         let key = template::key(&cfg.vm)?;
         let dest = root.join(&key);
         if dest.join(vmm::persist::STATE_FILE).is_file() {
@@ -241,6 +249,18 @@ impl Sandbox {
         };
         let (mut sandbox, _) = Self::start(cfg, None, true)?;
         let mut agent = sandbox.wait_for_agent(cfg.agent_timeout)?;
+        // First: the prepared init keeps one worker thread (see Request::PrepareInit).
+        if let Some(spec) = init {
+            match agent.prepare_init(spec.clone()) {
+                Err(e)
+                    if e.agent_error()
+                        .is_some_and(|e| e.code == ErrorCode::NotSupported) =>
+                {
+                    log::warn!("template without a prepared container init: {e}")
+                }
+                r => r.map_err(agent_err("cannot prepare the template's container init"))?,
+            }
+        }
         // Idle workers with their stacks in memory, for every clone (see Request::WarmUp).
         agent
             .warm_up(TEMPLATE_WORKERS)

@@ -66,6 +66,10 @@ pub enum TranslateError {
         "memory limit {0} bytes is too small: a VM container needs at least {MIN_LIMIT_MIB} MiB"
     )]
     MemoryTooSmall(i64),
+    #[error("annotation {ANN_MEM_MIB}={0} is too small: the VM needs at least {min} MiB", min = vmm::layout::MIN_MEM_BYTES >> 20)]
+    GuestMemoryTooSmall(u64),
+    #[error("the spec translates into a VM the VMM refuses: {0}")]
+    VmConfig(String),
     #[error("invalid CPU limit: quota {quota} with period {period}")]
     BadCpu { quota: i64, period: u64 },
     #[error("bind mount of {src} on {dest}: the source must be an existing file or directory")]

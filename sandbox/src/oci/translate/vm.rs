@@ -83,6 +83,9 @@ fn vcpus(spec: &Spec, max: u8) -> Result<u8, TranslateError> {
 
 fn mem_mib(spec: &Spec) -> Result<u64, TranslateError> {
     if let Some(m) = annotation::<u64>(spec, ANN_MEM_MIB, "a size in MiB")? {
+        if m.saturating_mul(1 << 20) < vmm::layout::MIN_MEM_BYTES {
+            return Err(TranslateError::GuestMemoryTooSmall(m));
+        }
         return Ok(m);
     }
     let limit = spec
@@ -208,6 +211,10 @@ pub fn vm_config(
         uds_path: paths.vsock.clone(),
     });
     vm.fs.push(FsConfig::new(&paths.fs_socket, SHARE_TAG));
+    // Whatever the VMM would refuse is the spec's error, here, rather than the VMM
+    // process's after the sandbox's directories exist.
+    vm.validate()
+        .map_err(|e| TranslateError::VmConfig(e.to_string()))?;
     Ok((vm, mode))
 }
 
@@ -335,6 +342,15 @@ mod tests {
         assert_eq!((vm.vcpus, vm.mem_mib), (1, 300), "vcpus clamped to max 1");
         assert_eq!(vm.compat_profile, CompatSetting::Off);
         assert!(vm.cmdline.as_deref().unwrap().ends_with(" loglevel=7"));
+        for small in ["0", "1"] {
+            let s = spec(serde_json::json!({"annotations": {ANN_MEM_MIB: small}}));
+            let err = tr(&s).unwrap_err();
+            assert!(
+                matches!(err, TranslateError::GuestMemoryTooSmall(_)),
+                "{err}"
+            );
+            assert!(err.to_string().contains("at least 2 MiB"), "{err}");
+        }
         let bad = spec(serde_json::json!({"annotations": {ANN_VCPUS: "many"}}));
         assert!(matches!(
             tr(&bad),

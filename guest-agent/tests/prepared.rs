@@ -1,0 +1,165 @@
+//! Prepared container inits (Request::PrepareInit): a container whose spec matches takes
+//! the init made ahead of time over and gets the same confinement as one made on the
+//! spot; any other spec, and every container after the first, is made as usual.
+//! Needs root, like the other agent tests.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use agent_protocol::oci_spec::runtime::{Mount, Spec};
+use agent_protocol::{ErrorCode, ExitStatus, StdioConfig, StreamKind};
+use common::*;
+
+/// Clock ticks since boot (USER_HZ is 100 on Linux).
+fn uptime_ticks() -> u64 {
+    let s = std::fs::read_to_string("/proc/uptime").unwrap();
+    let secs: f64 = s.split_whitespace().next().unwrap().parse().unwrap();
+    (secs * 100.0) as u64
+}
+
+/// When `pid` started, in clock ticks since boot.
+fn start_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    after_comm.split(' ').nth(19).unwrap().parse().unwrap()
+}
+
+/// What the container shows of its confinement: devices, masked and read-only paths,
+/// PID 1, hostname, a bind mount made after the prepared mounts.
+const CHECK: &str = "stat -c '%n %F %a %t:%T' /dev/null /dev/tty; readlink /dev/ptmx; \
+    stat -c '%n %F' /proc/keys; ls -A /sys/firmware | wc -l; echo pid $$; hostname; \
+    cat /data/f; grep -c ' /dev/pts ' /proc/self/mounts; \
+    echo x > /proc/sys/kernel/domainname 2>/dev/null || echo proc-sys-ro";
+
+fn want(hostname: &str) -> String {
+    format!(
+        "/dev/null character special file 666 1:3\n/dev/tty character special file 666 5:0\n\
+         pts/ptmx\n/proc/keys character special file\n0\npid 1\n{hostname}\nshared\n1\nproc-sys-ro\n"
+    )
+}
+
+fn with_data_bind(mut s: Spec, src: &Path) -> Spec {
+    let mut m = s.mounts().clone().unwrap();
+    let bind: Mount = serde_json::from_value(serde_json::json!({
+        "destination": "/data", "source": src, "options": ["rbind", "ro"]
+    }))
+    .unwrap();
+    m.push(bind);
+    s.set_mounts(Some(m));
+    s
+}
+
+/// Creates, starts and waits for a container; returns its output and whether its init
+/// was started before the create (that is, was prepared).
+fn run_checked(agent: &Agent, id: &str, s: Spec, root: &Path) -> (Run, bool) {
+    let mut c = agent.client();
+    let before = uptime_ticks();
+    let pid = c
+        .create_container(create_req(id, s, root, StdioConfig::OUTPUT))
+        .unwrap();
+    let prepared = start_ticks(pid) + 50 < before;
+    let out = reader(agent.attach(id, None, StreamKind::Stdout));
+    let err = reader(agent.attach(id, None, StreamKind::Stderr));
+    c.start_container(id).unwrap();
+    let exit = c.wait(id, None).unwrap();
+    let run = Run {
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+        exit,
+    };
+    c.remove_container(id, false).unwrap();
+    (run, prepared)
+}
+
+fn assert_ok(r: &Run, hostname: &str) {
+    assert_eq!(
+        (r.out(), r.exit.status),
+        (want(hostname), ExitStatus::Code(0)),
+        "stderr: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
+
+#[test]
+fn a_matching_container_takes_the_prepared_init_over_and_is_confined_the_same() {
+    let agent = Agent::start();
+    let root = busybox_rootfs();
+    let data = TempDir::new("data");
+    std::fs::write(data.path().join("f"), "shared\n").unwrap();
+    // The spec a template is prepared with: another process, hostname and no bind.
+    agent
+        .client()
+        .prepare_init(spec(&["true"], "template", None))
+        .unwrap();
+    // Its start must be measurably before the create's.
+    std::thread::sleep(Duration::from_millis(1200));
+
+    let s = with_data_bind(spec(&["sh", "-c", CHECK], "first", None), data.path());
+    let (r, prepared) = run_checked(&agent, &unique("first"), s.clone(), root.path());
+    assert_ok(&r, "first");
+    assert!(
+        prepared,
+        "the matching container did not take the prepared init"
+    );
+
+    // The prepared init is used once; the next container is made on the spot and shows
+    // the same.
+    let s2 = with_data_bind(spec(&["sh", "-c", CHECK], "second", None), data.path());
+    let (r, prepared) = run_checked(&agent, &unique("second"), s2, root.path());
+    assert_ok(&r, "second");
+    assert!(!prepared, "a second container got a prepared init");
+}
+
+#[test]
+fn another_skeleton_is_created_as_usual_and_leaves_the_prepared_init() {
+    let agent = Agent::start();
+    let root = busybox_rootfs();
+    let data = TempDir::new("data");
+    std::fs::write(data.path().join("f"), "shared\n").unwrap();
+    agent
+        .client()
+        .prepare_init(spec(&["true"], "template", None))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+
+    // One more masked path: another skeleton.
+    let mut other = with_data_bind(spec(&["sh", "-c", CHECK], "other", None), data.path());
+    let mut linux = other.linux().clone().unwrap();
+    let mut masked = linux.masked_paths().clone().unwrap();
+    masked.push("/proc/cpuinfo".into());
+    linux.set_masked_paths(Some(masked));
+    other.set_linux(Some(linux));
+    let (r, prepared) = run_checked(&agent, &unique("other"), other, root.path());
+    assert_ok(&r, "other");
+    assert!(!prepared);
+
+    let s = with_data_bind(spec(&["sh", "-c", CHECK], "match", None), data.path());
+    let (r, prepared) = run_checked(&agent, &unique("match"), s, root.path());
+    assert_ok(&r, "match");
+    assert!(
+        prepared,
+        "the prepared init was gone after another spec's create"
+    );
+}
+
+#[test]
+fn preparing_what_cannot_be_prepared_or_twice_is_refused() {
+    let agent = Agent::start();
+    let mut c = agent.client();
+    let mut joined = spec(&["true"], "h", None);
+    let mut linux = joined.linux().clone().unwrap();
+    let mut ns = linux.namespaces().clone().unwrap();
+    ns[0].set_path(Some("/proc/self/ns/pid".into()));
+    linux.set_namespaces(Some(ns));
+    joined.set_linux(Some(linux));
+    let e = c.prepare_init(joined).unwrap_err();
+    let e = e.agent_error().unwrap();
+    assert_eq!(e.code, ErrorCode::NotSupported);
+    assert!(e.message.contains("joins an existing"), "{}", e.message);
+
+    c.prepare_init(spec(&["true"], "h", None)).unwrap();
+    let e = c.prepare_init(spec(&["true"], "h", None)).unwrap_err();
+    assert_eq!(e.agent_error().unwrap().code, ErrorCode::InvalidState);
+}
