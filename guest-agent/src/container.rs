@@ -217,6 +217,7 @@ fn plan_process(
         caps: p.capabilities().as_ref().map(plan_caps),
         rlimits: plan_rlimits(p.rlimits().as_deref().unwrap_or(&[])),
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
+        bounding_applied: false,
     };
     Ok(ProcessPlan {
         args: cstrings(&args, "process.args")?,
@@ -419,7 +420,7 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
                 }
             };
             if let Some(ready) = ready {
-                let claim = Claim {
+                let mut claim = Claim {
                     rootfs: rootfs_dir.clone(),
                     propagation,
                     mounts: mounts[ready.skeleton().covered..].to_vec(),
@@ -428,6 +429,8 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
                     hostname,
                     process: plan_process(process, child_stdio, seccomp.clone())?,
                 };
+                // The skeleton's bounding set is the spec's.
+                claim.process.identity.bounding_applied = ready.skeleton().bounding.is_some();
                 let proc = Proc::new(ready.pid(), &id, None, agent_stdio);
                 return ready.claim(env.reaper, cgroup.procs_files()?, claim, proc);
             }

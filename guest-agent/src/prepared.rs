@@ -75,6 +75,9 @@ pub struct Skeleton {
     pub masked: Vec<String>,
     /// Read-only paths (container paths).
     pub readonly: Vec<String>,
+    /// The process's capability bounding set, dropped to ahead (it is per process, and
+    /// inherited by what the init execs; each drop is a system call).
+    pub bounding: Option<u64>,
 }
 
 fn is_kernel_fs(m: &Mount) -> bool {
@@ -162,7 +165,13 @@ impl Skeleton {
                 ));
             }
         }
+        let bounding = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.capabilities().as_ref())
+            .map(|c| crate::security::plan_caps(c).bounding);
         Ok(Skeleton {
+            bounding,
             staging: staging.to_path_buf(),
             unshare,
             cgroupns,
@@ -189,6 +198,7 @@ impl Skeleton {
             ("devices", self.devices == other.devices),
             ("masked", self.masked == other.masked),
             ("readonly", self.readonly == other.readonly),
+            ("bounding", self.bounding == other.bounding),
         ];
         fields
             .into_iter()
@@ -426,7 +436,7 @@ fn child_sys(op: &'static str) -> impl FnOnce(nix::Error) -> ChildError {
 
 /// In the prepared process's new mount namespace: a slave `/` (so that mounts the agent
 /// makes under its shared `/run` arrive), a tmpfs at the staging directory, and the
-/// skeleton's mounts, devices, masks and read-only paths under it.
+/// skeleton's mounts, devices, masks and read-only paths under it; then the bounding set.
 fn build_skeleton(s: &Skeleton) -> Result<(), ChildError> {
     mounts::set_root_propagation(MsFlags::MS_SLAVE | MsFlags::MS_REC)?;
     mounts::do_mount(&MountOp {
@@ -443,6 +453,10 @@ fn build_skeleton(s: &Skeleton) -> Result<(), ChildError> {
     mounts::create_devices(&s.staging, &s.devices)?;
     mounts::mask_paths(&s.staging, &s.masked)?;
     mounts::readonly_paths(&s.staging, &s.readonly)?;
+    // Mounting at the take-over needs only the effective set, which this leaves alone.
+    if let Some(b) = s.bounding {
+        crate::security::drop_bounding(b)?;
+    }
     Ok(())
 }
 
@@ -508,6 +522,8 @@ mod tests {
             .contains(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS));
         assert!(!s.unshare.contains(CloneFlags::CLONE_NEWPID));
         assert!(!s.masked.is_empty() && !s.readonly.is_empty());
+        // CAP_KILL, CAP_NET_BIND_SERVICE, CAP_AUDIT_WRITE.
+        assert_eq!(s.bounding, Some(1 << 5 | 1 << 10 | 1 << 29));
     }
 
     #[test]

@@ -146,6 +146,9 @@ pub struct Identity {
     pub rlimits: Vec<(Resource, u64, u64)>,
     /// Set PR_SET_NO_NEW_PRIVS.
     pub no_new_privileges: bool,
+    /// The bounding set is `caps.bounding` already (a prepared init dropped the rest
+    /// ahead; see `crate::prepared`).
+    pub bounding_applied: bool,
 }
 
 /// Maps the spec's rlimits.
@@ -202,6 +205,22 @@ fn capset(c: &CapSets) -> nix::Result<()> {
     nix::errno::Errno::result(r).map(drop)
 }
 
+/// Drops every capability outside `bounding` from the calling thread's bounding set (one
+/// system call each, which is emulated kernel work here).
+pub fn drop_bounding(bounding: u64) -> Result<(), SecurityError> {
+    for cap in 0..64u64 {
+        if bounding & (1 << cap) == 0 {
+            match prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0) {
+                Ok(()) => {}
+                // Past the kernel's last capability.
+                Err(nix::errno::Errno::EINVAL) => break,
+                Err(e) => return Err(sys("drop bounding capability")(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Applies rlimits, the bounding set, uid/gid/groups, capabilities, umask and
 /// no_new_privileges, in the order the kernel allows.
 pub fn apply_identity(id: &Identity) -> Result<(), SecurityError> {
@@ -209,15 +228,8 @@ pub fn apply_identity(id: &Identity) -> Result<(), SecurityError> {
         setrlimit(res, soft, hard).map_err(sys("setrlimit"))?;
     }
     if let Some(caps) = &id.caps {
-        for cap in 0..64u64 {
-            if caps.bounding & (1 << cap) == 0 {
-                match prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0) {
-                    Ok(()) => {}
-                    // Past the kernel's last capability.
-                    Err(nix::errno::Errno::EINVAL) => break,
-                    Err(e) => return Err(sys("drop bounding capability")(e)),
-                }
-            }
+        if !id.bounding_applied {
+            drop_bounding(caps.bounding)?;
         }
         prctl(libc::PR_SET_KEEPCAPS, 1, 0).map_err(sys("PR_SET_KEEPCAPS"))?;
     }

@@ -30,13 +30,18 @@ fn start_ticks(pid: i32) -> u64 {
 /// PID 1, hostname, a bind mount made after the prepared mounts.
 const CHECK: &str = "stat -c '%n %F %a %t:%T' /dev/null /dev/tty; readlink /dev/ptmx; \
     stat -c '%n %F' /proc/keys; ls -A /sys/firmware | wc -l; echo pid $$; hostname; \
-    cat /data/f; grep -c ' /dev/pts ' /proc/self/mounts; \
+    cat /data/f; grep -c ' /dev/pts ' /proc/self/mounts; grep CapBnd /proc/self/status; \
     echo x > /proc/sys/kernel/domainname 2>/dev/null || echo proc-sys-ro";
+
+/// The default spec's bounding set: CAP_KILL (5), CAP_NET_BIND_SERVICE (10) and
+/// CAP_AUDIT_WRITE (29).
+const DEFAULT_BOUNDING: &str = "0000000020000420";
 
 fn want(hostname: &str) -> String {
     format!(
         "/dev/null character special file 666 1:3\n/dev/tty character special file 666 5:0\n\
-         pts/ptmx\n/proc/keys character special file\n0\npid 1\n{hostname}\nshared\n1\nproc-sys-ro\n"
+         pts/ptmx\n/proc/keys character special file\n0\npid 1\n{hostname}\nshared\n1\n\
+         CapBnd:\t{DEFAULT_BOUNDING}\nproc-sys-ro\n"
     )
 }
 
