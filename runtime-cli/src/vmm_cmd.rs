@@ -118,6 +118,11 @@ pub fn run(args: VmmArgs) -> Result<ExitCode> {
         _ => None,
     };
     if let Some(j) = &jail {
+        // The sandbox made the vsock directory for the default uid; another one gets it.
+        let vsock = config.as_ref().and_then(|c| c.vsock.as_ref());
+        if let Some(v) = vsock.filter(|_| (j.uid, j.gid) != (jail::UID, jail::GID)) {
+            jail::give_vsock_dir(&v.uds_path, j.uid, j.gid)?;
+        }
         // Before any thread: the parent stays outside, waits and ends as the VMM did.
         jail::fork_into_pid_namespace(j)?;
         jail::enter(j)?;

@@ -187,6 +187,29 @@ pub fn create_vsock_dir(uds: &Path, jailed: bool) -> Result<(), JailError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(at("chmod", dir))
 }
 
+/// Hands the vsock directory of `uds` and the `_PORT` listeners already in it to
+/// `uid`/`gid`: for a VMM jailed with another uid than [`UID`] (`sandbox-vm vmm --jail-uid`),
+/// which connects to those listeners after dropping to it. Listeners made later follow the
+/// directory's owner ([`listen_guest_port`]).
+pub fn give_vsock_dir(uds: &Path, uid: u32, gid: u32) -> Result<(), JailError> {
+    let (Some(dir), Some(name)) = (uds.parent(), uds.file_name()) else {
+        return Ok(());
+    };
+    let mut prefix = name.to_os_string();
+    prefix.push("_");
+    let prefix = prefix.as_encoded_bytes();
+    for entry in std::fs::read_dir(dir).map_err(at("read", dir))? {
+        let entry = entry.map_err(at("read", dir))?;
+        let file = entry.file_name();
+        let port = file.as_encoded_bytes().strip_prefix(prefix);
+        if port.is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit)) {
+            let path = entry.path();
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(at("chown", &path))?;
+        }
+    }
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(at("chown", dir))
+}
+
 /// Listens for the guest's connections to host port `port`: binds `<uds>_<port>` (hybrid
 /// vsock) with mode 0600, owned by the owner of its directory (see [`create_vsock_dir`]),
 /// so that the VMM, jailed or not, can connect and nobody else can.

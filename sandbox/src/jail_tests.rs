@@ -200,6 +200,28 @@ fn guest_port_listeners_are_reachable_by_the_jailed_vmm_only() {
         libc::EACCES
     );
 
+    // A VMM jailed with another uid gets the directory and the listeners in it; later
+    // listeners follow; other files stay as they are.
+    std::fs::write(d.join("vsock/vsock.sock.log"), "").unwrap();
+    give_vsock_dir(&uds, 4242, 4242).unwrap();
+    let owner = |p: &Path| std::fs::symlink_metadata(p).unwrap().uid();
+    assert_eq!(owner(&d.join("vsock")), 4242);
+    assert_eq!(owner(&sock), 4242);
+    assert_eq!(owner(&d.join("vsock/vsock.sock.log")), 0);
+    let later = listen_guest_port(&uds, 5001).unwrap();
+    assert_eq!(owner(&d.join("vsock/vsock.sock_5001")), 4242);
+    let inside = mount_point.join("vsock.sock_5001");
+    let vsock_dir = d.join("vsock");
+    let jail_view = Some((vsock_dir.as_path(), mount_point.as_path()));
+    assert_eq!(
+        connect_as(4242, &inside, jail_view),
+        0,
+        "the other uid, jailed"
+    );
+    assert_eq!(connect_as(UID, &inside, jail_view), libc::EACCES);
+    later.set_nonblocking(true).unwrap();
+    assert!(later.accept().is_ok());
+
     // Not jailed: root's directory, root's listeners; an existing directory is fixed up.
     let uds = d.join("plain/vsock.sock");
     std::fs::create_dir(d.join("plain")).unwrap();
