@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use agent_protocol::oci_spec::runtime::{Mount, Spec};
-use agent_protocol::{ErrorCode, ExitStatus, StdioConfig, StreamKind};
+use agent_protocol::{ErrorCode, ExitStatus};
 use common::*;
 
 /// Clock ticks since boot (USER_HZ is 100 on Linux).
@@ -56,26 +56,30 @@ fn with_data_bind(mut s: Spec, src: &Path) -> Spec {
     s
 }
 
-/// Creates, starts and waits for a container; returns its output and whether its init
-/// was started before the create (that is, was prepared).
+/// Runs a container; returns its output and whether its init was started before the
+/// create (that is, was prepared).
 fn run_checked(agent: &Agent, id: &str, s: Spec, root: &Path) -> (Run, bool) {
-    let mut c = agent.client();
     let before = uptime_ticks();
-    let pid = c
-        .create_container(create_req(id, s, root, StdioConfig::OUTPUT))
-        .unwrap();
-    let prepared = start_ticks(pid) + 50 < before;
-    let out = reader(agent.attach(id, None, StreamKind::Stdout));
-    let err = reader(agent.attach(id, None, StreamKind::Stderr));
-    c.start_container(id).unwrap();
-    let exit = c.wait(id, None).unwrap();
-    let run = Run {
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-        exit,
-    };
-    c.remove_container(id, false).unwrap();
+    let mut prepared = false;
+    let run = run_inspect(&agent.endpoint, id, s, root, |pid| {
+        prepared = start_ticks(pid) + 50 < before;
+    });
     (run, prepared)
+}
+
+/// An agent with an init prepared for the default spec (another process and hostname, no
+/// bind), started measurably before what follows; a busybox rootfs and a directory to bind.
+fn prepared_agent() -> (Agent, TempDir, TempDir) {
+    let agent = Agent::start();
+    let root = busybox_rootfs();
+    let data = TempDir::new("data");
+    std::fs::write(data.path().join("f"), "shared\n").unwrap();
+    agent
+        .client()
+        .prepare_init(spec(&["true"], "template", None))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    (agent, root, data)
 }
 
 fn assert_ok(r: &Run, hostname: &str) {
@@ -89,17 +93,7 @@ fn assert_ok(r: &Run, hostname: &str) {
 
 #[test]
 fn a_matching_container_takes_the_prepared_init_over_and_is_confined_the_same() {
-    let agent = Agent::start();
-    let root = busybox_rootfs();
-    let data = TempDir::new("data");
-    std::fs::write(data.path().join("f"), "shared\n").unwrap();
-    // The spec a template is prepared with: another process, hostname and no bind.
-    agent
-        .client()
-        .prepare_init(spec(&["true"], "template", None))
-        .unwrap();
-    // Its start must be measurably before the create's.
-    std::thread::sleep(Duration::from_millis(1200));
+    let (agent, root, data) = prepared_agent();
 
     let s = with_data_bind(spec(&["sh", "-c", CHECK], "first", None), data.path());
     let (r, prepared) = run_checked(&agent, &unique("first"), s.clone(), root.path());
@@ -119,15 +113,7 @@ fn a_matching_container_takes_the_prepared_init_over_and_is_confined_the_same() 
 
 #[test]
 fn another_skeleton_is_created_as_usual_and_leaves_the_prepared_init() {
-    let agent = Agent::start();
-    let root = busybox_rootfs();
-    let data = TempDir::new("data");
-    std::fs::write(data.path().join("f"), "shared\n").unwrap();
-    agent
-        .client()
-        .prepare_init(spec(&["true"], "template", None))
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
+    let (agent, root, data) = prepared_agent();
 
     // One more masked path: another skeleton.
     let mut other = with_data_bind(spec(&["sh", "-c", CHECK], "other", None), data.path());

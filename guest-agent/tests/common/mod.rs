@@ -229,9 +229,22 @@ pub fn run(agent: &Agent, id: &str, spec: Spec, rootfs: &Path) -> Run {
 
 /// [`run`] against any endpoint.
 pub fn run_at(ep: &Endpoint, id: &str, spec: Spec, rootfs: &Path) -> Run {
+    run_inspect(ep, id, spec, rootfs, |_| {})
+}
+
+/// [`run_at`], calling `inspect` with the init's pid right after the create.
+pub fn run_inspect(
+    ep: &Endpoint,
+    id: &str,
+    spec: Spec,
+    rootfs: &Path,
+    inspect: impl FnOnce(i32),
+) -> Run {
     let mut c = client(ep);
-    c.create_container(create_req(id, spec, rootfs, StdioConfig::OUTPUT))
+    let pid = c
+        .create_container(create_req(id, spec, rootfs, StdioConfig::OUTPUT))
         .unwrap();
+    inspect(pid);
     let out = reader(attach(ep, id, None, StreamKind::Stdout));
     let err = reader(attach(ep, id, None, StreamKind::Stderr));
     c.start_container(id).unwrap();
