@@ -412,18 +412,13 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
             let terminal = process.terminal().unwrap_or(false);
             let (child_stdio, agent_stdio) = make_stdio(stdio, terminal, console_size(process))?;
             let staging = env.state_dir.join(prepared::STAGING_DIR);
-            let ready = match Skeleton::of(spec, &staging, env.cgroups.is_v2()) {
-                Ok(want) => prepared::take_matching(env.prepared, &want, env.reaper),
-                Err(why) => {
-                    crate::trace::mark(&format!("create: no prepared init: {why}"));
-                    None
-                }
-            };
+            let want = || Skeleton::of(spec, &staging, env.cgroups.is_v2());
+            let ready = prepared::take_matching(env.prepared, want, env.reaper);
             if let Some(ready) = ready {
                 let mut claim = Claim {
                     rootfs: rootfs_dir.clone(),
                     propagation,
-                    mounts: mounts[ready.skeleton().covered..].to_vec(),
+                    mounts: mounts[ready.skeleton().mounts.len()..].to_vec(),
                     no_pivot: env.no_pivot,
                     root_readonly: readonly,
                     hostname,

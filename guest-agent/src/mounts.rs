@@ -327,14 +327,10 @@ pub fn do_mount(op: &MountOp) -> Result<(), MountError> {
             op.data.as_deref(),
         )
     };
-    // Mount points usually exist: try first, make the directory only when it is missing
-    // (each system call is emulated kernel work in the guest).
-    match mount_it() {
-        Err(nix::errno::Errno::ENOENT) if !src_is_file => {
-            fs::create_dir_all(t).map_err(io_err("mkdir", t))?;
-            mount_it().map_err(sys("mount", t))?;
-        }
-        r => r.map_err(sys("mount", t))?,
+    if src_is_file {
+        mount_it().map_err(sys("mount", t))?;
+    } else {
+        at_mount_point(t, "mount", mount_it)?;
     }
     if op.is_bind() && flags != first {
         let re = (flags - MsFlags::MS_REC) | MsFlags::MS_REMOUNT;
@@ -350,13 +346,25 @@ pub fn do_mount(op: &MountOp) -> Result<(), MountError> {
 /// Moves the mount at `from`, with everything mounted under it, to `to` (made if
 /// missing, as for [`do_mount`]).
 pub fn move_mount(from: &Path, to: &Path) -> Result<(), MountError> {
-    let move_it = || mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>);
-    match move_it() {
+    at_mount_point(to, "move mount to", || {
+        mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+    })
+}
+
+/// Runs `mount_it`, which mounts on directory `t`. Mount points usually exist: it is tried
+/// first, and the directory made only when it is missing (each system call is emulated
+/// kernel work in the guest).
+fn at_mount_point(
+    t: &Path,
+    op: &'static str,
+    mount_it: impl Fn() -> nix::Result<()>,
+) -> Result<(), MountError> {
+    match mount_it() {
         Err(nix::errno::Errno::ENOENT) => {
-            fs::create_dir_all(to).map_err(io_err("mkdir", to))?;
-            move_it().map_err(sys("move mount to", to))
+            fs::create_dir_all(t).map_err(io_err("mkdir", t))?;
+            mount_it().map_err(sys(op, t))
         }
-        r => r.map_err(sys("move mount to", to)),
+        r => r.map_err(sys(op, t)),
     }
 }
 

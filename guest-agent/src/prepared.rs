@@ -62,10 +62,9 @@ pub struct Skeleton {
     pub unshare: CloneFlags,
     /// Whether the spec asks for a new cgroup namespace.
     pub cgroupns: bool,
-    /// The spec's leading kernel-filesystem mounts, under `staging`.
+    /// The spec's leading kernel-filesystem mounts, under `staging` (one per spec mount,
+    /// so the spec's first `mounts.len()` are covered).
     pub mounts: Vec<MountOp>,
-    /// How many of the spec's mounts `mounts` covers.
-    pub covered: usize,
     /// Container paths of the mounts in `mounts` that are not under another one: each is
     /// moved into the rootfs, with what is under it.
     pub tops: Vec<PathBuf>,
@@ -176,7 +175,6 @@ impl Skeleton {
             unshare,
             cgroupns,
             mounts: planned,
-            covered,
             tops,
             devices,
             masked,
@@ -193,7 +191,6 @@ impl Skeleton {
             ("unshare", self.unshare == other.unshare),
             ("cgroupns", self.cgroupns == other.cgroupns),
             ("mounts", self.mounts == other.mounts),
-            ("covered", self.covered == other.covered),
             ("tops", self.tops == other.tops),
             ("devices", self.devices == other.devices),
             ("masked", self.masked == other.masked),
@@ -289,19 +286,27 @@ pub fn prepare(
     }
 }
 
-/// Takes the prepared init out of `slot` if its skeleton is `wanted` and it still runs.
+/// Takes the prepared init out of `slot` if its skeleton is `wanted` (computed only when
+/// an init is waiting) and it still runs.
 pub fn take_matching(
     slot: &Mutex<Option<Prepared>>,
-    wanted: &Skeleton,
+    wanted: impl FnOnce() -> Result<Skeleton, String>,
     reaper: &Reaper,
 ) -> Option<Prepared> {
     let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
     let p = slot.as_ref()?;
-    if p.shared.skeleton != *wanted {
+    let wanted = match wanted() {
+        Ok(w) => w,
+        Err(why) => {
+            crate::trace::mark(&format!("create: the prepared init does not fit: {why}"));
+            return None;
+        }
+    };
+    if p.shared.skeleton != wanted {
         if crate::trace::enabled() {
             crate::trace::mark(&format!(
                 "create: the prepared init differs in {:?}",
-                p.shared.skeleton.differences(wanted)
+                p.shared.skeleton.differences(&wanted)
             ));
         }
         return None;
@@ -510,8 +515,8 @@ mod tests {
         assert_eq!(tops, ["/proc", "/dev", "/sys"]);
         let all = default_spec().mounts().clone().unwrap();
         // Everything but the cgroup mount, which needs the container's cgroup namespace.
-        assert_eq!(s.covered, all.len() - 1);
-        assert_eq!(all[s.covered].typ().as_deref(), Some("cgroup"));
+        assert_eq!(s.mounts.len(), all.len() - 1);
+        assert_eq!(all[s.mounts.len()].typ().as_deref(), Some("cgroup"));
         assert!(s.mounts.iter().all(|m| m.target.starts_with(staging())));
         assert!(s
             .devices

@@ -42,10 +42,9 @@ pub fn run(args: TemplateArgs) -> Result<ExitCode> {
         mode,
         &translate::probe_host,
     )?;
-    // As `create` does (lifecycle::make_plan).
-    if translate::pod_netns(&bundle.spec).is_none() {
-        translate::alone_in_vm_without_nic(&mut plan);
-    }
+    // As `create` does (lifecycle::make_plan): the container has the VM to itself. (A pod
+    // netns, given by path, is not in the guest spec at all.)
+    translate::alone_in_vm_without_nic(&mut plan);
     let cfg = SandboxConfig {
         id: format!("template-{}", std::process::id()),
         dir: work.clone(),
