@@ -12,7 +12,10 @@
 //!    path so the VM config is valid unchanged — except the vsock directory, see below;
 //!    then `pivot_root` into it and the old root detached;
 //! 4. **rlimits** (`RLIMIT_FSIZE`, `RLIMIT_NOFILE`; SIGXFSZ ignored so an over-long write
-//!    fails instead of killing) and `PR_SET_NO_NEW_PRIVS`;
+//!    fails instead of killing) and `PR_SET_NO_NEW_PRIVS`. `RLIMIT_FSIZE` counts every
+//!    file the process grows, the memfd of guest RAM included, so it is at least the
+//!    guest's RAM and its largest writable disk ([`Jail::for_vm`]); the console log is
+//!    bounded by the VMM itself (`vmm::devices::legacy::serial::MAX_LOG_BYTES`);
 //! 5. **an unprivileged uid/gid** ([`drop_privileges`]) once the VM is built: every file,
 //!    `/dev/kvm` and socket is open by then, so the running VMM needs no access of its own.
 //!
@@ -46,7 +49,7 @@ use vmm::config::{SerialOutput, VmConfig};
 pub const VMM_OVERHEAD_MIB: u64 = 64;
 /// `RLIMIT_NOFILE` in the jail: 1023 vsock streams, their host sockets and the devices'.
 pub const NOFILE: u64 = 2048;
-/// Smallest `RLIMIT_FSIZE` in the jail (the serial log may grow up to it).
+/// Smallest `RLIMIT_FSIZE` in the jail.
 pub const MIN_FSIZE: u64 = 256 << 20;
 /// The jail directory's name in a sandbox's state directory.
 pub const DIR_NAME: &str = "jail";
@@ -128,7 +131,9 @@ impl Jail {
             ro(Path::new("/proc/cpuinfo")),
         ];
         paths.extend(vm.initrd.as_deref().map(ro));
-        let mut fsize = MIN_FSIZE;
+        // The VMM sizes the memfd that holds guest RAM with ftruncate, which RLIMIT_FSIZE
+        // limits as it does any file (EFBIG past it).
+        let mut fsize = MIN_FSIZE.max(vm.mem_mib.saturating_mul(1 << 20));
         for d in &vm.disks {
             if d.read_only {
                 paths.push(ro(&d.path));

@@ -86,6 +86,10 @@ fn the_jail_of_a_vm_holds_what_it_opens_and_no_more() {
     assert_eq!(got, want);
     assert_eq!(j.memory_limit, (512 + VMM_OVERHEAD_MIB) << 20);
     assert_eq!(j.fsize, MIN_FSIZE);
+    // Guest RAM is a memfd the VMM grows to its size: the limit covers it.
+    vm.mem_mib = 4096;
+    let j = Jail::for_vm(&vm, &d.join("vmm.sock"), d.join("jail"), 65534, 65534);
+    assert_eq!(j.fsize, 4096 << 20);
     vm.net.push(vmm::config::NetConfig {
         tap: "tap0".into(),
         mac: None,
@@ -240,4 +244,47 @@ fn guest_port_listeners_are_reachable_by_the_jailed_vmm_only() {
     assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600));
     let _ = std::fs::remove_dir_all(d);
     let _ = std::fs::remove_dir_all(view);
+}
+
+/// Guest RAM grows to its size under the jail's limits: `limits` then the VMM's memfd
+/// sizing, in a child process (RLIMIT_FSIZE is per process). Over 256 MiB this failed with
+/// EFBIG ("cannot size the guest memory file to 608 MiB: File too large").
+#[test]
+fn guest_ram_memfd_can_be_sized_under_the_jails_limits() {
+    let mut vm = VmConfig::new("/k/vmlinux");
+    vm.mem_mib = 1024;
+    let d = Path::new("/run/svm-none");
+    let j = Jail::for_vm(&vm, &d.join("vmm.sock"), d.join("jail"), 1, 1);
+    let size = (vm.mem_mib << 20) as libc::off_t;
+    let name = c"svm-jail-test";
+    // SAFETY: the child makes only system calls on values prepared before the fork (no
+    // allocation: `limits` allocates only to report an error), then _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: as above.
+        unsafe {
+            let code = if limits(&j).is_err() {
+                2
+            } else {
+                let fd = libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC);
+                if fd >= 0 && libc::ftruncate(fd, size) == 0 {
+                    0
+                } else {
+                    1
+                }
+            };
+            libc::_exit(code);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status));
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "1: ftruncate of 1 GiB failed under RLIMIT_FSIZE {} (2: limits failed)",
+        j.fsize
+    );
 }

@@ -14,6 +14,9 @@ use crate::stop::StopSignal;
 const PANIC_BANNER: &[u8] = b"Kernel panic - not syncing";
 /// Longest line kept for the banner search.
 const MAX_LINE: usize = 256;
+/// Most console output passed on: a guest that writes without end must not fill the
+/// host's disk (the rest is dropped, the panic banner is still watched for).
+pub const MAX_LOG_BYTES: u64 = 256 << 20;
 
 /// Raises the serial IRQ.
 pub struct SerialIrq(pub Arc<dyn Interrupt>);
@@ -31,6 +34,8 @@ pub struct SerialSink {
     out: Option<Box<dyn Write + Send>>,
     line: Vec<u8>,
     stop: Arc<StopSignal>,
+    /// Bytes still to pass on before the output is dropped.
+    budget: u64,
 }
 
 impl SerialSink {
@@ -40,6 +45,7 @@ impl SerialSink {
             out,
             line: Vec::with_capacity(MAX_LINE),
             stop,
+            budget: MAX_LOG_BYTES,
         }
     }
 
@@ -62,9 +68,11 @@ impl SerialSink {
 impl Write for SerialSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.watch(buf);
-        if let Some(out) = self.out.as_mut() {
+        let n = buf.len().min(usize::try_from(self.budget).unwrap_or(usize::MAX));
+        if let (Some(out), true) = (self.out.as_mut(), n > 0) {
+            self.budget -= n as u64;
             // A closed or full destination must not stall or kill the guest.
-            let _ = out.write_all(buf);
+            let _ = out.write_all(&buf[..n]);
         }
         Ok(buf.len())
     }
@@ -166,6 +174,19 @@ mod tests {
         puts(&mut p, b"[  1.0] Kernel pan");
         assert_eq!(stop.reason(), None);
         puts(&mut p, b"ic - not syncing: VFS\n");
+        stop.request(crate::stop::StopReason::GuestReset);
+        assert_eq!(stop.reason(), Some(crate::stop::StopReason::GuestPanic));
+    }
+
+    #[test]
+    fn output_past_the_log_budget_is_dropped_but_still_watched() {
+        let out = Shared::default();
+        let stop = Arc::new(StopSignal::new().unwrap());
+        let mut sink = SerialSink::new(Some(Box::new(out.clone())), stop.clone());
+        sink.budget = 4;
+        sink.write_all(b"ab").unwrap();
+        sink.write_all(b"cdef\nKernel panic - not syncing").unwrap();
+        assert_eq!(&*out.0.lock().unwrap(), b"abcd");
         stop.request(crate::stop::StopReason::GuestReset);
         assert_eq!(stop.reason(), Some(crate::stop::StopReason::GuestPanic));
     }
