@@ -137,24 +137,24 @@ fn containerd_config(path: &Path) -> Item {
 }
 
 /// Every item, in order.
-pub fn items(containerd_config_path: &Path) -> Vec<Item> {
+pub fn items(host: &sandbox::HostConfig, containerd_config_path: &Path) -> Vec<Item> {
     let shim = find_on_path(SHIM_BINARY, &std::env::var_os("PATH").unwrap_or_default());
     vec![
         kvm(),
         cpu_mode(),
         file_item(
             "guest kernel",
-            sandbox::oci::default_kernel(),
+            host.kernel.clone(),
             "build it with guest-kernel-config/build.sh or set SANDBOX_VM_KERNEL",
         ),
         file_item(
             "guest image",
-            sandbox::oci::default_agent_disk().or_else(sandbox::oci::default_initrd),
+            host.agent_disk.clone().or_else(|| host.initrd.clone()),
             "build it with images/build-agent-disk.sh or set SANDBOX_VM_AGENT_DISK",
         ),
         file_item(
             "virtiofsd",
-            sandbox::virtiofsd::find(),
+            host.virtiofsd.clone(),
             "run scripts/setup.sh (cargo install virtiofsd) or set SANDBOX_VM_VIRTIOFSD",
         ),
         file_item(
@@ -167,8 +167,8 @@ pub fn items(containerd_config_path: &Path) -> Vec<Item> {
 }
 
 /// `sandbox-vm check`: prints the items; exit 1 if any failed.
-pub fn run(containerd_config_path: &Path) -> ExitCode {
-    let all = items(containerd_config_path);
+pub fn run(host: &sandbox::HostConfig, containerd_config_path: &Path) -> ExitCode {
+    let all = items(host, containerd_config_path);
     for i in &all {
         println!("{}", i.line());
     }

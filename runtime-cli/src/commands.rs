@@ -6,7 +6,7 @@ use std::process::Command;
 
 use oci_spec::runtime::{Process, Spec};
 use sandbox::stdio::{self, HostIo};
-use sandbox::HandleError;
+use sandbox::{HandleError, HostConfig, SandboxOps};
 
 use crate::lifecycle::{self, handle, load_in, CreateOpts, LifecycleError};
 use crate::ready::{ReadyError, ReadyPipe, ReadyWriter};
@@ -140,13 +140,7 @@ pub fn features() -> String {
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false},
         },
-        "annotations": {
-            "io.sandbox-vm.kernel": "guest kernel path",
-            "io.sandbox-vm.initrd": "agent initramfs path",
-            "io.sandbox-vm.vcpus": "vCPUs",
-            "io.sandbox-vm.mem-mib": "guest RAM in MiB",
-            "io.sandbox-vm.compat": "host-compatibility profile: auto|on|off",
-        },
+        "annotations": sandbox::oci::annotations::features(),
     });
     serde_json::to_string_pretty(&v).expect("json")
 }
@@ -175,22 +169,16 @@ pub fn spec(bundle: Option<&Path>) -> Result<(), CommandError> {
     })
 }
 
-/// `run`: create, start, wait for the monitor (our child) and delete, unless `detach`.
+/// `run`: create and start (the monitor starts the container itself: `opts.start`), wait
+/// for the monitor (our child) and delete, unless `detach`.
 pub fn run(
     store: &Store,
+    host: &HostConfig,
     opts: &CreateOpts,
     detach: bool,
     keep: bool,
 ) -> Result<i32, CommandError> {
-    let mut monitor = lifecycle::create(store, opts)?;
-    // The monitor starts the container itself when asked to (`run` always asks).
-    if !opts.start {
-        if let Err(e) = lifecycle::start(store, &opts.id) {
-            let _ = lifecycle::delete(store, &opts.id, true);
-            let _ = monitor.wait();
-            return Err(e.into());
-        }
-    }
+    let mut monitor = lifecycle::create(store, host, opts)?;
     if detach {
         return Ok(0);
     }
@@ -205,8 +193,8 @@ pub fn run(
         .then(RawTerminal::stdin)
         .flatten();
     let code = match monitor.wait() {
-        Ok(st) => st.code().unwrap_or(crate::monitor::CRASH_STATUS),
-        Err(_) => crate::monitor::CRASH_STATUS,
+        Ok(st) => st.code().unwrap_or(sandbox::LOST_EXIT_STATUS),
+        Err(_) => sandbox::LOST_EXIT_STATUS,
     };
     if !keep {
         lifecycle::delete(store, &opts.id, true)?;
@@ -433,6 +421,11 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&features()).unwrap();
         assert_eq!(v["ociVersionMin"], "1.0.0");
         assert!(v["ociVersionMax"].is_string());
+        // Every annotation of the table, and no other.
+        let listed = v["annotations"].as_object().unwrap();
+        let table = sandbox::oci::annotations::TABLE;
+        assert_eq!(listed.len(), table.len());
+        assert!(table.iter().all(|k| listed.contains_key(k.key)));
     }
 
     #[test]

@@ -7,12 +7,12 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use sandbox::image::{self, ImageError};
 use sandbox::oci::bundle::{self, BundleError};
-use sandbox::oci::translate::{self, probe_host, RootfsMode, TranslateError};
-use sandbox::{HandleError, SandboxHandle, SandboxPaths};
+use sandbox::{
+    HandleError, HostConfig, PlanError, PodPlan, RealHost, Role, SandboxHandle, SandboxOps,
+};
 
-use crate::plan::{Plan, PlanError};
+use crate::plan::PlanFileError;
 use crate::ready::{ReadyError, ReadyPipe};
 use crate::state::{now_secs, ContainerState, StateError, Status, Store};
 
@@ -22,27 +22,13 @@ pub enum LifecycleError {
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error(transparent)]
-    Translate(#[from] TranslateError),
+    Plan(#[from] PlanError),
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
-    Image(#[from] ImageError),
-    #[error("{what} {path} not found: {how}")]
-    Artifact {
-        what: &'static str,
-        path: PathBuf,
-        how: &'static str,
-    },
-    #[error(
-        "virtiofsd not found: run scripts/setup.sh (it installs it) or set SANDBOX_VM_VIRTIOFSD"
-    )]
-    NoVirtiofsd,
-    #[error(transparent)]
-    Netns(#[from] sandbox::network::NetnsError),
-    #[error(transparent)]
     Ready(#[from] ReadyError),
     #[error(transparent)]
-    Plan(#[from] PlanError),
+    PlanFile(#[from] PlanFileError),
     #[error("cannot start the container's monitor: {0}")]
     Spawn(std::io::Error),
     #[error("container {id} failed to start: {msg}")]
@@ -97,22 +83,6 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-fn check_artifact(
-    what: &'static str,
-    path: &Path,
-    how: &'static str,
-) -> Result<(), LifecycleError> {
-    if path.is_file() {
-        Ok(())
-    } else {
-        Err(LifecycleError::Artifact {
-            what,
-            path: path.into(),
-            how,
-        })
-    }
-}
-
 fn write_pid_file(path: &Path, pid: u32) -> Result<(), LifecycleError> {
     let err = |err| LifecycleError::PidFile {
         path: path.into(),
@@ -121,59 +91,6 @@ fn write_pid_file(path: &Path, pid: u32) -> Result<(), LifecycleError> {
     let tmp = path.with_extension("sandbox-vm.tmp");
     std::fs::write(&tmp, pid.to_string()).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
-}
-
-/// Translates the bundle: every problem with the spec or the host is found here, before
-/// anything is created.
-fn make_plan(
-    id: &str,
-    bundle: &bundle::Bundle,
-    paths: &SandboxPaths,
-) -> Result<(Plan, RootfsMode), LifecycleError> {
-    let defaults = sandbox::oci::host_defaults();
-    let (vm, mode) = translate::vm_config(&bundle.spec, &defaults, &paths.vm_paths())?;
-    let mut container =
-        translate::container_request(id, &bundle.spec, &bundle.rootfs, mode, &probe_host)?;
-    check_artifact(
-        "guest kernel",
-        &vm.kernel,
-        "build it with guest-kernel-config/build.sh or set SANDBOX_VM_KERNEL",
-    )?;
-    for d in vm
-        .disks
-        .iter()
-        .filter(|d| d.id.as_deref() == Some(translate::vm::AGENT_DISK_SERIAL))
-    {
-        check_artifact(
-            "guest image",
-            &d.path,
-            "build it with images/build-agent-disk.sh or set SANDBOX_VM_AGENT_DISK",
-        )?;
-    }
-    if let Some(initrd) = &vm.initrd {
-        check_artifact(
-            "agent initramfs",
-            initrd,
-            "build it with images/build-agent-initramfs.sh or set SANDBOX_VM_INITRD",
-        )?;
-    }
-    let virtiofsd = sandbox::virtiofsd::find().ok_or(LifecycleError::NoVirtiofsd)?;
-    let netns = translate::pod_netns(&bundle.spec);
-    match &netns {
-        // A missing or deleted netns is reported here, before anything exists.
-        Some(ns) => drop(sandbox::network::Netns::open(ns)?),
-        // The container has the VM to itself, and the VM no NIC.
-        None => translate::alone_in_vm_without_nic(&mut container),
-    }
-    Ok((
-        Plan {
-            vm,
-            container,
-            virtiofsd,
-            netns,
-        },
-        mode,
-    ))
 }
 
 /// Starts `sandbox-vm monitor ID` and waits for its readiness line.
@@ -213,16 +130,29 @@ fn start_monitor(store: &Store, opts: &CreateOpts) -> Result<Child, LifecycleErr
     Ok(child)
 }
 
-/// `create`: returns the running monitor (our child; `run` waits for it).
-pub fn create(store: &Store, opts: &CreateOpts) -> Result<Child, LifecycleError> {
+/// `create`: plans the container's sandbox (every problem with the spec or the host is
+/// found then, before anything is created), then starts the monitor, which creates it.
+/// Returns the running monitor (our child; `run` waits for it).
+pub fn create(
+    store: &Store,
+    host: &HostConfig,
+    opts: &CreateOpts,
+) -> Result<Child, LifecycleError> {
     crate::state::validate_id(&opts.id)?;
     if store.exists(&opts.id) {
         return Err(StateError::Exists(opts.id.clone()).into());
     }
     let bundle = bundle::load(&opts.bundle)?;
     let dir = store.dir(&opts.id);
-    let paths = SandboxPaths::in_dir(&dir);
-    let (plan, mode) = make_plan(&opts.id, &bundle, &paths)?;
+    let plan = PodPlan::new(
+        &opts.id,
+        &bundle.spec,
+        &bundle.rootfs,
+        Role::Alone,
+        &dir,
+        host,
+        &RealHost,
+    )?;
 
     store.create_dir(&opts.id)?;
     let mut cleanup = Cleanup {
@@ -248,10 +178,7 @@ pub fn create(store: &Store, opts: &CreateOpts) -> Result<Child, LifecycleError>
         exit_status: None,
         process: bundle.spec.process().clone(),
     })?;
-    if mode == RootfsMode::Block {
-        image::build(&bundle.rootfs, &paths.rootfs_disk)?;
-    }
-    plan.save(&dir)?;
+    crate::plan::save(&plan, &dir)?;
     let mut child = start_monitor(store, opts)?;
     if let Some(p) = &opts.pid_file {
         if let Err(e) = write_pid_file(p, child.id()) {
@@ -468,6 +395,7 @@ mod tests {
         let base = std::env::temp_dir().join(format!("svm-lc-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let store = Store::new(base.join("root"));
+        let host = HostConfig::resolve(|_| None, None);
         let bundle = base.join("b");
         std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
         let opts = |id: &str| CreateOpts {
@@ -475,7 +403,7 @@ mod tests {
             bundle: bundle.clone(),
             ..Default::default()
         };
-        let e = create(&store, &opts("c")).unwrap_err();
+        let e = create(&store, &host, &opts("c")).unwrap_err();
         assert!(e.to_string().contains("has no config.json"), "{e}");
         std::fs::write(
             bundle.join("config.json"),
@@ -483,12 +411,12 @@ mod tests {
                "root":{"path":"rootfs"},"linux":{"resources":{"memory":{"limit":1048576}}}}"#,
         )
         .unwrap();
-        let e = create(&store, &opts("c")).unwrap_err();
+        let e = create(&store, &host, &opts("c")).unwrap_err();
         assert!(e.to_string().contains("too small"), "{e}");
-        let e = create(&store, &opts("a/b")).unwrap_err();
+        let e = create(&store, &host, &opts("a/b")).unwrap_err();
         assert!(e.to_string().contains("invalid container id"), "{e}");
         std::fs::create_dir_all(store.dir("dup")).unwrap();
-        let e = create(&store, &opts("dup")).unwrap_err();
+        let e = create(&store, &host, &opts("dup")).unwrap_err();
         assert!(e.to_string().contains("already exists"), "{e}");
         std::fs::remove_dir(store.dir("dup")).unwrap();
         assert_eq!(std::fs::read_dir(store.root()).unwrap().count(), 0);

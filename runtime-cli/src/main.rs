@@ -173,11 +173,15 @@ fn standalone_bundle(id: String, bundle: PathBuf) -> (String, PathBuf) {
 
 fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
     let gargs = global_args(&cli.global);
+    // The host's settings, once: from the environment and what is installed; this binary
+    // runs its VMMs (`sandbox-vm vmm`).
+    let exe = std::env::current_exe().ok();
+    let host = sandbox::HostConfig::resolve(|k| std::env::var_os(k), exe.as_deref());
     match cli.command {
         Command::Boot(args) => boot_cmd::run(*args),
-        Command::Check { containerd_config } => Ok(check::run(&containerd_config)),
+        Command::Check { containerd_config } => Ok(check::run(&host, &containerd_config)),
         Command::Vmm(args) => vmm_cmd::run(*args),
-        Command::Template(args) => template_cmd::run(*args),
+        Command::Template(args) => template_cmd::run(*args, &host),
         Command::Monitor {
             container_id,
             console_socket,
@@ -196,6 +200,7 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
             StandardCmd::Create(c) => {
                 lifecycle::create(
                     store,
+                    &host,
                     &CreateOpts {
                         id: c.container_id,
                         bundle: c.bundle,
@@ -232,7 +237,7 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
                     global_args: gargs,
                     start: true,
                 };
-                Ok(code(commands::run(store, &opts, r.detach, r.keep)?))
+                Ok(code(commands::run(store, &host, &opts, r.detach, r.keep)?))
             }
             CommonCmd::Exec(e) => {
                 let opts = commands::ExecOpts {

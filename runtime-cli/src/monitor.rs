@@ -18,32 +18,24 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sandbox::stdio::HostIo;
+use sandbox::{PodPlan, Sandbox, SandboxOps, LOST_EXIT_STATUS};
 
-use sandbox::{Sandbox, SandboxConfig};
-
-use crate::plan::Plan;
 use crate::ready::ReadyWriter;
 use crate::state::{process_start_time, Status, Store};
-
-/// How long the guest may take to boot to its agent (boots take about half a minute on
-/// hosts that emulate guest kernel mode, several under load).
-pub const AGENT_TIMEOUT: Duration = Duration::from_secs(600);
-/// Exit status when the VM stopped without the container reporting one.
-pub const CRASH_STATUS: i32 = 255;
 
 /// Errors of the monitor (reported on the readiness pipe and in `monitor.log`).
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
     #[error(transparent)]
-    Plan(#[from] crate::plan::PlanError),
+    Plan(#[from] crate::plan::PlanFileError),
     #[error(transparent)]
     Sandbox(#[from] sandbox::SandboxError),
+    #[error("cannot start the container: {0}")]
+    Start(#[from] sandbox::HandleError),
     #[error(transparent)]
     Stdio(#[from] sandbox::stdio::StdioError),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
-    #[error("cannot find our own executable: {0}")]
-    Exe(std::io::Error),
 }
 
 /// Appends a timestamped line to the container's `monitor.log`.
@@ -59,9 +51,9 @@ pub fn log_line(dir: &Path, msg: &str) {
 
 /// The container's streams: a new pty for `--console-socket` with a terminal, else our
 /// own stdio (minus stderr with a terminal).
-fn host_io(plan: &Plan, console: Option<&Path>) -> Result<HostIo, MonitorError> {
+fn host_io(plan: &PodPlan, console: Option<&Path>) -> Result<HostIo, MonitorError> {
     let terminal = plan
-        .container
+        .first
         .request
         .spec
         .process()
@@ -93,30 +85,19 @@ fn create_sandbox(
         s.pid = Some(pid);
         s.pid_start = process_start_time(pid);
     })?;
-    let plan = Plan::load(&dir)?;
+    let plan = crate::plan::load(&dir)?;
     let io = host_io(&plan, console)?;
-    let cfg = SandboxConfig {
-        id: id.into(),
-        dir: dir.clone(),
-        hostname: plan.container.request.spec.hostname().clone(),
-        vm: plan.vm,
-        vmm_exe: std::env::current_exe().map_err(MonitorError::Exe)?,
-        virtiofsd: plan.virtiofsd,
-        netns: plan.netns,
-        agent_timeout: AGENT_TIMEOUT,
-        template: sandbox::template::template_use(&plan.container.request.spec),
-    };
     let t0 = Instant::now();
-    let sandbox = Sandbox::create(&cfg)?;
+    let sandbox = Sandbox::create(&plan)?;
     log_line(&dir, &format!("agent answered after {:.1?}", t0.elapsed()));
-    let (_, pumps) = sandbox.add_container(plan.container, io)?;
+    let (_, pumps) = sandbox.add_container(plan.first, io)?;
     store.update(id, |s| s.status = Status::Created)?;
     log_line(
         &dir,
         &format!("container created after {:.1?}", t0.elapsed()),
     );
     if start {
-        sandbox.start_container(id)?;
+        sandbox.start(id)?;
         store.update(id, |s| s.status = Status::Running)?;
         log_line(
             &dir,
@@ -132,19 +113,22 @@ pub fn run(store: &Store, id: &str, console: Option<PathBuf>, start: bool) -> i3
     let mut ready = ReadyWriter::from_env();
     let dir = store.dir(id);
 
-    let (mut sandbox, pumps) = match create_sandbox(store, id, console.as_deref(), start) {
+    let (sandbox, pumps) = match create_sandbox(store, id, console.as_deref(), start) {
         Ok(s) => s,
         Err(e) => {
             log_line(&dir, &format!("error: {e}"));
             ready.err(&e);
             let _ = store.update(id, |s| s.status = Status::Stopped);
-            return CRASH_STATUS;
+            return LOST_EXIT_STATUS;
         }
     };
     ready.ok();
-    crate::watch::virtiofsd(&dir, sandbox.host_pids()[1]);
-    // Nothing else in this process asks the agent anything: wait on the kept connection.
-    let exit = sandbox.wait_on_control(id, None);
+    if let Some([_, virtiofsd]) = sandbox.host_pids() {
+        crate::watch::virtiofsd(&dir, virtiofsd);
+    }
+    // Nothing else in this process asks the agent anything: the wait has the kept
+    // connection.
+    let exit = sandbox.wait(id, None);
     for p in pumps.outputs {
         let _ = p.join();
     }
@@ -160,7 +144,7 @@ pub fn run(store: &Store, id: &str, console: Option<PathBuf>, start: bool) -> i3
                 .vm_stopped()
                 .unwrap_or_else(|| format!("lost the guest agent: {e}"));
             log_line(&dir, &format!("the container's VM ended: {why}"));
-            CRASH_STATUS
+            LOST_EXIT_STATUS
         }
     };
     let _ = store.update(id, |s| {

@@ -6,16 +6,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use sandbox::oci::{bundle, translate};
-use sandbox::template::{self, TemplateUse};
-use sandbox::{Sandbox, SandboxConfig, SandboxPaths};
-
-/// How long the template's guest may take to boot to its agent.
-const AGENT_TIMEOUT: Duration = Duration::from_secs(300);
+use sandbox::oci::bundle;
+use sandbox::{HostConfig, PodPlan, RealHost, Role, Sandbox};
 
 #[derive(Args)]
 pub struct TemplateArgs {
@@ -25,40 +21,26 @@ pub struct TemplateArgs {
 }
 
 /// Builds (or finds) the template; prints its directory.
-pub fn run(args: TemplateArgs) -> Result<ExitCode> {
+pub fn run(args: TemplateArgs, host: &HostConfig) -> Result<ExitCode> {
     let bundle = bundle::load(&args.bundle)?;
-    let root = template::templates_root();
-    let work = root.join(format!("build-{}", std::process::id()));
+    let work = host.templates.join(format!("build-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-    let paths = SandboxPaths::in_dir(&work);
-    let defaults = sandbox::oci::host_defaults();
-    let (vm, mode) = translate::vm_config(&bundle.spec, &defaults, &paths.vm_paths())?;
-    // The guest spec `create` would send for this bundle: its container's init is
-    // prepared in the template.
-    let mut plan = translate::container_request(
-        "template",
+    // Planned as `create` plans the bundle's container, alone in its VM: the template's
+    // agent prepares that container's init.
+    let id = format!("template-{}", std::process::id());
+    let planned = PodPlan::new(
+        &id,
         &bundle.spec,
         &bundle.rootfs,
-        mode,
-        &translate::probe_host,
-    )?;
-    // As `create` does (lifecycle::make_plan): the container has the VM to itself. (A pod
-    // netns, given by path, is not in the guest spec at all.)
-    translate::alone_in_vm_without_nic(&mut plan);
-    let cfg = SandboxConfig {
-        id: format!("template-{}", std::process::id()),
-        dir: work.clone(),
-        vm,
-        vmm_exe: std::env::current_exe().context("cannot find this executable")?,
-        virtiofsd: sandbox::virtiofsd::find()
-            .context("virtiofsd not found (set SANDBOX_VM_VIRTIOFSD)")?,
-        hostname: None,
-        netns: None,
-        agent_timeout: AGENT_TIMEOUT,
-        template: TemplateUse::Off,
-    };
+        Role::Alone,
+        &work,
+        host,
+        &RealHost,
+    );
     let t0 = Instant::now();
-    let built = Sandbox::build_template(&cfg, &root, Some(&plan.request.spec));
+    let built = planned
+        .map_err(anyhow::Error::from)
+        .and_then(|plan| Ok(Sandbox::build_template(&plan)?));
     let _ = std::fs::remove_dir_all(&work);
     let dir = built?;
     eprintln!(

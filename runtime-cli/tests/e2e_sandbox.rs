@@ -14,11 +14,12 @@ mod common;
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use sandbox::oci::translate::{self, probe_host, Defaults, RootfsMode};
+use sandbox::oci::translate::RootfsMode;
 use sandbox::stdio::HostIo;
-use sandbox::{Sandbox, SandboxConfig};
+use sandbox::template::TemplateUse;
+use sandbox::{PodPlan, RealHost, Role, Sandbox, SandboxOps};
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("svm-e2e-{name}-{}", std::process::id()));
@@ -96,48 +97,38 @@ fn two_containers_share_one_vm_with_live_binds() {
     );
 
     let state = dir.join("state");
-    let paths = sandbox::SandboxPaths::in_dir(&state);
-    let defaults = Defaults {
-        kernel: Some(common::kernel()),
-        initrd: None,
-        agent_disk: Some(common::image("SANDBOX_VM_AGENT_DISK", "agent.ext4")),
-        max_vcpus: 1,
-    };
-    let (vm, mode) = translate::vm_config(&spec_a, &defaults, &paths.vm_paths()).unwrap();
-    assert_eq!(mode, RootfsMode::Share);
-    let cfg = SandboxConfig {
-        id: "e2e-sandbox".into(),
-        dir: state.clone(),
-        vm,
-        vmm_exe: env!("CARGO_BIN_EXE_sandbox-vm").into(),
-        virtiofsd: sandbox::virtiofsd::find()
-            .expect("virtiofsd not found: run scripts/setup.sh (it installs it)"),
-        hostname: None,
-        netns: None,
-        agent_timeout: Duration::from_secs(600),
-        template: sandbox::template::TemplateUse::Off,
-    };
+    let mut plan = PodPlan::new(
+        "a",
+        &spec_a,
+        &a.join("rootfs"),
+        Role::Pod,
+        &state,
+        &common::host(),
+        &RealHost,
+    )
+    .unwrap();
+    assert_eq!(plan.mode, RootfsMode::Share);
+    plan.template = TemplateUse::Off;
     let t = Instant::now();
-    let sb = Sandbox::create(&cfg).unwrap();
+    let sb = Sandbox::create(&plan).unwrap();
     eprintln!("sandbox up after {:.1} s", t.elapsed().as_secs_f64());
-    let [vmm_pid, fsd_pid] = sb.host_pids();
+    let [vmm_pid, fsd_pid] = sb.host_pids().unwrap();
 
-    let plan_a =
-        translate::container_request("a", &spec_a, &a.join("rootfs"), mode, &probe_host).unwrap();
     let (io_a, mut out_a) = output_pipe();
-    let (_, pumps_a) = sb.add_container(plan_a, io_a).unwrap();
-    sb.handle().start("a").unwrap();
+    let (pid_a, pumps_a) = sb.add_container(plan.first.clone(), io_a).unwrap();
+    sb.start("a").unwrap();
     assert!(read_until(&mut out_a, "a-up").contains("a-up"));
     eprintln!(
         "container a running after {:.1} s",
         t.elapsed().as_secs_f64()
     );
 
-    let plan_b =
-        translate::container_request("b", &spec_b, &b.join("rootfs"), mode, &probe_host).unwrap();
+    let plan_b = plan
+        .member("b", &spec_b, &b.join("rootfs"), pid_a as u32, &RealHost)
+        .unwrap();
     let (io_b, mut out_b) = output_pipe();
     let (_, pumps_b) = sb.add_container(plan_b, io_b).unwrap();
-    sb.handle().start("b").unwrap();
+    sb.start("b").unwrap();
     let got = read_until(&mut out_b, "b-done");
     eprintln!(
         "container b output after {:.1} s:\n{got}",
@@ -155,8 +146,8 @@ fn two_containers_share_one_vm_with_live_binds() {
 
     // Both run at once: a's sleep is still there while b runs (b's shell may not have
     // exec'd its own sleep yet).
-    let procs_a = sb.handle().processes("a").unwrap();
-    let procs_b = sb.handle().processes("b").unwrap();
+    let procs_a = sb.processes("a").unwrap();
+    let procs_b = sb.processes("b").unwrap();
     assert!(procs_a.iter().any(|p| p.command == "sleep"), "{procs_a:?}");
     assert!(!procs_b.is_empty(), "{procs_b:?}");
 
@@ -165,8 +156,8 @@ fn two_containers_share_one_vm_with_live_binds() {
     let mut p = oci_spec::runtime::Process::default();
     p.set_args(Some(vec!["cat".into(), "/rw/later".into()]));
     let (io_x, mut out_x) = output_pipe();
-    let (_, pumps_x) = sb.handle().exec("b", "x1", p, io_x).unwrap();
-    let exit = sb.handle().wait("b", Some("x1")).unwrap();
+    let (_, pumps_x) = sb.exec("b", "x1", p, io_x).unwrap();
+    let exit = sb.wait("b", Some("x1")).unwrap();
     for p in pumps_x.outputs {
         p.join().unwrap();
     }
@@ -174,8 +165,8 @@ fn two_containers_share_one_vm_with_live_binds() {
     assert_eq!(read_until(&mut out_x, "\n"), "written later\n");
 
     for id in ["a", "b"] {
-        sb.handle().signal(id, None, libc::SIGKILL, true).unwrap();
-        let e = sb.handle().wait(id, None).unwrap();
+        sb.signal(id, None, libc::SIGKILL, true).unwrap();
+        let e = sb.wait(id, None).unwrap();
         assert_eq!(e.status.as_shell_status(), 128 + libc::SIGKILL);
         sb.remove_container(id, false).unwrap();
     }

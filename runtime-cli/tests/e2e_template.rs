@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sandbox::oci::translate::{self, probe_host, Defaults};
+use sandbox::oci::translate::{self, probe_host};
 use sandbox::stdio::HostIo;
 use sandbox::template::TemplateUse;
-use sandbox::{Sandbox, SandboxConfig, SandboxPaths};
+use sandbox::{PodPlan, RealHost, Role, Sandbox, SandboxOps};
 
 /// Also tells whether the container's init was the one the template prepared: its
 /// `/proc` was mounted before its root (lower mount id; nothing was unmounted in the
@@ -39,33 +39,22 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
-fn config(dir: &Path, id: &str, spec: &oci_spec::runtime::Spec, t: TemplateUse) -> SandboxConfig {
+/// The plan of sandbox `id` for the bundle at `b`, its templates under `dir/templates`.
+fn config(dir: &Path, id: &str, b: &Path, t: TemplateUse) -> PodPlan {
+    let mut host = common::host();
+    host.templates = dir.join("templates");
+    let spec = spec_of(b);
+    let rootfs = b.join("rootfs");
     let state = dir.join(id);
-    let paths = SandboxPaths::in_dir(&state);
-    let defaults = Defaults {
-        kernel: Some(common::kernel()),
-        initrd: None,
-        agent_disk: Some(common::image("SANDBOX_VM_AGENT_DISK", "agent.ext4")),
-        max_vcpus: 1,
-    };
-    let (vm, _) = translate::vm_config(spec, &defaults, &paths.vm_paths()).unwrap();
-    SandboxConfig {
-        id: id.into(),
-        dir: state,
-        vm,
-        vmm_exe: env!("CARGO_BIN_EXE_sandbox-vm").into(),
-        virtiofsd: sandbox::virtiofsd::find()
-            .expect("virtiofsd not found: run scripts/setup.sh (it installs it)"),
-        hostname: Some(format!("{id}-host")),
-        netns: None,
-        agent_timeout: Duration::from_secs(600),
-        template: t,
-    }
+    let mut plan = PodPlan::new(id, &spec, &rootfs, Role::Pod, &state, &host, &RealHost).unwrap();
+    plan.hostname = Some(format!("{id}-host"));
+    plan.template = t;
+    plan
 }
 
 /// Runs the bundle's container in a sandbox restored from the template; returns its
 /// output and how long the sandbox took to be ready.
-fn run_clone(cfg: &SandboxConfig, bundle: &Path) -> (String, Duration) {
+fn run_clone(cfg: &PodPlan, bundle: &Path) -> (String, Duration) {
     let t = Instant::now();
     let sb = Sandbox::create(cfg).unwrap();
     let ready = t.elapsed();
@@ -82,8 +71,8 @@ fn run_clone(cfg: &SandboxConfig, bundle: &Path) -> (String, Duration) {
         stderr: Some(w),
     };
     let (_, pumps) = sb.add_container(plan, io).unwrap();
-    sb.handle().start("c").unwrap();
-    let exit = sb.handle().wait("c", None).unwrap();
+    sb.start("c").unwrap();
+    let exit = sb.wait("c", None).unwrap();
     for p in pumps.outputs {
         p.join().unwrap();
     }
@@ -114,20 +103,21 @@ fn spec_of(bundle: &Path) -> oci_spec::runtime::Spec {
 #[test]
 fn clones_of_one_template_are_distinct_machines_with_the_right_clock() {
     let dir = scratch("template");
-    let templates = dir.join("templates");
-    // Only this test in this binary: the variable is not raced.
-    std::env::set_var(sandbox::template::TEMPLATE_DIR_ENV, &templates);
     let b = bundle::busybox_bundle(&dir.join("bundle"), &["sh", "-c", SCRIPT]);
     let spec = spec_of(&b);
 
     let t = Instant::now();
-    let tcfg = config(&dir, "tpl", &spec, TemplateUse::Off);
-    let guest_spec = container_plan("tpl", &b).request.spec;
-    let template = Sandbox::build_template(&tcfg, &templates, Some(&guest_spec)).unwrap();
+    let tcfg = config(&dir, "tpl", &b, TemplateUse::Off);
+    // The template's agent prepares the init of the container the clones run.
+    assert_eq!(
+        tcfg.first.request.spec,
+        container_plan("tpl", &b).request.spec
+    );
+    let template = Sandbox::build_template(&tcfg).unwrap();
     eprintln!("template built in {:.1} s", t.elapsed().as_secs_f64());
 
-    let cfgs: Vec<SandboxConfig> = (0..2)
-        .map(|i| config(&dir, &format!("clone{i}"), &spec, TemplateUse::Auto))
+    let cfgs: Vec<PodPlan> = (0..2)
+        .map(|i| config(&dir, &format!("clone{i}"), &b, TemplateUse::Auto))
         .collect();
     let t = Instant::now();
     let outs: Vec<(String, Duration)> = std::thread::scope(|s| {
@@ -190,7 +180,7 @@ fn clones_of_one_template_are_distinct_machines_with_the_right_clock() {
         .open(template.join(vmm::persist::MEMORY_FILE))
         .unwrap();
     mem.set_len(4096).unwrap();
-    let cfg = config(&dir, "fallback", &spec, TemplateUse::Auto);
+    let cfg = config(&dir, "fallback", &b, TemplateUse::Auto);
     let sb = Sandbox::create(&cfg).expect("a broken template falls back to a cold boot");
     let log = std::fs::read_to_string(&sb.paths().vmm_log).unwrap_or_default();
     assert!(!log.contains("restored"), "{log}");

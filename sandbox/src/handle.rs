@@ -1,7 +1,8 @@
 //! Talking to a live sandbox: its guest agent (containers and processes) and its VMM's
-//! control socket (pause, resume). A [`SandboxHandle`] is only paths, so any process can
-//! open one from the state directory (the OCI CLI's `start`, `kill`, `exec`, `pause` run as
-//! processes of their own); the [`crate::Sandbox`] owner has one too.
+//! control socket (pause, resume), through [`SandboxOps`]. The [`crate::Sandbox`] owner
+//! implements it, and so does a [`SandboxHandle`], which is only paths, so that any
+//! process can open one from the state directory (the OCI CLI's `start`, `kill`, `exec`,
+//! `pause` run as processes of their own).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,7 +28,103 @@ pub enum HandleError {
     Api { path: PathBuf, err: String },
 }
 
-/// The addresses of one sandbox.
+/// What a front end asks of a live sandbox's guest and VMM, written once for both the
+/// sandbox's owner ([`crate::Sandbox`], which keeps an agent connection) and any other
+/// process ([`SandboxHandle`], which connects for each call).
+pub trait SandboxOps {
+    /// The guest agent's endpoint (for the streams of a process).
+    fn endpoint(&self) -> &Endpoint;
+
+    /// The VMM's control socket.
+    fn api_sock(&self) -> &Path;
+
+    /// Runs `call` on an agent connection.
+    fn with_agent<T>(
+        &self,
+        call: impl FnOnce(&mut Client) -> Result<T, ClientError>,
+    ) -> Result<T, HandleError>;
+
+    /// Runs a created container's process.
+    fn start(&self, container_id: &str) -> Result<(), HandleError> {
+        self.with_agent(|a| a.start_container(container_id))
+    }
+
+    /// Runs `process` in a running container with its streams on `io`; returns its guest
+    /// pid and the copy threads.
+    fn exec(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        process: Process,
+        io: HostIo,
+    ) -> Result<(i32, Pumps), HandleError> {
+        let pid = self.with_agent(|a| a.exec(container_id, exec_id, process, io.config()))?;
+        let pumps = stdio::attach(self.endpoint(), container_id, Some(exec_id), io)?;
+        Ok((pid, pumps))
+    }
+
+    /// Sends `signal` to a process, or with `all` to every process of the container.
+    fn signal(
+        &self,
+        container_id: &str,
+        exec_id: Option<&str>,
+        signal: i32,
+        all: bool,
+    ) -> Result<(), HandleError> {
+        self.with_agent(|a| a.signal(container_id, exec_id, signal, all))
+    }
+
+    /// Blocks until the process exits and its output has been delivered.
+    fn wait(&self, container_id: &str, exec_id: Option<&str>) -> Result<ExitInfo, HandleError> {
+        self.with_agent(|a| a.wait(container_id, exec_id))
+    }
+
+    /// The container's processes (guest pids).
+    fn processes(&self, container_id: &str) -> Result<Vec<ProcessInfo>, HandleError> {
+        self.with_agent(|a| a.list_processes(container_id))
+    }
+
+    /// The container's cgroup statistics.
+    fn stats(&self, container_id: &str) -> Result<ContainerStats, HandleError> {
+        self.with_agent(|a| a.stats(container_id))
+    }
+
+    /// Sets the size of a process's terminal.
+    fn resize_tty(
+        &self,
+        container_id: &str,
+        exec_id: Option<&str>,
+        rows: u16,
+        cols: u16,
+    ) -> Result<(), HandleError> {
+        self.with_agent(|a| a.resize_tty(container_id, exec_id, rows, cols))
+    }
+
+    /// Stops the VM's vCPUs (the guest's clock stops with them).
+    fn pause(&self) -> Result<(), HandleError> {
+        api(self.api_sock(), |c| c.pause()).map(drop)
+    }
+
+    /// Lets a paused VM run again.
+    fn resume(&self) -> Result<(), HandleError> {
+        api(self.api_sock(), |c| c.resume()).map(drop)
+    }
+}
+
+/// One call on the VMM's control socket.
+fn api<T, E: std::fmt::Display>(
+    api_sock: &Path,
+    call: impl FnOnce(&mut vmm::api::ApiClient) -> Result<T, E>,
+) -> Result<T, HandleError> {
+    let err = |e: &dyn std::fmt::Display| HandleError::Api {
+        path: api_sock.to_path_buf(),
+        err: e.to_string(),
+    };
+    let mut client = vmm::api::ApiClient::connect(api_sock, API_TIMEOUT).map_err(|e| err(&e))?;
+    call(&mut client).map_err(|e| err(&e))
+}
+
+/// The addresses of one sandbox, for a process that does not own it.
 #[derive(Clone, Debug)]
 pub struct SandboxHandle {
     endpoint: Endpoint,
@@ -44,84 +141,26 @@ impl SandboxHandle {
         }
     }
 
-    /// The guest agent's endpoint.
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
-    /// A new control connection to the agent (each blocking call gets its own, so a `wait`
-    /// never holds up another call).
+    /// A new control connection to the agent.
     pub fn agent(&self) -> Result<Client, HandleError> {
         Ok(Client::connect(&self.endpoint)?)
     }
+}
 
-    /// Runs a created container's process.
-    pub fn start(&self, container_id: &str) -> Result<(), HandleError> {
-        Ok(self.agent()?.start_container(container_id)?)
+impl SandboxOps for SandboxHandle {
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
-    /// Runs `process` in a running container with its streams on `io`; returns its guest
-    /// pid and the copy threads.
-    pub fn exec(
+    fn api_sock(&self) -> &Path {
+        &self.api_sock
+    }
+
+    /// Each call gets a connection of its own, so a `wait` never holds up another call.
+    fn with_agent<T>(
         &self,
-        container_id: &str,
-        exec_id: &str,
-        process: Process,
-        io: HostIo,
-    ) -> Result<(i32, Pumps), HandleError> {
-        let pid = self
-            .agent()?
-            .exec(container_id, exec_id, process, io.config())?;
-        let pumps = stdio::attach(&self.endpoint, container_id, Some(exec_id), io)?;
-        Ok((pid, pumps))
-    }
-
-    /// Sends `signal` to a process, or with `all` to every process of the container.
-    pub fn signal(
-        &self,
-        container_id: &str,
-        exec_id: Option<&str>,
-        signal: i32,
-        all: bool,
-    ) -> Result<(), HandleError> {
-        Ok(self.agent()?.signal(container_id, exec_id, signal, all)?)
-    }
-
-    /// Blocks until the process exits and its output has been delivered.
-    pub fn wait(&self, container_id: &str, exec_id: Option<&str>) -> Result<ExitInfo, HandleError> {
-        Ok(self.agent()?.wait(container_id, exec_id)?)
-    }
-
-    /// The container's processes (guest pids).
-    pub fn processes(&self, container_id: &str) -> Result<Vec<ProcessInfo>, HandleError> {
-        Ok(self.agent()?.list_processes(container_id)?)
-    }
-
-    /// The container's cgroup statistics.
-    pub fn stats(&self, container_id: &str) -> Result<ContainerStats, HandleError> {
-        Ok(self.agent()?.stats(container_id)?)
-    }
-
-    /// Stops the VM's vCPUs (the guest's clock stops with them).
-    pub fn pause(&self) -> Result<(), HandleError> {
-        self.api(|c| c.pause()).map(drop)
-    }
-
-    /// Lets a paused VM run again.
-    pub fn resume(&self) -> Result<(), HandleError> {
-        self.api(|c| c.resume()).map(drop)
-    }
-
-    fn api<T, E: std::fmt::Display>(
-        &self,
-        call: impl FnOnce(&mut vmm::api::ApiClient) -> Result<T, E>,
+        call: impl FnOnce(&mut Client) -> Result<T, ClientError>,
     ) -> Result<T, HandleError> {
-        let err = |e: &dyn std::fmt::Display| HandleError::Api {
-            path: self.api_sock.clone(),
-            err: e.to_string(),
-        };
-        let mut client =
-            vmm::api::ApiClient::connect(&self.api_sock, API_TIMEOUT).map_err(|e| err(&e))?;
-        call(&mut client).map_err(|e| err(&e))
+        Ok(call(&mut self.agent()?)?)
     }
 }

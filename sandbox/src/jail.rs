@@ -60,16 +60,6 @@ pub const GID: u32 = 65534;
 /// Where the VM's vsock directory is mounted inside the jail.
 pub const VSOCK_DIR: &str = "/vsock";
 
-/// The jail directory for a VMM whose config is `vm_config` (beside it in the state
-/// directory), or None when `$SANDBOX_VM_JAIL` is `off` (a host without a memory cgroup,
-/// or debugging the VMM with host tools).
-pub fn dir_for(vm_config: &Path) -> Option<PathBuf> {
-    if std::env::var_os("SANDBOX_VM_JAIL").is_some_and(|v| v == "off") {
-        return None;
-    }
-    Some(vm_config.parent()?.join(DIR_NAME))
-}
-
 /// The cgroup hierarchy's root (tests point it elsewhere).
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 

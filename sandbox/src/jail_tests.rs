@@ -85,7 +85,8 @@ fn the_jail_of_a_vm_holds_what_it_opens_and_no_more() {
     want.sort();
     assert_eq!(got, want);
     assert_eq!(j.memory_limit, (512 + VMM_OVERHEAD_MIB) << 20);
-    assert_eq!(j.fsize, MIN_FSIZE);
+    // The 512 MiB of guest RAM: more than MIN_FSIZE and the 4 KiB disk.
+    assert_eq!(j.fsize, 512 << 20);
     // Guest RAM is a memfd the VMM grows to its size: the limit covers it.
     vm.mem_mib = 4096;
     let j = Jail::for_vm(&vm, &d.join("vmm.sock"), d.join("jail"), 65534, 65534);

@@ -1,22 +1,24 @@
-//! [`Sandbox`]: the owner of one live VM: its share, virtiofsd, the VMM process and the
-//! containers added to it. Dropping it (or [`Sandbox::stop`]) ends all of them and leaves
-//! no process or mount behind.
+//! [`Sandbox`]: the one owner of a live VM: its share, virtiofsd, the VMM process, the pod
+//! network's taps, the containers added to it and a kept agent connection. Every operation
+//! takes `&self`, so a front end can share it between threads (`Arc<Sandbox>`): no lock is
+//! held across a call into the guest. [`Sandbox::stop`] (or dropping it) ends all of it and
+//! leaves no process or mount behind.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use agent_protocol::clone::{CloneIdentity, CLONE_ENTROPY_BYTES};
-use agent_protocol::oci_spec::runtime::Spec;
-use agent_protocol::{Client, ClientError, CreateSandbox, ErrorCode, ExitInfo, ShareMount};
+use agent_protocol::{Client, ClientError, CreateSandbox, Endpoint, ErrorCode, ShareMount};
 use vmm::config::{SerialOutput, VmConfig};
 
-use crate::handle::{HandleError, SandboxHandle};
+use crate::handle::{HandleError, SandboxHandle, SandboxOps};
 use crate::network::{NetworkError, PodNetwork};
 use crate::oci::translate::{share_dir, ContainerPlan};
 use crate::paths::SandboxPaths;
+use crate::plan::PodPlan;
 use crate::process::ProcessError;
 use crate::share::{Share, ShareError, GUEST_SHARE_DIR, SHARE_TAG};
 use crate::stdio::{self, HostIo, Pumps};
@@ -46,6 +48,8 @@ pub enum SandboxError {
     Handle(#[from] HandleError),
     #[error("container {0} already exists in this sandbox")]
     Exists(String),
+    #[error("the sandbox is stopped")]
+    Stopped,
     #[error(transparent)]
     Network(#[from] NetworkError),
     #[error(transparent)]
@@ -56,51 +60,38 @@ pub enum SandboxError {
     Entropy(std::io::Error),
     #[error(transparent)]
     Jail(#[from] crate::jail::JailError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
 }
 
 fn agent_err(what: &'static str) -> impl FnOnce(ClientError) -> SandboxError {
     move |err| SandboxError::Agent { what, err }
 }
 
-/// What a sandbox is made from.
-#[derive(Clone, Debug)]
-pub struct SandboxConfig {
-    /// Sandbox id (for logs and the guest's hostname default).
-    pub id: String,
-    /// Its state directory (created if needed; see [`SandboxPaths`]).
-    pub dir: PathBuf,
-    /// The VM, from [`crate::oci::translate::vm_config`].
-    pub vm: VmConfig,
-    /// The binary whose `vmm` subcommand runs the VMM (`sandbox-vm`).
-    pub vmm_exe: PathBuf,
-    /// The virtiofsd binary ([`crate::virtiofsd::find`]).
-    pub virtiofsd: PathBuf,
-    /// The guest's hostname.
-    pub hostname: Option<String>,
-    /// The pod's network namespace ([`crate::oci::translate::pod_netns`]): the VM gets a
-    /// NIC for each of its interfaces. `None`: the guest has loopback only.
-    pub netns: Option<PathBuf>,
-    /// How long the guest may take to boot to its agent.
-    pub agent_timeout: Duration,
-    /// Whether to restore a matching template instead of booting (see [`crate::template`]).
-    pub template: TemplateUse,
-}
-
-/// One live sandbox. Field order is teardown order: the VMM goes before the pod network's
-/// taps, then virtiofsd, then the share's mounts.
+/// The host side of a running sandbox. Field order is teardown order: the VMM goes before
+/// the pod network's taps, then virtiofsd, then the share's mounts.
 #[derive(Debug)]
-pub struct Sandbox {
+struct Parts {
     vmm: VmmProcess,
     network: Option<NetworkGuard>,
     virtiofsd: Virtiofsd,
     share: Option<Share>,
-    handle: SandboxHandle,
+}
+
+/// One live sandbox (see the module docs).
+#[derive(Debug)]
+pub struct Sandbox {
+    id: String,
     paths: SandboxPaths,
+    handle: SandboxHandle,
+    /// `None` once stopped.
+    parts: Mutex<Option<Parts>>,
+    /// The host's record of the containers in the guest.
     containers: Mutex<BTreeSet<String>>,
     /// The control connection `create` opened, kept for this sandbox's own calls: each
-    /// new connection costs the guest an accept, a thread and a handshake (0.4–0.9 s of
-    /// emulated kernel work on hosts without hardware virtualization). `None` after a
-    /// call on it failed; the next call connects anew.
+    /// new connection costs the guest an accept, a thread and a handshake. A call takes it
+    /// out while it runs (a concurrent call connects anew and may leave its connection
+    /// here after); a failed call drops it.
     control: Mutex<Option<Client>>,
 }
 
@@ -114,56 +105,57 @@ impl Sandbox {
     /// Prepares the share, starts virtiofsd and the VMM process, and waits until the guest
     /// agent answers and has mounted the share. On error everything started is undone.
     ///
-    /// With a matching template (and `cfg.template` not `Off`) the VMM restores it instead
-    /// of booting, and the agent is first handed the clone's own entropy, clock and
-    /// hostname.
-    pub fn create(cfg: &SandboxConfig) -> Result<Sandbox, SandboxError> {
-        let template = match cfg.template {
+    /// With a matching template (and the plan's template use not `Off`) the VMM restores
+    /// it instead of booting, and the agent is first handed the clone's own entropy, clock
+    /// and hostname.
+    pub fn create(plan: &PodPlan) -> Result<Sandbox, SandboxError> {
+        if let Some(rootfs) = &plan.block_rootfs {
+            crate::image::build(rootfs, &SandboxPaths::in_dir(&plan.dir).rootfs_disk)?;
+        }
+        let template = match plan.template {
             // A template's VM has no NICs: a pod with a network boots cold.
             TemplateUse::Off => None,
-            TemplateUse::Auto if cfg.netns.is_some() => None,
-            TemplateUse::Auto => template::find(&template::templates_root(), &cfg.vm)
-                .unwrap_or_else(|e| {
-                    log::debug!("sandbox {}: no template: {e}", cfg.id);
-                    None
-                }),
+            TemplateUse::Auto if plan.netns.is_some() => None,
+            TemplateUse::Auto => template::find(&plan.templates, &plan.vm).unwrap_or_else(|e| {
+                log::debug!("sandbox {}: no template: {e}", plan.id);
+                None
+            }),
         };
         let t0 = Instant::now();
         let (template, (sandbox, pod_net, mut agent)) = match template {
-            None => (None, Self::start_to_agent(cfg, None)?),
-            Some(t) => match Self::start_to_agent(cfg, Some(&t)) {
+            None => (None, Self::start_to_agent(plan, None)?),
+            Some(t) => match Self::start_to_agent(plan, Some(&t)) {
                 Ok(up) => (Some(t), up),
                 // Everything the failed restore started is gone (dropped): boot cold.
                 Err(e) => {
                     log::warn!(
                         "sandbox {}: the template {} did not restore ({e}); booting cold",
-                        cfg.id,
+                        plan.id,
                         t.display()
                     );
-                    (None, Self::start_to_agent(cfg, None)?)
+                    (None, Self::start_to_agent(plan, None)?)
                 }
             },
         };
+        let how = match template {
+            Some(_) => "restored from a template",
+            None => "cold boot",
+        };
         log::info!(
-            "sandbox {}: agent answered after {:.1?} ({})",
-            cfg.id,
-            t0.elapsed(),
-            if template.is_some() {
-                "restored from a template"
-            } else {
-                "cold boot"
-            }
+            "sandbox {}: agent answered after {:.1?} ({how})",
+            plan.id,
+            t0.elapsed()
         );
         if template.is_some() {
-            let hostname = cfg.hostname.clone().unwrap_or_else(|| cfg.id.clone());
+            let hostname = plan.hostname.clone().unwrap_or_else(|| plan.id.clone());
             agent
                 .clone_identity(fresh_identity(&hostname)?)
                 .map_err(agent_err("cannot make the restored clone unique"))?;
         }
         agent
             .create_sandbox(CreateSandbox {
-                sandbox_id: cfg.id.clone(),
-                hostname: cfg.hostname.clone(),
+                sandbox_id: plan.id.clone(),
+                hostname: plan.hostname.clone(),
                 shares: vec![ShareMount {
                     tag: SHARE_TAG.into(),
                     mount_point: GUEST_SHARE_DIR.into(),
@@ -179,95 +171,42 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    /// Runs `call` on the kept control connection (connecting if there is none). A failed
-    /// call drops the connection: after a timeout or a broken stream it may be mid-frame.
-    fn with_agent<T>(
-        &self,
-        what: &'static str,
-        call: impl FnOnce(&mut Client) -> Result<T, ClientError>,
-    ) -> Result<T, SandboxError> {
-        let mut kept = self.control.lock().expect("poisoned");
-        let client = match kept.as_mut() {
-            Some(c) => c,
-            None => kept.insert(self.handle.agent()?),
-        };
-        call(client).map_err(|err| {
-            *kept = None;
-            SandboxError::Agent { what, err }
-        })
-    }
-
-    /// Runs a created container's process, on the kept connection.
-    pub fn start_container(&self, container_id: &str) -> Result<(), SandboxError> {
-        self.with_agent("cannot start the container", |a| {
-            a.start_container(container_id)
-        })
-    }
-
-    /// Blocks until the process exits and its output has been delivered, on the kept
-    /// connection, which it holds meanwhile: for a caller that has nothing else to ask
-    /// this sandbox (other callers use [`SandboxHandle::wait`], which connects anew).
-    pub fn wait_on_control(
-        &self,
-        container_id: &str,
-        exec_id: Option<&str>,
-    ) -> Result<ExitInfo, SandboxError> {
-        self.with_agent("waiting for the exit", |a| a.wait(container_id, exec_id))
-    }
-
     /// Starts the sandbox (restoring `template`, or booting) up to the agent's first answer.
     fn start_to_agent(
-        cfg: &SandboxConfig,
+        plan: &PodPlan,
         template: Option<&Path>,
     ) -> Result<(Sandbox, Option<PodNetwork>, Client), SandboxError> {
-        let (mut sandbox, pod_net) = Self::start(cfg, template, false)?;
-        let agent = sandbox.wait_for_agent(cfg.agent_timeout)?;
+        let (sandbox, pod_net) = Self::start(plan, template, plan.vmm.jail)?;
+        let agent = sandbox.wait_for_agent(plan.agent_timeout)?;
         Ok((sandbox, pod_net, agent))
     }
 
-    /// Boots `cfg`'s VM cold to agent-ready and saves it as the template for its key under
-    /// `root` (see [`crate::template`]); returns the template's directory. A complete
-    /// template already there is kept. With `init`, the guest spec of the container the
-    /// template is built for, the agent also prepares that container's init ahead
-    /// (`Request::PrepareInit`): the first matching container of each clone takes it over.
-    /// A spec whose init cannot be prepared only loses that.
-    pub fn build_template(
-        cfg: &SandboxConfig,
-        root: &Path,
-        init: Option<&Spec>,
-    ) -> Result<PathBuf, SandboxError> {
-        let key = template::key(&cfg.vm)?;
-        let dest = root.join(&key);
+    /// Boots the plan's VM cold to agent-ready and saves it as the template for its key
+    /// under the plan's template directory (see [`crate::template`]); returns the
+    /// template's directory. A complete template already there is kept. The agent also
+    /// prepares the plan's first container's init ahead (`Request::PrepareInit`): the first
+    /// matching container of each clone takes it over. A spec whose init cannot be
+    /// prepared only loses that.
+    pub fn build_template(plan: &PodPlan) -> Result<PathBuf, SandboxError> {
+        let key = template::key(&plan.vm)?;
+        let dest = plan.templates.join(&key);
         if dest.join(vmm::persist::STATE_FILE).is_file() {
             return Ok(dest);
         }
-        // Templates are made without a pod network (`cfg.netns` is ignored here), and
-        // unjailed: the VMM writes the snapshot into the template cache.
-        let cfg = &SandboxConfig {
+        // Templates are made without a pod network, and unjailed: the VMM writes the
+        // snapshot into the template cache.
+        let plan = &PodPlan {
             netns: None,
-            ..cfg.clone()
+            ..plan.clone()
         };
-        let (mut sandbox, _) = Self::start(cfg, None, true)?;
-        let mut agent = sandbox.wait_for_agent(cfg.agent_timeout)?;
-        // First: the prepared init keeps one worker thread (see Request::PrepareInit).
-        if let Some(spec) = init {
-            match agent.prepare_init(spec.clone()) {
-                Err(e)
-                    if e.agent_error()
-                        .is_some_and(|e| e.code == ErrorCode::NotSupported) =>
-                {
-                    log::warn!("template without a prepared container init: {e}")
-                }
-                r => r.map_err(agent_err("cannot prepare the template's container init"))?,
-            }
-        }
-        // Idle workers with their stacks in memory, for every clone (see Request::WarmUp).
-        agent
-            .warm_up(TEMPLATE_WORKERS)
-            .map_err(agent_err("cannot warm up the template's agent"))?;
+        let (sandbox, _) = Self::start(plan, None, false)?;
+        let mut agent = sandbox.wait_for_agent(plan.agent_timeout)?;
+        prepare_template_agent(&mut agent, plan)?;
         drop(agent);
-        let tmp = root.join(format!("{key}.tmp-{}", std::process::id()));
-        let saved = save_snapshot(sandbox.vmm.api_sock(), &tmp);
+        let tmp = plan
+            .templates
+            .join(format!("{key}.tmp-{}", std::process::id()));
+        let saved = save_snapshot(&sandbox.paths.api_sock, &tmp);
         sandbox.stop()?;
         let save_err = |msg: String| SandboxError::TemplateSave {
             path: dest.clone(),
@@ -286,26 +225,25 @@ impl Sandbox {
     }
 
     /// Prepares the share and starts virtiofsd and the VMM (booting, or restoring
-    /// `template`).
+    /// `template`; `jail`ed unless restoring).
     fn start(
-        cfg: &SandboxConfig,
+        plan: &PodPlan,
         template: Option<&Path>,
-        template_build: bool,
+        jail: bool,
     ) -> Result<(Sandbox, Option<PodNetwork>), SandboxError> {
-        let paths = SandboxPaths::in_dir(&cfg.dir);
+        let paths = SandboxPaths::in_dir(&plan.dir);
+        let jail = jail && template.is_none();
         // The jailed VMM connects to guest → host listeners beside its vsock socket.
-        let jailed = template.is_none()
-            && crate::vmm_process::jail_dir(&paths.vm_config, !template_build).is_some();
-        crate::jail::create_vsock_dir(&paths.vsock, jailed)?;
+        crate::jail::create_vsock_dir(&paths.vsock, jail)?;
         let share = Share::prepare(&paths.share)?;
         let virtiofsd = Virtiofsd::start(
-            &cfg.virtiofsd,
+            &plan.virtiofsd,
             &paths.fs_socket,
             share.root(),
             &paths.fs_log,
         )?;
-        let mut vm = cfg.vm.clone();
-        let (network, pod_net) = match &cfg.netns {
+        let mut vm = plan.vm.clone();
+        let (network, pod_net) = match &plan.netns {
             Some(ns) => {
                 let guard = NetworkGuard(Some(paths.network_state.clone()));
                 let pod = PodNetwork::attach(ns, guard.file())?;
@@ -319,30 +257,25 @@ impl Sandbox {
             path: paths.vm_config.clone(),
             err,
         })?;
+        let run = &plan.vmm;
         let vmm = match template {
-            Some(dir) => VmmProcess::restore(
-                &cfg.vmm_exe,
-                dir,
-                &clone_sockets(&cfg.vm, &paths),
-                &paths.api_sock,
-                &paths.vmm_log,
-            )?,
-            None => VmmProcess::start(
-                &cfg.vmm_exe,
-                &paths.vm_config,
-                &paths.api_sock,
-                &paths.vmm_log,
-                pod_net.as_ref().map(|p| &p.netns),
-                !template_build,
-            )?,
+            Some(dir) => VmmProcess::restore(run, dir, &clone_sockets(&vm, &paths), &paths)?,
+            None => {
+                let netns = pod_net.as_ref().map(|p| &p.netns);
+                VmmProcess::start(run, &paths, netns, jail)?
+            }
         };
-        let sandbox = Sandbox {
+        let parts = Parts {
             vmm,
             network,
             virtiofsd,
             share: Some(share),
+        };
+        let sandbox = Sandbox {
+            id: plan.id.clone(),
             handle: SandboxHandle::open(&paths.dir),
             paths,
+            parts: Mutex::new(Some(parts)),
             containers: Mutex::new(BTreeSet::new()),
             control: Mutex::new(None),
         };
@@ -351,7 +284,7 @@ impl Sandbox {
 
     /// Polls until the agent accepts a control connection (the VMM resets connections
     /// while nothing listens in the guest); fails at once if the VMM or virtiofsd dies.
-    fn wait_for_agent(&mut self, timeout: Duration) -> Result<Client, SandboxError> {
+    fn wait_for_agent(&self, timeout: Duration) -> Result<Client, SandboxError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(why) = self.vm_stopped() {
@@ -370,23 +303,28 @@ impl Sandbox {
         }
     }
 
-    /// Why the VM is no longer usable, if it is not: the VMM process or virtiofsd exited.
-    pub fn vm_stopped(&mut self) -> Option<String> {
-        if let Some(status) = self.vmm.exited() {
-            return Some(describe_exit(
-                status,
-                self.vmm.log(),
-                &self.paths.console_log,
-            ));
+    fn parts(&self) -> MutexGuard<'_, Option<Parts>> {
+        self.parts.lock().expect("poisoned")
+    }
+
+    /// Why the VM is no longer usable, if it is not: the VMM process or virtiofsd exited,
+    /// or the sandbox was stopped.
+    pub fn vm_stopped(&self) -> Option<String> {
+        let mut parts = self.parts();
+        let Some(p) = parts.as_mut() else {
+            return Some("the sandbox was stopped".into());
+        };
+        if let Some(status) = p.vmm.exited() {
+            return Some(describe_exit(status, p.vmm.log(), &self.paths.console_log));
         }
-        self.virtiofsd
+        p.virtiofsd
             .died()
             .map(|(status, last)| format!("virtiofsd exited ({status}): {last}"))
     }
 
-    /// Talks to the agent and the VMM.
-    pub fn handle(&self) -> &SandboxHandle {
-        &self.handle
+    /// The sandbox's id.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// The state directory's files.
@@ -394,14 +332,17 @@ impl Sandbox {
         &self.paths
     }
 
-    /// The pids of the host processes this sandbox runs: the VMM and virtiofsd.
-    pub fn host_pids(&self) -> [u32; 2] {
-        [self.vmm.pid(), self.virtiofsd.pid()]
+    /// The pids of the host processes this sandbox runs: the VMM and virtiofsd (`None`
+    /// once stopped).
+    pub fn host_pids(&self) -> Option<[u32; 2]> {
+        self.parts()
+            .as_ref()
+            .map(|p| [p.vmm.pid(), p.virtiofsd.pid()])
     }
 
     /// Adds a container: its rootfs and bind sources go into the share, then the agent
-    /// creates it (its process waits for [`SandboxHandle::start`]) with its streams on
-    /// `io`. Returns the guest pid and the copy threads of its output.
+    /// creates it (its process waits for [`SandboxOps::start`]) with its streams on `io`.
+    /// Returns the guest pid and the copy threads of its output.
     pub fn add_container(
         &self,
         mut plan: ContainerPlan,
@@ -423,22 +364,29 @@ impl Sandbox {
         plan: &mut ContainerPlan,
         io: HostIo,
     ) -> Result<(i32, Pumps), SandboxError> {
-        let share = self
-            .share
-            .as_ref()
-            .expect("share lives as long as the sandbox");
-        for b in &plan.binds {
-            share.bind(b)?;
+        {
+            let parts = self.parts();
+            let share = parts
+                .as_ref()
+                .and_then(|p| p.share.as_ref())
+                .ok_or(SandboxError::Stopped)?;
+            for b in &plan.binds {
+                share.bind(b)?;
+            }
         }
         plan.request.stdio = io.config();
         let id = plan.request.container_id.clone();
-        let pid = self.with_agent("cannot create the container", |a| {
-            a.create_container(plan.request.clone())
-        })?;
+        let request = plan.request.clone();
+        let pid = self
+            .with_agent(|a| a.create_container(request))
+            .map_err(|e| match e {
+                HandleError::Agent(err) => agent_err("cannot create the container")(err),
+                e => e.into(),
+            })?;
         let pumps = match stdio::attach(self.handle.endpoint(), &id, None, io) {
             Ok(p) => p,
             Err(e) => {
-                let _ = self.with_agent("", |a| a.remove_container(&id, true));
+                let _ = self.with_agent(|a| a.remove_container(&id, true));
                 return Err(HandleError::from(e).into());
             }
         };
@@ -448,38 +396,98 @@ impl Sandbox {
     /// Removes a container from the guest (killing it with `force`) and its binds from the
     /// share.
     pub fn remove_container(&self, container_id: &str, force: bool) -> Result<(), SandboxError> {
-        self.with_agent("cannot remove the container", |a| {
-            a.remove_container(container_id, force)
-        })?;
+        self.with_agent(|a| a.remove_container(container_id, force))?;
         self.forget_container(container_id)
     }
 
     fn forget_container(&self, id: &str) -> Result<(), SandboxError> {
         self.containers.lock().expect("poisoned").remove(id);
-        if let Some(share) = &self.share {
+        if let Some(share) = self.parts().as_ref().and_then(|p| p.share.as_ref()) {
             share.remove(&share_dir(id))?;
         }
         Ok(())
     }
 
     /// Ends the VM (no guest shutdown: containers' state lives on the host), virtiofsd and
-    /// the share's mounts; returns the VMM's exit status.
-    pub fn stop(mut self) -> Result<Option<ExitStatus>, SandboxError> {
-        let status = self.vmm.stop(STOP_GRACE);
-        if let Some(net) = self.network.take() {
+    /// the share's mounts; returns the VMM's exit status. Stopping a stopped sandbox does
+    /// nothing.
+    pub fn stop(&self) -> Result<Option<ExitStatus>, SandboxError> {
+        let Some(mut parts) = self.parts().take() else {
+            return Ok(None);
+        };
+        self.control.lock().expect("poisoned").take();
+        let status = parts.vmm.stop(STOP_GRACE);
+        if let Some(net) = parts.network.take() {
             net.detach()?;
         }
-        self.virtiofsd.stop();
-        if let Some(share) = self.share.take() {
+        parts.virtiofsd.stop();
+        if let Some(share) = parts.share.take() {
             share.teardown()?;
         }
         Ok(status)
     }
 
     /// Waits up to `timeout` for the VMM to exit by itself (the guest powered off).
-    pub fn wait_vmm(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        self.vmm.wait_timeout(timeout)
+    pub fn wait_vmm(&self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.parts().as_mut().map(|p| p.vmm.exited()) {
+                None => return None,
+                Some(Some(status)) => return Some(status),
+                Some(None) if Instant::now() >= deadline => return None,
+                Some(None) => {}
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
+}
+
+impl SandboxOps for Sandbox {
+    fn endpoint(&self) -> &Endpoint {
+        self.handle.endpoint()
+    }
+
+    fn api_sock(&self) -> &Path {
+        self.handle.api_sock()
+    }
+
+    /// On the kept connection when no other call is using it, else on a new one (kept for
+    /// later calls if the slot is free by then). A failed call's connection is dropped:
+    /// after a timeout or a broken stream it may be mid-frame.
+    fn with_agent<T>(
+        &self,
+        call: impl FnOnce(&mut Client) -> Result<T, ClientError>,
+    ) -> Result<T, HandleError> {
+        let kept = self.control.lock().expect("poisoned").take();
+        let mut client = match kept {
+            Some(c) => c,
+            None => self.handle.agent()?,
+        };
+        let result = call(&mut client)?;
+        let mut slot = self.control.lock().expect("poisoned");
+        if slot.is_none() && self.parts().is_some() {
+            *slot = Some(client);
+        }
+        Ok(result)
+    }
+}
+
+/// The template's agent, before its snapshot: the prepared container init first (it keeps
+/// one worker thread, see `Request::PrepareInit`), then idle workers with their stacks in
+/// memory for every clone (`Request::WarmUp`).
+fn prepare_template_agent(agent: &mut Client, plan: &PodPlan) -> Result<(), SandboxError> {
+    match agent.prepare_init((*plan.first.request.spec).clone()) {
+        Err(e)
+            if e.agent_error()
+                .is_some_and(|e| e.code == ErrorCode::NotSupported) =>
+        {
+            log::warn!("template without a prepared container init: {e}")
+        }
+        r => r.map_err(agent_err("cannot prepare the template's container init"))?,
+    }
+    agent
+        .warm_up(TEMPLATE_WORKERS)
+        .map_err(agent_err("cannot warm up the template's agent"))
 }
 
 /// This sandbox's own sockets and console, from its VM config.

@@ -5,8 +5,8 @@
 //! depends on — the kernel and initrd contents, the read-only disks (path, size, mtime,
 //! inode), the command line, the VM shape (vCPUs, memory, compat profile, devices) and the
 //! snapshot format version — and never by per-sandbox paths (sockets, console log), which
-//! each clone overrides. It lives in `~/.cache/sandbox-vm/templates/<key>/` (or
-//! `$SANDBOX_VM_TEMPLATE_DIR/<key>/`) as a `vmm::persist` snapshot directory.
+//! each clone overrides. It lives in `<the host's template directory>/<key>/`
+//! (`HostConfig::templates`) as a `vmm::persist` snapshot directory.
 //!
 //! Only VMs whose devices carry no per-sandbox state can be templates: no net devices and
 //! only read-only disks (the shared guest image). Other VMs boot cold.
@@ -16,11 +16,6 @@ use std::path::{Path, PathBuf};
 
 use vmm::config::VmConfig;
 use vmm::persist::{self, PersistError};
-
-/// `io.sandbox-vm.template=off` in a container's annotations forces a cold boot.
-pub const TEMPLATE_ANNOTATION: &str = "io.sandbox-vm.template";
-/// Overrides where templates are kept.
-pub const TEMPLATE_DIR_ENV: &str = "SANDBOX_VM_TEMPLATE_DIR";
 
 /// Errors finding or keying a template.
 #[derive(Debug, thiserror::Error)]
@@ -33,23 +28,15 @@ pub enum TemplateError {
     NotTemplatable(&'static str),
 }
 
-/// Whether a sandbox may start from a template.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Whether a sandbox may start from a template (`io.sandbox-vm.template`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TemplateUse {
     /// Restore from a matching template when one exists; boot cold otherwise.
     #[default]
     Auto,
     /// Always boot cold.
     Off,
-}
-
-/// Where templates are kept.
-pub fn templates_root() -> PathBuf {
-    if let Some(d) = std::env::var_os(TEMPLATE_DIR_ENV) {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    PathBuf::from(home).join(".cache/sandbox-vm/templates")
 }
 
 /// Why `vm` cannot be a template, if it cannot.
@@ -112,20 +99,6 @@ pub fn key(vm: &VmConfig) -> Result<String, TemplateError> {
 pub fn find(root: &Path, vm: &VmConfig) -> Result<Option<PathBuf>, TemplateError> {
     let dir = root.join(key(vm)?);
     Ok(dir.join(persist::STATE_FILE).is_file().then_some(dir))
-}
-
-/// `io.sandbox-vm.template=off` forces a cold boot; otherwise a matching template is used.
-pub fn template_use(spec: &oci_spec::runtime::Spec) -> TemplateUse {
-    let off = spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(TEMPLATE_ANNOTATION))
-        .is_some_and(|v| v == "off");
-    if off {
-        TemplateUse::Off
-    } else {
-        TemplateUse::Auto
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! virtiofsd, the vhost-user virtio-fs backend: one per sandbox, serving its share, with
 //! its own sandboxing (a mount/pid/net namespace and a seccomp filter) on.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
@@ -9,29 +9,6 @@ use crate::process::{ProcessError, Supervised};
 
 /// How long virtiofsd may take to create its socket.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Where virtiofsd is looked for when `$SANDBOX_VM_VIRTIOFSD` is not set: `PATH`, then
-/// where `cargo install` and distributions put it.
-const CANDIDATES: &[&str] = &[
-    "/usr/local/bin/virtiofsd",
-    "/usr/libexec/virtiofsd",
-    "/usr/lib/qemu/virtiofsd",
-];
-
-/// The virtiofsd binary: `$SANDBOX_VM_VIRTIOFSD`, `PATH`, `~/.cargo/bin`, or a
-/// distribution's location.
-pub fn find() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SANDBOX_VM_VIRTIOFSD") {
-        return Some(PathBuf::from(p));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
-    std::env::split_paths(&path)
-        .chain(home)
-        .map(|d| d.join("virtiofsd"))
-        .chain(CANDIDATES.iter().map(PathBuf::from))
-        .find(|p| p.is_file())
-}
 
 /// The arguments virtiofsd gets: the share with `cache=auto` (a host write is seen by the
 /// guest on its next open or after a second of attribute caching), submounts announced

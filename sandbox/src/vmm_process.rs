@@ -9,6 +9,8 @@ use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use crate::network::Netns;
+use crate::paths::SandboxPaths;
+use crate::plan::VmmRun;
 use crate::process::{last_line, ProcessError, Supervised};
 
 /// How long the VMM may take to build the VM and open its control socket.
@@ -45,12 +47,6 @@ pub fn describe_exit(status: ExitStatus, log: &Path, console: &Path) -> String {
     }
 }
 
-/// The jail directory the VMM of `config` runs in ([`VmmProcess::start`] with `jail`), or
-/// None (not asked for, or jailing is off on this host).
-pub fn jail_dir(config: &Path, jail: bool) -> Option<PathBuf> {
-    crate::jail::dir_for(config).filter(|_| jail)
-}
-
 /// What a restored clone must not share with its template: its host-side sockets and
 /// console.
 #[derive(Clone, Debug)]
@@ -68,30 +64,27 @@ pub struct VmmProcess {
 }
 
 impl VmmProcess {
-    /// Starts `exe vmm --config CONFIG --api-sock API_SOCK` and waits until its control
-    /// socket accepts (the VM is then built and running).
-    /// `jail` false keeps it out of the jail (a template build: the snapshot is written
-    /// outside the state directory).
+    /// Starts `EXE vmm --config vm.json --api-sock vmm.sock` for the sandbox at `paths` (in
+    /// the pod's `netns`, in the jail with `jail`) and waits until its control socket
+    /// accepts (the VM is then built and running).
     pub fn start(
-        exe: &Path,
-        config: &Path,
-        api_sock: &Path,
-        log: &Path,
+        run: &VmmRun,
+        paths: &SandboxPaths,
         netns: Option<&Netns>,
         jail: bool,
     ) -> Result<VmmProcess, ProcessError> {
-        let mut cmd = Command::new(exe);
+        let mut cmd = Command::new(&run.exe);
         cmd.arg("vmm")
             .arg("--config")
-            .arg(config)
+            .arg(&paths.vm_config)
             .arg("--api-sock")
-            .arg(api_sock);
+            .arg(&paths.api_sock);
         // `log` finds what a host's VMM needs (the kernel logs each call outside a filter).
-        if let Some(mode) = std::env::var_os("SANDBOX_VM_SECCOMP") {
+        if let Some(mode) = &run.seccomp {
             cmd.arg("--seccomp").arg(mode);
         }
-        if let Some(dir) = jail_dir(config, jail) {
-            cmd.arg("--jail").arg(dir);
+        if jail {
+            cmd.arg("--jail").arg(paths.dir.join(crate::jail::DIR_NAME));
         }
         if let Some(ns) = netns {
             let fd = ns.file().as_raw_fd();
@@ -107,29 +100,23 @@ impl VmmProcess {
                 });
             }
         }
-        let mut proc = Supervised::spawn("the VMM", cmd, log)?;
-        proc.wait_ready(READY_TIMEOUT, || UnixStream::connect(api_sock).is_ok())?;
-        Ok(VmmProcess {
-            proc,
-            api_sock: api_sock.to_path_buf(),
-        })
+        Self::spawn(cmd, paths)
     }
 
-    /// Starts `exe vmm --restore DIR --api-sock API_SOCK` with the clone's own vsock
+    /// Starts `EXE vmm --restore DIR --api-sock vmm.sock` with the clone's own vsock
     /// socket, console and virtio-fs sockets, and waits until its control socket accepts.
     pub fn restore(
-        exe: &Path,
+        run: &VmmRun,
         snapshot: &Path,
         clone: &CloneSockets,
-        api_sock: &Path,
-        log: &Path,
+        paths: &SandboxPaths,
     ) -> Result<VmmProcess, ProcessError> {
-        let mut cmd = Command::new(exe);
+        let mut cmd = Command::new(&run.exe);
         cmd.arg("vmm")
             .arg("--restore")
             .arg(snapshot)
             .arg("--api-sock")
-            .arg(api_sock)
+            .arg(&paths.api_sock)
             .arg("--vsock-uds")
             .arg(&clone.vsock)
             .arg("--serial-file")
@@ -137,14 +124,19 @@ impl VmmProcess {
         for s in &clone.fs_sockets {
             cmd.arg("--fs-socket").arg(s);
         }
-        if let Some(mode) = std::env::var_os("SANDBOX_VM_SECCOMP") {
+        if let Some(mode) = &run.seccomp {
             cmd.arg("--seccomp").arg(mode);
         }
-        let mut proc = Supervised::spawn("the VMM", cmd, log)?;
+        Self::spawn(cmd, paths)
+    }
+
+    fn spawn(cmd: Command, paths: &SandboxPaths) -> Result<VmmProcess, ProcessError> {
+        let mut proc = Supervised::spawn("the VMM", cmd, &paths.vmm_log)?;
+        let api_sock = &paths.api_sock;
         proc.wait_ready(READY_TIMEOUT, || UnixStream::connect(api_sock).is_ok())?;
         Ok(VmmProcess {
             proc,
-            api_sock: api_sock.to_path_buf(),
+            api_sock: api_sock.clone(),
         })
     }
 

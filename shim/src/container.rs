@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+use oci_spec::runtime::Process;
 use sandbox::stdio::Pumps;
 use tokio::sync::watch;
 
@@ -102,140 +102,13 @@ impl Container {
 }
 
 /// A process's exit as the guest agent reported it, shell-style.
-pub fn exit_code(info: &agent_protocol::ExitInfo) -> u32 {
+pub fn exit_code(info: &sandbox::ExitInfo) -> u32 {
     info.status.as_shell_status() as u32
-}
-
-/// The name of a namespace type under `/proc/PID/ns/`.
-fn ns_file(t: LinuxNamespaceType) -> Option<&'static str> {
-    use LinuxNamespaceType as T;
-    Some(match t {
-        T::Network => "net",
-        T::Ipc => "ipc",
-        T::Uts => "uts",
-        T::Pid => "pid",
-        T::Cgroup => "cgroup",
-        _ => return None,
-    })
-}
-
-/// A pod member's namespaces: those the CRI spec shares with the pod's sandbox (they name
-/// a host path, meaningless in the guest) join the sandbox container's in the guest, at
-/// `/proc/<its guest pid>/ns/…`, so the pod's containers share loopback, IPC and
-/// hostname as they would on runc. A container joining the sandbox's UTS namespace keeps
-/// the pod's hostname and sets none of its own.
-pub fn join_sandbox_namespaces(guest: &mut Spec, host: &Spec, sandbox_pid: u32) {
-    let shared: Vec<LinuxNamespaceType> = host
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().clone())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|n| n.path().is_some())
-        .map(|n| n.typ())
-        .collect();
-    let mut joins_uts = false;
-    if let Some(nss) = guest
-        .linux_mut()
-        .as_mut()
-        .and_then(|l| l.namespaces_mut().as_mut())
-    {
-        for ns in nss.iter_mut().filter(|n| shared.contains(&n.typ())) {
-            if let Some(file) = ns_file(ns.typ()) {
-                ns.set_path(Some(format!("/proc/{sandbox_pid}/ns/{file}").into()));
-                joins_uts |= ns.typ() == LinuxNamespaceType::Uts;
-            }
-        }
-    }
-    if joins_uts {
-        guest.set_hostname(None);
-    }
-}
-
-/// A container in the VM's own UTS namespace (CRI's host-network pods share the node's)
-/// gets the VM's hostname, which is the pod's: the guest agent refuses a hostname
-/// without a new UTS namespace, so it is dropped from the guest's spec.
-pub fn drop_hostname_without_uts(guest: &mut Spec) {
-    let new_uts = guest
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|n| n.iter().any(|n| n.typ() == LinuxNamespaceType::Uts));
-    if !new_uts {
-        guest.set_hostname(None);
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_hostname_without_a_uts_namespace_is_the_vms() {
-        let mut s: Spec = serde_json::from_value(serde_json::json!({
-            "ociVersion": "1.0.2", "hostname": "node1",
-            "linux": {"namespaces": [{"type": "mount"}, {"type": "pid"}]},
-        }))
-        .unwrap();
-        drop_hostname_without_uts(&mut s);
-        assert_eq!(s.hostname(), &None);
-        let mut own: Spec = serde_json::from_value(serde_json::json!({
-            "ociVersion": "1.0.2", "hostname": "pod1",
-            "linux": {"namespaces": [{"type": "mount"}, {"type": "uts"}]},
-        }))
-        .unwrap();
-        drop_hostname_without_uts(&mut own);
-        assert_eq!(own.hostname().as_deref(), Some("pod1"));
-    }
-
-    #[test]
-    fn pod_members_join_the_sandboxs_shared_namespaces_in_the_guest() {
-        let host: Spec = serde_json::from_value(serde_json::json!({
-            "ociVersion": "1.0.2",
-            "hostname": "pod1",
-            "linux": {"namespaces": [
-                {"type": "mount"},
-                {"type": "network", "path": "/var/run/netns/cni-1"},
-                {"type": "ipc", "path": "/proc/77/ns/ipc"},
-                {"type": "uts", "path": "/proc/77/ns/uts"},
-                {"type": "pid"},
-            ]},
-        }))
-        .unwrap();
-        let mut guest = host.clone();
-        for ns in guest
-            .linux_mut()
-            .as_mut()
-            .unwrap()
-            .namespaces_mut()
-            .as_mut()
-            .unwrap()
-        {
-            ns.set_path(None);
-        }
-        join_sandbox_namespaces(&mut guest, &host, 12);
-        let paths: Vec<Option<String>> = guest
-            .linux()
-            .as_ref()
-            .unwrap()
-            .namespaces()
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|n| n.path().as_ref().map(|p| p.display().to_string()))
-            .collect();
-        assert_eq!(
-            paths,
-            vec![
-                None,
-                Some("/proc/12/ns/net".into()),
-                Some("/proc/12/ns/ipc".into()),
-                Some("/proc/12/ns/uts".into()),
-                None,
-            ]
-        );
-        assert_eq!(guest.hostname(), &None);
-    }
 
     #[test]
     fn the_first_exit_wins_and_waiters_see_it() {

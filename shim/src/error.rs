@@ -23,19 +23,9 @@ pub enum ShimError {
     #[error("cannot read the bundle's config.json: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
     #[error("{0}")]
-    Translate(#[from] sandbox::oci::translate::TranslateError),
-    #[error("{what} {path} not found: run scripts/setup.sh or set the SANDBOX_VM_* variables in containerd's environment")]
-    Artifact { what: &'static str, path: PathBuf },
-    #[error(
-        "virtiofsd not found: run scripts/setup.sh (it installs it) or set SANDBOX_VM_VIRTIOFSD"
-    )]
-    NoVirtiofsd,
-    #[error("the sandbox-vm binary (it runs the VMM) was found neither beside the shim nor on PATH: set SANDBOX_VM_BIN")]
-    NoVmmExe,
+    Plan(#[from] sandbox::PlanError),
     #[error("cannot create the VM's state directory {path}: {err}")]
     StateDir { path: PathBuf, err: std::io::Error },
-    #[error("{0}")]
-    Image(#[from] sandbox::image::ImageError),
     #[error("{0}")]
     Sandbox(#[from] sandbox::SandboxError),
     #[error("{0}")]
@@ -60,9 +50,9 @@ impl ShimError {
                 Code::FAILED_PRECONDITION
             }
             ShimError::Unsupported(_) => Code::UNIMPLEMENTED,
-            ShimError::Spec(_) | ShimError::Translate(_) | ShimError::ExecSpec(_) => {
-                Code::INVALID_ARGUMENT
-            }
+            ShimError::Spec(_)
+            | ShimError::Plan(sandbox::PlanError::Translate(_))
+            | ShimError::ExecSpec(_) => Code::INVALID_ARGUMENT,
             _ => Code::INTERNAL,
         }
     }

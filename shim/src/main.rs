@@ -17,7 +17,6 @@ mod metrics;
 mod mount;
 mod pod;
 mod service;
-mod sizing;
 
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -50,6 +49,33 @@ fn state_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_ROOT))
 }
 
+/// The binary whose `vmm` subcommand runs a VM: `$SANDBOX_VM_BIN`, else `sandbox-vm`
+/// beside this shim's real path (both are built into the same target directory), else
+/// `PATH`.
+fn vmm_exe() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SANDBOX_VM_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.canonicalize().ok())
+        .and_then(|e| e.parent().map(|d| d.join("sandbox-vm")));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    beside
+        .into_iter()
+        .chain(std::env::split_paths(&path).map(|d| d.join("sandbox-vm")))
+        .find(|p| p.is_file())
+}
+
+/// The host's settings for every pod this shim serves, resolved once from containerd's
+/// environment and what is installed.
+fn host_config() -> sandbox::HostConfig {
+    let exe = std::env::current_exe().ok();
+    let mut host = sandbox::HostConfig::resolve(|k| std::env::var_os(k), exe.as_deref());
+    host.vmm_exe = vmm_exe();
+    host
+}
+
 /// The shim library's options: no reaping of our children behind `std::process`'s back
 /// (the sandbox waits for its VMM and virtiofsd itself), no subreaper.
 fn config() -> Config {
@@ -63,9 +89,12 @@ fn config() -> Config {
 /// Starts the server for the pod of the bundle in the current directory (or finds the
 /// one already serving it) and returns its address.
 async fn spawn_server(opts: StartOpts) -> containerd_shim::Result<String> {
-    let spec = oci_spec::runtime::Spec::load("config.json")
-        .map_err(|e| containerd_shim::Error::InvalidArgument(e.to_string()))?;
-    let grouping = sizing::grouping(&spec, &opts.id);
+    let invalid = |e: String| containerd_shim::Error::InvalidArgument(e);
+    let spec = oci_spec::runtime::Spec::load("config.json").map_err(|e| invalid(e.to_string()))?;
+    let cri = sandbox::oci::annotations::Annotations::parse(&spec)
+        .map_err(|e| invalid(e.to_string()))?
+        .cri;
+    let grouping = cri.grouping(&opts.id).to_string();
     let address = spawn(opts, &grouping, Vec::new()).await?;
     containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
     Ok(address)
@@ -132,7 +161,12 @@ impl Shim for SandboxShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Service {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let pod = Arc::new(Pod::new(state_root(), self.namespace.clone(), tx));
+        let pod = Arc::new(Pod::new(
+            host_config(),
+            state_root(),
+            self.namespace.clone(),
+            tx,
+        ));
         Service::new(
             pod,
             rx,

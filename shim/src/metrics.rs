@@ -2,12 +2,12 @@
 //! `Metrics` message (what runc's shim returns on cgroup v1 hosts, and what CRI 1.6 reads
 //! for ContainerStats), packed as an `Any` with containerd's type URL.
 
-use agent_protocol::ContainerStats;
 use containerd_shim_protos::cgroups::metrics::{
     CPUStat, CPUUsage, MemoryEntry, MemoryOomControl, MemoryStat, Metrics, PidsStat,
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
+use sandbox::ContainerStats;
 
 /// containerd's type URL for [`Metrics`] (its full protobuf name, as typeurl registers it).
 pub const METRICS_TYPE_URL: &str = "io.containerd.cgroups.v1.Metrics";

@@ -1,33 +1,26 @@
 //! The pod one shim serves: its VM (one `sandbox::Sandbox`, booted by the pod's sandbox
-//! container or by a standalone container) and its containers. Blocking sandbox calls run
-//! on tokio's blocking pool; each process's exit is awaited on a thread of its own, which
-//! reports it on the pod's exit channel.
+//! container or by a standalone container, shared as `Arc<Sandbox>`) and its containers.
+//! Blocking sandbox calls run on tokio's blocking pool, with no lock of the pod held;
+//! each process's exit is awaited on a thread of its own, which reports it on the pod's
+//! exit channel.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use oci_spec::runtime::{Process, Spec};
-use sandbox::oci::translate::{self, probe_host, RootfsMode};
+use sandbox::oci::annotations::{Annotations, Membership};
 use sandbox::stdio::Pumps;
-use sandbox::{Sandbox, SandboxConfig, SandboxHandle, SandboxPaths};
+use sandbox::{HostConfig, PodPlan, RealHost, Role, Sandbox, SandboxOps};
 use tokio::sync::mpsc;
 
-use crate::container::{
-    drop_hostname_without_uts, exit_code, join_sandbox_namespaces, Container, Exec, Exit, Proc,
-    Status,
-};
+use crate::container::{exit_code, Container, Exec, Exit, Proc, Status};
 use crate::error::ShimError;
 use crate::io::{self, IoPaths};
 use crate::mount::{self, RootfsMount};
-use crate::sizing::{self, Role};
 
-/// How long a guest may take to boot to its agent (boots take about half a minute on
-/// hosts that emulate guest kernel mode, several under load).
-pub const AGENT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Exit status reported when the VM ended without the process reporting one.
-pub const LOST_STATUS: u32 = 255;
+const LOST_STATUS: u32 = sandbox::LOST_EXIT_STATUS as u32;
 /// The file in a task's bundle that lets `delete` clean up after a crashed shim.
 pub const BUNDLE_RECORD: &str = "sandbox-vm-shim.json";
 
@@ -53,11 +46,11 @@ pub struct BundleRecord {
 /// The pod's VM.
 #[derive(Clone)]
 struct Vm {
+    /// The container that booted it.
     owner: String,
-    mode: RootfsMode,
-    sandbox: Arc<Mutex<Option<Sandbox>>>,
-    handle: SandboxHandle,
-    dir: PathBuf,
+    /// How it was planned (its later containers are planned from it).
+    plan: Arc<PodPlan>,
+    sandbox: Arc<Sandbox>,
 }
 
 #[derive(Default)]
@@ -68,6 +61,7 @@ struct PodState {
 
 /// One pod: see the module docs.
 pub struct Pod {
+    host: HostConfig,
     state_root: PathBuf,
     namespace: String,
     inner: Mutex<PodState>,
@@ -90,24 +84,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ShimError::Internal(format!("blocking task failed: {e}")))?
 }
 
-/// The binary whose `vmm` subcommand runs a VM: `$SANDBOX_VM_BIN`, else `sandbox-vm`
-/// beside this shim's real path (both are built into the same target directory), else
-/// `PATH`.
-pub fn vmm_exe() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SANDBOX_VM_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.canonicalize().ok())
-        .and_then(|e| e.parent().map(|d| d.join("sandbox-vm")));
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    beside
-        .into_iter()
-        .chain(std::env::split_paths(&path).map(|d| d.join("sandbox-vm")))
-        .find(|p| p.is_file())
-}
-
 /// Where a pod's VM keeps its files: `root/<namespace>/<grouping, shortened>` (the
 /// sockets inside must stay under the 108-byte Unix socket path limit).
 pub fn state_dir(root: &Path, namespace: &str, grouping: &str) -> PathBuf {
@@ -115,68 +91,32 @@ pub fn state_dir(root: &Path, namespace: &str, grouping: &str) -> PathBuf {
     root.join(namespace).join(short)
 }
 
-fn check_artifacts(vm: &vmm::config::VmConfig) -> Result<(), ShimError> {
-    let files = std::iter::once(("guest kernel", &vm.kernel))
-        .chain(vm.initrd.iter().map(|i| ("agent initramfs", i)))
-        .chain(vm.disks.iter().map(|d| ("guest image", &d.path)));
-    for (what, path) in files {
-        if !path.is_file() {
-            return Err(ShimError::Artifact {
-                what,
-                path: path.clone(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Boots the pod's VM from the spec of the container that owns it.
+/// Boots the pod's VM in `dir` from the spec of the container that owns it.
 fn boot(
     id: &str,
     spec: &Spec,
     rootfs: &Path,
     dir: &Path,
-) -> Result<(Sandbox, RootfsMode), ShimError> {
-    // The pod's hostname is the VM's (below); the spec keeps it only with a UTS namespace.
-    let mut vm_spec = spec.clone();
-    drop_hostname_without_uts(&mut vm_spec);
-    let paths = SandboxPaths::in_dir(dir);
-    let defaults = sandbox::oci::host_defaults();
-    let (vm, mode) =
-        translate::vm_config(&sizing::pod_vm_spec(&vm_spec), &defaults, &paths.vm_paths())?;
-    check_artifacts(&vm)?;
-    let cfg = SandboxConfig {
-        id: id.into(),
-        dir: dir.into(),
-        vm,
-        vmm_exe: vmm_exe().ok_or(ShimError::NoVmmExe)?,
-        virtiofsd: sandbox::virtiofsd::find().ok_or(ShimError::NoVirtiofsd)?,
-        hostname: spec.hostname().clone(),
-        netns: translate::pod_netns(spec),
-        agent_timeout: AGENT_TIMEOUT,
-        template: sandbox::template::template_use(spec),
-    };
+    host: &HostConfig,
+) -> Result<(Sandbox, PodPlan), ShimError> {
+    let plan = PodPlan::new(id, spec, rootfs, Role::Pod, dir, host, &RealHost)?;
     std::fs::create_dir_all(dir).map_err(|err| ShimError::StateDir {
         path: dir.into(),
         err,
     })?;
-    if mode == RootfsMode::Block {
-        sandbox::image::build(rootfs, &paths.rootfs_disk)?;
-    }
-    let sandbox = Sandbox::create(&cfg)?;
+    let sandbox = Sandbox::create(&plan)?;
     log::info!("pod VM for {id} is up (pids {:?})", sandbox.host_pids());
-    Ok((sandbox, mode))
+    Ok((sandbox, plan))
 }
 
+/// Stops the pod's VM (a second stop does nothing) and removes its state directory.
 fn stop_vm(vm: &Vm) {
-    if let Some(sb) = vm.sandbox.lock().expect("poisoned").take() {
-        match sb.stop() {
-            Ok(status) => log::info!("pod VM stopped ({status:?})"),
-            Err(e) => log::warn!("stopping the pod VM: {e}"),
-        }
+    match vm.sandbox.stop() {
+        Ok(status) => log::info!("pod VM stopped ({status:?})"),
+        Err(e) => log::warn!("stopping the pod VM: {e}"),
     }
-    if let Err(e) = std::fs::remove_dir_all(&vm.dir) {
-        log::warn!("cannot remove {}: {e}", vm.dir.display());
+    if let Err(e) = std::fs::remove_dir_all(&vm.plan.dir) {
+        log::warn!("cannot remove {}: {e}", vm.plan.dir.display());
     }
 }
 
@@ -189,7 +129,7 @@ fn write_record(bundle: &Path, rec: &BundleRecord) {
 
 /// Waits for a process's exit on a thread of its own and reports it.
 fn watch_exit(
-    handle: SandboxHandle,
+    sandbox: Arc<Sandbox>,
     container_id: String,
     exec_id: String,
     pumps: Option<Pumps>,
@@ -198,7 +138,7 @@ fn watch_exit(
     let name = format!("wait-{}", &container_id[..container_id.len().min(8)]);
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
         let exec = (!exec_id.is_empty()).then_some(exec_id.as_str());
-        let result = handle.wait(&container_id, exec);
+        let result = sandbox.wait(&container_id, exec);
         for t in pumps.into_iter().flat_map(|p| p.outputs) {
             let _ = t.join();
         }
@@ -222,11 +162,13 @@ fn watch_exit(
 
 impl Pod {
     pub fn new(
+        host: HostConfig,
         state_root: PathBuf,
         namespace: String,
         exits: mpsc::UnboundedSender<ExitMsg>,
     ) -> Pod {
         Pod {
+            host,
             state_root,
             namespace,
             inner: Mutex::new(PodState::default()),
@@ -303,19 +245,15 @@ impl Pod {
         mounted: bool,
     ) -> Result<Option<Vm>, ShimError> {
         let current = self.lock().vm.clone();
-        match (sizing::role(spec), current) {
-            (Role::PodMember, None) => Err(ShimError::NoVm),
-            (Role::PodMember, Some(_)) => Ok(None),
+        let cri = Annotations::parse(spec)
+            .map_err(sandbox::PlanError::from)?
+            .cri;
+        match (cri.membership(), current) {
+            (Membership::PodMember, None) => Err(ShimError::NoVm),
+            (Membership::PodMember, Some(_)) => Ok(None),
             (_, Some(vm)) => Err(ShimError::SecondOwner(vm.owner)),
             (_, None) => {
-                let grouping = sizing::grouping(spec, &args.id);
-                let dir = state_dir(&self.state_root, &self.namespace, &grouping);
-                let (id, s, r, d) = (
-                    args.id.clone(),
-                    spec.clone(),
-                    rootfs_dir.to_path_buf(),
-                    dir.clone(),
-                );
+                let dir = state_dir(&self.state_root, &self.namespace, cri.grouping(&args.id));
                 // Recorded before the boot: a shim that dies booting leaves a VM too.
                 let rec = BundleRecord {
                     state_dir: dir.clone(),
@@ -323,13 +261,17 @@ impl Pod {
                     rootfs_mounted: mounted,
                 };
                 write_record(&args.bundle, &rec);
-                let (sb, mode) = blocking(move || boot(&id, &s, &r, &d)).await?;
+                let (id, s, r, host) = (
+                    args.id.clone(),
+                    spec.clone(),
+                    rootfs_dir.to_path_buf(),
+                    self.host.clone(),
+                );
+                let (sb, plan) = blocking(move || boot(&id, &s, &r, &dir, &host)).await?;
                 Ok(Some(Vm {
                     owner: args.id.clone(),
-                    mode,
-                    handle: sb.handle().clone(),
-                    sandbox: Arc::new(Mutex::new(Some(sb))),
-                    dir,
+                    plan: Arc::new(plan),
+                    sandbox: Arc::new(sb),
                 }))
             }
         }
@@ -346,33 +288,19 @@ impl Pod {
         let booted = self
             .boot_if_owner(args, &spec, &rootfs_dir, mounted)
             .await?;
-        let vm = match &booted {
-            Some(vm) => vm.clone(),
-            None => self.vm()?,
+        let (vm, plan) = match &booted {
+            Some(vm) => (vm.clone(), vm.plan.first.clone()),
+            None => {
+                let vm = self.vm()?;
+                let sandbox_pid = self.with(&vm.owner, |c| c.init.pid)?;
+                let plan = vm
+                    .plan
+                    .member(&args.id, &spec, &rootfs_dir, sandbox_pid, &RealHost)?;
+                (vm, plan)
+            }
         };
-        // Only the VM's owner can have a block rootfs: its disk is attached at boot.
-        let mode = match booted {
-            Some(_) => vm.mode,
-            None => RootfsMode::Share,
-        };
-        // The validator refuses a hostname without a UTS namespace (host-network pods):
-        // such a container gets the VM's hostname.
-        let mut guest_spec = spec.clone();
-        drop_hostname_without_uts(&mut guest_spec);
-        let mut plan =
-            translate::container_request(&args.id, &guest_spec, &rootfs_dir, mode, &probe_host)?;
-        if booted.is_none() {
-            let sandbox_pid = self.with(&vm.owner, |c| c.init.pid)?;
-            join_sandbox_namespaces(&mut plan.request.spec, &spec, sandbox_pid);
-        }
-        drop_hostname_without_uts(&mut plan.request.spec);
-        let slot = vm.sandbox.clone();
-        let added = blocking(move || {
-            let guard = slot.lock().expect("poisoned");
-            let sb = guard.as_ref().ok_or(ShimError::NoVm)?;
-            Ok(sb.add_container(plan, host_io)?)
-        })
-        .await;
+        let sb = vm.sandbox.clone();
+        let added = blocking(move || Ok(sb.add_container(plan, host_io)?)).await;
         let (pid, pumps) = match added {
             Ok(x) => x,
             Err(e) => {
@@ -385,7 +313,7 @@ impl Pod {
         write_record(
             &args.bundle,
             &BundleRecord {
-                state_dir: vm.dir.clone(),
+                state_dir: vm.plan.dir.clone(),
                 owner: booted.is_some(),
                 rootfs_mounted: mounted,
             },
@@ -413,7 +341,7 @@ impl Pod {
 
     /// Start of a container's init (`exec_id` empty) or of an exec. Returns the guest pid.
     pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32, ShimError> {
-        let handle = self.vm()?.handle;
+        let sandbox = self.vm()?.sandbox;
         let status = self.with_proc(id, exec_id, |p| p.status)?;
         if status != Status::Created {
             return Err(ShimError::State(format!(
@@ -421,13 +349,13 @@ impl Pod {
             )));
         }
         if exec_id.is_empty() {
-            let (h, c) = (handle.clone(), id.to_string());
-            blocking(move || Ok(h.start(&c)?)).await?;
+            let (sb, c) = (sandbox.clone(), id.to_string());
+            blocking(move || Ok(sb.start(&c)?)).await?;
             let (pid, pumps) = self.with_proc(id, "", |p| {
                 p.status = Status::Running;
                 (p.pid, p.pumps.take())
             })?;
-            watch_exit(handle, id.into(), String::new(), pumps, self.exits.clone());
+            watch_exit(sandbox, id.into(), String::new(), pumps, self.exits.clone());
             return Ok(pid);
         }
         let (process, paths) = self
@@ -438,15 +366,15 @@ impl Pod {
             })?
             .ok_or_else(|| ShimError::NotFound(format!("exec {exec_id}")))?;
         let (host_io, stdin) = io::open(&paths)?;
-        let (h, c, e) = (handle.clone(), id.to_string(), exec_id.to_string());
-        let (pid, pumps) = blocking(move || Ok(h.exec(&c, &e, process, host_io)?)).await?;
+        let (sb, c, e) = (sandbox.clone(), id.to_string(), exec_id.to_string());
+        let (pid, pumps) = blocking(move || Ok(sb.exec(&c, &e, process, host_io)?)).await?;
         self.with_proc(id, exec_id, |p| {
             p.status = Status::Running;
             p.pid = pid as u32;
             p.stdin = stdin;
         })?;
         watch_exit(
-            handle,
+            sandbox,
             id.into(),
             exec_id.into(),
             Some(pumps),
@@ -508,11 +436,11 @@ impl Pod {
             }
             Status::Running | Status::Paused => {}
         }
-        let handle = self.vm()?.handle;
+        let sandbox = self.vm()?.sandbox;
         let (c, e) = (id.to_string(), exec_id.to_string());
         let sent = blocking(move || {
             let exec = (!e.is_empty()).then_some(e.as_str());
-            Ok(handle.signal(&c, exec, signal as i32, all)?)
+            Ok(sandbox.signal(&c, exec, signal as i32, all)?)
         })
         .await;
         match sent {
@@ -547,12 +475,8 @@ impl Pod {
             return Err(ShimError::State(format!("container {id} is still running")));
         }
         if let Ok(vm) = self.vm() {
-            let (slot, c) = (vm.sandbox.clone(), id.to_string());
-            let removed = blocking(move || match slot.lock().expect("poisoned").as_ref() {
-                Some(sb) => Ok(sb.remove_container(&c, true)?),
-                None => Ok(()),
-            })
-            .await;
+            let (sb, c) = (vm.sandbox, id.to_string());
+            let removed = blocking(move || Ok(sb.remove_container(&c, true)?)).await;
             if let Err(e) = removed {
                 log::warn!("removing {id} from the VM: {e}");
             }
@@ -610,25 +534,25 @@ impl Pod {
         }
     }
 
-    /// The VM's handle and whether `id` is the container that owns it.
-    pub fn handle_for(&self, id: &str) -> Result<(SandboxHandle, bool), ShimError> {
+    /// The pod's sandbox and whether `id` is the container that owns it.
+    pub fn sandbox_for(&self, id: &str) -> Result<(Arc<Sandbox>, bool), ShimError> {
         self.with(id, |_| ())?;
         let vm = self.vm()?;
-        Ok((vm.handle.clone(), vm.owner == id))
+        Ok((vm.sandbox, vm.owner == id))
     }
 
     /// Pause/Resume of the whole VM (only through the container that owns it): every
     /// running process's status follows.
     pub async fn set_paused(&self, id: &str, pause: bool) -> Result<(), ShimError> {
-        let (handle, owner) = self.handle_for(id)?;
+        let (sandbox, owner) = self.sandbox_for(id)?;
         if !owner {
             return Err(ShimError::Unsupported(
                 "pausing one container of a pod (pause the pod's sandbox container: it pauses the VM)",
             ));
         }
         blocking(move || match pause {
-            true => Ok(handle.pause()?),
-            false => Ok(handle.resume()?),
+            true => Ok(sandbox.pause()?),
+            false => Ok(sandbox.resume()?),
         })
         .await?;
         let (from, to) = match pause {

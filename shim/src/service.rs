@@ -26,6 +26,7 @@ use crate::error::ShimError;
 use crate::io::IoPaths;
 use crate::mount::RootfsMount;
 use crate::pod::{CreateArgs, ExitMsg, Pod};
+use sandbox::SandboxOps;
 
 /// The Task service of one shim (one pod).
 #[derive(Clone)]
@@ -349,9 +350,9 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
-        let (handle, _) = self.pod.handle_for(&req.id)?;
+        let (sandbox, _) = self.pod.sandbox_for(&req.id)?;
         let id = req.id.clone();
-        let procs = tokio::task::spawn_blocking(move || handle.processes(&id))
+        let procs = tokio::task::spawn_blocking(move || sandbox.processes(&id))
             .await
             .map_err(|e| ShimError::Internal(e.to_string()))?
             .map_err(ShimError::from)?;
@@ -401,16 +402,13 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
-        let (handle, _) = self.pod.handle_for(&req.id)?;
+        let (sandbox, _) = self.pod.sandbox_for(&req.id)?;
         let rows = req.height.min(u32::from(u16::MAX)) as u16;
         let cols = req.width.min(u32::from(u16::MAX)) as u16;
         let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
         tokio::task::spawn_blocking(move || -> Result<(), ShimError> {
             let exec = (!exec_id.is_empty()).then_some(exec_id.as_str());
-            let mut agent = handle.agent()?;
-            agent
-                .resize_tty(&id, exec, rows, cols)
-                .map_err(|e| ShimError::Handle(e.into()))
+            Ok(sandbox.resize_tty(&id, exec, rows, cols)?)
         })
         .await
         .map_err(|e| ShimError::Internal(e.to_string()))??;
@@ -449,9 +447,9 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        let (handle, _) = self.pod.handle_for(&req.id)?;
+        let (sandbox, _) = self.pod.sandbox_for(&req.id)?;
         let id = req.id.clone();
-        let stats = tokio::task::spawn_blocking(move || handle.stats(&id))
+        let stats = tokio::task::spawn_blocking(move || sandbox.stats(&id))
             .await
             .map_err(|e| ShimError::Internal(e.to_string()))?
             .map_err(ShimError::from)?;

@@ -35,3 +35,20 @@ pub fn image(var: &str, file: &str) -> PathBuf {
         "scripts/setup.sh",
     )
 }
+
+/// The host settings for a sandbox the test makes through the library: the built guest
+/// kernel and image, virtiofsd and the VMM of this build.
+#[allow(dead_code)]
+pub fn host() -> sandbox::HostConfig {
+    let mut host = sandbox::HostConfig::resolve(|k| std::env::var_os(k), None);
+    host.kernel = Some(kernel());
+    host.agent_disk = Some(image("SANDBOX_VM_AGENT_DISK", "agent.ext4"));
+    host.initrd = None;
+    host.max_vcpus = 1;
+    host.vmm_exe = Some(env!("CARGO_BIN_EXE_sandbox-vm").into());
+    assert!(
+        host.virtiofsd.is_some(),
+        "virtiofsd not found: run scripts/setup.sh (it installs it)"
+    );
+    host
+}

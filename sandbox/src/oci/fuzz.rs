@@ -1,6 +1,6 @@
 //! Fuzz entry point for the OCI translation (`sandbox/fuzz`, target `oci_translate`):
 //! arbitrary bytes as config.json through everything `create` does with a spec before it
-//! touches the host: the raw-name checks, the typed parse, validation, `vm_config` and
+//! touches the host: the raw-name checks, the typed parse, validation, the annotations, `vm_config` and
 //! `container_request`. Nothing may panic, and whatever translates must be a VM config the
 //! VMM accepts.
 
@@ -9,6 +9,7 @@ use std::path::Path;
 use oci_spec::runtime::Spec;
 use serde_json::Value;
 
+use super::annotations::Annotations;
 use super::translate::{container_request, vm_config, Defaults, HostPath, RootfsMode, VmPaths};
 use super::validate;
 
@@ -45,7 +46,9 @@ pub fn oci_translate(data: &[u8]) {
         fs_socket: d.join("virtiofsd.sock"),
         rootfs_disk: d.join("rootfs.img"),
     };
-    let mode = match vm_config(&spec, &defaults, &paths) {
+    let translated = Annotations::parse(&spec)
+        .and_then(|ann| vm_config(&spec, &ann, &defaults, &paths).map(|vm| (vm, ann.rootfs)));
+    let mode = match translated {
         Ok((vm, mode)) => {
             assert!(valid, "an invalid spec translated");
             if let Err(e) = vm.validate() {

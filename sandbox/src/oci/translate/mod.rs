@@ -12,33 +12,12 @@ pub mod vm;
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::Spec;
+use crate::oci::annotations;
 
 pub use container::{
     alone_in_vm_without_nic, container_request, share_dir, ContainerPlan, HostBind,
 };
 pub use vm::{pod_netns, vm_config, RootfsMode, VmPaths};
-
-/// Annotation: guest kernel path.
-pub const ANN_KERNEL: &str = "io.sandbox-vm.kernel";
-/// Annotation: agent initramfs path.
-pub const ANN_INITRD: &str = "io.sandbox-vm.initrd";
-/// Annotation: number of vCPUs (overrides the CPU limit).
-pub const ANN_VCPUS: &str = "io.sandbox-vm.vcpus";
-/// Annotation: guest RAM in MiB (overrides the memory limit).
-pub const ANN_MEM_MIB: &str = "io.sandbox-vm.mem-mib";
-/// Annotation: boot the agent from this read-only ext4 image (`/init` = the agent) instead
-/// of the initramfs; see `images/build-agent-disk.sh`.
-pub const ANN_AGENT_DISK: &str = "io.sandbox-vm.agent-disk";
-/// Annotation: extra guest kernel parameters (appended to the default command line), e.g.
-/// `loglevel=7` to see the guest's messages in `console.log`.
-pub const ANN_KERNEL_PARAMS: &str = "io.sandbox-vm.kernel-params";
-/// Annotation: host-compatibility profile `auto|on|off`.
-pub const ANN_COMPAT: &str = "io.sandbox-vm.compat";
-/// Annotation: how the container's rootfs reaches the guest: `share` (the default: the
-/// bundle's rootfs directory through virtio-fs, no copy) or `block` (an ext4 copy made at
-/// create time, on virtio-blk).
-pub const ANN_ROOTFS: &str = "io.sandbox-vm.rootfs";
 
 /// Guest RAM on top of the container's memory limit: kernel, agent, page cache.
 pub const GUEST_OVERHEAD_MIB: u64 = 96;
@@ -52,9 +31,9 @@ pub const MIN_LIMIT_MIB: u64 = 16;
 pub enum TranslateError {
     #[error(transparent)]
     Invalid(#[from] crate::oci::validate::ValidateError),
-    #[error("no guest kernel: set SANDBOX_VM_KERNEL or the {ANN_KERNEL} annotation, or build one with guest-kernel-config/build.sh")]
+    #[error("no guest kernel: set SANDBOX_VM_KERNEL or the {key} annotation, or build one with guest-kernel-config/build.sh", key = annotations::KERNEL)]
     NoKernel,
-    #[error("no agent initramfs: set SANDBOX_VM_INITRD or the {ANN_INITRD} annotation, or build one with images/build-agent-initramfs.sh")]
+    #[error("no agent initramfs: set SANDBOX_VM_INITRD or the {key} annotation, or build one with images/build-agent-initramfs.sh", key = annotations::INITRD)]
     NoInitrd,
     #[error("annotation {key}={value:?} is not {want}")]
     BadAnnotation {
@@ -66,7 +45,7 @@ pub enum TranslateError {
         "memory limit {0} bytes is too small: a VM container needs at least {MIN_LIMIT_MIB} MiB"
     )]
     MemoryTooSmall(i64),
-    #[error("annotation {ANN_MEM_MIB}={0} is too small: the VM needs at least {min} MiB", min = vmm::layout::MIN_MEM_BYTES >> 20)]
+    #[error("annotation {key}={0} is too small: the VM needs at least {min} MiB", key = annotations::MEM_MIB, min = vmm::layout::MIN_MEM_BYTES >> 20)]
     GuestMemoryTooSmall(u64),
     #[error("the spec translates into a VM the VMM refuses: {0}")]
     VmConfig(String),
@@ -111,25 +90,6 @@ pub fn probe_host(path: &Path) -> HostPath {
         Ok(m) if m.is_dir() => HostPath::Dir,
         _ => HostPath::Other,
     }
-}
-
-/// The annotation `key` parsed as `T`, if present.
-fn annotation<T: std::str::FromStr>(
-    spec: &Spec,
-    key: &'static str,
-    want: &'static str,
-) -> Result<Option<T>, TranslateError> {
-    let Some(value) = spec.annotations().as_ref().and_then(|a| a.get(key)) else {
-        return Ok(None);
-    };
-    value
-        .parse()
-        .map(Some)
-        .map_err(|_| TranslateError::BadAnnotation {
-            key,
-            value: value.clone(),
-            want,
-        })
 }
 
 #[cfg(test)]

@@ -3,15 +3,12 @@
 use std::path::PathBuf;
 
 use oci_spec::runtime::Spec;
-use vmm::config::{CompatSetting, DiskConfig, FsConfig, SerialOutput, VmConfig, VsockConfig};
+use vmm::config::{DiskConfig, FsConfig, SerialOutput, VmConfig, VsockConfig};
 
 use crate::share::SHARE_TAG;
 
-use super::{
-    annotation, Defaults, TranslateError, ANN_AGENT_DISK, ANN_COMPAT, ANN_INITRD, ANN_KERNEL,
-    ANN_KERNEL_PARAMS, ANN_MEM_MIB, ANN_ROOTFS, ANN_VCPUS, DEFAULT_MEM_MIB, GUEST_OVERHEAD_MIB,
-    MIN_LIMIT_MIB,
-};
+use super::{Defaults, TranslateError, DEFAULT_MEM_MIB, GUEST_OVERHEAD_MIB, MIN_LIMIT_MIB};
+use crate::oci::annotations::Annotations;
 
 /// Kernel parameters that boot the agent from its disk (`/dev/vda`).
 pub const AGENT_DISK_CMDLINE: &str = "root=/dev/vda ro rootfstype=ext4 init=/init";
@@ -34,10 +31,11 @@ pub struct VmPaths {
 }
 
 /// How the first container's rootfs reaches the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RootfsMode {
     /// The bundle's rootfs directory through the virtio-fs share (no copy).
+    #[default]
     Share,
     /// An ext4 copy of it on virtio-blk (serial [`ROOTFS_DISK_SERIAL`]).
     Block,
@@ -55,10 +53,15 @@ fn cpuset_count(list: &str) -> Option<u64> {
     Some(n)
 }
 
-fn vcpus(spec: &Spec, max: u8) -> Result<u8, TranslateError> {
+/// The VM's vCPUs: the annotation, else the pod's CPU quota/period from CRI, else the
+/// spec's CPU limit (quota/period rounded up, or the cpuset's size); clamped to the host.
+fn vcpus(spec: &Spec, ann: &Annotations, max: u8) -> Result<u8, TranslateError> {
     let max = max.max(1);
-    if let Some(n) = annotation::<u8>(spec, ANN_VCPUS, "a vCPU count from 1 to 255")? {
+    if let Some(n) = ann.vcpus {
         return Ok(n.clamp(1, max));
+    }
+    if let (Some(q), Some(p)) = (ann.cri.sandbox_cpu_quota, ann.cri.sandbox_cpu_period) {
+        return Ok((q as u64).div_ceil(p as u64).clamp(1, u64::from(max)) as u8);
     }
     let cpu = spec
         .linux()
@@ -81,37 +84,27 @@ fn vcpus(spec: &Spec, max: u8) -> Result<u8, TranslateError> {
     Ok(wanted.clamp(1, u64::from(max)) as u8)
 }
 
-fn mem_mib(spec: &Spec) -> Result<u64, TranslateError> {
-    if let Some(m) = annotation::<u64>(spec, ANN_MEM_MIB, "a size in MiB")? {
+/// The VM's RAM: the annotation, else the pod's memory limit from CRI, else the spec's,
+/// plus [`GUEST_OVERHEAD_MIB`].
+fn mem_mib(spec: &Spec, ann: &Annotations) -> Result<u64, TranslateError> {
+    if let Some(m) = ann.mem_mib {
         if m.saturating_mul(1 << 20) < vmm::layout::MIN_MEM_BYTES {
             return Err(TranslateError::GuestMemoryTooSmall(m));
         }
         return Ok(m);
     }
-    let limit = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.resources().as_ref())
-        .and_then(|r| r.memory().as_ref())
-        .and_then(|m| m.limit());
+    let limit = ann.cri.sandbox_memory.or_else(|| {
+        spec.linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.memory().as_ref())
+            .and_then(|m| m.limit())
+    });
     match limit {
         // -1 (and 0) mean unlimited.
         None | Some(..=0) => Ok(DEFAULT_MEM_MIB),
         Some(l) if (l as u64) < MIN_LIMIT_MIB << 20 => Err(TranslateError::MemoryTooSmall(l)),
         Some(l) => Ok((l as u64).div_ceil(1 << 20) + GUEST_OVERHEAD_MIB),
-    }
-}
-
-fn compat(spec: &Spec) -> Result<CompatSetting, TranslateError> {
-    match annotation::<String>(spec, ANN_COMPAT, "auto, on or off")?.as_deref() {
-        None | Some("auto") => Ok(CompatSetting::Auto),
-        Some("on") => Ok(CompatSetting::On),
-        Some("off") => Ok(CompatSetting::Off),
-        Some(other) => Err(TranslateError::BadAnnotation {
-            key: ANN_COMPAT,
-            value: other.into(),
-            want: "auto, on or off",
-        }),
     }
 }
 
@@ -130,44 +123,36 @@ pub fn pod_netns(spec: &Spec) -> Option<PathBuf> {
         .clone()
 }
 
-/// The rootfs mode the spec asks for ([`ANN_ROOTFS`]; [`RootfsMode::Share`] by default).
-pub fn rootfs_mode(spec: &Spec) -> Result<RootfsMode, TranslateError> {
-    match annotation::<String>(spec, ANN_ROOTFS, "share or block")?.as_deref() {
-        None | Some("share") => Ok(RootfsMode::Share),
-        Some("block") => Ok(RootfsMode::Block),
-        Some(other) => Err(TranslateError::BadAnnotation {
-            key: ANN_ROOTFS,
-            value: other.into(),
-            want: "share or block",
-        }),
-    }
-}
-
 /// The sandbox's VM: vCPUs from the CPU quota/period (rounded up) or the cpuset size,
 /// clamped to the host; RAM = memory limit + [`GUEST_OVERHEAD_MIB`]; the guest image as
 /// the first disk; the rootfs copy as a second in [`RootfsMode::Block`]; the vsock device
 /// for the agent and the virtio-fs device for the share.
 pub fn vm_config(
     spec: &Spec,
+    ann: &Annotations,
     defaults: &Defaults,
     paths: &VmPaths,
-) -> Result<(VmConfig, RootfsMode), TranslateError> {
+) -> Result<VmConfig, TranslateError> {
     // The spec's own problems first, then the host's.
     crate::oci::validate::spec(spec)?;
-    let vcpus = vcpus(spec, defaults.max_vcpus)?;
-    let mem_mib = mem_mib(spec)?;
-    let compat = compat(spec)?;
-    let mode = rootfs_mode(spec)?;
-    let params = annotation::<String>(spec, ANN_KERNEL_PARAMS, "text")?;
-    let kernel = annotation::<PathBuf>(spec, ANN_KERNEL, "a path")?
+    let vcpus = vcpus(spec, ann, defaults.max_vcpus)?;
+    let mem_mib = mem_mib(spec, ann)?;
+    let mode = ann.rootfs;
+    let params = ann.kernel_params.as_deref();
+    let kernel = ann
+        .kernel
+        .clone()
         .or_else(|| defaults.kernel.clone())
         .ok_or(TranslateError::NoKernel)?;
-    let agent_disk = annotation::<PathBuf>(spec, ANN_AGENT_DISK, "a path")?
+    let agent_disk = ann
+        .agent_disk
+        .clone()
         .or_else(|| defaults.agent_disk.clone());
     let initrd = match agent_disk {
         Some(_) => None,
         None => Some(
-            annotation::<PathBuf>(spec, ANN_INITRD, "a path")?
+            ann.initrd
+                .clone()
                 .or_else(|| defaults.initrd.clone())
                 .ok_or(TranslateError::NoInitrd)?,
         ),
@@ -176,7 +161,7 @@ pub fn vm_config(
     let mut vm = VmConfig::new(kernel);
     vm.initrd = initrd;
     let boot_params = agent_disk.as_ref().map(|_| AGENT_DISK_CMDLINE);
-    let extra: Vec<&str> = boot_params.into_iter().chain(params.as_deref()).collect();
+    let extra: Vec<&str> = boot_params.into_iter().chain(params).collect();
     if !extra.is_empty() {
         vm.cmdline = Some(format!(
             "{} {}",
@@ -205,7 +190,7 @@ pub fn vm_config(
     vm.vcpus = vcpus;
     vm.mem_mib = mem_mib;
     vm.serial = SerialOutput::File(paths.console_log.clone());
-    vm.compat_profile = compat;
+    vm.compat_profile = ann.compat;
     vm.vsock = Some(VsockConfig {
         guest_cid: 3,
         uds_path: paths.vsock.clone(),
@@ -215,7 +200,7 @@ pub fn vm_config(
     // process's after the sandbox's directories exist.
     vm.validate()
         .map_err(|e| TranslateError::VmConfig(e.to_string()))?;
-    Ok((vm, mode))
+    Ok(vm)
 }
 
 #[cfg(test)]
@@ -223,7 +208,23 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::oci::annotations::{
+        AGENT_DISK as ANN_AGENT_DISK, COMPAT as ANN_COMPAT, INITRD as ANN_INITRD,
+        KERNEL as ANN_KERNEL, KERNEL_PARAMS as ANN_KERNEL_PARAMS, MEM_MIB as ANN_MEM_MIB,
+        ROOTFS as ANN_ROOTFS, VCPUS as ANN_VCPUS,
+    };
     use crate::oci::translate::test_specs::spec;
+    use vmm::config::CompatSetting;
+
+    /// The VM and rootfs mode of `s` (its annotations parsed first, as planning does).
+    fn vm_config(
+        s: &Spec,
+        d: &Defaults,
+        p: &VmPaths,
+    ) -> Result<(VmConfig, RootfsMode), TranslateError> {
+        let ann = Annotations::parse(s)?;
+        super::vm_config(s, &ann, d, p).map(|vm| (vm, ann.rootfs))
+    }
 
     fn defaults() -> Defaults {
         Defaults {

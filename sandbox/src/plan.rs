@@ -1,0 +1,281 @@
+//! [`PodPlan`]: everything needed to start a sandbox, from one function of the spec of the
+//! container that boots it, its rootfs, its [`Role`] and the [`HostConfig`]; and
+//! [`PodPlan::member`] for the pod's later containers. Every problem with the spec or the
+//! host (artifacts, virtiofsd, the pod's netns) is found here, before anything exists. Both
+//! front ends and `sandbox-vm template` plan through it; the OCI CLI saves the plan as
+//! `plan.json` for its monitor.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use serde::{Deserialize, Serialize};
+use vmm::config::VmConfig;
+
+use crate::host::HostConfig;
+use crate::network::NetnsError;
+use crate::oci::annotations::Annotations;
+use crate::oci::translate::{self, ContainerPlan, HostPath, RootfsMode, TranslateError};
+use crate::paths::SandboxPaths;
+use crate::template::TemplateUse;
+
+/// What the container that boots a sandbox is to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// The OCI CLI's container, alone in its VM: without a pod network it stays in the
+    /// guest's root network namespace ([`translate::alone_in_vm_without_nic`]).
+    Alone,
+    /// The container that boots a pod's VM in the shim: CRI's sandbox container, or a
+    /// container with no pod (`ctr run`). A hostname without a UTS namespace is the
+    /// VM's, not the container's.
+    Pod,
+}
+
+/// Why a sandbox cannot be planned; one line each.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Translate(#[from] TranslateError),
+    #[error("{what} {path} not found: {how}")]
+    Artifact {
+        what: &'static str,
+        path: PathBuf,
+        how: &'static str,
+    },
+    #[error(
+        "virtiofsd not found: run scripts/setup.sh (it installs it) or set SANDBOX_VM_VIRTIOFSD"
+    )]
+    NoVirtiofsd,
+    #[error("the VMM binary is not known (the front end sets HostConfig::vmm_exe)")]
+    NoVmmExe,
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+}
+
+/// What planning asks of the host; [`RealHost`] asks the real one, tests a fake.
+pub trait HostProbe {
+    /// What `path` is (bind sources, guest artifacts).
+    fn path(&self, path: &Path) -> HostPath;
+    /// Whether `path` is a network namespace the VM may take over.
+    fn netns(&self, path: &Path) -> Result<(), NetnsError>;
+}
+
+/// The host itself.
+pub struct RealHost;
+
+impl HostProbe for RealHost {
+    fn path(&self, path: &Path) -> HostPath {
+        translate::probe_host(path)
+    }
+
+    fn netns(&self, path: &Path) -> Result<(), NetnsError> {
+        crate::network::Netns::open(path).map(drop)
+    }
+}
+
+/// How the VMM process is run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmmRun {
+    /// The binary whose `vmm` subcommand runs the VM.
+    pub exe: PathBuf,
+    /// In its jail (a template build never is: it writes its snapshot outside).
+    pub jail: bool,
+    /// Its `--seccomp` mode, when not its default.
+    pub seccomp: Option<String>,
+}
+
+/// Everything needed to start one sandbox (see the module docs).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PodPlan {
+    /// The sandbox's id (logs, the guest's hostname default).
+    pub id: String,
+    /// Its state directory ([`SandboxPaths`]).
+    pub dir: PathBuf,
+    pub role: Role,
+    /// The VM, sized for the pod.
+    pub vm: VmConfig,
+    pub mode: RootfsMode,
+    /// A rootfs to copy into the VM's block image before it boots ([`RootfsMode::Block`]).
+    pub block_rootfs: Option<PathBuf>,
+    /// The guest's hostname.
+    pub hostname: Option<String>,
+    /// The pod's network namespace: the VM gets a NIC for each of its interfaces.
+    pub netns: Option<PathBuf>,
+    /// The container that boots the sandbox.
+    pub first: ContainerPlan,
+    pub template: TemplateUse,
+    /// Where templates are kept.
+    pub templates: PathBuf,
+    pub virtiofsd: PathBuf,
+    pub vmm: VmmRun,
+    /// How long the guest may take to boot to its agent.
+    pub agent_timeout: Duration,
+}
+
+/// How to get each guest artifact when it is missing.
+const KERNEL_HOW: &str = "build it with guest-kernel-config/build.sh or set SANDBOX_VM_KERNEL";
+const IMAGE_HOW: &str = "build it with images/build-agent-disk.sh or set SANDBOX_VM_AGENT_DISK";
+const INITRD_HOW: &str = "build it with images/build-agent-initramfs.sh or set SANDBOX_VM_INITRD";
+
+/// The guest kernel, initramfs and read-only disks must exist (the rootfs image is made
+/// by the sandbox).
+fn check_artifacts(vm: &VmConfig, probe: &dyn HostProbe) -> Result<(), PlanError> {
+    let files = std::iter::once(("guest kernel", &vm.kernel, KERNEL_HOW))
+        .chain(vm.initrd.iter().map(|i| ("agent initramfs", i, INITRD_HOW)))
+        .chain(
+            vm.disks
+                .iter()
+                .filter(|d| d.read_only)
+                .map(|d| ("guest image", &d.path, IMAGE_HOW)),
+        );
+    for (what, path, how) in files {
+        if probe.path(path) != HostPath::File {
+            return Err(PlanError::Artifact {
+                what,
+                path: path.clone(),
+                how,
+            });
+        }
+    }
+    Ok(())
+}
+
+impl PodPlan {
+    /// Plans the sandbox that container `id` (`spec`, its rootfs at `rootfs`) boots in
+    /// state directory `dir`.
+    pub fn new(
+        id: &str,
+        spec: &Spec,
+        rootfs: &Path,
+        role: Role,
+        dir: &Path,
+        host: &HostConfig,
+        probe: &dyn HostProbe,
+    ) -> Result<PodPlan, PlanError> {
+        let ann = Annotations::parse(spec)?;
+        let mut guest_spec = spec.clone();
+        if role == Role::Pod {
+            drop_hostname_without_uts(&mut guest_spec);
+        }
+        let paths = SandboxPaths::in_dir(dir);
+        let vm = translate::vm_config(&guest_spec, &ann, &host.defaults(), &paths.vm_paths())?;
+        let file_probe = |p: &Path| probe.path(p);
+        let mut first =
+            translate::container_request(id, &guest_spec, rootfs, ann.rootfs, &file_probe)?;
+        check_artifacts(&vm, probe)?;
+        let virtiofsd = host.virtiofsd.clone().ok_or(PlanError::NoVirtiofsd)?;
+        let exe = host.vmm_exe.clone().ok_or(PlanError::NoVmmExe)?;
+        let netns = translate::pod_netns(spec);
+        match &netns {
+            // A missing or deleted netns is reported here, before anything exists.
+            Some(ns) => probe.netns(ns)?,
+            None if role == Role::Alone => translate::alone_in_vm_without_nic(&mut first),
+            None => {}
+        }
+        Ok(PodPlan {
+            id: id.into(),
+            dir: dir.into(),
+            role,
+            vm,
+            mode: ann.rootfs,
+            block_rootfs: (ann.rootfs == RootfsMode::Block).then(|| rootfs.to_path_buf()),
+            hostname: spec.hostname().clone(),
+            netns,
+            first,
+            template: ann.template,
+            templates: host.templates.clone(),
+            virtiofsd,
+            vmm: VmmRun {
+                exe,
+                jail: host.jail,
+                seccomp: host.seccomp.clone(),
+            },
+            agent_timeout: host.agent_timeout,
+        })
+    }
+
+    /// Plans a later container of the pod (`spec`, rootfs at `rootfs`): its rootfs through
+    /// the share, and the namespaces its spec shares with the pod's sandbox container
+    /// joined to those of that container's init (guest pid `sandbox_pid`).
+    pub fn member(
+        &self,
+        id: &str,
+        spec: &Spec,
+        rootfs: &Path,
+        sandbox_pid: u32,
+        probe: &dyn HostProbe,
+    ) -> Result<ContainerPlan, PlanError> {
+        let mut guest_spec = spec.clone();
+        drop_hostname_without_uts(&mut guest_spec);
+        let file_probe = |p: &Path| probe.path(p);
+        let mut plan =
+            translate::container_request(id, &guest_spec, rootfs, RootfsMode::Share, &file_probe)?;
+        join_sandbox_namespaces(&mut plan.request.spec, spec, sandbox_pid);
+        drop_hostname_without_uts(&mut plan.request.spec);
+        Ok(plan)
+    }
+}
+
+/// The name of a namespace type under `/proc/PID/ns/`.
+fn ns_file(t: LinuxNamespaceType) -> Option<&'static str> {
+    use LinuxNamespaceType as T;
+    Some(match t {
+        T::Network => "net",
+        T::Ipc => "ipc",
+        T::Uts => "uts",
+        T::Pid => "pid",
+        T::Cgroup => "cgroup",
+        _ => return None,
+    })
+}
+
+/// A pod member's namespaces: those the CRI spec shares with the pod's sandbox (they name
+/// a host path, meaningless in the guest) join the sandbox container's in the guest, at
+/// `/proc/<its guest pid>/ns/…`, so the pod's containers share loopback, IPC and
+/// hostname as they would on runc. A container joining the sandbox's UTS namespace keeps
+/// the pod's hostname and sets none of its own.
+fn join_sandbox_namespaces(guest: &mut Spec, host: &Spec, sandbox_pid: u32) {
+    let shared: Vec<LinuxNamespaceType> = host
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.path().is_some())
+        .map(|n| n.typ())
+        .collect();
+    let mut joins_uts = false;
+    if let Some(nss) = guest
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.namespaces_mut().as_mut())
+    {
+        for ns in nss.iter_mut().filter(|n| shared.contains(&n.typ())) {
+            if let Some(file) = ns_file(ns.typ()) {
+                ns.set_path(Some(format!("/proc/{sandbox_pid}/ns/{file}").into()));
+                joins_uts |= ns.typ() == LinuxNamespaceType::Uts;
+            }
+        }
+    }
+    if joins_uts {
+        guest.set_hostname(None);
+    }
+}
+
+/// A container in the VM's own UTS namespace (CRI's host-network pods share the node's)
+/// gets the VM's hostname, which is the pod's: the guest agent refuses a hostname
+/// without a new UTS namespace, so it is dropped from the guest's spec.
+fn drop_hostname_without_uts(guest: &mut Spec) {
+    let new_uts = guest
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|n| n.iter().any(|n| n.typ() == LinuxNamespaceType::Uts));
+    if !new_uts {
+        guest.set_hostname(None);
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;
