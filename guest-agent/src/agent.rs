@@ -13,7 +13,7 @@ use agent_protocol::{
 
 use crate::cgroup::CgroupManager;
 use crate::container::{self, Container, ContainerError, Env, Publish};
-use crate::prepared::Prepared;
+use crate::prepared::{Prepared, PreparedError};
 use crate::process::{Proc, ProcError, Reaper};
 use crate::sandbox::{self, SandboxError};
 use crate::seccomp::SeccompError;
@@ -89,6 +89,8 @@ impl AgentError {
                 ContainerError::NotSupported(_) => ErrorCode::NotSupported,
                 ContainerError::NotFound(_) | ContainerError::Rootfs(_) => ErrorCode::NotFound,
                 ContainerError::State(_) => ErrorCode::InvalidState,
+                ContainerError::Prepared(PreparedError::Unfit(_)) => ErrorCode::NotSupported,
+                ContainerError::Prepared(PreparedError::TakenTwice) => ErrorCode::InvalidState,
                 _ => ErrorCode::Internal,
             },
         }
@@ -268,13 +270,16 @@ impl Agent {
                     )
                     .into());
                 }
-                *slot = Some(crate::prepared::prepare(
-                    &self.reaper,
-                    &spec,
-                    &self.cfg.state_dir,
-                    self.cgroups.is_v2(),
-                    self.cfg.pid1,
-                )?);
+                *slot = Some(
+                    crate::prepared::prepare(
+                        &self.reaper,
+                        &spec,
+                        &self.cfg.state_dir,
+                        self.cgroups.is_v2(),
+                        self.cfg.pid1,
+                    )
+                    .map_err(ContainerError::from)?,
+                );
                 Ok(Response::Done)
             }
             Request::CloneIdentity(id) => {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -22,15 +22,17 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::cgroup::{Cgroup, CgroupError, CgroupManager};
-use crate::child::{ChildPlan, ProcessPlan, RootPlan};
+use crate::child::{self, ChildPlan, ProcessPlan, RootPlan};
 use crate::mounts::{self, MountError};
-use crate::prepared::{self, Claim, Prepared, Skeleton};
+use crate::namespaces;
+use crate::prepared::{self, Claim, Prepared, PreparedError, Skeleton};
 use crate::process::{Proc, Reaper};
 use crate::sandbox::{self, SandboxError};
 use crate::seccomp::{self, Filter, SeccompError};
 use crate::security::{plan_caps, plan_rlimits, warn_ignored_labels, Identity};
-use crate::spawn::{spawn, Job, PidNs, SpawnError};
+use crate::spawn::{spawn, PidNs, SpawnError};
 use crate::stdio::{make_stdio, StdioError};
+use crate::sync_socket::{self, SyncError};
 
 /// Container failures, each mapped to a protocol error code by the agent.
 #[derive(Debug, thiserror::Error)]
@@ -76,9 +78,12 @@ pub enum ContainerError {
     /// The container process could not be started.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
-    /// The child reported an error before exec.
-    #[error("container process setup failed: {0}")]
-    Child(String),
+    /// The process reported an error before exec, or exited.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// A prepared init could not be made or taken over.
+    #[error(transparent)]
+    Prepared(#[from] PreparedError),
 }
 
 fn sys(op: &'static str) -> impl FnOnce(io::Error) -> ContainerError {
@@ -106,28 +111,6 @@ pub struct Env<'a> {
     pub prepared: &'a Mutex<Option<Prepared>>,
 }
 
-/// Namespaces a container can have, with their /proc/PID/ns names. Order
-/// matters when joining: the mount namespace goes last.
-const NAMESPACES: [(LinuxNamespaceType, CloneFlags, &str); 5] = [
-    (LinuxNamespaceType::Ipc, CloneFlags::CLONE_NEWIPC, "ipc"),
-    (LinuxNamespaceType::Uts, CloneFlags::CLONE_NEWUTS, "uts"),
-    (LinuxNamespaceType::Network, CloneFlags::CLONE_NEWNET, "net"),
-    (
-        LinuxNamespaceType::Cgroup,
-        CloneFlags::CLONE_NEWCGROUP,
-        "cgroup",
-    ),
-    (LinuxNamespaceType::Mount, CloneFlags::CLONE_NEWNS, "mnt"),
-];
-
-/// The clone flag of a namespace type the agent supports (PID aside).
-pub(crate) fn namespace_flag(t: LinuxNamespaceType) -> Option<CloneFlags> {
-    NAMESPACES
-        .iter()
-        .find(|(typ, _, _)| *typ == t)
-        .map(|&(_, flag, _)| flag)
-}
-
 /// A container.
 pub struct Container {
     /// Id.
@@ -148,22 +131,6 @@ pub struct Container {
     /// tree (proc, sysfs, tmpfs, devpts, mqueue, the masked paths' binds) before its
     /// parent is told; emulated here, that is seconds between the exit and its report.
     _mount_ns: Option<fs::File>,
-}
-
-/// Reads the child's answer: `Ok(Some(b))` for a status byte, `Ok(None)` at
-/// EOF (exec happened or the child died), `Err` with the child's message.
-pub(crate) fn read_sync(s: &mut UnixStream) -> Result<Option<u8>, ContainerError> {
-    let mut b = [0u8; 1];
-    match s.read(&mut b) {
-        Ok(0) => Ok(None),
-        Ok(_) if b[0] == b'E' => {
-            let mut msg = String::new();
-            let _ = s.read_to_string(&mut msg);
-            Err(ContainerError::Child(msg))
-        }
-        Ok(_) => Ok(Some(b[0])),
-        Err(e) => Err(sys("read from container process")(e)),
-    }
 }
 
 fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>, ContainerError> {
@@ -350,7 +317,7 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
             };
             continue;
         }
-        let Some(&(_, flag, name)) = NAMESPACES.iter().find(|(t, _, _)| *t == typ) else {
+        let Some((flag, name)) = namespaces::find(typ) else {
             return Err(ContainerError::NotSupported(format!("{typ:?} namespaces")));
         };
         ns_names.push((flag, name));
@@ -360,7 +327,7 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
         }
     }
     // Join in NAMESPACES order (mount last), whatever the spec's order.
-    ns_names.sort_by_key(|(f, _)| NAMESPACES.iter().position(|(_, g, _)| g == f));
+    ns_names.sort_by_key(|(f, _)| namespaces::join_rank(*f));
     if !unshare_flags.contains(CloneFlags::CLONE_NEWNS) {
         return Err(ContainerError::Invalid(
             "the spec must ask for a new mount namespace".into(),
@@ -388,7 +355,7 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
         }
     };
 
-    let result = (|| {
+    let result = (|| -> Result<_, ContainerError> {
         let mounts = mounts::plan_mounts(
             &rootfs_dir,
             spec.mounts().as_deref().unwrap_or(&[]),
@@ -408,7 +375,7 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
             linux.cgroups_path().as_deref(),
             linux.resources().as_ref(),
         )?);
-        let made = (|| {
+        let made = (|| -> Result<_, ContainerError> {
             let terminal = process.terminal().unwrap_or(false);
             let (child_stdio, agent_stdio) = make_stdio(stdio, terminal, console_size(process))?;
             let staging = env.state_dir.join(prepared::STAGING_DIR);
@@ -427,7 +394,7 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
                 // The skeleton's bounding set is the spec's.
                 claim.process.identity.bounding_applied = ready.skeleton().bounding.is_some();
                 let proc = Proc::new(ready.pid(), &id, None, agent_stdio);
-                return ready.claim(env.reaper, cgroup.procs_files()?, claim, proc);
+                return Ok(ready.claim(env.reaper, cgroup.procs_files()?, claim, proc)?);
             }
             let plan = ChildPlan {
                 cgroup_procs: cgroup.procs_files()?,
@@ -456,17 +423,12 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
             let (mut ours, theirs) = UnixStream::pair().map_err(sys("socketpair"))?;
             crate::trace::mark("create: cgroup and stdio made");
             let init = env.reaper.spawn_registered(
-                || spawn(pid_ns, Job::Now(Box::new(plan)), theirs, &mut ours),
+                || spawn(pid_ns, child::runner(plan), theirs, &mut ours),
                 |pid| Proc::new(pid, &id, None, agent_stdio),
             )?;
             crate::trace::mark("create: spawned");
-            match read_sync(&mut ours) {
-                Ok(Some(b'R')) => Ok((init, ours)),
-                Ok(_) => Err(ContainerError::Child(
-                    "container process exited during setup".into(),
-                )),
-                Err(e) => Err(e),
-            }
+            sync_socket::expect(&mut ours, b'R', "container process exited during setup")?;
+            Ok((init, ours))
         })();
         match made {
             Ok((init, ours)) => Ok((init, ours, cgroup)),
@@ -513,10 +475,7 @@ impl Container {
             )));
         }
         s.write_all(b"S").map_err(sys("signal start"))?;
-        match read_sync(&mut s)? {
-            None => Ok(()),
-            Some(b) => Err(ContainerError::Child(format!("unexpected sync byte {b}"))),
-        }
+        Ok(sync_socket::expect_exec(&mut s)?)
     }
 
     /// True once started and while the init process runs.
@@ -579,10 +538,10 @@ impl Container {
         };
         let (mut ours, theirs) = UnixStream::pair().map_err(sys("socketpair"))?;
         let proc = env.reaper.spawn_registered(
-            || spawn(pid_ns, Job::Now(Box::new(plan)), theirs, &mut ours),
+            || spawn(pid_ns, child::runner(plan), theirs, &mut ours),
             |pid| Proc::new(pid, &self.id, Some(&req.exec_id), agent_stdio),
         )?;
-        read_sync(&mut ours)?;
+        sync_socket::read(&mut ours)?;
         spawn_monitor(&proc, &self.cgroup, &self.publish);
         self.execs
             .lock()

@@ -40,10 +40,38 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
 use crate::child::{self, ChildError, ExecTarget, ProcessPlan};
-use crate::container::{read_sync, ContainerError};
 use crate::mounts::{self, DeviceOp, MountOp};
 use crate::process::{AgentStdio, Proc, Reaper};
-use crate::spawn::{spawn, Job, PidNs};
+use crate::spawn::{spawn, PidNs, SpawnError};
+use crate::sync_socket::{self, SyncError};
+
+/// Why an init could not be prepared or taken over.
+#[derive(Debug, thiserror::Error)]
+pub enum PreparedError {
+    /// The spec's init cannot be made ahead.
+    #[error("not supported: this container's init cannot be prepared: {0}")]
+    Unfit(String),
+    /// A system call failed.
+    #[error("{op} failed: {cause}")]
+    Sys {
+        /// Operation.
+        op: &'static str,
+        /// Cause.
+        cause: io::Error,
+    },
+    /// The process could not be started.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// The process failed or exited.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// The process exited before a container took it over.
+    #[error("container process setup failed: the prepared init exited before it was taken over")]
+    Gone,
+    /// Two containers took it over.
+    #[error("the prepared init was taken twice")]
+    TakenTwice,
+}
 
 /// The staging directory, under the agent's state directory.
 pub const STAGING_DIR: &str = ".prepared-init";
@@ -104,8 +132,9 @@ impl Skeleton {
                 LinuxNamespaceType::Pid => pid = true,
                 LinuxNamespaceType::Cgroup => cgroupns = true,
                 t => {
-                    unshare |= crate::container::namespace_flag(t)
+                    unshare |= crate::namespaces::find(t)
                         .ok_or_else(|| format!("{t:?} namespaces are not supported"))?
+                        .0
                 }
             }
         }
@@ -240,8 +269,8 @@ pub struct Prepared {
     sync: UnixStream,
 }
 
-fn sys(op: &'static str) -> impl FnOnce(io::Error) -> ContainerError {
-    move |cause| ContainerError::Sys { op, cause }
+fn sys(op: &'static str) -> impl FnOnce(io::Error) -> PreparedError {
+    move |cause| PreparedError::Sys { op, cause }
 }
 
 /// Makes a prepared init for `spec`'s skeleton and waits until it is ready. As PID 1
@@ -253,11 +282,9 @@ pub fn prepare(
     state_dir: &Path,
     cgroup_v2: bool,
     share_run: bool,
-) -> Result<Prepared, ContainerError> {
+) -> Result<Prepared, PreparedError> {
     let staging = state_dir.join(STAGING_DIR);
-    let skeleton = Skeleton::of(spec, &staging, cgroup_v2).map_err(|why| {
-        ContainerError::NotSupported(format!("this container's init cannot be prepared: {why}"))
-    })?;
+    let skeleton = Skeleton::of(spec, &staging, cgroup_v2).map_err(PreparedError::Unfit)?;
     std::fs::create_dir_all(&staging).map_err(sys("create the staging directory"))?;
     if share_run {
         let none = None::<&str>;
@@ -269,21 +296,28 @@ pub fn prepare(
         claim: OnceLock::new(),
     });
     let (mut ours, theirs) = UnixStream::pair().map_err(sys("socketpair"))?;
-    let job = Job::Prepared(shared.clone());
+    let init = shared.clone();
     let proc = reaper.spawn_registered(
-        || spawn(PidNs::New, job, theirs, &mut ours),
+        || {
+            spawn(
+                PidNs::New,
+                move |sync| run_child(&init, sync),
+                theirs,
+                &mut ours,
+            )
+        },
         |pid| Proc::new(pid, "", None, AgentStdio::default()),
     )?;
-    match read_sync(&mut ours)? {
-        Some(b'K') => Ok(Prepared {
-            pid: proc.pid,
-            shared,
-            sync: ours,
-        }),
-        _ => Err(ContainerError::Child(
-            "the prepared init exited while it was set up".into(),
-        )),
-    }
+    sync_socket::expect(
+        &mut ours,
+        b'K',
+        "the prepared init exited while it was set up",
+    )?;
+    Ok(Prepared {
+        pid: proc.pid,
+        shared,
+        sync: ours,
+    })
 }
 
 /// Takes the prepared init out of `slot` if its skeleton is `wanted` (computed only when
@@ -340,10 +374,8 @@ impl Prepared {
         cgroup_procs: Vec<File>,
         mut claim: Claim,
         proc: Proc,
-    ) -> Result<(Arc<Proc>, UnixStream), ContainerError> {
-        let proc = reaper.replace(self.pid, proc).ok_or_else(|| {
-            ContainerError::Child("the prepared init exited before it was taken over".into())
-        })?;
+    ) -> Result<(Arc<Proc>, UnixStream), PreparedError> {
+        let proc = reaper.replace(self.pid, proc).ok_or(PreparedError::Gone)?;
         let pid = self.pid.to_string();
         for mut f in cgroup_procs {
             f.write_all(pid.as_bytes())
@@ -353,9 +385,7 @@ impl Prepared {
         let keep = std::mem::take(&mut claim.process.stdio._keep);
         let target = ExecTarget::new(&claim.process);
         if self.shared.claim.set((claim, target)).is_err() {
-            return Err(ContainerError::State(
-                "the prepared init was taken twice".into(),
-            ));
+            return Err(PreparedError::TakenTwice);
         }
         sendmsg::<()>(
             self.sync.as_raw_fd(),
@@ -368,19 +398,19 @@ impl Prepared {
         // The process has its own copies now.
         drop(keep);
         crate::trace::mark("create: prepared init taken over");
-        match read_sync(&mut self.sync)? {
-            Some(b'R') => Ok((proc, self.sync)),
-            _ => Err(ContainerError::Child(
-                "container process exited during setup".into(),
-            )),
-        }
+        sync_socket::expect(
+            &mut self.sync,
+            b'R',
+            "container process exited during setup",
+        )?;
+        Ok((proc, self.sync))
     }
 }
 
 // ---- In the prepared process (running in the agent's memory; see crate::child) ----
 
 /// Runs in the new process; never returns.
-pub fn run_child(init: &PreparedInit, sync: &UnixStream) -> ! {
+fn run_child(init: &PreparedInit, sync: &UnixStream) -> ! {
     child::run_with(sync, |sync| setup(init, sync))
 }
 
