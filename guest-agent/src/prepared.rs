@@ -34,7 +34,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use agent_protocol::oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+use agent_protocol::oci_spec::runtime::{Linux, LinuxNamespaceType, Mount, Spec};
 use nix::mount::MsFlags;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
@@ -122,25 +122,7 @@ impl Skeleton {
     /// init cannot be prepared ahead.
     pub fn of(spec: &Spec, staging: &Path, cgroup_v2: bool) -> Result<Skeleton, String> {
         let linux = spec.linux().clone().unwrap_or_default();
-        let mut unshare = CloneFlags::empty();
-        let (mut pid, mut cgroupns) = (false, false);
-        for ns in linux.namespaces().as_deref().unwrap_or(&[]) {
-            if ns.path().is_some() {
-                return Err(format!("it joins an existing {:?} namespace", ns.typ()));
-            }
-            match ns.typ() {
-                LinuxNamespaceType::Pid => pid = true,
-                LinuxNamespaceType::Cgroup => cgroupns = true,
-                t => {
-                    unshare |= crate::namespaces::find(t)
-                        .ok_or_else(|| format!("{t:?} namespaces are not supported"))?
-                        .0
-                }
-            }
-        }
-        if !pid || !unshare.contains(CloneFlags::CLONE_NEWNS) {
-            return Err("it does not ask for new PID and mount namespaces".into());
-        }
+        let (unshare, cgroupns) = new_namespaces(&linux)?;
         if linux.sysctl().as_ref().is_some_and(|s| !s.is_empty()) {
             return Err("it sets sysctls (written before /proc/sys is read-only)".into());
         }
@@ -148,22 +130,7 @@ impl Skeleton {
         let covered = all.iter().take_while(|m| is_kernel_fs(m)).count();
         let (ahead, rest) = all.split_at(covered);
         let planned = mounts::plan_mounts(staging, ahead, cgroup_v2).map_err(|e| e.to_string())?;
-        let dests: Vec<&Path> = ahead.iter().map(|m| m.destination().as_path()).collect();
-        let mut tops = vec![];
-        for (i, d) in dests.iter().enumerate() {
-            if dests[i + 1..].iter().any(|later| d.starts_with(later)) {
-                return Err(format!(
-                    "{} is mounted before a mount at or above it",
-                    d.display()
-                ));
-            }
-            if !dests[..i].iter().any(|e| d.starts_with(e)) {
-                tops.push(d.to_path_buf());
-            }
-        }
-        if !dests.contains(&Path::new("/dev")) {
-            return Err("its first mounts do not include /dev".into());
-        }
+        let tops = top_mounts(ahead)?;
         let devices = mounts::plan_devices(staging, linux.devices().as_deref().unwrap_or(&[]))
             .map_err(|e| e.to_string())?;
         if let Some(d) = devices
@@ -175,23 +142,7 @@ impl Skeleton {
         let masked = linux.masked_paths().clone().unwrap_or_default();
         let readonly = linux.readonly_paths().clone().unwrap_or_default();
         for p in masked.iter().chain(&readonly).map(Path::new) {
-            if !tops.iter().any(|t| p.starts_with(t) && p != t) {
-                return Err(format!(
-                    "{} is masked or read-only but not under its first mounts",
-                    p.display()
-                ));
-            }
-            // The later mounts are made after the masks here, before them otherwise.
-            if let Some(m) = rest
-                .iter()
-                .find(|m| m.destination().starts_with(p) || p.starts_with(m.destination()))
-            {
-                return Err(format!(
-                    "its mount at {} overlaps the masked or read-only {}",
-                    m.destination().display(),
-                    p.display()
-                ));
-            }
+            check_masked(p, &tops, rest)?;
         }
         let bounding = spec
             .process()
@@ -210,6 +161,75 @@ impl Skeleton {
             readonly,
         })
     }
+}
+
+/// The new namespaces (PID and cgroup aside) of a spec that asks for new PID and mount
+/// namespaces, and whether it asks for a new cgroup namespace.
+fn new_namespaces(linux: &Linux) -> Result<(CloneFlags, bool), String> {
+    let mut unshare = CloneFlags::empty();
+    let (mut pid, mut cgroupns) = (false, false);
+    for ns in linux.namespaces().as_deref().unwrap_or(&[]) {
+        if ns.path().is_some() {
+            return Err(format!("it joins an existing {:?} namespace", ns.typ()));
+        }
+        match ns.typ() {
+            LinuxNamespaceType::Pid => pid = true,
+            LinuxNamespaceType::Cgroup => cgroupns = true,
+            t => {
+                unshare |= crate::namespaces::find(t)
+                    .ok_or_else(|| format!("{t:?} namespaces are not supported"))?
+                    .0
+            }
+        }
+    }
+    if !pid || !unshare.contains(CloneFlags::CLONE_NEWNS) {
+        return Err("it does not ask for new PID and mount namespaces".into());
+    }
+    Ok((unshare, cgroupns))
+}
+
+/// The destinations of `ahead` that are not under another one; each must come before
+/// the mounts under it, and `/dev` must be among them.
+fn top_mounts(ahead: &[Mount]) -> Result<Vec<PathBuf>, String> {
+    let dests: Vec<&Path> = ahead.iter().map(|m| m.destination().as_path()).collect();
+    let mut tops = vec![];
+    for (i, d) in dests.iter().enumerate() {
+        if dests[i + 1..].iter().any(|later| d.starts_with(later)) {
+            return Err(format!(
+                "{} is mounted before a mount at or above it",
+                d.display()
+            ));
+        }
+        if !dests[..i].iter().any(|e| d.starts_with(e)) {
+            tops.push(d.to_path_buf());
+        }
+    }
+    if !dests.contains(&Path::new("/dev")) {
+        return Err("its first mounts do not include /dev".into());
+    }
+    Ok(tops)
+}
+
+/// A masked or read-only path `p` must be under one of `tops` and clear of the later
+/// mounts (`rest`), which are made after the masks here, before them otherwise.
+fn check_masked(p: &Path, tops: &[PathBuf], rest: &[Mount]) -> Result<(), String> {
+    if !tops.iter().any(|t| p.starts_with(t) && p != t) {
+        return Err(format!(
+            "{} is masked or read-only but not under its first mounts",
+            p.display()
+        ));
+    }
+    if let Some(m) = rest
+        .iter()
+        .find(|m| m.destination().starts_with(p) || p.starts_with(m.destination()))
+    {
+        return Err(format!(
+            "its mount at {} overlaps the masked or read-only {}",
+            m.destination().display(),
+            p.display()
+        ));
+    }
+    Ok(())
 }
 
 impl Skeleton {
