@@ -164,9 +164,9 @@ fn restore_pid_ns() -> io::Result<()> {
 }
 
 /// Starts a process in `pid_ns` that runs `run` with `theirs`, its end of the sync
-/// socket (`run` never returns: it execs or exits, within the limits [`crate::child`] describes); `ours`
-/// is the agent's end. Returns the process's pid (in the agent's PID namespace) as
-/// soon as it runs.
+/// socket; `ours` is the agent's end. `run` never returns: it execs or exits, within the
+/// limits [`crate::child`] describes. Returns the process's pid (in the agent's PID
+/// namespace) as soon as it runs.
 pub fn spawn<F>(
     pid_ns: PidNs,
     run: F,
