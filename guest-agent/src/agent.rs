@@ -6,14 +6,15 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use agent_protocol::oci_spec::runtime::Spec;
 use agent_protocol::{
-    validate_container_id, write_frame, CreateSandbox, ErrorCode, ErrorReply, Event, IdError,
-    Request, Response, ServerMessage, ShareMount, Stream, StreamId,
+    validate_container_id, write_frame, CreateContainer, CreateSandbox, ErrorCode, ErrorReply,
+    Event, IdError, Request, Response, ServerMessage, ShareMount, Stream, StreamId,
 };
 
 use crate::cgroup::CgroupManager;
 use crate::container::{self, Container, ContainerError, Env, Publish};
-use crate::prepared::Prepared;
+use crate::prepared::{Prepared, PreparedError};
 use crate::process::{Proc, ProcError, Reaper};
 use crate::sandbox::{self, SandboxError};
 use crate::seccomp::SeccompError;
@@ -89,6 +90,8 @@ impl AgentError {
                 ContainerError::NotSupported(_) => ErrorCode::NotSupported,
                 ContainerError::NotFound(_) | ContainerError::Rootfs(_) => ErrorCode::NotFound,
                 ContainerError::State(_) => ErrorCode::InvalidState,
+                ContainerError::Prepared(PreparedError::Unfit(_)) => ErrorCode::NotSupported,
+                ContainerError::Prepared(PreparedError::TakenTwice) => ErrorCode::InvalidState,
                 _ => ErrorCode::Internal,
             },
         }
@@ -240,43 +243,13 @@ impl Agent {
                 agent_version: env!("CARGO_PKG_VERSION").to_string(),
                 rss_kib: own_rss_kib(),
             }),
-            Request::CreateSandbox(sb) => {
-                self.mount_shares(&sb.shares)?;
-                if let (true, Some(h)) = (self.cfg.pid1, &sb.hostname) {
-                    nix::unistd::sethostname(h).map_err(|e| ContainerError::Sys {
-                        op: "sethostname",
-                        cause: e.into(),
-                    })?;
-                }
-                if self.cfg.pid1 {
-                    // Containers of the sandbox may share the guest's root netns.
-                    crate::network::loopback_up()?;
-                }
-                *self.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(sb);
-                Ok(Response::Done)
-            }
+            Request::CreateSandbox(sb) => self.create_sandbox(sb),
             Request::WarmUp { threads } => {
                 self.cgroups.prepare();
                 crate::pool::warm(threads as usize).map_err(AgentError::WarmUp)?;
                 Ok(Response::Done)
             }
-            Request::PrepareInit(spec) => {
-                let mut slot = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
-                if slot.is_some() {
-                    return Err(ContainerError::State(
-                        "a container init is prepared already".into(),
-                    )
-                    .into());
-                }
-                *slot = Some(crate::prepared::prepare(
-                    &self.reaper,
-                    &spec,
-                    &self.cfg.state_dir,
-                    self.cgroups.is_v2(),
-                    self.cfg.pid1,
-                )?);
-                Ok(Response::Done)
-            }
+            Request::PrepareInit(spec) => self.prepare_init(&spec),
             Request::CloneIdentity(id) => {
                 crate::trace::mark("request: clone identity");
                 if !self.cfg.pid1 {
@@ -288,28 +261,7 @@ impl Agent {
                 crate::network::configure(&cfg)?;
                 Ok(Response::Done)
             }
-            Request::CreateContainer(req) => {
-                crate::trace::mark("request: create container");
-                let id = req.container_id.clone();
-                validate_container_id(&id)?;
-                {
-                    let containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
-                    let mut creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
-                    if containers.contains_key(&id) || !creating.insert(id.clone()) {
-                        return Err(AgentError::Exists(id));
-                    }
-                }
-                let r = container::create(&self.env(), req);
-                let mut containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
-                self.creating
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
-                let c = r?;
-                let pid = c.init.pid;
-                containers.insert(id, Arc::new(c));
-                Ok(Response::Process { pid })
-            }
+            Request::CreateContainer(req) => self.create_container(req),
             Request::StartContainer { container_id } => {
                 crate::trace::mark("request: start container");
                 self.container(&container_id)?.start()?;
@@ -341,15 +293,7 @@ impl Agent {
             Request::RemoveContainer {
                 container_id,
                 force,
-            } => {
-                let c = self.container(&container_id)?;
-                c.destroy(force)?;
-                self.containers
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&container_id);
-                Ok(Response::Done)
-            }
+            } => self.remove_container(&container_id, force),
             Request::ResizeTty {
                 container_id,
                 exec_id,
@@ -365,6 +309,75 @@ impl Agent {
             Request::SubscribeEvents => Ok(Response::Done),
             Request::Shutdown => Ok(Response::Done),
         }
+    }
+
+    fn create_sandbox(&self, sb: CreateSandbox) -> Result<Response, AgentError> {
+        self.mount_shares(&sb.shares)?;
+        if let (true, Some(h)) = (self.cfg.pid1, &sb.hostname) {
+            nix::unistd::sethostname(h).map_err(|e| ContainerError::Sys {
+                op: "sethostname",
+                cause: e.into(),
+            })?;
+        }
+        if self.cfg.pid1 {
+            // Containers of the sandbox may share the guest's root netns.
+            crate::network::loopback_up()?;
+        }
+        *self.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(sb);
+        Ok(Response::Done)
+    }
+
+    fn prepare_init(&self, spec: &Spec) -> Result<Response, AgentError> {
+        let mut slot = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return Err(
+                ContainerError::State("a container init is prepared already".into()).into(),
+            );
+        }
+        *slot = Some(
+            crate::prepared::prepare(
+                &self.reaper,
+                spec,
+                &self.cfg.state_dir,
+                self.cgroups.is_v2(),
+                self.cfg.pid1,
+            )
+            .map_err(ContainerError::from)?,
+        );
+        Ok(Response::Done)
+    }
+
+    fn create_container(&self, req: CreateContainer) -> Result<Response, AgentError> {
+        crate::trace::mark("request: create container");
+        let id = req.container_id.clone();
+        validate_container_id(&id)?;
+        {
+            let containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
+            let mut creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+            if containers.contains_key(&id) || !creating.insert(id.clone()) {
+                return Err(AgentError::Exists(id));
+            }
+        }
+        let r = container::create(&self.env(), req);
+        let mut containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
+        self.creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        let c = r?;
+        let pid = c.init.pid;
+        containers.insert(id, Arc::new(c));
+        Ok(Response::Process { pid })
+    }
+
+    fn remove_container(&self, id: &str, force: bool) -> Result<Response, AgentError> {
+        let c = self.container(id)?;
+        c.destroy(force)?;
+        self.containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        Ok(Response::Done)
     }
 
     /// Mounts the shares not mounted yet (each once; a share already mounted at the same

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use agent_protocol::oci_spec::runtime::LinuxResources;
+use agent_protocol::oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxResources};
 use agent_protocol::ContainerStats;
 
 /// Cgroup failures.
@@ -228,78 +228,11 @@ impl CgroupManager {
     }
 
     fn apply(&self, cg: &Cgroup, res: &LinuxResources) -> Result<(), CgroupError> {
-        let v2 = self.is_v2();
         if let Some(mem) = res.memory() {
-            if mem.limit().is_some() || mem.swap().is_some() {
-                if !self.has(Ctrl::Memory) {
-                    return Err(CgroupError::Missing("memory"));
-                }
-                let lim = |v: i64| {
-                    if v < 0 {
-                        if v2 {
-                            "max".to_string()
-                        } else {
-                            "-1".to_string()
-                        }
-                    } else {
-                        v.to_string()
-                    }
-                };
-                if let Some(l) = mem.limit() {
-                    cg.write(
-                        Ctrl::Memory,
-                        if v2 {
-                            "memory.max"
-                        } else {
-                            "memory.limit_in_bytes"
-                        },
-                        &lim(l),
-                    )?;
-                }
-                if let Some(s) = mem.swap() {
-                    if v2 {
-                        // OCI swap is memory+swap; v2 limits swap alone.
-                        let swap = match mem.limit() {
-                            Some(l) if s >= 0 && l >= 0 => (s - l).max(0).to_string(),
-                            _ => lim(s),
-                        };
-                        cg.write_if_present(Ctrl::Memory, "memory.swap.max", &swap)?;
-                    } else {
-                        cg.write_if_present(Ctrl::Memory, "memory.memsw.limit_in_bytes", &lim(s))?;
-                    }
-                }
-            }
+            self.apply_memory(cg, mem)?;
         }
         if let Some(cpu) = res.cpu() {
-            let period = cpu.period().unwrap_or(100_000);
-            if let Some(shares) = cpu.shares() {
-                if !self.has(Ctrl::Cpu) {
-                    return Err(CgroupError::Missing("cpu"));
-                }
-                if v2 {
-                    let w = 1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142;
-                    cg.write(Ctrl::Cpu, "cpu.weight", &w.to_string())?;
-                } else {
-                    cg.write(Ctrl::Cpu, "cpu.shares", &shares.to_string())?;
-                }
-            }
-            if cpu.quota().is_some() || cpu.period().is_some() {
-                if !self.has(Ctrl::Cpu) {
-                    return Err(CgroupError::Missing("cpu"));
-                }
-                let quota = cpu.quota().unwrap_or(-1);
-                if v2 {
-                    let q = if quota < 0 {
-                        "max".to_string()
-                    } else {
-                        quota.to_string()
-                    };
-                    cg.write(Ctrl::Cpu, "cpu.max", &format!("{q} {period}"))?;
-                } else {
-                    cg.write(Ctrl::Cpu, "cpu.cfs_period_us", &period.to_string())?;
-                    cg.write(Ctrl::Cpu, "cpu.cfs_quota_us", &quota.to_string())?;
-                }
-            }
+            self.apply_cpu(cg, cpu)?;
         }
         if let Some(pids) = res.pids() {
             if !self.has(Ctrl::Pids) {
@@ -312,6 +245,85 @@ impl CgroupManager {
                 l.to_string()
             };
             cg.write(Ctrl::Pids, "pids.max", &v)?;
+        }
+        Ok(())
+    }
+
+    fn apply_memory(&self, cg: &Cgroup, mem: &LinuxMemory) -> Result<(), CgroupError> {
+        if mem.limit().is_none() && mem.swap().is_none() {
+            return Ok(());
+        }
+        if !self.has(Ctrl::Memory) {
+            return Err(CgroupError::Missing("memory"));
+        }
+        let v2 = self.is_v2();
+        let lim = |v: i64| {
+            if v < 0 {
+                if v2 {
+                    "max".to_string()
+                } else {
+                    "-1".to_string()
+                }
+            } else {
+                v.to_string()
+            }
+        };
+        if let Some(l) = mem.limit() {
+            cg.write(
+                Ctrl::Memory,
+                if v2 {
+                    "memory.max"
+                } else {
+                    "memory.limit_in_bytes"
+                },
+                &lim(l),
+            )?;
+        }
+        if let Some(s) = mem.swap() {
+            if v2 {
+                // OCI swap is memory+swap; v2 limits swap alone.
+                let swap = match mem.limit() {
+                    Some(l) if s >= 0 && l >= 0 => (s - l).max(0).to_string(),
+                    _ => lim(s),
+                };
+                cg.write_if_present(Ctrl::Memory, "memory.swap.max", &swap)?;
+            } else {
+                cg.write_if_present(Ctrl::Memory, "memory.memsw.limit_in_bytes", &lim(s))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_cpu(&self, cg: &Cgroup, cpu: &LinuxCpu) -> Result<(), CgroupError> {
+        let v2 = self.is_v2();
+        let period = cpu.period().unwrap_or(100_000);
+        if let Some(shares) = cpu.shares() {
+            if !self.has(Ctrl::Cpu) {
+                return Err(CgroupError::Missing("cpu"));
+            }
+            if v2 {
+                let w = 1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142;
+                cg.write(Ctrl::Cpu, "cpu.weight", &w.to_string())?;
+            } else {
+                cg.write(Ctrl::Cpu, "cpu.shares", &shares.to_string())?;
+            }
+        }
+        if cpu.quota().is_some() || cpu.period().is_some() {
+            if !self.has(Ctrl::Cpu) {
+                return Err(CgroupError::Missing("cpu"));
+            }
+            let quota = cpu.quota().unwrap_or(-1);
+            if v2 {
+                let q = if quota < 0 {
+                    "max".to_string()
+                } else {
+                    quota.to_string()
+                };
+                cg.write(Ctrl::Cpu, "cpu.max", &format!("{q} {period}"))?;
+            } else {
+                cg.write(Ctrl::Cpu, "cpu.cfs_period_us", &period.to_string())?;
+                cg.write(Ctrl::Cpu, "cpu.cfs_quota_us", &quota.to_string())?;
+            }
         }
         Ok(())
     }

@@ -212,9 +212,16 @@ impl ExecTarget {
     }
 }
 
+/// What a process spawned for `plan` runs (see [`crate::spawn`]); its exec target is
+/// built here, before the process starts.
+pub fn runner(plan: ChildPlan) -> impl Fn(&UnixStream) -> Infallible + Send + 'static {
+    let target = ExecTarget::new(&plan.process);
+    move |sync| run(&plan, &target, sync)
+}
+
 /// Runs in the new process; never returns. Everything it allocated is freed again
 /// before it exits.
-pub fn run(plan: &ChildPlan, target: &ExecTarget, sync: &UnixStream) -> ! {
+fn run(plan: &ChildPlan, target: &ExecTarget, sync: &UnixStream) -> ! {
     run_with(sync, |sync| setup(plan, target, sync))
 }
 

@@ -1,36 +1,39 @@
-//! Containers: turning a CreateContainer/Exec request into a [`ChildPlan`],
-//! spawning the child into the right PID namespace, and the container's
-//! lifecycle afterwards (start, signal, processes, removal).
+//! Containers: turning a CreateContainer/Exec request into a [`ChildPlan`], spawning
+//! the child into the right PID namespace (a container's creation, [`create()`], has a
+//! submodule of its own), and the container's lifecycle afterwards (start, signal,
+//! processes, removal).
 
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_protocol::oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
-use agent_protocol::{
-    CreateContainer, Event, ExecProcess, ExitInfo, ExitStatus, ProcessInfo, Rootfs,
-};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use agent_protocol::oci_spec::runtime::Process;
+use agent_protocol::{Event, ExecProcess, ExitInfo, ExitStatus, ProcessInfo};
+use nix::mount::{umount2, MntFlags};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::cgroup::{Cgroup, CgroupError, CgroupManager};
-use crate::child::{ChildPlan, ProcessPlan, RootPlan};
-use crate::mounts::{self, MountError};
-use crate::prepared::{self, Claim, Prepared, Skeleton};
+use crate::child::{self, ChildPlan, ProcessPlan};
+use crate::mounts::MountError;
+use crate::prepared::{Prepared, PreparedError};
 use crate::process::{Proc, Reaper};
-use crate::sandbox::{self, SandboxError};
-use crate::seccomp::{self, Filter, SeccompError};
+use crate::sandbox::SandboxError;
+use crate::seccomp::{Filter, SeccompError};
 use crate::security::{plan_caps, plan_rlimits, warn_ignored_labels, Identity};
-use crate::spawn::{spawn, Job, PidNs, SpawnError};
+use crate::spawn::{spawn, PidNs, SpawnError};
 use crate::stdio::{make_stdio, StdioError};
+use crate::sync_socket::{self, SyncError};
+
+mod create;
+pub use create::create;
 
 /// Container failures, each mapped to a protocol error code by the agent.
 #[derive(Debug, thiserror::Error)]
@@ -76,9 +79,12 @@ pub enum ContainerError {
     /// The container process could not be started.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
-    /// The child reported an error before exec.
-    #[error("container process setup failed: {0}")]
-    Child(String),
+    /// The process reported an error before exec, or exited.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// A prepared init could not be made or taken over.
+    #[error(transparent)]
+    Prepared(#[from] PreparedError),
 }
 
 fn sys(op: &'static str) -> impl FnOnce(io::Error) -> ContainerError {
@@ -106,28 +112,6 @@ pub struct Env<'a> {
     pub prepared: &'a Mutex<Option<Prepared>>,
 }
 
-/// Namespaces a container can have, with their /proc/PID/ns names. Order
-/// matters when joining: the mount namespace goes last.
-const NAMESPACES: [(LinuxNamespaceType, CloneFlags, &str); 5] = [
-    (LinuxNamespaceType::Ipc, CloneFlags::CLONE_NEWIPC, "ipc"),
-    (LinuxNamespaceType::Uts, CloneFlags::CLONE_NEWUTS, "uts"),
-    (LinuxNamespaceType::Network, CloneFlags::CLONE_NEWNET, "net"),
-    (
-        LinuxNamespaceType::Cgroup,
-        CloneFlags::CLONE_NEWCGROUP,
-        "cgroup",
-    ),
-    (LinuxNamespaceType::Mount, CloneFlags::CLONE_NEWNS, "mnt"),
-];
-
-/// The clone flag of a namespace type the agent supports (PID aside).
-pub(crate) fn namespace_flag(t: LinuxNamespaceType) -> Option<CloneFlags> {
-    NAMESPACES
-        .iter()
-        .find(|(typ, _, _)| *typ == t)
-        .map(|&(_, flag, _)| flag)
-}
-
 /// A container.
 pub struct Container {
     /// Id.
@@ -148,22 +132,6 @@ pub struct Container {
     /// tree (proc, sysfs, tmpfs, devpts, mqueue, the masked paths' binds) before its
     /// parent is told; emulated here, that is seconds between the exit and its report.
     _mount_ns: Option<fs::File>,
-}
-
-/// Reads the child's answer: `Ok(Some(b))` for a status byte, `Ok(None)` at
-/// EOF (exec happened or the child died), `Err` with the child's message.
-pub(crate) fn read_sync(s: &mut UnixStream) -> Result<Option<u8>, ContainerError> {
-    let mut b = [0u8; 1];
-    match s.read(&mut b) {
-        Ok(0) => Ok(None),
-        Ok(_) if b[0] == b'E' => {
-            let mut msg = String::new();
-            let _ = s.read_to_string(&mut msg);
-            Err(ContainerError::Child(msg))
-        }
-        Ok(_) => Ok(Some(b[0])),
-        Err(e) => Err(sys("read from container process")(e)),
-    }
 }
 
 fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>, ContainerError> {
@@ -236,59 +204,6 @@ fn console_size(p: &Process) -> Option<(u16, u16)> {
         .map(|b| (b.height() as u16, b.width() as u16))
 }
 
-/// Mounts a block-device rootfs, or checks a directory rootfs. The mount is read-write even
-/// for a read-only root: mount points for the spec's mounts may have to be created first;
-/// the container's view of `/` is remounted read-only at the end of its setup (as runc does).
-fn prepare_rootfs(
-    id: &str,
-    rootfs: &Rootfs,
-    env: &Env<'_>,
-) -> Result<(PathBuf, Option<PathBuf>), ContainerError> {
-    match rootfs {
-        Rootfs::Directory { path } => {
-            let p = PathBuf::from(path);
-            if !p.is_absolute() || !p.is_dir() {
-                return Err(ContainerError::Rootfs(format!(
-                    "{path:?} is not an existing absolute directory"
-                )));
-            }
-            Ok((p, None))
-        }
-        Rootfs::BlockDevice {
-            serial,
-            fstype,
-            options,
-        } => {
-            let dev = sandbox::disk_by_serial(env.sys_block, serial)?;
-            let path = dev.to_string_lossy();
-            if !dev.exists() {
-                return Err(ContainerError::Rootfs(format!(
-                    "block device {path} (serial {serial:?}) has no device node"
-                )));
-            }
-            let target = env.state_dir.join(id).join("rootfs");
-            fs::create_dir_all(&target).map_err(sys("create rootfs mount point"))?;
-            let o = mounts::parse_options(options);
-            let flags = o.flags;
-            let data = (!o.data.is_empty()).then(|| o.data.join(","));
-            mount(
-                Some(dev.as_path()),
-                &target,
-                Some(fstype.as_str()),
-                flags,
-                data.as_deref(),
-            )
-            .map_err(|e| {
-                ContainerError::Rootfs(format!(
-                    "cannot mount {path} ({fstype}) on {}: {e}",
-                    target.display()
-                ))
-            })?;
-            Ok((target.clone(), Some(target)))
-        }
-    }
-}
-
 fn spawn_monitor(proc: &Arc<Proc>, cgroup: &Arc<Cgroup>, publish: &Publish) {
     let base = cgroup.oom_kills();
     let fallback = proc.clone();
@@ -314,187 +229,6 @@ fn spawn_monitor(proc: &Arc<Proc>, cgroup: &Arc<Cgroup>, publish: &Publish) {
     }
 }
 
-/// Creates a container whose init waits for [`Container::start`].
-pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, ContainerError> {
-    let CreateContainer {
-        container_id: id,
-        spec,
-        rootfs,
-        stdio,
-    } = req;
-    let spec: &Spec = &spec;
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| ContainerError::Invalid("spec has no process".into()))?;
-    let linux = spec.linux().clone().unwrap_or_default();
-
-    // Namespaces.
-    let mut unshare_flags = CloneFlags::empty();
-    let mut join = vec![];
-    let mut ns_names = vec![];
-    let mut pid_ns = PidNs::Inherit;
-    let mut has_pid_ns = false;
-    let open_ns = |p: &Path| {
-        fs::File::open(p)
-            .map(OwnedFd::from)
-            .map_err(|e| ContainerError::Invalid(format!("namespace path {}: {e}", p.display())))
-    };
-    for ns in linux.namespaces().as_deref().unwrap_or(&[]) {
-        let typ = ns.typ();
-        if typ == LinuxNamespaceType::Pid {
-            has_pid_ns = true;
-            pid_ns = match ns.path() {
-                Some(p) => PidNs::Join(open_ns(p)?),
-                None => PidNs::New,
-            };
-            continue;
-        }
-        let Some(&(_, flag, name)) = NAMESPACES.iter().find(|(t, _, _)| *t == typ) else {
-            return Err(ContainerError::NotSupported(format!("{typ:?} namespaces")));
-        };
-        ns_names.push((flag, name));
-        match ns.path() {
-            Some(p) => join.push((open_ns(p)?, flag)),
-            None => unshare_flags |= flag,
-        }
-    }
-    // Join in NAMESPACES order (mount last), whatever the spec's order.
-    ns_names.sort_by_key(|(f, _)| NAMESPACES.iter().position(|(_, g, _)| g == f));
-    if !unshare_flags.contains(CloneFlags::CLONE_NEWNS) {
-        return Err(ContainerError::Invalid(
-            "the spec must ask for a new mount namespace".into(),
-        ));
-    }
-    let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
-    if hostname.is_some() && !unshare_flags.contains(CloneFlags::CLONE_NEWUTS) {
-        return Err(ContainerError::Invalid(
-            "spec sets a hostname without a new UTS namespace".into(),
-        ));
-    }
-
-    let readonly = spec
-        .root()
-        .as_ref()
-        .and_then(|r| r.readonly())
-        .unwrap_or(false);
-    warn_ignored_labels(&id, process, Some(&linux));
-    let seccomp = linux.seccomp().as_ref().map(seccomp::compile).transpose()?;
-    let (rootfs_dir, rootfs_mount) = prepare_rootfs(&id, &rootfs, env)?;
-    crate::trace::mark("create: rootfs prepared");
-    let undo_rootfs = |m: &Option<PathBuf>| {
-        if let Some(m) = m {
-            let _ = umount2(m, MntFlags::MNT_DETACH);
-        }
-    };
-
-    let result = (|| {
-        let mounts = mounts::plan_mounts(
-            &rootfs_dir,
-            spec.mounts().as_deref().unwrap_or(&[]),
-            env.cgroups.is_v2(),
-        )?;
-        let devices = mounts::plan_devices(&rootfs_dir, linux.devices().as_deref().unwrap_or(&[]))?;
-        let propagation = match linux.rootfs_propagation().as_deref() {
-            None | Some("") => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-            Some(w) => {
-                mounts::propagation(w)
-                    .ok_or_else(|| ContainerError::Invalid(format!("rootfsPropagation {w:?}")))?
-                    | MsFlags::MS_REC
-            }
-        };
-        let cgroup = Arc::new(env.cgroups.create(
-            &id,
-            linux.cgroups_path().as_deref(),
-            linux.resources().as_ref(),
-        )?);
-        let made = (|| {
-            let terminal = process.terminal().unwrap_or(false);
-            let (child_stdio, agent_stdio) = make_stdio(stdio, terminal, console_size(process))?;
-            let staging = env.state_dir.join(prepared::STAGING_DIR);
-            let want = || Skeleton::of(spec, &staging, env.cgroups.is_v2());
-            let ready = prepared::take_matching(env.prepared, want, env.reaper);
-            if let Some(ready) = ready {
-                let mut claim = Claim {
-                    rootfs: rootfs_dir.clone(),
-                    propagation,
-                    mounts: mounts[ready.skeleton().mounts.len()..].to_vec(),
-                    no_pivot: env.no_pivot,
-                    root_readonly: readonly,
-                    hostname,
-                    process: plan_process(process, child_stdio, seccomp.clone())?,
-                };
-                // The skeleton's bounding set is the spec's.
-                claim.process.identity.bounding_applied = ready.skeleton().bounding.is_some();
-                let proc = Proc::new(ready.pid(), &id, None, agent_stdio);
-                return ready.claim(env.reaper, cgroup.procs_files()?, claim, proc);
-            }
-            let plan = ChildPlan {
-                cgroup_procs: cgroup.procs_files()?,
-                join,
-                unshare: unshare_flags,
-                root: Some(RootPlan {
-                    rootfs: rootfs_dir.clone(),
-                    propagation,
-                    mounts,
-                    devices,
-                    masked: linux.masked_paths().clone().unwrap_or_default(),
-                    readonly: linux.readonly_paths().clone().unwrap_or_default(),
-                    root_readonly: readonly,
-                    no_pivot: env.no_pivot,
-                    hostname,
-                    sysctl: linux
-                        .sysctl()
-                        .clone()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .collect(),
-                }),
-                wait_for_start: true,
-                process: plan_process(process, child_stdio, seccomp.clone())?,
-            };
-            let (mut ours, theirs) = UnixStream::pair().map_err(sys("socketpair"))?;
-            crate::trace::mark("create: cgroup and stdio made");
-            let init = env.reaper.spawn_registered(
-                || spawn(pid_ns, Job::Now(Box::new(plan)), theirs, &mut ours),
-                |pid| Proc::new(pid, &id, None, agent_stdio),
-            )?;
-            crate::trace::mark("create: spawned");
-            match read_sync(&mut ours) {
-                Ok(Some(b'R')) => Ok((init, ours)),
-                Ok(_) => Err(ContainerError::Child(
-                    "container process exited during setup".into(),
-                )),
-                Err(e) => Err(e),
-            }
-        })();
-        match made {
-            Ok((init, ours)) => Ok((init, ours, cgroup)),
-            Err(e) => {
-                cgroup.remove();
-                Err(e)
-            }
-        }
-    })();
-    let (init, ours, cgroup) = result.inspect_err(|_| undo_rootfs(&rootfs_mount))?;
-    let mount_ns = fs::File::open(format!("/proc/{}/ns/mnt", init.pid)).ok();
-    crate::trace::mark("create: container ready");
-    spawn_monitor(&init, &cgroup, &env.publish);
-    Ok(Container {
-        id,
-        init,
-        cgroup,
-        start: Mutex::new(Some(ours)),
-        ns_names,
-        pid_ns: has_pid_ns,
-        execs: Mutex::new(HashMap::new()),
-        rootfs_mount,
-        publish: env.publish.clone(),
-        seccomp,
-        _mount_ns: mount_ns,
-    })
-}
-
 impl Container {
     /// Lets the init process exec.
     pub fn start(&self) -> Result<(), ContainerError> {
@@ -513,10 +247,7 @@ impl Container {
             )));
         }
         s.write_all(b"S").map_err(sys("signal start"))?;
-        match read_sync(&mut s)? {
-            None => Ok(()),
-            Some(b) => Err(ContainerError::Child(format!("unexpected sync byte {b}"))),
-        }
+        Ok(sync_socket::expect_exec(&mut s)?)
     }
 
     /// True once started and while the init process runs.
@@ -579,10 +310,10 @@ impl Container {
         };
         let (mut ours, theirs) = UnixStream::pair().map_err(sys("socketpair"))?;
         let proc = env.reaper.spawn_registered(
-            || spawn(pid_ns, Job::Now(Box::new(plan)), theirs, &mut ours),
+            || spawn(pid_ns, child::runner(plan), theirs, &mut ours),
             |pid| Proc::new(pid, &self.id, Some(&req.exec_id), agent_stdio),
         )?;
-        read_sync(&mut ours)?;
+        sync_socket::read(&mut ours)?;
         spawn_monitor(&proc, &self.cgroup, &self.publish);
         self.execs
             .lock()

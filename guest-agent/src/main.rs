@@ -7,6 +7,7 @@ mod child;
 mod clone;
 mod container;
 mod mounts;
+mod namespaces;
 mod network;
 mod pid1;
 mod pool;
@@ -18,6 +19,7 @@ mod security;
 mod server;
 mod spawn;
 mod stdio;
+mod sync_socket;
 mod syscalls;
 mod trace;
 

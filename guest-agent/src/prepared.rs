@@ -34,16 +34,44 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use agent_protocol::oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+use agent_protocol::oci_spec::runtime::{Linux, LinuxNamespaceType, Mount, Spec};
 use nix::mount::MsFlags;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
 use crate::child::{self, ChildError, ExecTarget, ProcessPlan};
-use crate::container::{read_sync, ContainerError};
 use crate::mounts::{self, DeviceOp, MountOp};
 use crate::process::{AgentStdio, Proc, Reaper};
-use crate::spawn::{spawn, Job, PidNs};
+use crate::spawn::{spawn, PidNs, SpawnError};
+use crate::sync_socket::{self, SyncError};
+
+/// Why an init could not be prepared or taken over.
+#[derive(Debug, thiserror::Error)]
+pub enum PreparedError {
+    /// The spec's init cannot be made ahead.
+    #[error("not supported: this container's init cannot be prepared: {0}")]
+    Unfit(String),
+    /// A system call failed.
+    #[error("{op} failed: {cause}")]
+    Sys {
+        /// Operation.
+        op: &'static str,
+        /// Cause.
+        cause: io::Error,
+    },
+    /// The process could not be started.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// The process failed or exited.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// The process exited before a container took it over.
+    #[error("container process setup failed: the prepared init exited before it was taken over")]
+    Gone,
+    /// Two containers took it over.
+    #[error("the prepared init was taken twice")]
+    TakenTwice,
+}
 
 /// The staging directory, under the agent's state directory.
 pub const STAGING_DIR: &str = ".prepared-init";
@@ -94,24 +122,7 @@ impl Skeleton {
     /// init cannot be prepared ahead.
     pub fn of(spec: &Spec, staging: &Path, cgroup_v2: bool) -> Result<Skeleton, String> {
         let linux = spec.linux().clone().unwrap_or_default();
-        let mut unshare = CloneFlags::empty();
-        let (mut pid, mut cgroupns) = (false, false);
-        for ns in linux.namespaces().as_deref().unwrap_or(&[]) {
-            if ns.path().is_some() {
-                return Err(format!("it joins an existing {:?} namespace", ns.typ()));
-            }
-            match ns.typ() {
-                LinuxNamespaceType::Pid => pid = true,
-                LinuxNamespaceType::Cgroup => cgroupns = true,
-                t => {
-                    unshare |= crate::container::namespace_flag(t)
-                        .ok_or_else(|| format!("{t:?} namespaces are not supported"))?
-                }
-            }
-        }
-        if !pid || !unshare.contains(CloneFlags::CLONE_NEWNS) {
-            return Err("it does not ask for new PID and mount namespaces".into());
-        }
+        let (unshare, cgroupns) = new_namespaces(&linux)?;
         if linux.sysctl().as_ref().is_some_and(|s| !s.is_empty()) {
             return Err("it sets sysctls (written before /proc/sys is read-only)".into());
         }
@@ -119,22 +130,7 @@ impl Skeleton {
         let covered = all.iter().take_while(|m| is_kernel_fs(m)).count();
         let (ahead, rest) = all.split_at(covered);
         let planned = mounts::plan_mounts(staging, ahead, cgroup_v2).map_err(|e| e.to_string())?;
-        let dests: Vec<&Path> = ahead.iter().map(|m| m.destination().as_path()).collect();
-        let mut tops = vec![];
-        for (i, d) in dests.iter().enumerate() {
-            if dests[i + 1..].iter().any(|later| d.starts_with(later)) {
-                return Err(format!(
-                    "{} is mounted before a mount at or above it",
-                    d.display()
-                ));
-            }
-            if !dests[..i].iter().any(|e| d.starts_with(e)) {
-                tops.push(d.to_path_buf());
-            }
-        }
-        if !dests.contains(&Path::new("/dev")) {
-            return Err("its first mounts do not include /dev".into());
-        }
+        let tops = top_mounts(ahead)?;
         let devices = mounts::plan_devices(staging, linux.devices().as_deref().unwrap_or(&[]))
             .map_err(|e| e.to_string())?;
         if let Some(d) = devices
@@ -146,23 +142,7 @@ impl Skeleton {
         let masked = linux.masked_paths().clone().unwrap_or_default();
         let readonly = linux.readonly_paths().clone().unwrap_or_default();
         for p in masked.iter().chain(&readonly).map(Path::new) {
-            if !tops.iter().any(|t| p.starts_with(t) && p != t) {
-                return Err(format!(
-                    "{} is masked or read-only but not under its first mounts",
-                    p.display()
-                ));
-            }
-            // The later mounts are made after the masks here, before them otherwise.
-            if let Some(m) = rest
-                .iter()
-                .find(|m| m.destination().starts_with(p) || p.starts_with(m.destination()))
-            {
-                return Err(format!(
-                    "its mount at {} overlaps the masked or read-only {}",
-                    m.destination().display(),
-                    p.display()
-                ));
-            }
+            check_masked(p, &tops, rest)?;
         }
         let bounding = spec
             .process()
@@ -181,6 +161,75 @@ impl Skeleton {
             readonly,
         })
     }
+}
+
+/// The new namespaces (PID and cgroup aside) of a spec that asks for new PID and mount
+/// namespaces, and whether it asks for a new cgroup namespace.
+fn new_namespaces(linux: &Linux) -> Result<(CloneFlags, bool), String> {
+    let mut unshare = CloneFlags::empty();
+    let (mut pid, mut cgroupns) = (false, false);
+    for ns in linux.namespaces().as_deref().unwrap_or(&[]) {
+        if ns.path().is_some() {
+            return Err(format!("it joins an existing {:?} namespace", ns.typ()));
+        }
+        match ns.typ() {
+            LinuxNamespaceType::Pid => pid = true,
+            LinuxNamespaceType::Cgroup => cgroupns = true,
+            t => {
+                unshare |= crate::namespaces::find(t)
+                    .ok_or_else(|| format!("{t:?} namespaces are not supported"))?
+                    .0
+            }
+        }
+    }
+    if !pid || !unshare.contains(CloneFlags::CLONE_NEWNS) {
+        return Err("it does not ask for new PID and mount namespaces".into());
+    }
+    Ok((unshare, cgroupns))
+}
+
+/// The destinations of `ahead` that are not under another one; each must come before
+/// the mounts under it, and `/dev` must be among them.
+fn top_mounts(ahead: &[Mount]) -> Result<Vec<PathBuf>, String> {
+    let dests: Vec<&Path> = ahead.iter().map(|m| m.destination().as_path()).collect();
+    let mut tops = vec![];
+    for (i, d) in dests.iter().enumerate() {
+        if dests[i + 1..].iter().any(|later| d.starts_with(later)) {
+            return Err(format!(
+                "{} is mounted before a mount at or above it",
+                d.display()
+            ));
+        }
+        if !dests[..i].iter().any(|e| d.starts_with(e)) {
+            tops.push(d.to_path_buf());
+        }
+    }
+    if !dests.contains(&Path::new("/dev")) {
+        return Err("its first mounts do not include /dev".into());
+    }
+    Ok(tops)
+}
+
+/// A masked or read-only path `p` must be under one of `tops` and clear of the later
+/// mounts (`rest`), which are made after the masks here, before them otherwise.
+fn check_masked(p: &Path, tops: &[PathBuf], rest: &[Mount]) -> Result<(), String> {
+    if !tops.iter().any(|t| p.starts_with(t) && p != t) {
+        return Err(format!(
+            "{} is masked or read-only but not under its first mounts",
+            p.display()
+        ));
+    }
+    if let Some(m) = rest
+        .iter()
+        .find(|m| m.destination().starts_with(p) || p.starts_with(m.destination()))
+    {
+        return Err(format!(
+            "its mount at {} overlaps the masked or read-only {}",
+            m.destination().display(),
+            p.display()
+        ));
+    }
+    Ok(())
 }
 
 impl Skeleton {
@@ -240,8 +289,8 @@ pub struct Prepared {
     sync: UnixStream,
 }
 
-fn sys(op: &'static str) -> impl FnOnce(io::Error) -> ContainerError {
-    move |cause| ContainerError::Sys { op, cause }
+fn sys(op: &'static str) -> impl FnOnce(io::Error) -> PreparedError {
+    move |cause| PreparedError::Sys { op, cause }
 }
 
 /// Makes a prepared init for `spec`'s skeleton and waits until it is ready. As PID 1
@@ -253,11 +302,9 @@ pub fn prepare(
     state_dir: &Path,
     cgroup_v2: bool,
     share_run: bool,
-) -> Result<Prepared, ContainerError> {
+) -> Result<Prepared, PreparedError> {
     let staging = state_dir.join(STAGING_DIR);
-    let skeleton = Skeleton::of(spec, &staging, cgroup_v2).map_err(|why| {
-        ContainerError::NotSupported(format!("this container's init cannot be prepared: {why}"))
-    })?;
+    let skeleton = Skeleton::of(spec, &staging, cgroup_v2).map_err(PreparedError::Unfit)?;
     std::fs::create_dir_all(&staging).map_err(sys("create the staging directory"))?;
     if share_run {
         let none = None::<&str>;
@@ -269,21 +316,28 @@ pub fn prepare(
         claim: OnceLock::new(),
     });
     let (mut ours, theirs) = UnixStream::pair().map_err(sys("socketpair"))?;
-    let job = Job::Prepared(shared.clone());
+    let init = shared.clone();
     let proc = reaper.spawn_registered(
-        || spawn(PidNs::New, job, theirs, &mut ours),
+        || {
+            spawn(
+                PidNs::New,
+                move |sync| run_child(&init, sync),
+                theirs,
+                &mut ours,
+            )
+        },
         |pid| Proc::new(pid, "", None, AgentStdio::default()),
     )?;
-    match read_sync(&mut ours)? {
-        Some(b'K') => Ok(Prepared {
-            pid: proc.pid,
-            shared,
-            sync: ours,
-        }),
-        _ => Err(ContainerError::Child(
-            "the prepared init exited while it was set up".into(),
-        )),
-    }
+    sync_socket::expect(
+        &mut ours,
+        b'K',
+        "the prepared init exited while it was set up",
+    )?;
+    Ok(Prepared {
+        pid: proc.pid,
+        shared,
+        sync: ours,
+    })
 }
 
 /// Takes the prepared init out of `slot` if its skeleton is `wanted` (computed only when
@@ -340,10 +394,8 @@ impl Prepared {
         cgroup_procs: Vec<File>,
         mut claim: Claim,
         proc: Proc,
-    ) -> Result<(Arc<Proc>, UnixStream), ContainerError> {
-        let proc = reaper.replace(self.pid, proc).ok_or_else(|| {
-            ContainerError::Child("the prepared init exited before it was taken over".into())
-        })?;
+    ) -> Result<(Arc<Proc>, UnixStream), PreparedError> {
+        let proc = reaper.replace(self.pid, proc).ok_or(PreparedError::Gone)?;
         let pid = self.pid.to_string();
         for mut f in cgroup_procs {
             f.write_all(pid.as_bytes())
@@ -353,9 +405,7 @@ impl Prepared {
         let keep = std::mem::take(&mut claim.process.stdio._keep);
         let target = ExecTarget::new(&claim.process);
         if self.shared.claim.set((claim, target)).is_err() {
-            return Err(ContainerError::State(
-                "the prepared init was taken twice".into(),
-            ));
+            return Err(PreparedError::TakenTwice);
         }
         sendmsg::<()>(
             self.sync.as_raw_fd(),
@@ -368,19 +418,19 @@ impl Prepared {
         // The process has its own copies now.
         drop(keep);
         crate::trace::mark("create: prepared init taken over");
-        match read_sync(&mut self.sync)? {
-            Some(b'R') => Ok((proc, self.sync)),
-            _ => Err(ContainerError::Child(
-                "container process exited during setup".into(),
-            )),
-        }
+        sync_socket::expect(
+            &mut self.sync,
+            b'R',
+            "container process exited during setup",
+        )?;
+        Ok((proc, self.sync))
     }
 }
 
 // ---- In the prepared process (running in the agent's memory; see crate::child) ----
 
 /// Runs in the new process; never returns.
-pub fn run_child(init: &PreparedInit, sync: &UnixStream) -> ! {
+fn run_child(init: &PreparedInit, sync: &UnixStream) -> ! {
     child::run_with(sync, |sync| setup(init, sync))
 }
 

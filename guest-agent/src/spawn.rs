@@ -13,6 +13,7 @@
 //! the calling thread's future children, so the spawning thread does them too: the
 //! agent's other threads are unaffected.
 
+use std::convert::Infallible;
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -20,9 +21,6 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 
 use nix::sched::{setns, unshare, CloneFlags};
-
-use crate::child::{self, ChildPlan, ExecTarget};
-use crate::prepared::PreparedInit;
 
 /// Why a container process could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -52,14 +50,6 @@ pub enum PidNs {
     New,
     /// An existing one (a container's, for an exec).
     Join(OwnedFd),
-}
-
-/// What the new process does.
-pub enum Job {
-    /// Set up and exec a process now (a container's init waits for "start" first).
-    Now(Box<ChildPlan>),
-    /// Become a prepared container init (see [`crate::prepared`]).
-    Prepared(Arc<PreparedInit>),
 }
 
 /// Stack size of the new process until it execs.
@@ -112,47 +102,38 @@ impl Drop for ChildStack {
 }
 
 /// What the new process reads at its start, kept alive by the suspended spawning thread.
-struct Start<'a> {
-    job: StartJob<'a>,
+struct Start<'a, F> {
+    run: &'a F,
     sync: &'a UnixStream,
 }
 
-enum StartJob<'a> {
-    Now(&'a ChildPlan, &'a ExecTarget),
-    Prepared(&'a PreparedInit),
-}
-
-extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the `Start` that `clone_child` passed, which outlives this
-    // process's use of the shared memory (the spawning thread is suspended until we
-    // exec or exit).
-    let start = unsafe { &*arg.cast::<Start<'_>>() };
-    match start.job {
-        StartJob::Now(plan, target) => child::run(plan, target, start.sync),
-        StartJob::Prepared(init) => crate::prepared::run_child(init, start.sync),
-    }
+// `Fn() -> !` is not stable: `run` returns the uninhabited `Infallible` instead, which the
+// empty match turns into the `c_int` clone wants (rustc sees the match cannot be reached).
+#[expect(unreachable_code, reason = "run never returns")]
+extern "C" fn child_main<F: Fn(&UnixStream) -> Infallible>(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Start<F>` that `clone_child::<F>` passed, which outlives
+    // this process's use of the shared memory (the spawning thread is suspended until
+    // we exec or exit).
+    let start = unsafe { &*arg.cast::<Start<'_, F>>() };
+    match (start.run)(start.sync) {}
 }
 
 /// Makes the process in the calling thread; returns once it has exec'd or exited.
-fn clone_child(job: &Job, sync: &UnixStream, tid: &AtomicI32) -> io::Result<()> {
+fn clone_child<F: Fn(&UnixStream) -> Infallible>(
+    run: &F,
+    sync: &UnixStream,
+    tid: &AtomicI32,
+) -> io::Result<()> {
     let stack = ChildStack::new(CHILD_STACK)?;
-    let target;
-    let job = match job {
-        Job::Now(plan) => {
-            target = ExecTarget::new(&plan.process);
-            StartJob::Now(plan, &target)
-        }
-        Job::Prepared(init) => StartJob::Prepared(init),
-    };
-    let start = Start { job, sync };
+    let start = Start { run, sync };
     let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD;
-    // SAFETY: the child runs `child_main` on its own stack, reads `start` (alive until
-    // clone returns, which CLONE_VFORK delays until the child execs or exits) and never
-    // returns into this frame. The kernel stores the child's pid in `tid` before the
-    // child runs.
+    // SAFETY: the child runs `child_main::<F>` on its own stack, reads `start` (alive
+    // until clone returns, which CLONE_VFORK delays until the child execs or exits) and
+    // never returns into this frame. The kernel stores the child's pid in `tid` before
+    // the child runs.
     let r = unsafe {
         libc::clone(
-            child_main,
+            child_main::<F>,
             stack.top(),
             flags,
             std::ptr::from_ref(&start).cast_mut().cast(),
@@ -182,15 +163,19 @@ fn restore_pid_ns() -> io::Result<()> {
     setns(fd, CloneFlags::CLONE_NEWPID).map_err(io::Error::from)
 }
 
-/// Starts a process that does `job` in `pid_ns`; `theirs` is its end of the sync
-/// socket, `ours` the agent's. Returns the process's pid (in the agent's PID
+/// Starts a process in `pid_ns` that runs `run` with `theirs`, its end of the sync
+/// socket; `ours` is the agent's end. `run` never returns: it execs or exits, within the
+/// limits [`crate::child`] describes. Returns the process's pid (in the agent's PID
 /// namespace) as soon as it runs.
-pub fn spawn(
+pub fn spawn<F>(
     pid_ns: PidNs,
-    job: Job,
+    run: F,
     theirs: UnixStream,
     ours: &mut UnixStream,
-) -> Result<i32, SpawnError> {
+) -> Result<i32, SpawnError>
+where
+    F: Fn(&UnixStream) -> Infallible + Send + 'static,
+{
     let tid = Arc::new(AtomicI32::new(0));
     let (failed, failure) = mpsc::channel::<SpawnError>();
     let child_tid = tid.clone();
@@ -203,7 +188,7 @@ pub fn spawn(
                 setns(fd, CloneFlags::CLONE_NEWPID).map_err(|e| sys("setns(pid)")(e.into()))
             }
         };
-        let r = r.and_then(|()| clone_child(&job, &theirs, &child_tid).map_err(sys("clone")));
+        let r = r.and_then(|()| clone_child(&run, &theirs, &child_tid).map_err(sys("clone")));
         if let Err(e) = r {
             let _ = failed.send(e);
         }
@@ -211,7 +196,7 @@ pub fn spawn(
         if !matches!(pid_ns, PidNs::Inherit) && restore_pid_ns().is_err() {
             crate::pool::retire_this_thread();
         }
-        // Dropping `job` and `theirs` here closes the agent's copies of the child's
+        // Dropping `run` and `theirs` here closes the agent's copies of the child's
         // ends (its stdio, its sync socket): the agent sees EOF once the child exec'd.
     };
     crate::pool::run(go).map_err(sys("start the spawning thread"))?;
