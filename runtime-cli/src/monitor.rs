@@ -13,7 +13,6 @@
 //! the VM ended without one (crash; the reason goes to `monitor.log`). Its helpers (the VMM,
 //! virtiofsd) are in its process group, so `delete` can kill them all with it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ use sandbox::{Sandbox, SandboxConfig};
 
 use crate::plan::Plan;
 use crate::ready::ReadyWriter;
-use crate::state::{process_start_time, Status, Store};
+use crate::state::{log_line, process_start_time, Status, Store};
 
 /// How long the guest may take to boot to its agent (boots take about half a minute on
 /// hosts that emulate guest kernel mode, several under load).
@@ -44,17 +43,6 @@ pub enum MonitorError {
     State(#[from] crate::state::StateError),
     #[error("cannot find our own executable: {0}")]
     Exe(std::io::Error),
-}
-
-/// Appends a timestamped line to the container's `monitor.log`.
-pub fn log_line(dir: &Path, msg: &str) {
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("monitor.log"))
-    {
-        let _ = writeln!(f, "{} {msg}", crate::state::now_secs());
-    }
 }
 
 /// The container's streams: a new pty for `--console-socket` with a terminal, else our
