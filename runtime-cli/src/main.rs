@@ -1,7 +1,7 @@
 //! `sandbox-vm`: an OCI runtime (runc's command line) that runs each container in its own
 //! KVM microVM, plus `boot`, the developer command that boots a guest kernel with the VMM.
 
-mod bench;
+mod bench_cmd;
 mod boot_cmd;
 mod check;
 mod commands;
@@ -106,7 +106,7 @@ enum Command {
     /// Benchmarks: `bench isolation` compares sandbox-vm with other OCI runtimes.
     Bench {
         #[command(subcommand)]
-        cmd: bench::BenchCmd,
+        cmd: sandbox_vm_bench::BenchCmd,
     },
 }
 
@@ -193,7 +193,7 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
             start,
         ))),
         Command::Bench { cmd } => {
-            bench::run(cmd)?;
+            bench_cmd::run(cmd)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Standard(cmd) => match *cmd {

@@ -13,7 +13,6 @@
 //! the VM ended without one (crash; the reason goes to `monitor.log`). Its helpers (the VMM,
 //! virtiofsd) are in its process group, so `delete` can kill them all with it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ use sandbox::stdio::HostIo;
 use sandbox::{PodPlan, Sandbox, SandboxOps, LOST_EXIT_STATUS};
 
 use crate::ready::ReadyWriter;
-use crate::state::{process_start_time, Status, Store};
+use crate::state::{log_line, process_start_time, Status, Store};
 
 /// Errors of the monitor (reported on the readiness pipe and in `monitor.log`).
 #[derive(Debug, thiserror::Error)]
@@ -36,17 +35,6 @@ pub enum MonitorError {
     Stdio(#[from] sandbox::stdio::StdioError),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
-}
-
-/// Appends a timestamped line to the container's `monitor.log`.
-pub fn log_line(dir: &Path, msg: &str) {
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("monitor.log"))
-    {
-        let _ = writeln!(f, "{} {msg}", crate::state::now_secs());
-    }
 }
 
 /// The container's streams: a new pty for `--console-socket` with a terminal, else our

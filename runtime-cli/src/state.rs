@@ -142,6 +142,18 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Appends a timestamped line to `<dir>/monitor.log`, the container's log of what its
+/// monitor saw (written by the monitor and its watch thread).
+pub fn log_line(dir: &Path, msg: &str) {
+    if let Ok(mut f) = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("monitor.log"))
+    {
+        let _ = writeln!(f, "{} {msg}", now_secs());
+    }
+}
+
 /// What `/proc/PID/stat` says of a process.
 struct ProcStat {
     state: char,

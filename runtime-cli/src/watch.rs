@@ -28,7 +28,7 @@ pub fn virtiofsd(dir: &Path, pid: u32) {
         .spawn(move || loop {
             std::thread::sleep(PERIOD);
             if exited(pid) {
-                crate::monitor::log_line(
+                crate::state::log_line(
                     &dir,
                     &format!(
                         "virtiofsd (pid {pid}) died: the container's files are unreachable \

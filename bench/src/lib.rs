@@ -1,4 +1,5 @@
-//! `sandbox-vm bench isolation`: what VM isolation buys and what it costs, beside the
+//! The isolation benchmark, run as `sandbox-vm bench isolation` (runtime-cli delegates to
+//! [`isolation`]): what VM isolation buys and what it costs, beside the
 //! shared-kernel runtimes. Every runtime runs the same bundle (busybox and the static
 //! `sandbox-vm-probe`); the probe reports what the sandbox sees of the kernel and times a
 //! few loops; the host's own values come from running the probe on the host. One container
@@ -6,6 +7,10 @@
 //!
 //! Output (in `--out`): `report.txt` (also printed), `report.json`, `report.csv`,
 //! `cost.svg`.
+//!
+//! The library reads no environment variables: the binary that runs it resolves
+//! `$SANDBOX_VM_PROBE`, `$PATH`, its own executable and the temporary directory into
+//! [`IsolationArgs::env`].
 
 mod bundle;
 mod cost;
@@ -16,6 +21,7 @@ mod runner;
 mod svg;
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -28,6 +34,8 @@ pub enum BenchError {
     RuntimeArg(String),
     #[error("runtime {name}: {path} is not an executable file")]
     RuntimeMissing { name: String, path: PathBuf },
+    #[error("cannot tell which sandbox-vm binary to compare: pass --runtime sandbox-vm=PATH")]
+    NoSandboxVm,
     #[error("{0}")]
     Bundle(bundle::BundleError),
     #[error("busybox {0} not found: install busybox-static or pass --busybox PATH")]
@@ -78,6 +86,24 @@ pub struct IsolationArgs {
     /// Do not measure the host memory of the idle sandbox
     #[arg(long)]
     no_idle_memory: bool,
+    /// Not an option: filled in by the caller after parsing.
+    #[arg(skip)]
+    pub env: Environment,
+}
+
+/// What the bench would otherwise read from its process, resolved by the binary that runs
+/// it (e.g. `SANDBOX_VM_PROBE` from `std::env::var_os`).
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// `$SANDBOX_VM_PROBE`: the static probe when `--probe` is not given.
+    pub probe: Option<PathBuf>,
+    /// `$PATH`: where runc and crun are looked for when no `--runtime` is given.
+    pub path: Option<OsString>,
+    /// The sandbox-vm binary (the caller's own executable): the default `sandbox-vm`
+    /// runtime, and where the probe is looked for beside.
+    pub sandbox_vm: Option<PathBuf>,
+    /// Where the scratch directory goes (`std::env::temp_dir()`).
+    pub temp_dir: PathBuf,
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BenchError {
@@ -85,8 +111,8 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BenchEr
     move |err| BenchError::Io { what, path, err }
 }
 
-fn in_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
+fn in_path(path: Option<&OsString>, name: &str) -> Option<PathBuf> {
+    path?
         .to_str()?
         .split(':')
         .map(|d| Path::new(d).join(name))
@@ -108,8 +134,9 @@ fn runtime(name: &str, path: PathBuf) -> Result<Runtime, BenchError> {
     })
 }
 
-/// `--runtime NAME=PATH`s, else runc and crun from PATH (those present) and this binary.
-fn runtimes(args: &[String]) -> Result<(Vec<Runtime>, Vec<String>), BenchError> {
+/// `--runtime NAME=PATH`s, else runc and crun from PATH (those present) and the sandbox-vm
+/// binary.
+fn runtimes(args: &[String], env: &Environment) -> Result<(Vec<Runtime>, Vec<String>), BenchError> {
     let mut notes = Vec::new();
     if !args.is_empty() {
         let v = args
@@ -123,12 +150,12 @@ fn runtimes(args: &[String]) -> Result<(Vec<Runtime>, Vec<String>), BenchError> 
     }
     let mut v = Vec::new();
     for name in ["runc", "crun"] {
-        match in_path(name) {
+        match in_path(env.path.as_ref(), name) {
             Some(p) => v.push(runtime(name, p)?),
             None => notes.push(format!("{name} is not installed: left out")),
         }
     }
-    let me = std::env::current_exe().map_err(io("find", Path::new("/proc/self/exe")))?;
+    let me = env.sandbox_vm.clone().ok_or(BenchError::NoSandboxVm)?;
     v.push(runtime("sandbox-vm", me)?);
     Ok((v, notes))
 }
@@ -204,18 +231,27 @@ fn run_all(
     Ok((samples, failures))
 }
 
-pub fn run(cmd: BenchCmd) -> Result<(), BenchError> {
-    let BenchCmd::Isolation(a) = cmd;
-    let (rts, notes) = runtimes(&a.runtimes)?;
-    let probe = bundle::find_probe(a.probe.as_deref()).map_err(BenchError::Bundle)?;
+/// `bench isolation`: runs the bench as `a` says and writes the reports; fails when a run
+/// failed (after writing them).
+pub fn isolation(a: IsolationArgs) -> Result<(), BenchError> {
+    let (rts, notes) = runtimes(&a.runtimes, &a.env)?;
+    let probe = bundle::find_probe(
+        a.probe.as_deref(),
+        a.env.probe.as_deref(),
+        a.env.sandbox_vm.as_deref(),
+    )
+    .map_err(BenchError::Bundle)?;
     if !a.busybox.is_file() {
         return Err(BenchError::NoBusybox(a.busybox.clone()));
     }
     for n in &notes {
         eprintln!("bench: {n}");
     }
-    let scratch =
-        Scratch(std::env::temp_dir().join(format!("sandbox-vm-bench-{}", std::process::id())));
+    let scratch = Scratch(
+        a.env
+            .temp_dir
+            .join(format!("sandbox-vm-bench-{}", std::process::id())),
+    );
     let bundle_dir = scratch.0.join("bundle");
     let args: Vec<String> = ["/bin/sandbox-vm-probe", "--idle", "--budget-ms"]
         .iter()
@@ -283,4 +319,35 @@ fn write_reports(out: &Path, r: &report::Results) -> Result<(), BenchError> {
     .map_err(BenchError::Svg)?;
     eprintln!("bench: reports in {}", out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_runtimes_come_from_the_callers_path_and_executable() {
+        let dir = std::env::temp_dir().join(format!("svm-bench-rts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["runc", "sandbox-vm"] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        let mut env = Environment {
+            path: Some(format!("/nonexistent:{}", dir.display()).into()),
+            sandbox_vm: Some(dir.join("sandbox-vm")),
+            ..Environment::default()
+        };
+        let (rts, notes) = runtimes(&[], &env).unwrap();
+        let names: Vec<&str> = rts.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["runc", "sandbox-vm"]);
+        assert_eq!(rts[0].path, dir.join("runc"));
+        assert_eq!(notes, ["crun is not installed: left out"]);
+        env.sandbox_vm = None;
+        assert!(matches!(runtimes(&[], &env), Err(BenchError::NoSandboxVm)));
+        // Given runtimes need neither.
+        let given = [format!("x={}", dir.join("runc").display())];
+        let (rts, _) = runtimes(&given, &Environment::default()).unwrap();
+        assert_eq!(rts[0].name, "x");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

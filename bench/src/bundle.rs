@@ -175,18 +175,17 @@ pub fn is_static_elf(bytes: &[u8]) -> bool {
     })
 }
 
-/// The probe: `explicit`, else `$SANDBOX_VM_PROBE`, else beside this binary, else the
-/// static build's place in this binary's cargo target directory.
-pub fn find_probe(explicit: Option<&Path>) -> Result<PathBuf, BundleError> {
-    if let Some(p) = explicit {
+/// The probe: `explicit` (`--probe`), else `from_env` (`$SANDBOX_VM_PROBE`), else beside
+/// the sandbox-vm binary `exe`, else the static build's place in its cargo target directory.
+pub fn find_probe(
+    explicit: Option<&Path>,
+    from_env: Option<&Path>,
+    exe: Option<&Path>,
+) -> Result<PathBuf, BundleError> {
+    if let Some(p) = explicit.or(from_env) {
         return check_static(p);
     }
-    if let Some(p) = std::env::var_os("SANDBOX_VM_PROBE") {
-        return check_static(Path::new(&p));
-    }
-    let exe_dir = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf));
+    let exe_dir = exe.and_then(Path::parent);
     let mut looked = Vec::new();
     if let Some(d) = exe_dir {
         let candidates = [
@@ -236,6 +235,27 @@ mod tests {
         assert_eq!(c["linux"]["seccomp"]["syscalls"][0]["names"][0], "acct");
         let spec: oci_spec::runtime::Spec = serde_json::from_value(c).unwrap();
         assert!(spec.linux().as_ref().unwrap().seccomp().is_some());
+    }
+
+    #[test]
+    fn probe_from_the_option_then_the_variable_then_beside_the_binary() {
+        // A test binary is not static, so each place that is looked at shows in the error.
+        let me = std::env::current_exe().unwrap();
+        let other = Path::new("/nonexistent/probe");
+        let err = find_probe(Some(&me), Some(other), None).unwrap_err();
+        assert!(matches!(err, BundleError::NotStatic(p) if p == me));
+        let err = find_probe(None, Some(other), Some(&me)).unwrap_err();
+        assert!(matches!(err, BundleError::Io { path, .. } if path == other));
+        let err = find_probe(None, None, Some(Path::new("/nonexistent/bin/sandbox-vm")));
+        let looked = match err.unwrap_err() {
+            BundleError::NoProbe(looked) => looked,
+            e => panic!("{e}"),
+        };
+        assert!(looked.starts_with("/nonexistent/bin/sandbox-vm-probe, "));
+        assert!(matches!(
+            find_probe(None, None, None),
+            Err(BundleError::NoProbe(l)) if l.is_empty()
+        ));
     }
 
     #[test]
