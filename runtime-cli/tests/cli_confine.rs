@@ -1,35 +1,28 @@
 //! The confined VMM process: per-thread seccomp filters, the jail, private sockets.
 //! Tiny hand-made guests stand in for a kernel (needs /dev/kvm and root; seconds in all).
 
-#[allow(dead_code)] // the connect helper only
-#[path = "common/host.rs"]
-mod host;
-
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use test_support::cmd::wait_exit;
+use test_support::guests::COUNTING;
+use test_support::host::connect_as;
+use test_support::TempDir;
 
 use vmm::api::ApiClient;
 use vmm::config::{SerialOutput, VmConfig, VsockConfig};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sandbox-vm")
-}
+const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
 
-/// `mov dx, 0x510; xor eax, eax; 1: inc eax; out dx, eax; jmp 1b`: runs until stopped.
-const COUNTING: &[u8] = &[
-    0x66, 0xba, 0x10, 0x05, 0x31, 0xc0, 0xff, 0xc0, 0xef, 0xeb, 0xfb,
-];
-
-struct Scratch(PathBuf);
+/// The test's directory, open to all (the jail's uid looks into it).
+struct Scratch(TempDir);
 
 impl Scratch {
     fn new(name: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("svm-confine-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
+        let d = TempDir::named(&format!("svm-confine-{name}"));
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
         Self(d)
     }
@@ -53,14 +46,8 @@ impl Scratch {
     }
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn spawn(s: &Scratch, extra: &[&str]) -> Child {
-    Command::new(bin())
+    Command::new(BIN)
         .arg("vmm")
         .arg("--config")
         .arg(s.config())
@@ -72,18 +59,6 @@ fn spawn(s: &Scratch, extra: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-fn wait(child: &mut Child, secs: u64) -> ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    panic!("the VMM did not exit within {secs} s");
 }
 
 fn connect(child: &mut Child, sock: &Path) -> ApiClient {
@@ -98,7 +73,7 @@ fn a_call_outside_each_threads_filter_kills_the_vmm_with_sigsys() {
     for kind in ["main", "vcpu", "devices", "api"] {
         let s = Scratch::new(&format!("sigsys-{kind}"));
         let mut vmm = spawn(&s, &["--seccomp-selftest", kind]);
-        let status = wait(&mut vmm, 30);
+        let status = wait_exit(&mut vmm, Duration::from_secs(30));
         assert_eq!(status.signal(), Some(libc::SIGSYS), "{kind}: {status:?}");
     }
 }
@@ -111,7 +86,7 @@ fn the_selftest_call_alone_is_harmless_without_filters() {
     api.describe().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     api.stop().unwrap();
-    assert_eq!(wait(&mut vmm, 30).code(), Some(0));
+    assert_eq!(wait_exit(&mut vmm, Duration::from_secs(30)).code(), Some(0));
 }
 
 #[test]
@@ -125,10 +100,10 @@ fn the_vmms_sockets_are_private() {
         assert!(meta.file_type().is_socket(), "{name}");
         assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
         // The directory is open to all: only the socket's own mode keeps others out.
-        assert_eq!(host::connect_as(65534, &p), libc::EACCES, "{name}");
+        assert_eq!(connect_as(65534, &p), libc::EACCES, "{name}");
     }
     api.stop().unwrap();
-    assert_eq!(wait(&mut vmm, 30).code(), Some(0));
+    assert_eq!(wait_exit(&mut vmm, Duration::from_secs(30)).code(), Some(0));
 }
 
 /// The jailed VMM (the outer process's only child).
@@ -264,7 +239,7 @@ fn a_jailed_vmm_sees_only_its_jail_and_leaves_nothing() {
     api.resume().unwrap();
     assert_jailed(inner, &s);
     api.stop().unwrap();
-    assert_eq!(wait(&mut vmm, 30).code(), Some(0));
+    assert_eq!(wait_exit(&mut vmm, Duration::from_secs(30)).code(), Some(0));
     std::thread::sleep(Duration::from_millis(100));
     assert_nothing_left(&s, inner);
 
@@ -274,7 +249,10 @@ fn a_jailed_vmm_sees_only_its_jail_and_leaves_nothing() {
     connect(&mut vmm, &s.path("api.sock"));
     let inner = inner_pid(vmm.id());
     vmm.kill().unwrap();
-    assert_eq!(wait(&mut vmm, 10).signal(), Some(libc::SIGKILL));
+    assert_eq!(
+        wait_exit(&mut vmm, Duration::from_secs(10)).signal(),
+        Some(libc::SIGKILL)
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sandbox::jail::remove_cgroup(&s.path("jail")) {
         assert!(Instant::now() < deadline, "the cgroup stays busy");
@@ -289,5 +267,8 @@ fn a_jailed_vmm_killed_by_its_filter_is_reported_as_such() {
     let mut args = jail_args(&s);
     args.extend(["--seccomp-selftest".into(), "vcpu".into()]);
     let mut vmm = spawn(&s, &args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(wait(&mut vmm, 30).signal(), Some(libc::SIGSYS));
+    assert_eq!(
+        wait_exit(&mut vmm, Duration::from_secs(30)).signal(),
+        Some(libc::SIGSYS)
+    );
 }

@@ -7,10 +7,6 @@
 //!   both, and the kernel it reports is the guest's, not the host's;
 //! - Shutdown ends the VM cleanly (VMM exit 0).
 
-#[path = "common/bundle.rs"]
-mod bundle;
-mod common;
-
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,11 +18,13 @@ use agent_protocol::{
     attach_stdio, Client, CreateContainer, CreateSandbox, Endpoint, ErrorCode, ExitStatus, Rootfs,
     StdioConfig, StreamId, StreamKind,
 };
-use common::{image, kernel};
+use test_support::artifacts::{image, kernel};
+use test_support::rootfs::{busybox_rootfs, BUNDLE_APPLETS};
 
 /// A busybox root filesystem (the runtime tests' bundle rootfs) as an ext4 image.
 fn busybox_ext4(dir: &Path) -> PathBuf {
-    let root = bundle::busybox_bundle(&dir.join("bundle"), &["true"]).join("rootfs");
+    let root = dir.join("bundle/rootfs");
+    busybox_rootfs(&root, BUNDLE_APPLETS);
     let img = dir.join("rootfs.ext4");
     let st = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-O", "^has_journal", "-d"])

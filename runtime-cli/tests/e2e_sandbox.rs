@@ -7,10 +7,6 @@
 //! Needs root, /dev/kvm, virtiofsd, the guest kernel and the guest image (see
 //! `scripts/setup.sh`).
 
-#[path = "common/bundle.rs"]
-mod bundle;
-mod common;
-
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -19,13 +15,11 @@ use std::time::{Duration, Instant};
 use sandbox::oci::translate::{self, probe_host, Defaults, RootfsMode};
 use sandbox::stdio::HostIo;
 use sandbox::{Sandbox, SandboxConfig};
+use test_support::artifacts::{image, kernel};
+use test_support::fresh_dir;
+use test_support::rootfs::busybox_bundle;
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("svm-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
 
 fn spec_of(bundle: &Path, mounts: serde_json::Value) -> oci_spec::runtime::Spec {
     let path = bundle.join("config.json");
@@ -70,9 +64,14 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn two_containers_share_one_vm_with_live_binds() {
-    let dir = scratch("sandbox");
-    let a = bundle::busybox_bundle(&dir.join("a"), &["sh", "-c", "echo a-up; exec sleep 1000"]);
-    let b = bundle::busybox_bundle(
+    let dir = fresh_dir("svm-e2e-sandbox");
+    let a = busybox_bundle(
+        BIN,
+        &dir.join("a"),
+        &["sh", "-c", "echo a-up; exec sleep 1000"],
+    );
+    let b = busybox_bundle(
+        BIN,
         &dir.join("b"),
         &[
             "sh",
@@ -98,9 +97,9 @@ fn two_containers_share_one_vm_with_live_binds() {
     let state = dir.join("state");
     let paths = sandbox::SandboxPaths::in_dir(&state);
     let defaults = Defaults {
-        kernel: Some(common::kernel()),
+        kernel: Some(kernel()),
         initrd: None,
-        agent_disk: Some(common::image("SANDBOX_VM_AGENT_DISK", "agent.ext4")),
+        agent_disk: Some(image("SANDBOX_VM_AGENT_DISK", "agent.ext4")),
         max_vcpus: 1,
     };
     let (vm, mode) = translate::vm_config(&spec_a, &defaults, &paths.vm_paths()).unwrap();
@@ -109,7 +108,7 @@ fn two_containers_share_one_vm_with_live_binds() {
         id: "e2e-sandbox".into(),
         dir: state.clone(),
         vm,
-        vmm_exe: env!("CARGO_BIN_EXE_sandbox-vm").into(),
+        vmm_exe: BIN.into(),
         virtiofsd: sandbox::virtiofsd::find()
             .expect("virtiofsd not found: run scripts/setup.sh (it installs it)"),
         hostname: None,

@@ -8,13 +8,9 @@
 //! Needs root, /dev/kvm, virtiofsd, the guest kernel and the guest image (see
 //! `scripts/setup.sh`).
 
-#[path = "common/bundle.rs"]
-mod bundle;
-mod common;
-
 use std::io::Read;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +18,9 @@ use sandbox::oci::translate::{self, probe_host, Defaults};
 use sandbox::stdio::HostIo;
 use sandbox::template::TemplateUse;
 use sandbox::{Sandbox, SandboxConfig, SandboxPaths};
+use test_support::artifacts::{image, kernel};
+use test_support::fresh_dir;
+use test_support::rootfs::busybox_bundle;
 
 /// Also tells whether the container's init was the one the template prepared: its
 /// `/proc` was mounted before its root (lower mount id; nothing was unmounted in the
@@ -32,20 +31,15 @@ const SCRIPT: &str = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo
                       END { print (p + 0 < r + 0) ? \"init prepared\" : \"init made\" }' \
                       /proc/self/mountinfo; echo done";
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("svm-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
 
 fn config(dir: &Path, id: &str, spec: &oci_spec::runtime::Spec, t: TemplateUse) -> SandboxConfig {
     let state = dir.join(id);
     let paths = SandboxPaths::in_dir(&state);
     let defaults = Defaults {
-        kernel: Some(common::kernel()),
+        kernel: Some(kernel()),
         initrd: None,
-        agent_disk: Some(common::image("SANDBOX_VM_AGENT_DISK", "agent.ext4")),
+        agent_disk: Some(image("SANDBOX_VM_AGENT_DISK", "agent.ext4")),
         max_vcpus: 1,
     };
     let (vm, _) = translate::vm_config(spec, &defaults, &paths.vm_paths()).unwrap();
@@ -53,7 +47,7 @@ fn config(dir: &Path, id: &str, spec: &oci_spec::runtime::Spec, t: TemplateUse) 
         id: id.into(),
         dir: state,
         vm,
-        vmm_exe: env!("CARGO_BIN_EXE_sandbox-vm").into(),
+        vmm_exe: BIN.into(),
         virtiofsd: sandbox::virtiofsd::find()
             .expect("virtiofsd not found: run scripts/setup.sh (it installs it)"),
         hostname: Some(format!("{id}-host")),
@@ -113,11 +107,11 @@ fn spec_of(bundle: &Path) -> oci_spec::runtime::Spec {
 
 #[test]
 fn clones_of_one_template_are_distinct_machines_with_the_right_clock() {
-    let dir = scratch("template");
+    let dir = fresh_dir("svm-e2e-template");
     let templates = dir.join("templates");
     // Only this test in this binary: the variable is not raced.
     std::env::set_var(sandbox::template::TEMPLATE_DIR_ENV, &templates);
-    let b = bundle::busybox_bundle(&dir.join("bundle"), &["sh", "-c", SCRIPT]);
+    let b = busybox_bundle(BIN, &dir.join("bundle"), &["sh", "-c", SCRIPT]);
     let spec = spec_of(&b);
 
     let t = Instant::now();
@@ -166,7 +160,7 @@ fn clones_of_one_template_are_distinct_machines_with_the_right_clock() {
 
     // The template restored with another kernel is refused.
     let other = dir.join("other-vmlinux");
-    let mut k = std::fs::read(common::kernel()).unwrap();
+    let mut k = std::fs::read(kernel()).unwrap();
     k.extend_from_slice(b"other");
     std::fs::write(&other, k).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
