@@ -19,6 +19,7 @@ use agent_protocol::{
     StdioConfig, StreamId, StreamKind,
 };
 use test_support::artifacts::{image, kernel};
+use test_support::host::kernel_release;
 use test_support::rootfs::{busybox_rootfs, BUNDLE_APPLETS};
 
 /// A busybox root filesystem (the runtime tests' bundle rootfs) as an ext4 image.
@@ -64,11 +65,6 @@ fn read_all(mut s: agent_protocol::Stream) -> thread::JoinHandle<String> {
         s.read_to_end(&mut v).unwrap();
         String::from_utf8_lossy(&v).into_owned()
     })
-}
-
-fn host_release() -> String {
-    let out = Command::new("uname").arg("-r").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// `boot --disk` gives disks the serial `disk<index>`: the rootfs is the second disk.
@@ -202,7 +198,7 @@ fn agent_runs_a_container_from_a_block_device_in_the_guest() {
         guest_release.starts_with("6.12"),
         "guest kernel {guest_release}"
     );
-    assert_ne!(guest_release, host_release());
+    assert_ne!(guest_release, kernel_release());
     c.remove_container(id, false).unwrap();
 
     c.shutdown().unwrap();

@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use test_support::artifacts::{image, kernel};
+use test_support::host::kernel_release;
 use test_support::rootfs::busybox_bundle;
 use test_support::runtime::Reap;
 use test_support::{fresh_dir, ok};
@@ -63,7 +64,7 @@ fn run_shows_guest_kernel_and_only_container_processes() {
     let secs = t.elapsed().as_secs_f64();
     let stdout = ok(out, "run");
     eprintln!("run took {secs:.1} s:\n{stdout}");
-    let host = ok(Command::new("uname").arg("-r").output().unwrap(), "uname");
+    let host = kernel_release();
     let mut lines = stdout.lines();
     let uname = lines.next().unwrap();
     assert!(uname.starts_with("Linux "), "{uname}");

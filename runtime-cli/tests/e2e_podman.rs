@@ -9,6 +9,7 @@
 use std::process::{Command, Stdio};
 
 use test_support::artifacts::with_guest;
+use test_support::host::kernel_release;
 use test_support::ok;
 use test_support::podman::PodmanImage;
 use test_support::rootfs::BUNDLE_APPLETS;
@@ -42,8 +43,7 @@ fn podman_runs_a_container_in_a_vm_with_a_host_directory() {
         .output()
         .unwrap();
     let stdout = ok(out, "podman run");
-    let host = Command::new("uname").arg("-r").output().unwrap();
-    let host = String::from_utf8_lossy(&host.stdout);
+    let host = kernel_release();
     let mut lines = stdout.lines();
     let guest = lines
         .next()

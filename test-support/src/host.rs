@@ -13,6 +13,14 @@ pub fn require_root(why: &str) {
     assert!(is_root(), "{why}: run the tests as root (CI does)");
 }
 
+/// The host kernel's release (`uname -r`), to tell a guest kernel from it.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 /// Every process's pid and command line (arguments joined by spaces).
 pub fn processes() -> Vec<(u32, String)> {
     let mut found = Vec::new();
@@ -153,6 +161,14 @@ mod tests {
         let me = std::process::id();
         assert!(processes().iter().any(|(pid, _)| *pid == me));
         assert!(own_fds() >= 3);
+        let uname = std::process::Command::new("uname")
+            .arg("-r")
+            .output()
+            .unwrap();
+        assert_eq!(
+            kernel_release(),
+            String::from_utf8_lossy(&uname.stdout).trim()
+        );
     }
 
     #[test]
