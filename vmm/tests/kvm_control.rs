@@ -2,10 +2,9 @@
 //! lets them go on, stop ends the run. Needs /dev/kvm; runs in about a second.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vmm::api::{ApiClient, ApiServer, BusKind, VmState};
 use vmm::bus::BusDevice;
@@ -13,13 +12,12 @@ use vmm::config::{SerialOutput, VmConfig};
 use vmm::stop::StopReason;
 use vmm::testing::tiny_elf;
 
-const LOAD_ADDR: u64 = 0x20_0000;
-const COUNTER_PORT: u16 = 0x510;
+use test_support::cmd::poll_until;
+use test_support::guests::{COUNTING, COUNTING_PORT};
+use test_support::TempDir;
 
-/// `mov dx, 0x510; xor eax, eax; 1: inc eax; out dx, eax; jmp 1b`
-const COUNTING_GUEST: &[u8] = &[
-    0x66, 0xba, 0x10, 0x05, 0x31, 0xc0, 0xff, 0xc0, 0xef, 0xeb, 0xfb,
-];
+const LOAD_ADDR: u64 = 0x20_0000;
+const COUNTER_PORT: u16 = COUNTING_PORT;
 
 /// Remembers the last value written to it.
 struct Counter(Arc<AtomicU32>);
@@ -35,15 +33,14 @@ impl BusDevice for Counter {
     }
 }
 
-struct Scratch(PathBuf);
+struct Scratch(TempDir);
 
 impl Scratch {
     fn new(name: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("vmm-ctl-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
+        let d = TempDir::named(&format!("vmm-ctl-{name}"));
         std::fs::File::create(d.join("guest.elf"))
             .unwrap()
-            .write_all(&tiny_elf(LOAD_ADDR, COUNTING_GUEST, 0x1000))
+            .write_all(&tiny_elf(LOAD_ADDR, COUNTING, 0x1000))
             .unwrap();
         Self(d)
     }
@@ -54,12 +51,6 @@ impl Scratch {
         c.serial = SerialOutput::Off;
         c.rng = true;
         c
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -94,14 +85,9 @@ fn start(s: &Scratch, vcpus: u8) -> Running {
 
 /// Waits (up to 10 s) for the counter to pass `above`.
 fn advances_past(counter: &AtomicU32, above: u32) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if counter.load(Ordering::SeqCst) > above {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    false
+    poll_until(Duration::from_secs(10), Duration::from_millis(1), || {
+        counter.load(Ordering::SeqCst) > above
+    })
 }
 
 #[test]

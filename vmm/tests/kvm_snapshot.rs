@@ -18,14 +18,14 @@ use vmm::stop::StopReason;
 use vmm::testing::tiny_elf;
 use vmm::vm::Vm;
 
-const LOAD_ADDR: u64 = 0x20_0000;
-const OUT_PORT: u16 = 0x510;
-const IN_PORT: u16 = 0x520;
+use test_support::cmd::poll_until;
+use test_support::guests::{COUNTING, COUNTING_PORT};
+use test_support::TempDir;
 
-/// `mov dx, 0x510; xor eax, eax; 1: inc eax; out dx, eax; jmp 1b`
-const COUNTING_GUEST: &[u8] = &[
-    0x66, 0xba, 0x10, 0x05, 0x31, 0xc0, 0xff, 0xc0, 0xef, 0xeb, 0xfb,
-];
+const LOAD_ADDR: u64 = 0x20_0000;
+/// Where both guests write.
+const OUT_PORT: u16 = COUNTING_PORT;
+const IN_PORT: u16 = 0x520;
 
 /// Reads port 0x520 into consecutive dwords from 0x100000 until it reads 0, then writes
 /// the end of what it stored (edi) to port 0x510 and halts:
@@ -65,12 +65,11 @@ impl BusDevice for OutPort {
     }
 }
 
-struct Scratch(PathBuf);
+struct Scratch(TempDir);
 
 impl Scratch {
     fn new(name: &str, code: &[u8]) -> Self {
-        let d = std::env::temp_dir().join(format!("vmm-snap-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
+        let d = TempDir::named(&format!("vmm-snap-{name}"));
         std::fs::File::create(d.join("guest.elf"))
             .unwrap()
             .write_all(&tiny_elf(LOAD_ADDR, code, 0x1000))
@@ -86,12 +85,6 @@ impl Scratch {
     }
     fn snap_dir(&self) -> PathBuf {
         self.0.join("snap")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -126,14 +119,7 @@ fn with_out_port(mut vm: Vm) -> (Vm, Arc<Written>) {
 
 /// Waits (up to 10 s) until `f` holds.
 fn eventually(f: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    false
+    poll_until(Duration::from_secs(10), Duration::from_millis(1), f)
 }
 
 /// Boots the counting guest, lets it count, pauses and snapshots it; returns the last
@@ -160,7 +146,7 @@ fn snapshot_counting_guest(s: &Scratch) -> u32 {
 
 #[test]
 fn restored_guest_continues_counting_where_it_stopped() {
-    let s = Scratch::new("count", COUNTING_GUEST);
+    let s = Scratch::new("count", COUNTING);
     let frozen = snapshot_counting_guest(&s);
 
     let (vm, timings) = build_from_snapshot(&s.snap_dir(), &RestoreOverrides::default()).unwrap();
@@ -181,7 +167,7 @@ fn restored_guest_continues_counting_where_it_stopped() {
 
 #[test]
 fn two_clones_of_one_snapshot_run_at_once() {
-    let s = Scratch::new("clones", COUNTING_GUEST);
+    let s = Scratch::new("clones", COUNTING);
     let frozen = snapshot_counting_guest(&s);
     let clones: Vec<_> = (0..2)
         .map(|i| {
@@ -209,10 +195,10 @@ fn two_clones_of_one_snapshot_run_at_once() {
 
 #[test]
 fn another_kernel_or_format_version_is_refused() {
-    let s = Scratch::new("refuse", COUNTING_GUEST);
+    let s = Scratch::new("refuse", COUNTING);
     snapshot_counting_guest(&s);
     let other = s.0.join("other.elf");
-    let mut code = COUNTING_GUEST.to_vec();
+    let mut code = COUNTING.to_vec();
     code.push(0x90);
     std::fs::write(&other, tiny_elf(LOAD_ADDR, &code, 0x1000)).unwrap();
     let o = RestoreOverrides {
@@ -315,7 +301,7 @@ fn a_pending_port_in_is_finished_before_saving_not_repeated() {
 
 #[test]
 fn restoring_a_128_mib_guest_costs_no_more_than_its_state() {
-    let s = Scratch::new("big", COUNTING_GUEST);
+    let s = Scratch::new("big", COUNTING);
     let mut config = s.config(1);
     config.mem_mib = 128;
     let (vm, w) = with_out_port(build(&config).unwrap());
