@@ -4,12 +4,13 @@
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use test_support::cmd::wait_exit;
 use test_support::guests::COUNTING;
 use test_support::host::connect_as;
+use test_support::runtime::vmm_command;
 use test_support::TempDir;
 
 use vmm::api::ApiClient;
@@ -47,16 +48,10 @@ impl Scratch {
 }
 
 fn spawn(s: &Scratch, extra: &[&str]) -> Child {
-    Command::new(BIN)
-        .arg("vmm")
+    vmm_command(BIN, &s.path("api.sock"))
         .arg("--config")
         .arg(s.config())
-        .arg("--api-sock")
-        .arg(s.path("api.sock"))
         .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap()
 }

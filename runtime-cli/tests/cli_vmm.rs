@@ -3,7 +3,7 @@
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
 
 use vmm::api::{ApiClient, VmState};
@@ -11,6 +11,7 @@ use vmm::config::{SerialOutput, VmConfig};
 
 use test_support::cmd::{poll_until, wait_exit};
 use test_support::guests::{COUNTING, CRASHING};
+use test_support::runtime::vmm_command;
 use test_support::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
@@ -38,14 +39,9 @@ impl Scratch {
 }
 
 fn spawn_vmm(config: &Path, sock: &Path) -> Child {
-    Command::new(BIN)
-        .args(["vmm", "--config"])
+    vmm_command(BIN, sock)
+        .arg("--config")
         .arg(config)
-        .arg("--api-sock")
-        .arg(sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap()
 }
@@ -163,15 +159,10 @@ fn a_bad_config_exits_1_with_one_line_and_no_socket() {
 }
 
 fn spawn_restore(dir: &Path, sock: &Path, extra: &[&str]) -> Child {
-    Command::new(BIN)
-        .args(["vmm", "--restore"])
+    vmm_command(BIN, sock)
+        .arg("--restore")
         .arg(dir)
-        .arg("--api-sock")
-        .arg(sock)
         .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap()
 }

@@ -1,7 +1,21 @@
 //! Around the `sandbox-vm` OCI command line.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+
+/// `<runtime> vmm --api-sock <sock>`, to which the caller adds the VM (`--config FILE` or
+/// `--restore DIR`) and options: stdin and stdout null, stderr piped (for the one-line
+/// errors the tests read).
+pub fn vmm_command(runtime: &str, sock: &Path) -> Command {
+    let mut c = Command::new(runtime);
+    c.arg("vmm")
+        .arg("--api-sock")
+        .arg(sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
 
 /// Deletes a container (`<runtime> --root ROOT delete --force ID`, stopping its VM) however
 /// the test ends, so a failed assertion leaves no monitor behind.
