@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
-use test_support::artifacts::with_guest;
 use test_support::cmd::output_via_files;
 use test_support::fresh_dir;
 use test_support::host::footprint;
 use test_support::rootfs::{busybox_bundle, edit_config};
+use test_support::runtime::oci_command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
 
@@ -40,12 +40,7 @@ impl Env {
     }
 
     fn cli(&self, args: &[&str]) -> Output {
-        output_via_files(
-            with_guest(&mut Command::new(BIN))
-                .arg("--root")
-                .arg(&self.root)
-                .args(args),
-        )
+        output_via_files(oci_command(BIN, &self.root).args(args))
     }
 
     fn create_and_start(&self, id: &str) {
@@ -60,9 +55,7 @@ impl Env {
     /// hands on) going to `log`, and its stdin a pipe: the returned end.
     fn create_and_start_logged(&self, id: &str, log: &Path) -> std::process::ChildStdin {
         let file = std::fs::File::create(log).unwrap();
-        let mut create = with_guest(&mut Command::new(BIN))
-            .arg("--root")
-            .arg(&self.root)
+        let mut create = oci_command(BIN, &self.root)
             .args(["create", "--bundle"])
             .arg(&self.bundle)
             .arg(id)

@@ -24,7 +24,7 @@ use test_support::cmd::{run_ok, KillOnDrop};
 use test_support::netns::{fetch, link_names, TestNetns};
 use test_support::podman::PodmanImage;
 use test_support::rootfs::{add_applets, busybox_bundle, edit_config, BUNDLE_APPLETS};
-use test_support::runtime::Reap;
+use test_support::runtime::{oci_command, Reap};
 use test_support::{ok, wait_for, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
@@ -63,9 +63,7 @@ fn http_server(ns: &TestNetns, dir: &Path, addr: &str, port: u16, body: &str) ->
 }
 
 fn runtime(root: &Path) -> Command {
-    let mut c = Command::new(BIN);
-    with_guest(&mut c).arg("--root").arg(root);
-    c
+    oci_command(BIN, root)
 }
 
 /// Sets the bundle's network namespace to `path`.

@@ -7,23 +7,18 @@
 //! with `tests/soak.sh`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use test_support::artifacts::with_guest;
 use test_support::cmd::output_via_files;
 use test_support::fresh_dir;
 use test_support::host::{footprint, own_fds};
 use test_support::rootfs::busybox_bundle;
+use test_support::runtime::oci_command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
 
 fn cli(root: &Path, args: &[&str]) -> Output {
-    output_via_files(
-        with_guest(&mut Command::new(BIN))
-            .arg("--root")
-            .arg(root)
-            .args(args),
-    )
+    output_via_files(oci_command(BIN, root).args(args))
 }
 
 /// One sandbox's life; returns what went wrong, if anything.

@@ -3,6 +3,14 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+/// `<runtime> --root <root>` pointed at the guest kernel and agent disk
+/// ([`with_guest`](crate::artifacts::with_guest)): an OCI command line to add a command to.
+pub fn oci_command(runtime: &str, root: &Path) -> Command {
+    let mut c = Command::new(runtime);
+    crate::artifacts::with_guest(&mut c).arg("--root").arg(root);
+    c
+}
+
 /// `<runtime> vmm --api-sock <sock>`, to which the caller adds the VM (`--config FILE` or
 /// `--restore DIR`) and options: stdin and stdout null, stderr piped (for the one-line
 /// errors the tests read).
