@@ -4,7 +4,7 @@
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use test_support::cmd::wait_exit;
@@ -56,6 +56,11 @@ fn spawn(s: &Scratch, extra: &[&str]) -> Child {
         .unwrap()
 }
 
+/// Waits up to `secs` for the VMM to exit; kills it (and fails) otherwise.
+fn wait(child: &mut Child, secs: u64) -> ExitStatus {
+    wait_exit(child, Duration::from_secs(secs))
+}
+
 fn connect(child: &mut Child, sock: &Path) -> ApiClient {
     ApiClient::connect_while(sock, Duration::from_secs(30), || {
         child.try_wait().unwrap().is_none()
@@ -68,7 +73,7 @@ fn a_call_outside_each_threads_filter_kills_the_vmm_with_sigsys() {
     for kind in ["main", "vcpu", "devices", "api"] {
         let s = Scratch::new(&format!("sigsys-{kind}"));
         let mut vmm = spawn(&s, &["--seccomp-selftest", kind]);
-        let status = wait_exit(&mut vmm, Duration::from_secs(30));
+        let status = wait(&mut vmm, 30);
         assert_eq!(status.signal(), Some(libc::SIGSYS), "{kind}: {status:?}");
     }
 }
@@ -81,7 +86,7 @@ fn the_selftest_call_alone_is_harmless_without_filters() {
     api.describe().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     api.stop().unwrap();
-    assert_eq!(wait_exit(&mut vmm, Duration::from_secs(30)).code(), Some(0));
+    assert_eq!(wait(&mut vmm, 30).code(), Some(0));
 }
 
 #[test]
@@ -98,7 +103,7 @@ fn the_vmms_sockets_are_private() {
         assert_eq!(connect_as(65534, &p), libc::EACCES, "{name}");
     }
     api.stop().unwrap();
-    assert_eq!(wait_exit(&mut vmm, Duration::from_secs(30)).code(), Some(0));
+    assert_eq!(wait(&mut vmm, 30).code(), Some(0));
 }
 
 /// The jailed VMM (the outer process's only child).
@@ -234,7 +239,7 @@ fn a_jailed_vmm_sees_only_its_jail_and_leaves_nothing() {
     api.resume().unwrap();
     assert_jailed(inner, &s);
     api.stop().unwrap();
-    assert_eq!(wait_exit(&mut vmm, Duration::from_secs(30)).code(), Some(0));
+    assert_eq!(wait(&mut vmm, 30).code(), Some(0));
     std::thread::sleep(Duration::from_millis(100));
     assert_nothing_left(&s, inner);
 
@@ -244,10 +249,7 @@ fn a_jailed_vmm_sees_only_its_jail_and_leaves_nothing() {
     connect(&mut vmm, &s.path("api.sock"));
     let inner = inner_pid(vmm.id());
     vmm.kill().unwrap();
-    assert_eq!(
-        wait_exit(&mut vmm, Duration::from_secs(10)).signal(),
-        Some(libc::SIGKILL)
-    );
+    assert_eq!(wait(&mut vmm, 10).signal(), Some(libc::SIGKILL));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sandbox::jail::remove_cgroup(&s.path("jail")) {
         assert!(Instant::now() < deadline, "the cgroup stays busy");
@@ -262,8 +264,5 @@ fn a_jailed_vmm_killed_by_its_filter_is_reported_as_such() {
     let mut args = jail_args(&s);
     args.extend(["--seccomp-selftest".into(), "vcpu".into()]);
     let mut vmm = spawn(&s, &args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(
-        wait_exit(&mut vmm, Duration::from_secs(30)).signal(),
-        Some(libc::SIGSYS)
-    );
+    assert_eq!(wait(&mut vmm, 30).signal(), Some(libc::SIGSYS));
 }
