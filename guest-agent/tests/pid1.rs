@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use agent_protocol::{Client, CreateSandbox, Endpoint, ExitStatus};
 use common::*;
+use test_support::cmd::KillOnDrop;
 
 #[test]
 fn agent_as_pid1_serves_and_shuts_down() {
     require_root();
     let dir = TempDir::new("pid1");
     let sock = dir.path().join("agent.sock");
-    let bin = std::env::var("GUEST_AGENT_BIN").unwrap_or(env!("CARGO_BIN_EXE_guest-agent").into());
     let child = Command::new("unshare")
         .args([
             "--pid",
@@ -29,7 +29,7 @@ fn agent_as_pid1_serves_and_shuts_down() {
             "--propagation",
             "private",
         ])
-        .arg(bin)
+        .arg(agent_bin())
         .arg("--unix")
         .arg(&sock)
         .arg("--state-dir")
@@ -71,13 +71,4 @@ fn agent_as_pid1_serves_and_shuts_down() {
         status.signal() == Some(libc::SIGHUP) || status.code() == Some(128 + libc::SIGHUP),
         "{status:?}"
     );
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

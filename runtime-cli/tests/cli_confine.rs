@@ -1,35 +1,29 @@
 //! The confined VMM process: per-thread seccomp filters, the jail, private sockets.
 //! Tiny hand-made guests stand in for a kernel (needs /dev/kvm and root; seconds in all).
 
-#[allow(dead_code)] // the connect helper only
-#[path = "common/host.rs"]
-mod host;
-
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
+
+use test_support::cmd::wait_exit;
+use test_support::guests::COUNTING;
+use test_support::host::connect_as;
+use test_support::runtime::vmm_command;
+use test_support::TempDir;
 
 use vmm::api::ApiClient;
 use vmm::config::{SerialOutput, VmConfig, VsockConfig};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sandbox-vm")
-}
+const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
 
-/// `mov dx, 0x510; xor eax, eax; 1: inc eax; out dx, eax; jmp 1b`: runs until stopped.
-const COUNTING: &[u8] = &[
-    0x66, 0xba, 0x10, 0x05, 0x31, 0xc0, 0xff, 0xc0, 0xef, 0xeb, 0xfb,
-];
-
-struct Scratch(PathBuf);
+/// The test's directory, open to all (the jail's uid looks into it).
+struct Scratch(TempDir);
 
 impl Scratch {
     fn new(name: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("svm-confine-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
+        let d = TempDir::named(&format!("svm-confine-{name}"));
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
         Self(d)
     }
@@ -53,37 +47,18 @@ impl Scratch {
     }
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn spawn(s: &Scratch, extra: &[&str]) -> Child {
-    Command::new(bin())
-        .arg("vmm")
+    vmm_command(BIN, &s.path("api.sock"))
         .arg("--config")
         .arg(s.config())
-        .arg("--api-sock")
-        .arg(s.path("api.sock"))
         .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap()
 }
 
+/// Waits up to `secs` for the VMM to exit; kills it (and fails) otherwise.
 fn wait(child: &mut Child, secs: u64) -> ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    panic!("the VMM did not exit within {secs} s");
+    wait_exit(child, Duration::from_secs(secs))
 }
 
 fn connect(child: &mut Child, sock: &Path) -> ApiClient {
@@ -125,7 +100,7 @@ fn the_vmms_sockets_are_private() {
         assert!(meta.file_type().is_socket(), "{name}");
         assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
         // The directory is open to all: only the socket's own mode keeps others out.
-        assert_eq!(host::connect_as(65534, &p), libc::EACCES, "{name}");
+        assert_eq!(connect_as(65534, &p), libc::EACCES, "{name}");
     }
     api.stop().unwrap();
     assert_eq!(wait(&mut vmm, 30).code(), Some(0));

@@ -4,14 +4,13 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sandbox-vm")
-}
+use test_support::host::is_root;
+use test_support::TempDir;
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sandbox-vm-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
+
+fn scratch(name: &str) -> TempDir {
+    TempDir::named(&format!("sandbox-vm-cli-{name}"))
 }
 
 /// A 64-bit ELF whose one segment (at 2 MiB) asks for 64 MiB of memory.
@@ -37,7 +36,7 @@ fn assert_one_line_error(out: Output, needle: &str) {
 }
 
 fn boot(args: &[&str]) -> Output {
-    Command::new(bin()).arg("boot").args(args).output().unwrap()
+    Command::new(BIN).arg("boot").args(args).output().unwrap()
 }
 
 #[test]
@@ -60,7 +59,6 @@ fn not_a_kernel() {
     let p = d.join("junk");
     std::fs::write(&p, vec![0x41u8; 8192]).unwrap();
     assert_one_line_error(boot(&["--kernel", p.to_str().unwrap()]), "not a kernel");
-    let _ = std::fs::remove_dir_all(d);
 }
 
 #[test]
@@ -75,7 +73,6 @@ fn memory_too_small_for_the_kernel() {
         boot(&["--kernel", k.to_str().unwrap(), "--mem-mib", "1"]),
         "mem_mib must be at least",
     );
-    let _ = std::fs::remove_dir_all(d);
 }
 
 #[test]
@@ -86,7 +83,6 @@ fn zero_vcpus() {
         boot(&["--kernel", k.to_str().unwrap(), "--vcpus", "0"]),
         "vcpus must be at least 1",
     );
-    let _ = std::fs::remove_dir_all(d);
 }
 
 #[test]
@@ -98,12 +94,6 @@ fn bad_config_file() {
         boot(&["--config", c.to_str().unwrap()]),
         "invalid VM config",
     );
-    let _ = std::fs::remove_dir_all(d);
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 #[test]
@@ -117,7 +107,7 @@ fn dev_kvm_absent() {
     // An empty /dev in a private mount namespace: no /dev/kvm.
     let script = format!(
         "mount --make-rprivate / && mount -t tmpfs none /dev && exec {} boot --kernel {}",
-        bin(),
+        BIN,
         k.display()
     );
     let out = Command::new("unshare")
@@ -125,7 +115,6 @@ fn dev_kvm_absent() {
         .output()
         .unwrap();
     assert_one_line_error(out, "/dev/kvm does not exist");
-    let _ = std::fs::remove_dir_all(d);
 }
 
 #[test]
@@ -142,7 +131,7 @@ fn dev_kvm_without_permission() {
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
-            bin(),
+            BIN,
             "boot",
             "--kernel",
         ])
@@ -150,7 +139,6 @@ fn dev_kvm_without_permission() {
         .output()
         .unwrap();
     assert_one_line_error(out, "no permission to open /dev/kvm");
-    let _ = std::fs::remove_dir_all(d);
 }
 
 #[test]
@@ -158,7 +146,7 @@ fn output_to_a_closed_pipe_ends_quietly() {
     // `sandbox-vm features | head -c 1`: the reader is gone before the output is written.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let out = Command::new(bin())
+    let out = Command::new(BIN)
         .arg("features")
         .stdout(writer)
         .output()

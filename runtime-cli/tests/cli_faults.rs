@@ -4,9 +4,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sandbox-vm")
-}
+const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
 
 fn mount_tmpfs(dir: &Path, size: &str) {
     let st = Command::new("mount")
@@ -19,8 +17,7 @@ fn mount_tmpfs(dir: &Path, size: &str) {
 
 #[test]
 fn a_state_directory_on_a_full_tmpfs_gives_a_clear_error_and_leaves_nothing() {
-    let d = std::env::temp_dir().join(format!("svm-fulltmpfs-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    let d = test_support::fresh_dir("svm-fulltmpfs");
     let root = d.join("root");
     std::fs::create_dir_all(&root).unwrap();
     let bundle = d.join("bundle");
@@ -34,7 +31,7 @@ fn a_state_directory_on_a_full_tmpfs_gives_a_clear_error_and_leaves_nothing() {
     // Fill it: the write stops with ENOSPC.
     let _ = std::fs::write(root.join("filler"), vec![0u8; 1 << 20]);
     let start = Instant::now();
-    let out = Command::new(bin())
+    let out = Command::new(BIN)
         .arg("--root")
         .arg(&root)
         .args(["create", "--bundle"])

@@ -2,21 +2,20 @@
 //! behind, the JSON log's last line), `spec`, `features`, `state`/`delete` of a container
 //! whose monitor crashed, and unknown ids.
 
-#[path = "common/bundle.rs"]
-mod bundle;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("svm-cli-oci-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+use test_support::rootfs::{busybox_bundle, edit_config};
+use test_support::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
+
+fn scratch(name: &str) -> TempDir {
+    TempDir::named(&format!("svm-cli-oci-{name}"))
 }
 
 fn runtime(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
+    Command::new(BIN)
         .env("SANDBOX_VM_KERNEL", "/nonexistent/vmlinux")
         .env("SANDBOX_VM_INITRD", "/nonexistent/initrd")
         .arg("--root")
@@ -26,19 +25,11 @@ fn runtime(root: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn edit_config(b: &Path, f: impl FnOnce(&mut serde_json::Value)) {
-    let p = b.join("config.json");
-    let mut c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    f(&mut c);
-    std::fs::write(&p, c.to_string()).unwrap();
-}
-
 #[test]
 fn bad_bundles_fail_with_one_line_and_leave_nothing() {
     let dir = scratch("bad");
     let root = dir.join("root");
-    let b = bundle::busybox_bundle(&dir.join("b"), &["true"]);
+    let b = busybox_bundle(BIN, &dir.join("b"), &["true"]);
     let bs = b.to_str().unwrap();
     let log = dir.join("log.json");
     type Breaker = Box<dyn Fn(&Path)>;
@@ -90,7 +81,7 @@ fn bad_bundles_fail_with_one_line_and_leave_nothing() {
     for (name, break_it, want) in cases {
         let saved = std::fs::read(b.join("config.json")).ok();
         break_it(&b);
-        let out = Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
+        let out = Command::new(BIN)
             // The bundle's own errors come before the host's (a missing kernel).
             .env("SANDBOX_VM_KERNEL", "/nonexistent/vmlinux")
             .env("SANDBOX_VM_INITRD", "/nonexistent/initrd")
@@ -120,7 +111,6 @@ fn bad_bundles_fail_with_one_line_and_leave_nothing() {
             std::fs::rename(b.join("gone"), b.join("rootfs")).unwrap();
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -153,7 +143,6 @@ fn spec_features_and_unknown_ids() {
             "{cmd:?}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -182,5 +171,4 @@ fn crashed_monitor_is_stopped_and_delete_cleans_up() {
     assert!(list.contains("c9") && list.contains("stopped"), "{list}");
     assert!(runtime(&root, &["delete", "c9"]).status.success());
     assert!(!cdir.exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }

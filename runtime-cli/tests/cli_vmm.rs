@@ -3,32 +3,24 @@
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, ExitStatus};
+use std::time::Duration;
 
 use vmm::api::{ApiClient, VmState};
 use vmm::config::{SerialOutput, VmConfig};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sandbox-vm")
-}
+use test_support::cmd::{poll_until, wait_exit};
+use test_support::guests::{COUNTING, CRASHING};
+use test_support::runtime::vmm_command;
+use test_support::TempDir;
 
-/// `mov dx, 0x510; xor eax, eax; 1: inc eax; out dx, eax; jmp 1b` (port 0x510 is unmapped:
-/// every write is an I/O exit the VMM drops).
-const COUNTING: &[u8] = &[
-    0x66, 0xba, 0x10, 0x05, 0x31, 0xc0, 0xff, 0xc0, 0xef, 0xeb, 0xfb,
-];
-/// `ud2` with no IDT: a triple fault.
-const CRASHING: &[u8] = &[0x0f, 0x0b];
+const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
 
-struct Scratch(PathBuf);
+struct Scratch(TempDir);
 
 impl Scratch {
     fn new(name: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("sandbox-vm-vmm-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Self(d)
+        Self(TempDir::named(&format!("sandbox-vm-vmm-{name}")))
     }
     fn sock(&self) -> PathBuf {
         self.0.join("api.sock")
@@ -46,21 +38,10 @@ impl Scratch {
     }
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn spawn_vmm(config: &Path, sock: &Path) -> Child {
-    Command::new(bin())
-        .args(["vmm", "--config"])
+    vmm_command(BIN, sock)
+        .arg("--config")
         .arg(config)
-        .arg("--api-sock")
-        .arg(sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap()
 }
@@ -75,15 +56,7 @@ fn connect(child: &mut Child, sock: &Path) -> ApiClient {
 
 /// Waits up to 30 s for the process to exit; kills it (and fails) otherwise.
 fn wait(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    panic!("the VMM did not exit");
+    wait_exit(child, Duration::from_secs(30))
 }
 
 fn io_out(client: &mut ApiClient) -> u64 {
@@ -92,14 +65,9 @@ fn io_out(client: &mut ApiClient) -> u64 {
 
 /// Waits up to 10 s for the guest's I/O exits to pass `above`.
 fn io_out_passes(client: &mut ApiClient, above: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if io_out(client) > above {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    false
+    poll_until(Duration::from_secs(10), Duration::from_millis(5), || {
+        io_out(client) > above
+    })
 }
 
 #[test]
@@ -175,7 +143,7 @@ fn a_bad_config_exits_1_with_one_line_and_no_socket() {
         ("{\"kernel\": \"/nonexistent/vmlinux\"}", "does not exist"),
     ] {
         std::fs::write(&bad, text).unwrap();
-        let out = Command::new(bin())
+        let out = Command::new(BIN)
             .args(["vmm", "--config"])
             .arg(&bad)
             .arg("--api-sock")
@@ -191,15 +159,10 @@ fn a_bad_config_exits_1_with_one_line_and_no_socket() {
 }
 
 fn spawn_restore(dir: &Path, sock: &Path, extra: &[&str]) -> Child {
-    Command::new(bin())
-        .args(["vmm", "--restore"])
+    vmm_command(BIN, sock)
+        .arg("--restore")
         .arg(dir)
-        .arg("--api-sock")
-        .arg(sock)
         .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap()
 }

@@ -7,10 +7,6 @@
 //!   both, and the kernel it reports is the guest's, not the host's;
 //! - Shutdown ends the VM cleanly (VMM exit 0).
 
-#[path = "common/bundle.rs"]
-mod bundle;
-mod common;
-
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,11 +18,14 @@ use agent_protocol::{
     attach_stdio, Client, CreateContainer, CreateSandbox, Endpoint, ErrorCode, ExitStatus, Rootfs,
     StdioConfig, StreamId, StreamKind,
 };
-use common::{image, kernel};
+use test_support::artifacts::{image, kernel};
+use test_support::host::kernel_release;
+use test_support::rootfs::{busybox_rootfs, BUNDLE_APPLETS};
 
 /// A busybox root filesystem (the runtime tests' bundle rootfs) as an ext4 image.
 fn busybox_ext4(dir: &Path) -> PathBuf {
-    let root = bundle::busybox_bundle(&dir.join("bundle"), &["true"]).join("rootfs");
+    let root = dir.join("bundle/rootfs");
+    busybox_rootfs(&root, BUNDLE_APPLETS);
     let img = dir.join("rootfs.ext4");
     let st = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-O", "^has_journal", "-d"])
@@ -66,11 +65,6 @@ fn read_all(mut s: agent_protocol::Stream) -> thread::JoinHandle<String> {
         s.read_to_end(&mut v).unwrap();
         String::from_utf8_lossy(&v).into_owned()
     })
-}
-
-fn host_release() -> String {
-    let out = Command::new("uname").arg("-r").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// `boot --disk` gives disks the serial `disk<index>`: the rootfs is the second disk.
@@ -204,7 +198,7 @@ fn agent_runs_a_container_from_a_block_device_in_the_guest() {
         guest_release.starts_with("6.12"),
         "guest kernel {guest_release}"
     );
-    assert_ne!(guest_release, host_release());
+    assert_ne!(guest_release, kernel_release());
     c.remove_container(id, false).unwrap();
 
     c.shutdown().unwrap();

@@ -9,14 +9,14 @@
 //! Needs root, runc, /dev/kvm, the guest kernel and agent image (as e2e_oci) and the
 //! static probe (`SANDBOX_VM_PROBE` or tests/probe/build-static.sh's output).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use test_support::artifacts::{artifact, image, kernel};
+
 fn probe() -> PathBuf {
-    common::artifact(
+    artifact(
         "SANDBOX_VM_PROBE",
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target/x86_64-unknown-linux-gnu/guest/sandbox-vm-probe"),
@@ -52,10 +52,10 @@ fn runc_leaks_the_host_kernel_and_sandbox_vm_does_not() {
     let me = env!("CARGO_BIN_EXE_sandbox-vm");
     let t = Instant::now();
     let out = Command::new(me)
-        .env("SANDBOX_VM_KERNEL", common::kernel())
+        .env("SANDBOX_VM_KERNEL", kernel())
         .env(
             "SANDBOX_VM_INITRD",
-            common::image("SANDBOX_VM_INITRD", "agent-initramfs.cpio"),
+            image("SANDBOX_VM_INITRD", "agent-initramfs.cpio"),
         )
         .args(["bench", "isolation", "--runs", "1", "--budget-ms", "100"])
         .arg("--runtime")

@@ -6,12 +6,10 @@
 //! (`images/build-test-initramfs.sh`); `tests/run.sh` builds both and sets
 //! SANDBOX_VM_KERNEL / SANDBOX_VM_TEST_INITRD.
 
-mod common;
-
-use common::{image, kernel};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Instant;
+use test_support::artifacts::{image, kernel};
 
 const MARKER: &str = "SANDBOX-VM-INIT-OK uptime_ms=";
 

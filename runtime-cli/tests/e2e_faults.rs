@@ -4,15 +4,17 @@
 //!
 //! Needs root, /dev/kvm, the guest kernel and images/out/agent.ext4 (`scripts/setup.sh`).
 
-#[path = "common/bundle.rs"]
-mod bundle;
-mod common;
-#[path = "common/host.rs"]
-mod host;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
+
+use test_support::cmd::output_via_files;
+use test_support::fresh_dir;
+use test_support::host::footprint;
+use test_support::rootfs::{busybox_bundle, edit_config};
+use test_support::runtime::oci_command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
 
 struct Env {
     dir: PathBuf,
@@ -27,15 +29,9 @@ impl Env {
 
     /// A busybox bundle whose container runs `args`.
     fn running(name: &str, annotations: serde_json::Value, args: &[&str]) -> Env {
-        let dir = std::env::temp_dir().join(format!("svm-faults-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let bundle = bundle::busybox_bundle(&dir.join("bundle"), args);
-        let cfg = bundle.join("config.json");
-        let mut c: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
-        c["annotations"] = annotations;
-        std::fs::write(&cfg, c.to_string()).unwrap();
+        let dir = fresh_dir(&format!("svm-faults-{name}"));
+        let bundle = busybox_bundle(BIN, &dir.join("bundle"), args);
+        edit_config(&bundle, |c| c["annotations"] = annotations);
         Env {
             root: dir.join("root"),
             dir,
@@ -44,17 +40,7 @@ impl Env {
     }
 
     fn cli(&self, args: &[&str]) -> Output {
-        host::output_via_files(
-            Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
-                .env("SANDBOX_VM_KERNEL", common::kernel())
-                .env(
-                    "SANDBOX_VM_AGENT_DISK",
-                    common::image("SANDBOX_VM_AGENT_DISK", "agent.ext4"),
-                )
-                .arg("--root")
-                .arg(&self.root)
-                .args(args),
-        )
+        output_via_files(oci_command(BIN, &self.root).args(args))
     }
 
     fn create_and_start(&self, id: &str) {
@@ -69,14 +55,7 @@ impl Env {
     /// hands on) going to `log`, and its stdin a pipe: the returned end.
     fn create_and_start_logged(&self, id: &str, log: &Path) -> std::process::ChildStdin {
         let file = std::fs::File::create(log).unwrap();
-        let mut create = Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
-            .env("SANDBOX_VM_KERNEL", common::kernel())
-            .env(
-                "SANDBOX_VM_AGENT_DISK",
-                common::image("SANDBOX_VM_AGENT_DISK", "agent.ext4"),
-            )
-            .arg("--root")
-            .arg(&self.root)
+        let mut create = oci_command(BIN, &self.root)
             .args(["create", "--bundle"])
             .arg(&self.bundle)
             .arg(id)
@@ -119,7 +98,7 @@ impl Env {
     fn delete_and_check(&self, id: &str) {
         let out = self.cli(&["delete", "--force", id]);
         assert!(out.status.success(), "delete: {out:?}");
-        let left = host::footprint(&self.root);
+        let left = footprint(&self.root);
         assert!(
             left.processes.is_empty(),
             "processes left: {:?}",
@@ -326,7 +305,7 @@ fn a_guest_panic_exits_2_and_the_runtime_says_so() {
     assert!(!out.status.success());
     assert!(stderr.contains("the guest crashed"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    let left = host::footprint(&env.root);
+    let left = footprint(&env.root);
     assert!(
         left.processes.is_empty() && left.mounts == 0 && left.state_dirs == 0,
         "{left:?}"

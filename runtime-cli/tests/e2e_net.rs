@@ -15,202 +15,78 @@
 //!
 //! Needs root, /dev/kvm, podman, python3 (the HTTP server), the guest kernel and images.
 
-#[path = "common/bundle.rs"]
-mod bundle;
-mod common;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use test_support::artifacts::with_guest;
+use test_support::cmd::{run_ok, KillOnDrop};
+use test_support::netns::{fetch, link_names, TestNetns};
+use test_support::podman::PodmanImage;
+use test_support::rootfs::{add_applets, busybox_bundle, edit_config, BUNDLE_APPLETS};
+use test_support::runtime::{oci_command, Reap};
+use test_support::{ok, wait_for, TempDir};
 
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
+const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
 
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
+fn scratch(name: &str) -> TempDir {
+    TempDir::named(&format!("svm-e2e-{name}"))
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn scratch(name: &str) -> Scratch {
-    let d = std::env::temp_dir().join(format!("svm-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    Scratch(d)
-}
-
-fn ok(out: Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{what}: {:?}\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn sh(args: &[&str]) -> String {
-    ok(
-        Command::new(args[0]).args(&args[1..]).output().unwrap(),
-        &args.join(" "),
-    )
-}
-
-/// A network namespace of the test's own, deleted on drop.
-struct TestNetns(String);
-
-impl TestNetns {
-    fn new(name: &str) -> TestNetns {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "this test needs root (network namespaces)"
-        );
-        let n = format!("svm-{name}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &n]).output();
-        sh(&["ip", "netns", "add", &n]);
-        sh(&["ip", "-n", &n, "link", "set", "lo", "up"]);
-        TestNetns(n)
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.0)
-    }
-
-    /// A command run inside the netns (mounts and cgroups stay the host's).
-    fn cmd(&self, prog: &str) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path())).arg(prog);
-        c
-    }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-/// `python3 -m http.server` on `addr:port` in `ns`, serving a directory with `hello.txt`.
-struct HttpServer(Child);
-
-impl HttpServer {
-    fn start(ns: &TestNetns, dir: &Path, addr: &str, port: u16, body: &str) -> HttpServer {
-        let www = dir.join("www");
-        std::fs::create_dir_all(&www).unwrap();
-        std::fs::write(www.join("hello.txt"), body).unwrap();
-        let child = ns
-            .cmd("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                addr,
-                "--directory",
-            ])
-            .arg(&www)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = HttpServer(child);
-        let url = format!("http://{addr}:{port}/hello.txt");
-        wait_for(Duration::from_secs(20), "the test's HTTP server", || {
-            fetch(ns, &url).as_deref() == Some(body)
-        });
-        server
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// GET `url` from inside `ns`.
-fn fetch(ns: &TestNetns, url: &str) -> Option<String> {
-    let out = ns.cmd("curl").args(["-sf", "-m", "5", url]).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Adds busybox applets to a bundle's rootfs.
-fn add_applets(rootfs: &Path, applets: &[&str]) {
-    for a in applets {
-        let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a));
-    }
+/// `python3 -m http.server` on `addr:port` in `ns`, serving a directory with `hello.txt`;
+/// killed when dropped.
+fn http_server(ns: &TestNetns, dir: &Path, addr: &str, port: u16, body: &str) -> KillOnDrop {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("hello.txt"), body).unwrap();
+    let child = ns
+        .cmd("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            addr,
+            "--directory",
+        ])
+        .arg(&www)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = KillOnDrop(child);
+    let url = format!("http://{addr}:{port}/hello.txt");
+    wait_for(Duration::from_secs(20), "the test's HTTP server", || {
+        fetch(ns, &url).as_deref() == Some(body)
+    });
+    server
 }
 
 fn runtime(root: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sandbox-vm"));
-    c.env("SANDBOX_VM_KERNEL", common::kernel())
-        .env(
-            "SANDBOX_VM_AGENT_DISK",
-            common::image("SANDBOX_VM_AGENT_DISK", "agent.ext4"),
-        )
-        .arg("--root")
-        .arg(root);
-    c
+    oci_command(BIN, root)
 }
 
 /// Sets the bundle's network namespace to `path`.
 fn set_netns(bundle: &Path, path: &str) {
-    let file = bundle.join("config.json");
-    let mut c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    let nss = c["linux"]["namespaces"].as_array_mut().unwrap();
-    nss.retain(|n| n["type"] != "network");
-    nss.push(serde_json::json!({"type": "network", "path": path}));
-    std::fs::write(&file, serde_json::to_string_pretty(&c).unwrap()).unwrap();
-}
-
-/// Deletes the container however the test ends.
-struct Reap<'a> {
-    root: &'a Path,
-    id: &'a str,
-}
-
-impl Drop for Reap<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
-            .arg("--root")
-            .arg(self.root)
-            .args(["delete", "--force", self.id])
-            .output();
-    }
+    edit_config(bundle, |c| {
+        let nss = c["linux"]["namespaces"].as_array_mut().unwrap();
+        nss.retain(|n| n["type"] != "network");
+        nss.push(serde_json::json!({"type": "network", "path": path}));
+    });
 }
 
 /// Links, qdiscs and ingress filters of a netns: what teardown must restore.
 fn snapshot(ns: &str) -> String {
-    let mut s = sh(&["ip", "-n", ns, "-o", "link", "show"]);
-    s += &sh(&["tc", "-n", ns, "qdisc", "show"]);
-    s += &sh(&["tc", "-n", ns, "filter", "show", "dev", "eth0", "ingress"]);
+    let mut s = run_ok(&["ip", "-n", ns, "-o", "link", "show"]);
+    s += &run_ok(&["tc", "-n", ns, "qdisc", "show"]);
+    s += &run_ok(&["tc", "-n", ns, "filter", "show", "dev", "eth0", "ingress"]);
     s
 }
 
 #[test]
 fn a_missing_netns_is_one_clear_error_at_create() {
     let dir = scratch("netns-missing");
-    let b = bundle::busybox_bundle(&dir.join("bundle"), &["true"]);
+    let b = busybox_bundle(BIN, &dir.join("bundle"), &["true"]);
     set_netns(&b, "/run/netns/svm-never-made");
     let root = dir.join("root");
     let out = runtime(&root)
@@ -235,14 +111,14 @@ fn oci_container_in_a_pod_netns_reaches_its_gateway_and_delete_cleans_up_after_a
     let dir = scratch("net-oci");
     let pod = TestNetns::new("pod");
     let peer = TestNetns::new("peer");
-    let (p, q) = (pod.0.as_str(), peer.0.as_str());
-    sh(&[
+    let (p, q) = (pod.name(), peer.name());
+    run_ok(&[
         "ip", "-n", p, "link", "add", "eth0", "mtu", "1400", "type", "veth", "peer", "name",
         "peer0", "netns", q,
     ]);
-    sh(&["ip", "-n", p, "addr", "add", "10.231.7.2/24", "dev", "eth0"]);
-    sh(&["ip", "-n", p, "link", "set", "eth0", "up"]);
-    sh(&[
+    run_ok(&["ip", "-n", p, "addr", "add", "10.231.7.2/24", "dev", "eth0"]);
+    run_ok(&["ip", "-n", p, "link", "set", "eth0", "up"]);
+    run_ok(&[
         "ip",
         "-n",
         p,
@@ -252,7 +128,7 @@ fn oci_container_in_a_pod_netns_reaches_its_gateway_and_delete_cleans_up_after_a
         "via",
         "10.231.7.1",
     ]);
-    sh(&[
+    run_ok(&[
         "ip",
         "-n",
         q,
@@ -262,11 +138,12 @@ fn oci_container_in_a_pod_netns_reaches_its_gateway_and_delete_cleans_up_after_a
         "dev",
         "peer0",
     ]);
-    sh(&["ip", "-n", q, "link", "set", "peer0", "up"]);
-    let _http = HttpServer::start(&peer, &dir, "10.231.7.1", 8088, "hello from the peer\n");
+    run_ok(&["ip", "-n", q, "link", "set", "peer0", "up"]);
+    let _http = http_server(&peer, &dir, "10.231.7.1", 8088, "hello from the peer\n");
     let before = snapshot(p);
 
-    let b = bundle::busybox_bundle(
+    let b = busybox_bundle(
+        BIN,
         &dir.join("bundle"),
         &[
             "sh",
@@ -276,10 +153,10 @@ fn oci_container_in_a_pod_netns_reaches_its_gateway_and_delete_cleans_up_after_a
         ],
     );
     add_applets(&b.join("rootfs"), &["ip", "wget"]);
-    set_netns(&b, &pod.path());
+    set_netns(&b, pod.path().to_str().unwrap());
     let root = dir.join("root");
     let id = "net-oci";
-    let _reap = Reap { root: &root, id };
+    let _reap = Reap::new(BIN, &root, id);
     let stdout_file = dir.join("stdout");
     ok(
         runtime(&root)
@@ -306,7 +183,7 @@ fn oci_container_in_a_pod_netns_reaches_its_gateway_and_delete_cleans_up_after_a
     assert!(out.contains("mtu 1400"), "{out}");
     assert!(out.contains("default via 10.231.7.1 dev eth0"), "{out}");
     assert!(out.contains("hello from the peer"), "{out}");
-    let f = sh(&["tc", "-n", p, "filter", "show", "dev", "eth0", "ingress"]);
+    let f = run_ok(&["tc", "-n", p, "filter", "show", "dev", "eth0", "ingress"]);
     assert!(f.contains("Redirect to device tap_svm0"), "{f}");
 
     // Kill the monitor's process group (the monitor, the VMM, virtiofsd): nobody is left
@@ -322,7 +199,7 @@ fn oci_container_in_a_pod_netns_reaches_its_gateway_and_delete_cleans_up_after_a
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
     });
     assert!(
-        sh(&["ip", "-n", p, "-o", "link", "show"]).contains("tap_svm0"),
+        run_ok(&["ip", "-n", p, "-o", "link", "show"]).contains("tap_svm0"),
         "the persistent tap outlives the VMM"
     );
     ok(
@@ -335,64 +212,14 @@ fn oci_container_in_a_pod_netns_reaches_its_gateway_and_delete_cleans_up_after_a
     assert_eq!(snapshot(p), before, "delete leaves the pod netns as it was");
 }
 
-/// A busybox image with `ip`, `wget`, `httpd` and `/www/index.html`, imported into podman.
-struct Image {
-    tag: String,
-    /// Removed when the image is dropped.
-    dir: Scratch,
-}
-
-impl Image {
-    fn import(name: &str) -> Image {
-        let dir = scratch(name);
-        let b = bundle::busybox_bundle(&dir.join("bundle"), &["true"]);
-        let rootfs = b.join("rootfs");
-        add_applets(&rootfs, &["ip", "wget", "httpd"]);
-        std::fs::create_dir_all(rootfs.join("www")).unwrap();
-        std::fs::write(rootfs.join("www/index.html"), "served from the guest\n").unwrap();
-        let tar = dir.join("rootfs.tar");
-        sh(&[
-            "tar",
-            "-C",
-            rootfs.to_str().unwrap(),
-            "-cf",
-            tar.to_str().unwrap(),
-            ".",
-        ]);
-        let tag = format!("localhost/{name}");
-        sh(&["podman", "import", "--quiet", tar.to_str().unwrap(), &tag]);
-        Image { tag, dir }
-    }
-}
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        let _ = Command::new("podman")
-            .args(["rmi", "-f", &self.tag])
-            .output();
-    }
-}
-
 /// podman inside `ns`, with sandbox-vm as its runtime.
 fn podman(ns: &TestNetns) -> Command {
     let mut c = ns.cmd("podman");
-    c.env("SANDBOX_VM_KERNEL", common::kernel())
-        .env(
-            "SANDBOX_VM_AGENT_DISK",
-            common::image("SANDBOX_VM_AGENT_DISK", "agent.ext4"),
-        )
+    with_guest(&mut c)
         .arg("--runtime")
-        .arg(env!("CARGO_BIN_EXE_sandbox-vm"))
+        .arg(BIN)
         .stdin(Stdio::null());
     c
-}
-
-/// The interfaces `ip -o link` lists.
-fn link_names(out: &str) -> Vec<String> {
-    out.lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_string())
-        .collect()
 }
 
 #[test]
@@ -401,8 +228,15 @@ fn podman_bridge_network_in_a_test_netns() {
         panic!("podman is not installed (apt-get install podman)");
     }
     let ns = TestNetns::new("podman");
-    let img = Image::import("sandbox-vm-e2e-net");
-    let _http = HttpServer::start(
+    let img = PodmanImage::import(
+        "sandbox-vm-e2e-net",
+        &[BUNDLE_APPLETS, &["ip", "wget", "httpd"]].concat(),
+        |rootfs| {
+            std::fs::create_dir_all(rootfs.join("www")).unwrap();
+            std::fs::write(rootfs.join("www/index.html"), "served from the guest\n").unwrap();
+        },
+    );
+    let _http = http_server(
         &ns,
         &img.dir,
         "0.0.0.0",

@@ -9,59 +9,28 @@
 //! Needs root, /dev/kvm, the guest kernel (`SANDBOX_VM_KERNEL` or the kernel cache) and
 //! the agent initramfs (`SANDBOX_VM_INITRD` or images/out/agent-initramfs.cpio).
 
-#[path = "common/bundle.rs"]
-mod bundle;
-mod common;
-
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("svm-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use test_support::artifacts::{image, kernel};
+use test_support::host::kernel_release;
+use test_support::rootfs::busybox_bundle;
+use test_support::runtime::Reap;
+use test_support::{fresh_dir, ok};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
 
 fn runtime(root: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sandbox-vm"));
-    c.env("SANDBOX_VM_KERNEL", common::kernel())
+    let mut c = Command::new(BIN);
+    c.env("SANDBOX_VM_KERNEL", kernel())
         .env(
             "SANDBOX_VM_INITRD",
-            common::image("SANDBOX_VM_INITRD", "agent-initramfs.cpio"),
+            image("SANDBOX_VM_INITRD", "agent-initramfs.cpio"),
         )
         .arg("--root")
         .arg(root);
     c
-}
-
-/// Deletes the container (stopping its VM) however the test ends, so a failed assertion
-/// leaves no monitor behind.
-struct Reap<'a> {
-    root: &'a Path,
-    id: &'a str,
-}
-
-impl Drop for Reap<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
-            .arg("--root")
-            .arg(self.root)
-            .args(["delete", "--force", self.id])
-            .output();
-    }
-}
-
-fn ok(out: Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{what}: {:?}\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 fn status_of(root: &Path, id: &str) -> String {
@@ -72,8 +41,9 @@ fn status_of(root: &Path, id: &str) -> String {
 
 #[test]
 fn run_shows_guest_kernel_and_only_container_processes() {
-    let dir = scratch("run");
-    let b = bundle::busybox_bundle(
+    let dir = fresh_dir("svm-e2e-run");
+    let b = busybox_bundle(
+        BIN,
         &dir.join("bundle"),
         &[
             "sh",
@@ -82,10 +52,7 @@ fn run_shows_guest_kernel_and_only_container_processes() {
         ],
     );
     let root = dir.join("root");
-    let _reap = Reap {
-        root: &root,
-        id: "e2e-run",
-    };
+    let _reap = Reap::new(BIN, &root, "e2e-run");
     let t = Instant::now();
     let out = runtime(&root)
         .args(["run", "--bundle"])
@@ -97,7 +64,7 @@ fn run_shows_guest_kernel_and_only_container_processes() {
     let secs = t.elapsed().as_secs_f64();
     let stdout = ok(out, "run");
     eprintln!("run took {secs:.1} s:\n{stdout}");
-    let host = ok(Command::new("uname").arg("-r").output().unwrap(), "uname");
+    let host = kernel_release();
     let mut lines = stdout.lines();
     let uname = lines.next().unwrap();
     assert!(uname.starts_with("Linux "), "{uname}");
@@ -163,8 +130,9 @@ fn create_start_exec_kill_delete() {
     // wait for it as conmon does.
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes an integer flag and touches no memory.
     assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
-    let dir = scratch("life");
-    let b = bundle::busybox_bundle(
+    let dir = fresh_dir("svm-e2e-life");
+    let b = busybox_bundle(
+        BIN,
         &dir.join("bundle"),
         &[
             "sh",
@@ -176,7 +144,7 @@ fn create_start_exec_kill_delete() {
     let id = "e2e-life";
     let pid_file = dir.join("pid");
     let stdout_file = dir.join("stdout");
-    let _reap = Reap { root: &root, id };
+    let _reap = Reap::new(BIN, &root, id);
     let t = Instant::now();
     ok(
         runtime(&root)

@@ -6,88 +6,31 @@
 //! - `podman pause` / `podman unpause` of a running container: the VM's vCPUs stop and
 //!   start again, and podman sees `paused`, then `running`.
 
-#[path = "common/bundle.rs"]
-mod bundle;
-mod common;
+use std::process::{Command, Stdio};
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use test_support::artifacts::with_guest;
+use test_support::host::kernel_release;
+use test_support::ok;
+use test_support::podman::PodmanImage;
+use test_support::rootfs::BUNDLE_APPLETS;
 
-struct Image {
-    name: &'static str,
-    dir: PathBuf,
-}
-
-impl Image {
-    /// Imports a busybox rootfs as `name`.
-    fn import(name: &'static str) -> Image {
-        if Command::new("podman").arg("--version").output().is_err() {
-            panic!("podman is not installed (apt-get install podman)");
-        }
-        let dir = std::env::temp_dir().join(format!("svm-e2e-{name}-{}", std::process::id()));
-        let b = bundle::busybox_bundle(&dir.join("bundle"), &["true"]);
-        let tar = dir.join("rootfs.tar");
-        let st = Command::new("tar")
-            .arg("-C")
-            .arg(b.join("rootfs"))
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let st = Command::new("podman")
-            .args(["import", "--quiet"])
-            .arg(&tar)
-            .arg(format!("localhost/{name}"))
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success(), "podman import");
-        Image { name, dir }
-    }
-
-    fn tag(&self) -> String {
-        format!("localhost/{}", self.name)
-    }
-}
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        let _ = Command::new("podman")
-            .args(["rmi", "-f", &self.tag()])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Imports a busybox rootfs as `localhost/<name>`.
+fn import(name: &str) -> PodmanImage {
+    PodmanImage::import(name, BUNDLE_APPLETS, |_| {})
 }
 
 fn podman() -> Command {
     let mut c = Command::new("podman");
-    c.env("SANDBOX_VM_KERNEL", common::kernel())
-        .env(
-            "SANDBOX_VM_AGENT_DISK",
-            common::image("SANDBOX_VM_AGENT_DISK", "agent.ext4"),
-        )
+    with_guest(&mut c)
         .arg("--runtime")
         .arg(env!("CARGO_BIN_EXE_sandbox-vm"))
         .stdin(Stdio::null());
     c
 }
 
-fn ok(out: Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{what}: {:?}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 #[test]
 fn podman_runs_a_container_in_a_vm_with_a_host_directory() {
-    let img = Image::import("sandbox-vm-e2e-busybox");
+    let img = import("sandbox-vm-e2e-busybox");
     let data = img.dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("x"), "hello from the host\n").unwrap();
@@ -96,12 +39,11 @@ fn podman_runs_a_container_in_a_vm_with_a_host_directory() {
         .arg("--rm")
         .arg("-v")
         .arg(format!("{}:/data", data.display()))
-        .args([&img.tag(), "sh", "-c", "uname -sr; cat /data/x"])
+        .args([&img.tag, "sh", "-c", "uname -sr; cat /data/x"])
         .output()
         .unwrap();
     let stdout = ok(out, "podman run");
-    let host = Command::new("uname").arg("-r").output().unwrap();
-    let host = String::from_utf8_lossy(&host.stdout);
+    let host = kernel_release();
     let mut lines = stdout.lines();
     let guest = lines
         .next()
@@ -121,7 +63,7 @@ fn podman_status(name: &str) -> String {
 
 #[test]
 fn podman_pause_and_unpause_stop_and_restart_the_vm() {
-    let img = Image::import("sandbox-vm-e2e-pause");
+    let img = import("sandbox-vm-e2e-pause");
     let name = format!("svm-pause-{}", std::process::id());
     struct Rm<'a>(&'a str);
     impl Drop for Rm<'_> {
@@ -132,7 +74,7 @@ fn podman_pause_and_unpause_stop_and_restart_the_vm() {
     let _rm = Rm(&name);
     ok(
         podman()
-            .args(["run", "-d", "--name", &name, &img.tag(), "sleep", "1000"])
+            .args(["run", "-d", "--name", &name, &img.tag, "sleep", "1000"])
             .output()
             .unwrap(),
         "podman run -d",

@@ -7,9 +7,7 @@
 //! Needs root, /dev/kvm, virtiofsd, the guest kernel and the guest image (see
 //! `scripts/setup.sh`).
 
-#[path = "common/bundle.rs"]
-mod bundle;
-mod common;
+mod plan_host;
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -20,13 +18,10 @@ use sandbox::oci::translate::RootfsMode;
 use sandbox::stdio::HostIo;
 use sandbox::template::TemplateUse;
 use sandbox::{PodPlan, RealHost, Role, Sandbox, SandboxOps};
+use test_support::fresh_dir;
+use test_support::rootfs::busybox_bundle;
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("svm-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
 
 fn spec_of(bundle: &Path, mounts: serde_json::Value) -> oci_spec::runtime::Spec {
     let path = bundle.join("config.json");
@@ -71,9 +66,14 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn two_containers_share_one_vm_with_live_binds() {
-    let dir = scratch("sandbox");
-    let a = bundle::busybox_bundle(&dir.join("a"), &["sh", "-c", "echo a-up; exec sleep 1000"]);
-    let b = bundle::busybox_bundle(
+    let dir = fresh_dir("svm-e2e-sandbox");
+    let a = busybox_bundle(
+        BIN,
+        &dir.join("a"),
+        &["sh", "-c", "echo a-up; exec sleep 1000"],
+    );
+    let b = busybox_bundle(
+        BIN,
         &dir.join("b"),
         &[
             "sh",
@@ -103,7 +103,7 @@ fn two_containers_share_one_vm_with_live_binds() {
         &a.join("rootfs"),
         Role::Pod,
         &state,
-        &common::host(),
+        &plan_host::host(),
         &RealHost,
     )
     .unwrap();

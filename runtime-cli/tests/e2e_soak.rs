@@ -6,27 +6,19 @@
 //! emulate guest kernel mode, minutes under load), so this runs for many minutes. Run it
 //! with `tests/soak.sh`.
 
-#[path = "common/bundle.rs"]
-mod bundle;
-mod common;
-#[path = "common/host.rs"]
-mod host;
-
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+use test_support::cmd::output_via_files;
+use test_support::fresh_dir;
+use test_support::host::{footprint, own_fds};
+use test_support::rootfs::busybox_bundle;
+use test_support::runtime::oci_command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
 
 fn cli(root: &Path, args: &[&str]) -> Output {
-    host::output_via_files(
-        Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
-            .env("SANDBOX_VM_KERNEL", common::kernel())
-            .env(
-                "SANDBOX_VM_AGENT_DISK",
-                common::image("SANDBOX_VM_AGENT_DISK", "agent.ext4"),
-            )
-            .arg("--root")
-            .arg(root)
-            .args(args),
-    )
+    output_via_files(oci_command(BIN, root).args(args))
 }
 
 /// One sandbox's life; returns what went wrong, if anything.
@@ -64,12 +56,11 @@ fn soak_sandboxes_leave_the_host_as_they_found_it() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let dir = std::env::temp_dir().join(format!("svm-soak-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("svm-soak");
     let root: PathBuf = dir.join("root");
     std::fs::create_dir_all(&root).unwrap();
-    let bundle = bundle::busybox_bundle(&dir.join("bundle"), &["sleep", "600"]);
-    let before = (host::footprint(&root), host::own_fds());
+    let bundle = busybox_bundle(BIN, &dir.join("bundle"), &["sleep", "600"]);
+    let before = (footprint(&root), own_fds());
     let mut done = 0;
     let mut errors = Vec::new();
     let started = std::time::Instant::now();
@@ -96,7 +87,7 @@ fn soak_sandboxes_leave_the_host_as_they_found_it() {
             errors.len()
         );
     }
-    let after = (host::footprint(&root), host::own_fds());
+    let after = (footprint(&root), own_fds());
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("[soak] before {before:?}\n[soak] after  {after:?}");
     assert!(errors.is_empty(), "{}", errors.join("\n"));

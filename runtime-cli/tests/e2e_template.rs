@@ -8,13 +8,11 @@
 //! Needs root, /dev/kvm, virtiofsd, the guest kernel and the guest image (see
 //! `scripts/setup.sh`).
 
-#[path = "common/bundle.rs"]
-mod bundle;
-mod common;
+mod plan_host;
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +20,9 @@ use sandbox::oci::translate::{self, probe_host};
 use sandbox::stdio::HostIo;
 use sandbox::template::TemplateUse;
 use sandbox::{PodPlan, RealHost, Role, Sandbox, SandboxOps};
+use test_support::artifacts::kernel;
+use test_support::fresh_dir;
+use test_support::rootfs::busybox_bundle;
 
 /// Also tells whether the container's init was the one the template prepared: its
 /// `/proc` was mounted before its root (lower mount id; nothing was unmounted in the
@@ -32,16 +33,11 @@ const SCRIPT: &str = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo
                       END { print (p + 0 < r + 0) ? \"init prepared\" : \"init made\" }' \
                       /proc/self/mountinfo; echo done";
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("svm-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
 
 /// The plan of sandbox `id` for the bundle at `b`, its templates under `dir/templates`.
 fn config(dir: &Path, id: &str, b: &Path, t: TemplateUse) -> PodPlan {
-    let mut host = common::host();
+    let mut host = plan_host::host();
     host.templates = dir.join("templates");
     let spec = spec_of(b);
     let rootfs = b.join("rootfs");
@@ -102,8 +98,8 @@ fn spec_of(bundle: &Path) -> oci_spec::runtime::Spec {
 
 #[test]
 fn clones_of_one_template_are_distinct_machines_with_the_right_clock() {
-    let dir = scratch("template");
-    let b = bundle::busybox_bundle(&dir.join("bundle"), &["sh", "-c", SCRIPT]);
+    let dir = fresh_dir("svm-e2e-template");
+    let b = busybox_bundle(BIN, &dir.join("bundle"), &["sh", "-c", SCRIPT]);
     let spec = spec_of(&b);
 
     let t = Instant::now();
@@ -156,7 +152,7 @@ fn clones_of_one_template_are_distinct_machines_with_the_right_clock() {
 
     // The template restored with another kernel is refused.
     let other = dir.join("other-vmlinux");
-    let mut k = std::fs::read(common::kernel()).unwrap();
+    let mut k = std::fs::read(kernel()).unwrap();
     k.extend_from_slice(b"other");
     std::fs::write(&other, k).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))

@@ -11,18 +11,15 @@
 //! state directory like a sandbox's (0700 root): the guest's connection to host port 5000
 //! still reaches the host's listener, which no other uid can connect to.
 
-mod common;
-#[allow(dead_code)] // the connect helper only
-#[path = "common/host.rs"]
-mod host;
-
-use common::{image, kernel};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use test_support::artifacts::{image, kernel};
+use test_support::host::connect_as;
 
 const HOST_BYTES: usize = 1 << 20;
 const GUEST_OFFSET: usize = 1 << 20;
@@ -204,7 +201,7 @@ fn a_jailed_vmm_delivers_guest_connections_to_a_listener_no_other_uid_reaches() 
     let listener = sandbox::jail::listen_guest_port(&uds, 5000).unwrap();
     let port_sock = dir.join("vsock/vsock.sock_5000");
     for uid in [sandbox::jail::UID, 1000] {
-        assert_eq!(host::connect_as(uid, &port_sock), libc::EACCES, "uid {uid}");
+        assert_eq!(connect_as(uid, &port_sock), libc::EACCES, "uid {uid}");
     }
     let guest_conn = serve_guest_connection(listener);
 

@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{text, Containerd, BUSYBOX};
+use common::Containerd;
 
 #[test]
 fn cri_pods_get_one_vm_each_and_leave_nothing_behind() {
@@ -18,23 +16,7 @@ fn cri_pods_get_one_vm_each_and_leave_nothing_behind() {
     let python = common::venv_python();
     let c = Containerd::start("cri");
     c.import_images("k8s.io");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cri_e2e.py");
-    let out = common::run(
-        Command::new(&python)
-            .arg(&script)
-            .arg(&c.sock)
-            .arg(c.dir.join("logs"))
-            .arg(&c.vm_root)
-            .arg(BUSYBOX),
-    );
-    eprintln!("{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "the CRI e2e script failed\ncontainerd log:\n{}",
-        c.log_tail()
-    );
+    let stdout = c.run_cri_script(&python, "cri_e2e.py", &[], "the CRI e2e script");
     assert!(
         stdout.contains("MEASUREMENTS {"),
         "no measurements: {stdout}"

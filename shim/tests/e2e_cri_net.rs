@@ -10,12 +10,13 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{text, Containerd, BUSYBOX};
+use common::Containerd;
+use test_support::netns::TestNetns;
+use test_support::{run, text};
 
 /// The CNI network's name, bridge and subnet (inside the test's netns only).
 const NETWORK: &str = "svm-cri-e2e";
@@ -45,68 +46,6 @@ fn conflist(dir: &Path) -> String {
     .to_string()
 }
 
-/// A network namespace of the test's own; deleted on drop if the test did not get to it.
-struct TestNetns(String);
-
-impl TestNetns {
-    fn new() -> TestNetns {
-        let name = format!("svm-cri-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        for args in [
-            vec!["netns", "add", &name],
-            vec!["-n", &name, "link", "set", "lo", "up"],
-        ] {
-            let out = common::run(Command::new("ip").args(&args));
-            assert!(out.status.success(), "ip {args:?}: {}", text(&out.stderr));
-        }
-        TestNetns(name)
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.0))
-    }
-
-    /// The interfaces in it.
-    fn links(&self) -> Vec<String> {
-        let out = common::run(Command::new("ip").args(["-n", &self.0, "-o", "link", "show"]));
-        text(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap_or(n).to_string())
-            .collect()
-    }
-
-    /// Host processes inside it.
-    fn processes(&self) -> Vec<String> {
-        let ino = std::fs::metadata(self.path())
-            .expect("the test netns")
-            .ino();
-        let want = format!("net:[{ino}]");
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                std::fs::read_link(e.path().join("ns/net"))
-                    .is_ok_and(|l| l.to_string_lossy() == want)
-            })
-            .map(|e| {
-                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                format!(
-                    "{}: {}",
-                    e.file_name().to_string_lossy(),
-                    text(&cmd).replace('\0', " ")
-                )
-            })
-            .collect()
-    }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
 /// Names in a directory (empty if it does not exist).
 fn names(dir: &str) -> Vec<String> {
     std::fs::read_dir(dir)
@@ -127,27 +66,14 @@ fn cri_pods_on_a_cni_bridge_get_their_ips_and_reach_each_other() {
         );
     }
     let python = common::venv_python();
-    let ns = TestNetns::new();
+    let ns = TestNetns::new("cri");
     let c = Containerd::start_in_netns("cri-net", &ns.path(), conflist);
     c.import_images("k8s.io");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cri_net_e2e.py");
-    let out = common::run(
-        Command::new(&python)
-            .arg(&script)
-            .arg(&c.sock)
-            .arg(c.dir.join("logs"))
-            .arg(&c.vm_root)
-            .arg(BUSYBOX)
-            .arg(ns.path())
-            .arg(GATEWAY),
-    );
-    eprintln!("{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "the CRI network e2e script failed\ncontainerd log:\n{}",
-        c.log_tail()
+    let stdout = c.run_cri_script(
+        &python,
+        "cri_net_e2e.py",
+        &[ns.path().as_os_str(), GATEWAY.as_ref()],
+        "the CRI network e2e script",
     );
     let result: serde_json::Value = stdout
         .lines()
@@ -190,7 +116,7 @@ fn cri_pods_on_a_cni_bridge_get_their_ips_and_reach_each_other() {
         inside.is_empty(),
         "processes left in the test netns: {inside:#?}"
     );
-    let out = common::run(Command::new("ip").args(["netns", "del", &ns.0]));
+    let out = run(Command::new("ip").args(["netns", "del", ns.name()]));
     assert!(out.status.success(), "ip netns del: {}", text(&out.stderr));
     for p in pod_netns
         .iter()

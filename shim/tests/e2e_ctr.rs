@@ -5,17 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{text, Containerd, BUSYBOX, RUNTIME};
+use common::{Containerd, BUSYBOX, RUNTIME};
+use test_support::host::kernel_release;
+use test_support::text;
 
 const NS: &str = "shim-e2e";
-
-fn host_release() -> String {
-    nix::sys::utsname::uname()
-        .unwrap()
-        .release()
-        .to_string_lossy()
-        .into_owned()
-}
 
 /// Polls `ctr task ls` until the task is STOPPED.
 fn wait_stopped(c: &Containerd, id: &str) {
@@ -38,7 +32,7 @@ fn ctr_runs_execs_and_kills_containers_in_their_own_vms() {
     common::require_host();
     let c = Containerd::start("ctr");
     c.import_images(NS);
-    let host = host_release();
+    let host = kernel_release();
 
     // `ctr run --rm`: the guest's kernel release, not the host's; nothing left after.
     let t0 = Instant::now();

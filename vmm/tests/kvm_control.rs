@@ -1,25 +1,21 @@
 //! The control API against a running tiny guest: pause really stops the vCPUs, resume
 //! lets them go on, stop ends the run. Needs /dev/kvm; runs in about a second.
 
-use std::io::Write;
-use std::path::PathBuf;
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vmm::api::{ApiClient, ApiServer, BusKind, VmState};
 use vmm::bus::BusDevice;
-use vmm::config::{SerialOutput, VmConfig};
 use vmm::stop::StopReason;
-use vmm::testing::tiny_elf;
 
-const LOAD_ADDR: u64 = 0x20_0000;
-const COUNTER_PORT: u16 = 0x510;
+use common::GuestDir;
+use test_support::cmd::poll_until;
+use test_support::guests::{COUNTING, COUNTING_PORT};
 
-/// `mov dx, 0x510; xor eax, eax; 1: inc eax; out dx, eax; jmp 1b`
-const COUNTING_GUEST: &[u8] = &[
-    0x66, 0xba, 0x10, 0x05, 0x31, 0xc0, 0xff, 0xc0, 0xef, 0xeb, 0xfb,
-];
+const COUNTER_PORT: u16 = COUNTING_PORT;
 
 /// Remembers the last value written to it.
 struct Counter(Arc<AtomicU32>);
@@ -35,34 +31,6 @@ impl BusDevice for Counter {
     }
 }
 
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("vmm-ctl-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::File::create(d.join("guest.elf"))
-            .unwrap()
-            .write_all(&tiny_elf(LOAD_ADDR, COUNTING_GUEST, 0x1000))
-            .unwrap();
-        Self(d)
-    }
-    fn config(&self, vcpus: u8) -> VmConfig {
-        let mut c = VmConfig::new(self.0.join("guest.elf"));
-        c.mem_mib = 16;
-        c.vcpus = vcpus;
-        c.serial = SerialOutput::Off;
-        c.rng = true;
-        c
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A counting guest running on its own thread, with the API server up.
 struct Running {
     counter: Arc<AtomicU32>,
@@ -71,8 +39,10 @@ struct Running {
     _server: ApiServer,
 }
 
-fn start(s: &Scratch, vcpus: u8) -> Running {
-    let mut vm = vmm::builder::build(&s.config(vcpus)).expect("build");
+fn start(s: &GuestDir, vcpus: u8) -> Running {
+    let mut config = s.config(vcpus);
+    config.rng = true;
+    let mut vm = vmm::builder::build(&config).expect("build");
     let counter = Arc::new(AtomicU32::new(0));
     vm.attach_pio(
         Arc::new(Mutex::new(Counter(counter.clone()))),
@@ -94,19 +64,14 @@ fn start(s: &Scratch, vcpus: u8) -> Running {
 
 /// Waits (up to 10 s) for the counter to pass `above`.
 fn advances_past(counter: &AtomicU32, above: u32) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if counter.load(Ordering::SeqCst) > above {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    false
+    poll_until(Duration::from_secs(10), Duration::from_millis(1), || {
+        counter.load(Ordering::SeqCst) > above
+    })
 }
 
 #[test]
 fn pause_stops_the_guest_and_resume_lets_it_go_on() {
-    let s = Scratch::new("pause");
+    let s = GuestDir::new("ctl-pause", COUNTING);
     let mut r = start(&s, 1);
     assert!(advances_past(&r.counter, 100), "the guest never counted");
 
@@ -161,7 +126,7 @@ fn pause_stops_the_guest_and_resume_lets_it_go_on() {
 #[test]
 fn quick_pause_resume_cycles_then_stop_while_paused() {
     // The second vCPU waits for a SIPI inside KVM_RUN: the pause must kick it out too.
-    let s = Scratch::new("stop-paused");
+    let s = GuestDir::new("ctl-stop-paused", COUNTING);
     let mut r = start(&s, 2);
     assert!(advances_past(&r.counter, 10));
     for _ in 0..20 {

@@ -10,6 +10,8 @@ use vmm::config::{SerialOutput, VmConfig};
 use vmm::stop::StopReason;
 use vmm::testing::tiny_elf;
 
+use test_support::TempDir;
+
 const LOAD_ADDR: u64 = 0x20_0000;
 
 /// Tiny x86-64 assembler for the few instructions these guests use.
@@ -48,13 +50,12 @@ impl Code {
 }
 
 struct Guest {
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 impl Guest {
     fn new(name: &str, code: Code) -> Self {
-        let dir = std::env::temp_dir().join(format!("vmm-kvm-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::named(&format!("vmm-kvm-{name}"));
         std::fs::File::create(dir.join("guest.elf"))
             .unwrap()
             .write_all(&tiny_elf(LOAD_ADDR, &code.0, code.0.len() as u64))
@@ -72,12 +73,6 @@ impl Guest {
     }
     fn serial(&self) -> String {
         std::fs::read_to_string(self.serial_path()).unwrap_or_default()
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -2,8 +2,9 @@
 //! control API (pause → snapshot), restored with `builder::build_from_snapshot`. Needs
 //! /dev/kvm; runs in a few seconds.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -12,20 +13,18 @@ use std::time::{Duration, Instant};
 use vmm::api::{ApiClient, ApiServer};
 use vmm::builder::{build, build_from_snapshot};
 use vmm::bus::BusDevice;
-use vmm::config::{SerialOutput, VmConfig};
 use vmm::persist::{PersistError, RestoreOverrides};
 use vmm::stop::StopReason;
 use vmm::testing::tiny_elf;
 use vmm::vm::Vm;
 
-const LOAD_ADDR: u64 = 0x20_0000;
-const OUT_PORT: u16 = 0x510;
-const IN_PORT: u16 = 0x520;
+use common::{GuestDir, LOAD_ADDR};
+use test_support::cmd::poll_until;
+use test_support::guests::{COUNTING, COUNTING_PORT};
 
-/// `mov dx, 0x510; xor eax, eax; 1: inc eax; out dx, eax; jmp 1b`
-const COUNTING_GUEST: &[u8] = &[
-    0x66, 0xba, 0x10, 0x05, 0x31, 0xc0, 0xff, 0xc0, 0xef, 0xeb, 0xfb,
-];
+/// Where both guests write.
+const OUT_PORT: u16 = COUNTING_PORT;
+const IN_PORT: u16 = 0x520;
 
 /// Reads port 0x520 into consecutive dwords from 0x100000 until it reads 0, then writes
 /// the end of what it stored (edi) to port 0x510 and halts:
@@ -65,36 +64,6 @@ impl BusDevice for OutPort {
     }
 }
 
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str, code: &[u8]) -> Self {
-        let d = std::env::temp_dir().join(format!("vmm-snap-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::File::create(d.join("guest.elf"))
-            .unwrap()
-            .write_all(&tiny_elf(LOAD_ADDR, code, 0x1000))
-            .unwrap();
-        Self(d)
-    }
-    fn config(&self, vcpus: u8) -> VmConfig {
-        let mut c = VmConfig::new(self.0.join("guest.elf"));
-        c.mem_mib = 16;
-        c.vcpus = vcpus;
-        c.serial = SerialOutput::Off;
-        c
-    }
-    fn snap_dir(&self) -> PathBuf {
-        self.0.join("snap")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A VM running on its own thread, with its API server.
 struct Running {
     run: std::thread::JoinHandle<StopReason>,
@@ -126,28 +95,21 @@ fn with_out_port(mut vm: Vm) -> (Vm, Arc<Written>) {
 
 /// Waits (up to 10 s) until `f` holds.
 fn eventually(f: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    false
+    poll_until(Duration::from_secs(10), Duration::from_millis(1), f)
 }
 
 /// Boots the counting guest, lets it count, pauses and snapshots it; returns the last
 /// value it wrote before the snapshot.
-fn snapshot_counting_guest(s: &Scratch) -> u32 {
+fn snapshot_counting_guest(s: &GuestDir) -> u32 {
     let (vm, w) = with_out_port(build(&s.config(1)).expect("build"));
     let r = Running::start(vm, &s.0.join("api.sock"));
     assert!(eventually(|| w.last.load(Ordering::SeqCst) > 100));
     let mut c = r.client();
-    let e = c.snapshot(&s.snap_dir()).unwrap_err().to_string();
+    let e = c.snapshot(&s.0.join("snap")).unwrap_err().to_string();
     assert!(e.contains("pause it first"), "{e}");
     c.pause().unwrap();
     let frozen = w.last.load(Ordering::SeqCst);
-    let info = c.snapshot(&s.snap_dir()).unwrap();
+    let info = c.snapshot(&s.0.join("snap")).unwrap();
     assert!(info.memory_bytes >= 4096, "{info:?}");
     assert_eq!(
         w.last.load(Ordering::SeqCst),
@@ -160,10 +122,11 @@ fn snapshot_counting_guest(s: &Scratch) -> u32 {
 
 #[test]
 fn restored_guest_continues_counting_where_it_stopped() {
-    let s = Scratch::new("count", COUNTING_GUEST);
+    let s = GuestDir::new("snap-count", COUNTING);
     let frozen = snapshot_counting_guest(&s);
 
-    let (vm, timings) = build_from_snapshot(&s.snap_dir(), &RestoreOverrides::default()).unwrap();
+    let (vm, timings) =
+        build_from_snapshot(&s.0.join("snap"), &RestoreOverrides::default()).unwrap();
     assert!(timings.state_restored_ms >= timings.memory_mapped_ms);
     let (vm, w) = with_out_port(vm);
     let r = Running::start(vm, &s.0.join("api2.sock"));
@@ -181,11 +144,12 @@ fn restored_guest_continues_counting_where_it_stopped() {
 
 #[test]
 fn two_clones_of_one_snapshot_run_at_once() {
-    let s = Scratch::new("clones", COUNTING_GUEST);
+    let s = GuestDir::new("snap-clones", COUNTING);
     let frozen = snapshot_counting_guest(&s);
     let clones: Vec<_> = (0..2)
         .map(|i| {
-            let (vm, _) = build_from_snapshot(&s.snap_dir(), &RestoreOverrides::default()).unwrap();
+            let (vm, _) =
+                build_from_snapshot(&s.0.join("snap"), &RestoreOverrides::default()).unwrap();
             let (vm, w) = with_out_port(vm);
             (Running::start(vm, &s.0.join(format!("clone{i}.sock"))), w)
         })
@@ -209,28 +173,28 @@ fn two_clones_of_one_snapshot_run_at_once() {
 
 #[test]
 fn another_kernel_or_format_version_is_refused() {
-    let s = Scratch::new("refuse", COUNTING_GUEST);
+    let s = GuestDir::new("snap-refuse", COUNTING);
     snapshot_counting_guest(&s);
     let other = s.0.join("other.elf");
-    let mut code = COUNTING_GUEST.to_vec();
+    let mut code = COUNTING.to_vec();
     code.push(0x90);
     std::fs::write(&other, tiny_elf(LOAD_ADDR, &code, 0x1000)).unwrap();
     let o = RestoreOverrides {
         kernel: Some(other),
         ..Default::default()
     };
-    let e = build_from_snapshot(&s.snap_dir(), &o)
+    let e = build_from_snapshot(&s.0.join("snap"), &o)
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("another kernel"), "{e}");
     assert!(!e.contains('\n'));
 
-    let state = s.snap_dir().join(vmm::persist::STATE_FILE);
+    let state = s.0.join("snap").join(vmm::persist::STATE_FILE);
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     v["header"]["format_version"] = 999.into();
     std::fs::write(&state, serde_json::to_vec(&v).unwrap()).unwrap();
-    let e = build_from_snapshot(&s.snap_dir(), &RestoreOverrides::default())
+    let e = build_from_snapshot(&s.0.join("snap"), &RestoreOverrides::default())
         .err()
         .unwrap();
     assert!(
@@ -270,7 +234,7 @@ impl BusDevice for InPort {
 fn a_pending_port_in_is_finished_before_saving_not_repeated() {
     const HOLD_AT: u32 = 200;
     const LIMIT: u32 = 400;
-    let s = Scratch::new("pending-in", READING_GUEST);
+    let s = GuestDir::new("snap-pending-in", READING_GUEST);
     let (reached_tx, reached) = channel();
     let (go, go_rx) = channel();
     let mut vm = build(&s.config(1)).unwrap();
@@ -290,10 +254,10 @@ fn a_pending_port_in_is_finished_before_saving_not_repeated() {
     std::thread::sleep(Duration::from_millis(100));
     go.send(()).unwrap();
     let mut c = pausing.join().unwrap().unwrap();
-    c.snapshot(&s.snap_dir()).unwrap();
+    c.snapshot(&s.0.join("snap")).unwrap();
     r.stop();
 
-    let (mut vm, _) = build_from_snapshot(&s.snap_dir(), &RestoreOverrides::default()).unwrap();
+    let (mut vm, _) = build_from_snapshot(&s.0.join("snap"), &RestoreOverrides::default()).unwrap();
     let port = InPort {
         next: HOLD_AT,
         limit: LIMIT,
@@ -315,7 +279,7 @@ fn a_pending_port_in_is_finished_before_saving_not_repeated() {
 
 #[test]
 fn restoring_a_128_mib_guest_costs_no_more_than_its_state() {
-    let s = Scratch::new("big", COUNTING_GUEST);
+    let s = GuestDir::new("snap-big", COUNTING);
     let mut config = s.config(1);
     config.mem_mib = 128;
     let (vm, w) = with_out_port(build(&config).unwrap());
@@ -323,12 +287,12 @@ fn restoring_a_128_mib_guest_costs_no_more_than_its_state() {
     assert!(eventually(|| w.last.load(Ordering::SeqCst) > 100));
     let mut c = r.client();
     c.pause().unwrap();
-    let info = c.snapshot(&s.snap_dir()).unwrap();
+    let info = c.snapshot(&s.0.join("snap")).unwrap();
     r.stop();
     // Untouched RAM is a hole in the file, not data.
     assert!(info.memory_bytes < 8 << 20, "{info:?}");
     let started = Instant::now();
-    let (vm, t) = build_from_snapshot(&s.snap_dir(), &RestoreOverrides::default()).unwrap();
+    let (vm, t) = build_from_snapshot(&s.0.join("snap"), &RestoreOverrides::default()).unwrap();
     let total = started.elapsed();
     eprintln!("128 MiB restore: {t:?}, total {total:?}; snapshot {info:?}");
     // The goal is < 50 ms in a release build; a debug build on a loaded machine gets room.

@@ -1,13 +1,12 @@
-//! Shared helpers: a busybox rootfs, an agent on a Unix socket, specs, and a
-//! "run a container and collect its output" helper.
+//! The agent suite's helpers: an agent on a Unix socket, specs, and a "run a container
+//! and collect its output" helper (scratch directories and the busybox rootfs come from
+//! test-support).
 
 #![allow(dead_code)]
 
 use std::io::Read;
-use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,45 +16,12 @@ use agent_protocol::{
     StreamId, StreamKind,
 };
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
+use test_support::cmd::poll_until;
+pub use test_support::{unique, TempDir};
 
 /// Fails (never skips) when not root: CI runs as root.
 pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "these tests create namespaces, mounts and cgroups: run them as root (CI does)"
-    );
-}
-
-/// A unique name for ids and temp dirs.
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> TempDir {
-        let p = std::env::temp_dir().join(unique(prefix));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    test_support::host::require_root("these tests create namespaces, mounts and cgroups");
 }
 
 const APPLETS: &[&str] = &[
@@ -65,20 +31,15 @@ const APPLETS: &[&str] = &[
 
 /// A rootfs with Debian's static busybox and a few applet links.
 pub fn busybox_rootfs() -> TempDir {
-    let bb = Path::new("/bin/busybox");
-    assert!(
-        bb.exists(),
-        "/bin/busybox missing: apt-get install busybox-static"
-    );
     let d = TempDir::new("bbroot");
-    for dir in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
-        std::fs::create_dir_all(d.path().join(dir)).unwrap();
-    }
-    std::fs::copy(bb, d.path().join("bin/busybox")).unwrap();
-    for a in APPLETS {
-        symlink("busybox", d.path().join("bin").join(a)).unwrap();
-    }
+    test_support::rootfs::busybox_rootfs(&d, APPLETS);
     d
+}
+
+/// The agent binary: `$GUEST_AGENT_BIN` runs the suite against another build (e.g. the
+/// static release binary from build-static.sh), else this build's.
+pub fn agent_bin() -> String {
+    std::env::var("GUEST_AGENT_BIN").unwrap_or(env!("CARGO_BIN_EXE_guest-agent").into())
 }
 
 /// A guest agent serving on a Unix socket; killed (SIGTERM) on drop.
@@ -98,11 +59,7 @@ impl Agent {
         require_root();
         let dir = TempDir::new("agent");
         let sock = dir.path().join("agent.sock");
-        // GUEST_AGENT_BIN runs the suite against another build (e.g. the
-        // static release binary from build-static.sh).
-        let bin =
-            std::env::var("GUEST_AGENT_BIN").unwrap_or(env!("CARGO_BIN_EXE_guest-agent").into());
-        let child = Command::new(bin)
+        let child = Command::new(agent_bin())
             .arg("--unix")
             .arg(&sock)
             .arg("--state-dir")
@@ -157,12 +114,12 @@ impl Drop for Agent {
     fn drop(&mut self) {
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let child = &mut self.child;
+        let gone = poll_until(Duration::from_secs(20), Duration::from_millis(20), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
+        if gone {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -5,9 +5,14 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use test_support::cmd::{poll_until, which};
+use test_support::host::{mounts_mentioning, processes};
+use test_support::{run, text};
 
 /// The shim under test.
 pub const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-sandbox-vm-v2");
@@ -37,13 +42,6 @@ pub fn require_host() {
     );
 }
 
-pub fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 /// The `sandbox-vm` binary the shim runs the VMM with: `$SANDBOX_VM_BIN`, else the newer
 /// of this target directory's debug and release builds.
 pub fn sandbox_vm_bin() -> PathBuf {
@@ -67,18 +65,6 @@ pub fn sandbox_vm_bin() -> PathBuf {
             target.display()
         ),
     }
-}
-
-pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    out
-}
-
-pub fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn sh(script: &str) {
@@ -130,17 +116,12 @@ pub fn venv_python() -> PathBuf {
 /// `PAUSE` (sleeps forever, CRI's sandbox image).
 pub fn build_images(dir: &Path) -> PathBuf {
     let d = dir.join("image");
-    let root = d.join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    for sub in ["proc", "sys", "dev", "etc", "tmp"] {
-        std::fs::create_dir_all(root.join(sub)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in [
-        "sh", "cat", "echo", "uname", "sleep", "head", "ls", "true", "ps",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
+    test_support::rootfs::busybox_rootfs(
+        &d.join("rootfs"),
+        &[
+            "sh", "cat", "echo", "uname", "sleep", "head", "ls", "true", "ps",
+        ],
+    );
     sh(&format!(
         "cd {d}; tar --numeric-owner --owner=0 --group=0 -C rootfs -cf layer.tar .",
         d = d.display()
@@ -327,17 +308,44 @@ impl Containerd {
         );
     }
 
+    /// Runs the CRI client script `tests/<script>` with `python` (see [`venv_python`])
+    /// against this containerd: its arguments are the socket, the CRI log directory, the VM
+    /// state root, the busybox image and then `extra`. Passes its stderr on, prints its
+    /// stdout and returns it; fails the test with the containerd log if it failed.
+    pub fn run_cri_script(
+        &self,
+        python: &Path,
+        script: &str,
+        extra: &[&OsStr],
+        what: &str,
+    ) -> String {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests")
+            .join(script);
+        let out = run(Command::new(python)
+            .arg(&script)
+            .arg(&self.sock)
+            .arg(self.dir.join("logs"))
+            .arg(&self.vm_root)
+            .arg(BUSYBOX)
+            .args(extra));
+        eprintln!("{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        println!("{stdout}");
+        assert!(
+            out.status.success(),
+            "{what} failed\ncontainerd log:\n{}",
+            self.log_tail()
+        );
+        stdout
+    }
+
     /// What the shims of this containerd left: processes (shims, VMMs, virtiofsd), mounts
     /// and VM state directories.
     pub fn leftovers(&self) -> Vec<String> {
         let mut left = Vec::new();
         let vm_root = format!("{}/", self.vm_root.display());
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = text(&cmd).replace('\0', " ");
+        for (pid, cmd) in processes() {
             let ours = cmd.contains(&vm_root)
                 || (cmd.contains("containerd-shim-sandbox-vm-v2")
                     && cmd.contains(self.sock.to_str().unwrap()));
@@ -345,9 +353,7 @@ impl Containerd {
                 left.push(format!("process {pid}: {cmd}"));
             }
         }
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let dir = self.dir.to_str().unwrap();
-        for m in mounts.lines().filter(|l| l.contains(dir)) {
+        for m in mounts_mentioning(self.dir.to_str().unwrap()) {
             left.push(format!("mount: {m}"));
         }
         for ns in std::fs::read_dir(&self.vm_root)
@@ -364,14 +370,10 @@ impl Containerd {
 
     /// Waits up to `timeout` for nothing to be left behind; returns what still is.
     pub fn wait_clean(&self, timeout: Duration) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = self.leftovers();
-            if left.is_empty() || Instant::now() > deadline {
-                return left;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        poll_until(timeout, Duration::from_millis(200), || {
+            self.leftovers().is_empty()
+        });
+        self.leftovers()
     }
 }
 

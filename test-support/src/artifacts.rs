@@ -1,6 +1,8 @@
-//! Shared by the e2e tests: where the built guest artifacts are.
+//! Where the built guest artifacts are: the guest kernel and the images of
+//! `scripts/setup.sh`. A missing one fails the test saying how to build it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// `var` if set, else `default`; fails the test with how to build it if the file is absent.
 pub fn artifact(var: &str, default: PathBuf, how: &str) -> PathBuf {
@@ -25,30 +27,22 @@ pub fn kernel() -> PathBuf {
     )
 }
 
-/// An initramfs built by `scripts/setup.sh` into `images/out/`.
+/// An image built by `scripts/setup.sh` into `images/out/` (or the file `var` names).
 pub fn image(var: &str, file: &str) -> PathBuf {
     artifact(
         var,
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../images/out")
             .join(file),
         "scripts/setup.sh",
     )
 }
 
-/// The host settings for a sandbox the test makes through the library: the built guest
-/// kernel and image, virtiofsd and the VMM of this build.
-#[allow(dead_code)]
-pub fn host() -> sandbox::HostConfig {
-    let mut host = sandbox::HostConfig::resolve(|k| std::env::var_os(k), None);
-    host.kernel = Some(kernel());
-    host.agent_disk = Some(image("SANDBOX_VM_AGENT_DISK", "agent.ext4"));
-    host.initrd = None;
-    host.max_vcpus = 1;
-    host.vmm_exe = Some(env!("CARGO_BIN_EXE_sandbox-vm").into());
-    assert!(
-        host.virtiofsd.is_some(),
-        "virtiofsd not found: run scripts/setup.sh (it installs it)"
-    );
-    host
+/// Points `cmd` (a `sandbox-vm`, or something that runs it) at the guest kernel and the
+/// agent disk image.
+pub fn with_guest(cmd: &mut Command) -> &mut Command {
+    cmd.env("SANDBOX_VM_KERNEL", kernel()).env(
+        "SANDBOX_VM_AGENT_DISK",
+        image("SANDBOX_VM_AGENT_DISK", "agent.ext4"),
+    )
 }
