@@ -12,7 +12,7 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::boot::{self, BootError, BootParamsInput, LoadedInitrd, LoadedKernel};
-use crate::bus::{Bus, BusError};
+use crate::bus::{Bus, BusError, Buses};
 use crate::compat::{self, HostCompatProfile};
 use crate::config::{
     ConfigError, DiskConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig,
@@ -38,7 +38,7 @@ use crate::memory::{self, GuestMemory, MemoryError};
 use crate::mptable::{self, MptableError};
 use crate::persist::{self, CpuProfile, PersistError, RestoreOverrides};
 use crate::stop::StopSignal;
-use crate::vcpu::{Buses, Vcpu};
+use crate::vcpu::Vcpu;
 use crate::vm::{Vm, VmParts};
 
 /// The guest command line when the config gives none: a quiet console on COM1 and no

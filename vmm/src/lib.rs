@@ -14,6 +14,7 @@ pub mod cpu;
 pub mod devices;
 pub mod event_loop;
 pub mod exits;
+pub mod kick;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
