@@ -68,7 +68,9 @@ impl SerialSink {
 impl Write for SerialSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.watch(buf);
-        let n = buf.len().min(usize::try_from(self.budget).unwrap_or(usize::MAX));
+        let n = buf
+            .len()
+            .min(usize::try_from(self.budget).unwrap_or(usize::MAX));
         if let (Some(out), true) = (self.out.as_mut(), n > 0) {
             self.budget -= n as u64;
             // A closed or full destination must not stall or kill the guest.
