@@ -12,7 +12,6 @@ mod plan;
 mod ready;
 mod state;
 mod template_cmd;
-mod vmm_cmd;
 mod watch;
 
 use std::path::{Path, PathBuf};
@@ -100,9 +99,6 @@ enum Command {
         #[arg(long)]
         start: bool,
     },
-    /// The VMM as a process of its own, with a control API socket (started by the runtime).
-    #[command(hide = true)]
-    Vmm(Box<vmm_cmd::VmmArgs>),
     /// Benchmarks: `bench isolation` compares sandbox-vm with other OCI runtimes.
     Bench {
         #[command(subcommand)]
@@ -176,7 +172,6 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Boot(args) => boot_cmd::run(*args),
         Command::Check { containerd_config } => Ok(check::run(&containerd_config)),
-        Command::Vmm(args) => vmm_cmd::run(*args),
         Command::Template(args) => template_cmd::run(*args),
         Command::Monitor {
             container_id,

@@ -42,7 +42,7 @@ pub enum MonitorError {
     Stdio(#[from] sandbox::stdio::StdioError),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
-    #[error("cannot find our own executable: {0}")]
+    #[error("cannot find the VMM binary: {0}")]
     Exe(std::io::Error),
 }
 
@@ -100,7 +100,7 @@ fn create_sandbox(
         dir: dir.clone(),
         hostname: plan.container.request.spec.hostname().clone(),
         vm: plan.vm,
-        vmm_exe: std::env::current_exe().map_err(MonitorError::Exe)?,
+        vmm_exe: sandbox::vmm_process::find_vmm().map_err(MonitorError::Exe)?,
         virtiofsd: plan.virtiofsd,
         netns: plan.netns,
         agent_timeout: AGENT_TIMEOUT,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use sandbox::oci::translate::ContainerPlan;
 use serde::{Deserialize, Serialize};
-use vmm::config::VmConfig;
+use vmm_api::config::VmConfig;
 
 /// Errors reading or writing the plan.
 #[derive(Debug, thiserror::Error)]

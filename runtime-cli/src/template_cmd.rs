@@ -49,7 +49,7 @@ pub fn run(args: TemplateArgs) -> Result<ExitCode> {
         id: format!("template-{}", std::process::id()),
         dir: work.clone(),
         vm,
-        vmm_exe: std::env::current_exe().context("cannot find this executable")?,
+        vmm_exe: sandbox::vmm_process::find_vmm().context("cannot find the VMM binary")?,
         virtiofsd: sandbox::virtiofsd::find()
             .context("virtiofsd not found (set SANDBOX_VM_VIRTIOFSD)")?,
         hostname: None,

@@ -53,7 +53,7 @@ fn config(dir: &Path, id: &str, spec: &oci_spec::runtime::Spec, t: TemplateUse) 
         id: id.into(),
         dir: state,
         vm,
-        vmm_exe: env!("CARGO_BIN_EXE_sandbox-vm").into(),
+        vmm_exe: common::vmm_bin(),
         virtiofsd: sandbox::virtiofsd::find()
             .expect("virtiofsd not found: run scripts/setup.sh (it installs it)"),
         hostname: Some(format!("{id}-host")),
@@ -169,8 +169,8 @@ fn clones_of_one_template_are_distinct_machines_with_the_right_clock() {
     let mut k = std::fs::read(common::kernel()).unwrap();
     k.extend_from_slice(b"other");
     std::fs::write(&other, k).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
-        .args(["vmm", "--restore"])
+    let out = Command::new(common::vmm_bin())
+        .arg("--restore")
         .arg(&template)
         .arg("--api-sock")
         .arg(dir.join("refused.sock"))
@@ -187,7 +187,7 @@ fn clones_of_one_template_are_distinct_machines_with_the_right_clock() {
     // not a failed create.
     let mem = std::fs::OpenOptions::new()
         .write(true)
-        .open(template.join(vmm::persist::MEMORY_FILE))
+        .open(template.join(vmm_api::snapshot::MEMORY_FILE))
         .unwrap();
     mem.set_len(4096).unwrap();
     let cfg = config(&dir, "fallback", &spec, TemplateUse::Auto);

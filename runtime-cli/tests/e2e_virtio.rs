@@ -209,10 +209,10 @@ fn a_jailed_vmm_delivers_guest_connections_to_a_listener_no_other_uid_reaches() 
     let guest_conn = serve_guest_connection(listener);
 
     let console = dir.join("console.log");
-    let mut vm = vmm::config::VmConfig::new(&kernel);
+    let mut vm = vmm_api::config::VmConfig::new(&kernel);
     vm.initrd = Some(initrd);
-    vm.serial = vmm::config::SerialOutput::File(console.clone());
-    vm.vsock = Some(vmm::config::VsockConfig {
+    vm.serial = vmm_api::config::SerialOutput::File(console.clone());
+    vm.vsock = Some(vmm_api::config::VsockConfig {
         guest_cid: 3,
         uds_path: uds.clone(),
     });
@@ -220,8 +220,7 @@ fn a_jailed_vmm_delivers_guest_connections_to_a_listener_no_other_uid_reaches() 
     let config = dir.join("vm.json");
     std::fs::write(&config, serde_json::to_string(&vm).unwrap()).unwrap();
     let started = Instant::now();
-    let vmm = Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
-        .arg("vmm")
+    let vmm = Command::new(common::vmm_bin())
         .arg("--config")
         .arg(&config)
         .arg("--api-sock")

@@ -114,14 +114,14 @@ impl SandboxHandle {
 
     fn api<T, E: std::fmt::Display>(
         &self,
-        call: impl FnOnce(&mut vmm::api::ApiClient) -> Result<T, E>,
+        call: impl FnOnce(&mut vmm_api::client::ApiClient) -> Result<T, E>,
     ) -> Result<T, HandleError> {
         let err = |e: &dyn std::fmt::Display| HandleError::Api {
             path: self.api_sock.clone(),
             err: e.to_string(),
         };
-        let mut client =
-            vmm::api::ApiClient::connect(&self.api_sock, API_TIMEOUT).map_err(|e| err(&e))?;
+        let mut client = vmm_api::client::ApiClient::connect(&self.api_sock, API_TIMEOUT)
+            .map_err(|e| err(&e))?;
         call(&mut client).map_err(|e| err(&e))
     }
 }

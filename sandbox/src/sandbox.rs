@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use agent_protocol::clone::{CloneIdentity, CLONE_ENTROPY_BYTES};
 use agent_protocol::oci_spec::runtime::Spec;
 use agent_protocol::{Client, ClientError, CreateSandbox, ErrorCode, ExitInfo, ShareMount};
-use vmm::config::{SerialOutput, VmConfig};
+use vmm_api::config::{SerialOutput, VmConfig};
 
 use crate::handle::{HandleError, SandboxHandle};
 use crate::network::{NetworkError, PodNetwork};
@@ -71,7 +71,7 @@ pub struct SandboxConfig {
     pub dir: PathBuf,
     /// The VM, from [`crate::oci::translate::vm_config`].
     pub vm: VmConfig,
-    /// The binary whose `vmm` subcommand runs the VMM (`sandbox-vm`).
+    /// The VMM binary (`sandbox-vm-vmm`, [`crate::vmm_process::find_vmm`]).
     pub vmm_exe: PathBuf,
     /// The virtiofsd binary ([`crate::virtiofsd::find`]).
     pub virtiofsd: PathBuf,
@@ -238,7 +238,7 @@ impl Sandbox {
     ) -> Result<PathBuf, SandboxError> {
         let key = template::key(&cfg.vm)?;
         let dest = root.join(&key);
-        if dest.join(vmm::persist::STATE_FILE).is_file() {
+        if dest.join(vmm_api::snapshot::STATE_FILE).is_file() {
             return Ok(dest);
         }
         // Templates are made without a pod network (`cfg.netns` is ignored here), and
@@ -277,7 +277,7 @@ impl Sandbox {
         match std::fs::rename(&tmp, &dest) {
             Ok(()) => Ok(dest),
             // Another builder finished first: theirs is as good.
-            Err(_) if dest.join(vmm::persist::STATE_FILE).is_file() => {
+            Err(_) if dest.join(vmm_api::snapshot::STATE_FILE).is_file() => {
                 let _ = std::fs::remove_dir_all(&tmp);
                 Ok(dest)
             }
@@ -531,7 +531,7 @@ fn fresh_identity(hostname: &str) -> Result<CloneIdentity, SandboxError> {
 
 /// Pauses the VM behind `api_sock` and snapshots it into `dir`.
 fn save_snapshot(api_sock: &Path, dir: &Path) -> Result<(), String> {
-    let mut c = vmm::api::ApiClient::connect(api_sock, Duration::from_secs(5))
+    let mut c = vmm_api::client::ApiClient::connect(api_sock, Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
     c.set_timeout(Some(Duration::from_secs(120)))
         .map_err(|e| e.to_string())?;

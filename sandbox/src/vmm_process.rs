@@ -1,5 +1,6 @@
-//! The VMM as its own process: `sandbox-vm vmm --config vm.json --api-sock PATH`, reached
-//! through its control socket. Nothing but the VM runs in it, so it can be confined alone.
+//! The VMM as its own process: `sandbox-vm-vmm --config vm.json --api-sock PATH` (the `vmm`
+//! crate's binary), reached through its control socket. Nothing but the VM runs in it, so
+//! it can be confined alone.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -13,6 +14,36 @@ use crate::process::{last_line, ProcessError, Supervised};
 
 /// How long the VMM may take to build the VM and open its control socket.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The VMM binary's file name: built into the same target directory as `sandbox-vm` and
+/// the shim, and installed beside them.
+pub const VMM_BIN: &str = "sandbox-vm-vmm";
+/// Names the VMM binary to run instead of the one beside the calling binary.
+pub const VMM_BIN_ENV: &str = "SANDBOX_VM_VMM";
+
+/// The VMM binary: `$SANDBOX_VM_VMM`, else [`VMM_BIN`] beside the running executable's
+/// real path, else on `PATH`.
+pub fn find_vmm() -> std::io::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(VMM_BIN_ENV) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?.canonicalize()?;
+    let beside = exe.parent().map(|d| d.join(VMM_BIN));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    beside
+        .into_iter()
+        .chain(std::env::split_paths(&path).map(|d| d.join(VMM_BIN)))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "{VMM_BIN} is neither beside {} nor on PATH (install it there, or set {VMM_BIN_ENV})",
+                    exe.display()
+                ),
+            )
+        })
+}
 
 /// The VMM process's exit codes (the same as `sandbox-vm boot`).
 pub mod exit_code {
@@ -68,8 +99,9 @@ pub struct VmmProcess {
 }
 
 impl VmmProcess {
-    /// Starts `exe vmm --config CONFIG --api-sock API_SOCK` and waits until its control
-    /// socket accepts (the VM is then built and running).
+    /// Starts `exe --config CONFIG --api-sock API_SOCK` (`exe`: the VMM binary, see
+    /// [`find_vmm`]) and waits until its control socket accepts (the VM is then built and
+    /// running).
     /// `jail` false keeps it out of the jail (a template build: the snapshot is written
     /// outside the state directory).
     pub fn start(
@@ -81,8 +113,7 @@ impl VmmProcess {
         jail: bool,
     ) -> Result<VmmProcess, ProcessError> {
         let mut cmd = Command::new(exe);
-        cmd.arg("vmm")
-            .arg("--config")
+        cmd.arg("--config")
             .arg(config)
             .arg("--api-sock")
             .arg(api_sock);
@@ -115,7 +146,7 @@ impl VmmProcess {
         })
     }
 
-    /// Starts `exe vmm --restore DIR --api-sock API_SOCK` with the clone's own vsock
+    /// Starts `exe --restore DIR --api-sock API_SOCK` with the clone's own vsock
     /// socket, console and virtio-fs sockets, and waits until its control socket accepts.
     pub fn restore(
         exe: &Path,
@@ -125,8 +156,7 @@ impl VmmProcess {
         log: &Path,
     ) -> Result<VmmProcess, ProcessError> {
         let mut cmd = Command::new(exe);
-        cmd.arg("vmm")
-            .arg("--restore")
+        cmd.arg("--restore")
             .arg(snapshot)
             .arg("--api-sock")
             .arg(api_sock)

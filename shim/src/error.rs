@@ -30,8 +30,8 @@ pub enum ShimError {
         "virtiofsd not found: run scripts/setup.sh (it installs it) or set SANDBOX_VM_VIRTIOFSD"
     )]
     NoVirtiofsd,
-    #[error("the sandbox-vm binary (it runs the VMM) was found neither beside the shim nor on PATH: set SANDBOX_VM_BIN")]
-    NoVmmExe,
+    #[error("cannot find the VMM binary: {0}")]
+    NoVmmExe(std::io::Error),
     #[error("cannot create the VM's state directory {path}: {err}")]
     StateDir { path: PathBuf, err: std::io::Error },
     #[error("{0}")]

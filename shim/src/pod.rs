@@ -90,24 +90,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ShimError::Internal(format!("blocking task failed: {e}")))?
 }
 
-/// The binary whose `vmm` subcommand runs a VM: `$SANDBOX_VM_BIN`, else `sandbox-vm`
-/// beside this shim's real path (both are built into the same target directory), else
-/// `PATH`.
-pub fn vmm_exe() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SANDBOX_VM_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.canonicalize().ok())
-        .and_then(|e| e.parent().map(|d| d.join("sandbox-vm")));
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    beside
-        .into_iter()
-        .chain(std::env::split_paths(&path).map(|d| d.join("sandbox-vm")))
-        .find(|p| p.is_file())
-}
-
 /// Where a pod's VM keeps its files: `root/<namespace>/<grouping, shortened>` (the
 /// sockets inside must stay under the 108-byte Unix socket path limit).
 pub fn state_dir(root: &Path, namespace: &str, grouping: &str) -> PathBuf {
@@ -115,7 +97,7 @@ pub fn state_dir(root: &Path, namespace: &str, grouping: &str) -> PathBuf {
     root.join(namespace).join(short)
 }
 
-fn check_artifacts(vm: &vmm::config::VmConfig) -> Result<(), ShimError> {
+fn check_artifacts(vm: &vmm_api::config::VmConfig) -> Result<(), ShimError> {
     let files = std::iter::once(("guest kernel", &vm.kernel))
         .chain(vm.initrd.iter().map(|i| ("agent initramfs", i)))
         .chain(vm.disks.iter().map(|d| ("guest image", &d.path)));
@@ -149,7 +131,7 @@ fn boot(
         id: id.into(),
         dir: dir.into(),
         vm,
-        vmm_exe: vmm_exe().ok_or(ShimError::NoVmmExe)?,
+        vmm_exe: sandbox::vmm_process::find_vmm().map_err(ShimError::NoVmmExe)?,
         virtiofsd: sandbox::virtiofsd::find().ok_or(ShimError::NoVirtiofsd)?,
         hostname: spec.hostname().clone(),
         netns: translate::pod_netns(spec),

@@ -13,6 +13,19 @@ pub fn artifact(var: &str, default: PathBuf, how: &str) -> PathBuf {
     p
 }
 
+/// The VMM binary `sandbox-vm` runs: `sandbox-vm-vmm`, the `vmm` crate's binary, beside
+/// it in the target directory (`cargo test --workspace` builds both).
+#[allow(dead_code)] // not every test file starts a VMM itself
+pub fn vmm_bin() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_sandbox-vm")).with_file_name("sandbox-vm-vmm");
+    assert!(
+        p.is_file(),
+        "{} not found: run cargo build -p vmm --bin sandbox-vm-vmm (or cargo test --workspace)",
+        p.display()
+    );
+    p
+}
+
 /// The guest kernel from `guest-kernel-config/build.sh` (its cache's `current` link).
 pub fn kernel() -> PathBuf {
     let cache = std::env::var_os("SANDBOX_VM_CACHE")

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use oci_spec::runtime::Spec;
-use vmm::config::{CompatSetting, DiskConfig, FsConfig, SerialOutput, VmConfig, VsockConfig};
+use vmm_api::config::{CompatSetting, DiskConfig, FsConfig, SerialOutput, VmConfig, VsockConfig};
 
 use crate::share::SHARE_TAG;
 
@@ -83,7 +83,7 @@ fn vcpus(spec: &Spec, max: u8) -> Result<u8, TranslateError> {
 
 fn mem_mib(spec: &Spec) -> Result<u64, TranslateError> {
     if let Some(m) = annotation::<u64>(spec, ANN_MEM_MIB, "a size in MiB")? {
-        if m.saturating_mul(1 << 20) < vmm::layout::MIN_MEM_BYTES {
+        if m.saturating_mul(1 << 20) < vmm_api::config::MIN_MEM_BYTES {
             return Err(TranslateError::GuestMemoryTooSmall(m));
         }
         return Ok(m);
@@ -180,7 +180,7 @@ pub fn vm_config(
     if !extra.is_empty() {
         vm.cmdline = Some(format!(
             "{} {}",
-            vmm::builder::DEFAULT_CMDLINE,
+            vmm_api::config::DEFAULT_CMDLINE,
             extra.join(" ")
         ));
     }

@@ -1,4 +1,4 @@
-//! `sandbox-vm vmm`: the VMM as its own process, driven through its API socket. Tiny
+//! `sandbox-vm-vmm`: the VMM as its own process, driven through its API socket. Tiny
 //! hand-made guests stand in for a kernel (needs /dev/kvm; a few seconds in all).
 
 use std::os::unix::net::UnixListener;
@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use vmm::api::{ApiClient, VmState};
-use vmm::config::{SerialOutput, VmConfig};
+use vmm_api::config::{SerialOutput, VmConfig};
+use vmm_api::{ApiClient, VmState};
 
 fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sandbox-vm")
+    env!("CARGO_BIN_EXE_sandbox-vm-vmm")
 }
 
 /// `mov dx, 0x510; xor eax, eax; 1: inc eax; out dx, eax; jmp 1b` (port 0x510 is unmapped:
@@ -54,7 +54,7 @@ impl Drop for Scratch {
 
 fn spawn_vmm(config: &Path, sock: &Path) -> Child {
     Command::new(bin())
-        .args(["vmm", "--config"])
+        .arg("--config")
         .arg(config)
         .arg("--api-sock")
         .arg(sock)
@@ -176,7 +176,7 @@ fn a_bad_config_exits_1_with_one_line_and_no_socket() {
     ] {
         std::fs::write(&bad, text).unwrap();
         let out = Command::new(bin())
-            .args(["vmm", "--config"])
+            .arg("--config")
             .arg(&bad)
             .arg("--api-sock")
             .arg(s.sock())
@@ -192,7 +192,7 @@ fn a_bad_config_exits_1_with_one_line_and_no_socket() {
 
 fn spawn_restore(dir: &Path, sock: &Path, extra: &[&str]) -> Child {
     Command::new(bin())
-        .args(["vmm", "--restore"])
+        .arg("--restore")
         .arg(dir)
         .arg("--api-sock")
         .arg(sock)

@@ -1,8 +1,8 @@
 //! The confined VMM process: per-thread seccomp filters, the jail, private sockets.
 //! Tiny hand-made guests stand in for a kernel (needs /dev/kvm and root; seconds in all).
 
-#[allow(dead_code)] // the connect helper only
-#[path = "common/host.rs"]
+#[allow(dead_code)] // the connect helper only (shared with the CLI's tests)
+#[path = "../../runtime-cli/tests/common/host.rs"]
 mod host;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use vmm::api::ApiClient;
-use vmm::config::{SerialOutput, VmConfig, VsockConfig};
+use vmm_api::client::ApiClient;
+use vmm_api::config::{SerialOutput, VmConfig, VsockConfig};
 
 fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sandbox-vm")
+    env!("CARGO_BIN_EXE_sandbox-vm-vmm")
 }
 
 /// `mov dx, 0x510; xor eax, eax; 1: inc eax; out dx, eax; jmp 1b`: runs until stopped.
@@ -61,7 +61,6 @@ impl Drop for Scratch {
 
 fn spawn(s: &Scratch, extra: &[&str]) -> Child {
     Command::new(bin())
-        .arg("vmm")
         .arg("--config")
         .arg(s.config())
         .arg("--api-sock")
@@ -209,7 +208,7 @@ fn assert_jailed(pid: u32, s: &Scratch) {
         "{limits}"
     );
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let name = sandbox::jail::cgroup_name(&s.path("jail"));
+    let name = vmm_api::jail::cgroup_name(&s.path("jail"));
     let line = cgroup
         .lines()
         .find(|l| l.contains("memory"))
@@ -221,12 +220,12 @@ fn assert_jailed(pid: u32, s: &Scratch) {
     .unwrap();
     assert_eq!(
         limit.trim().parse::<u64>().unwrap(),
-        (16 + sandbox::jail::VMM_OVERHEAD_MIB) << 20
+        (16 + vmm_api::jail::VMM_OVERHEAD_MIB) << 20
     );
 }
 
 fn assert_nothing_left(s: &Scratch, inner: u32) {
-    let name = sandbox::jail::cgroup_name(&s.path("jail"));
+    let name = vmm_api::jail::cgroup_name(&s.path("jail"));
     assert!(!Path::new("/sys/fs/cgroup/memory").join(&name).exists());
     let deadline = Instant::now() + Duration::from_secs(5);
     // Gone, or a zombie waiting for host init to reap it (its parent is gone).
@@ -276,7 +275,7 @@ fn a_jailed_vmm_sees_only_its_jail_and_leaves_nothing() {
     vmm.kill().unwrap();
     assert_eq!(wait(&mut vmm, 10).signal(), Some(libc::SIGKILL));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !sandbox::jail::remove_cgroup(&s.path("jail")) {
+    while !vmm_api::jail::remove_cgroup(&s.path("jail")) {
         assert!(Instant::now() < deadline, "the cgroup stays busy");
         std::thread::sleep(Duration::from_millis(50));
     }
