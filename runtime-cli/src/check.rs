@@ -153,6 +153,11 @@ pub fn items(containerd_config_path: &Path) -> Vec<Item> {
             "build it with images/build-agent-disk.sh or set SANDBOX_VM_AGENT_DISK",
         ),
         file_item(
+            "VMM",
+            sandbox::vmm_process::find_vmm().ok(),
+            "install sandbox-vm-vmm beside sandbox-vm (cargo build --release --workspace builds both) or set SANDBOX_VM_VMM",
+        ),
+        file_item(
             "virtiofsd",
             sandbox::virtiofsd::find(),
             "run scripts/setup.sh (cargo install virtiofsd) or set SANDBOX_VM_VIRTIOFSD",
