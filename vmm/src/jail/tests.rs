@@ -57,8 +57,9 @@ fn the_jail_of_a_vm_holds_what_it_opens_and_no_more() {
     want.sort();
     assert_eq!(got, want);
     assert_eq!(j.memory_limit, (512 + VMM_OVERHEAD_MIB) << 20);
-    assert_eq!(j.fsize, MIN_FSIZE);
-    // Guest RAM is a memfd the VMM grows to its size: the limit covers it.
+    // Guest RAM is a memfd the VMM grows to its size: the limit covers it (512 MiB here,
+    // over MIN_FSIZE and the 4 KiB writable disk).
+    assert_eq!(j.fsize, 512 << 20);
     vm.mem_mib = 4096;
     let j = Jail::for_vm(&vm, &d.join("vmm.sock"), d.join("jail"), 65534, 65534);
     assert_eq!(j.fsize, 4096 << 20);
