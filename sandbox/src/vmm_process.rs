@@ -28,11 +28,15 @@ pub fn find_vmm() -> std::io::Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?.canonicalize()?;
+    vmm_beside_or_on_path(&exe, &std::env::var_os("PATH").unwrap_or_default())
+}
+
+/// [`VMM_BIN`] in `exe`'s directory, else in the first directory of `path` that has it.
+fn vmm_beside_or_on_path(exe: &Path, path: &std::ffi::OsStr) -> std::io::Result<PathBuf> {
     let beside = exe.parent().map(|d| d.join(VMM_BIN));
-    let path = std::env::var_os("PATH").unwrap_or_default();
     beside
         .into_iter()
-        .chain(std::env::split_paths(&path).map(|d| d.join(VMM_BIN)))
+        .chain(std::env::split_paths(path).map(|d| d.join(VMM_BIN)))
         .find(|p| p.is_file())
         .ok_or_else(|| {
             std::io::Error::new(
@@ -207,5 +211,34 @@ impl VmmProcess {
     /// then SIGKILL if it does not exit within `grace`.
     pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
         self.proc.terminate(grace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vmm_is_found_beside_the_caller_before_path() {
+        let d = std::env::temp_dir().join(format!("svm-find-vmm-{}", std::process::id()));
+        let (bin, other) = (d.join("bin"), d.join("other"));
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        let exe = bin.join("sandbox-vm");
+        let path = std::env::join_paths([&other]).unwrap();
+        let err = vmm_beside_or_on_path(&exe, &path).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        assert!(err.to_string().contains(VMM_BIN_ENV), "{err}");
+        std::fs::write(other.join(VMM_BIN), b"").unwrap();
+        assert_eq!(
+            vmm_beside_or_on_path(&exe, &path).unwrap(),
+            other.join(VMM_BIN)
+        );
+        std::fs::write(bin.join(VMM_BIN), b"").unwrap();
+        assert_eq!(
+            vmm_beside_or_on_path(&exe, &path).unwrap(),
+            bin.join(VMM_BIN)
+        );
+        let _ = std::fs::remove_dir_all(d);
     }
 }
