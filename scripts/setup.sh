@@ -43,7 +43,7 @@ echo "[setup] binaries (cargo build --release)" >&2
 cargo build --release --workspace >&2
 # containerd looks for containerd-shim-NAME-v2 on its PATH only (1.6.20 ignores
 # runtime_path); a symlink keeps the shim's real path in target/release, beside the
-# sandbox-vm binary it runs the VMM with.
+# sandbox-vm-vmm binary it runs the VMM with.
 ln -sfn "$PWD/target/release/containerd-shim-sandbox-vm-v2" /usr/local/bin/containerd-shim-sandbox-vm-v2
 
 echo "export SANDBOX_VM_KERNEL=$KERNEL"

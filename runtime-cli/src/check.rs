@@ -153,6 +153,11 @@ pub fn items(host: &sandbox::HostConfig, containerd_config_path: &Path) -> Vec<I
             "build it with images/build-agent-disk.sh or set SANDBOX_VM_AGENT_DISK",
         ),
         file_item(
+            "VMM",
+            host.vmm_exe.clone(),
+            "install sandbox-vm-vmm beside sandbox-vm (cargo build --release --workspace builds both) or set SANDBOX_VM_VMM",
+        ),
+        file_item(
             "virtiofsd",
             host.virtiofsd.clone(),
             "run scripts/setup.sh (cargo install virtiofsd) or set SANDBOX_VM_VIRTIOFSD",

@@ -12,7 +12,6 @@ mod plan;
 mod ready;
 mod state;
 mod template_cmd;
-mod vmm_cmd;
 mod watch;
 
 use std::path::{Path, PathBuf};
@@ -100,9 +99,6 @@ enum Command {
         #[arg(long)]
         start: bool,
     },
-    /// The VMM as a process of its own, with a control API socket (started by the runtime).
-    #[command(hide = true)]
-    Vmm(Box<vmm_cmd::VmmArgs>),
     /// Benchmarks: `bench isolation` compares sandbox-vm with other OCI runtimes.
     Bench {
         #[command(subcommand)]
@@ -173,14 +169,12 @@ fn standalone_bundle(id: String, bundle: PathBuf) -> (String, PathBuf) {
 
 fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
     let gargs = global_args(&cli.global);
-    // The host's settings, once: from the environment and what is installed; this binary
-    // runs its VMMs (`sandbox-vm vmm`).
+    // The host's settings, once: from the environment and what is installed.
     let exe = std::env::current_exe().ok();
     let host = sandbox::HostConfig::resolve(|k| std::env::var_os(k), exe.as_deref());
     match cli.command {
         Command::Boot(args) => boot_cmd::run(*args),
         Command::Check { containerd_config } => Ok(check::run(&host, &containerd_config)),
-        Command::Vmm(args) => vmm_cmd::run(*args),
         Command::Template(args) => template_cmd::run(*args, &host),
         Command::Monitor {
             container_id,

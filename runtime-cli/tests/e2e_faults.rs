@@ -160,10 +160,11 @@ fn kill9(pids: &[i32]) {
 fn kill_9_of_the_vmm_stops_the_container_with_a_reason_and_delete_cleans_up() {
     let env = Env::new("vmm", serde_json::json!({}));
     env.create_and_start("k1");
-    // The VMM boots (`vmm --config DIR/vm.json`) or restores a template (`vmm --restore
-    // TEMPLATE --api-sock DIR/vmm.sock ...`): both name files in the container's directory.
+    // The VMM boots (`sandbox-vm-vmm --config DIR/vm.json`) or restores a template
+    // (`sandbox-vm-vmm --restore TEMPLATE --api-sock DIR/vmm.sock ...`): both name files in
+    // the container's directory.
     let dir = env.root.join("k1");
-    kill9(&pids_of(&format!("sandbox-vm vmm .*{}/", dir.display())));
+    kill9(&pids_of(&format!("sandbox-vm-vmm .*{}/", dir.display())));
     env.wait_stopped("k1");
     let state: serde_json::Value = serde_json::from_str(&env.file("k1", "state.json")).unwrap();
     assert_eq!(state["exit_status"], 255, "{state}");

@@ -94,7 +94,7 @@ fn run_shows_guest_kernel_and_only_container_processes() {
 
 /// The VMM's own view of its state, from its control socket.
 fn vmm_state(sock: &Path) -> String {
-    let mut c = vmm::api::ApiClient::connect(sock, Duration::from_secs(5)).unwrap();
+    let mut c = vmm_api::client::ApiClient::connect(sock, Duration::from_secs(5)).unwrap();
     let d = c.describe().unwrap();
     serde_json::to_value(d.state)
         .unwrap()

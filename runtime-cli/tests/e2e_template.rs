@@ -155,8 +155,8 @@ fn clones_of_one_template_are_distinct_machines_with_the_right_clock() {
     let mut k = std::fs::read(kernel()).unwrap();
     k.extend_from_slice(b"other");
     std::fs::write(&other, k).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
-        .args(["vmm", "--restore"])
+    let out = Command::new(test_support::artifacts::vmm_beside(BIN))
+        .arg("--restore")
         .arg(&template)
         .arg("--api-sock")
         .arg(dir.join("refused.sock"))
@@ -173,7 +173,7 @@ fn clones_of_one_template_are_distinct_machines_with_the_right_clock() {
     // not a failed create.
     let mem = std::fs::OpenOptions::new()
         .write(true)
-        .open(template.join(vmm::persist::MEMORY_FILE))
+        .open(template.join(vmm_api::snapshot::MEMORY_FILE))
         .unwrap();
     mem.set_len(4096).unwrap();
     let cfg = config(&dir, "fallback", &b, TemplateUse::Auto);

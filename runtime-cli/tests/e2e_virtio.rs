@@ -206,10 +206,10 @@ fn a_jailed_vmm_delivers_guest_connections_to_a_listener_no_other_uid_reaches() 
     let guest_conn = serve_guest_connection(listener);
 
     let console = dir.join("console.log");
-    let mut vm = vmm::config::VmConfig::new(&kernel);
+    let mut vm = vmm_api::config::VmConfig::new(&kernel);
     vm.initrd = Some(initrd);
-    vm.serial = vmm::config::SerialOutput::File(console.clone());
-    vm.vsock = Some(vmm::config::VsockConfig {
+    vm.serial = vmm_api::config::SerialOutput::File(console.clone());
+    vm.vsock = Some(vmm_api::config::VsockConfig {
         guest_cid: 3,
         uds_path: uds.clone(),
     });
@@ -217,19 +217,20 @@ fn a_jailed_vmm_delivers_guest_connections_to_a_listener_no_other_uid_reaches() 
     let config = dir.join("vm.json");
     std::fs::write(&config, serde_json::to_string(&vm).unwrap()).unwrap();
     let started = Instant::now();
-    let vmm = Command::new(env!("CARGO_BIN_EXE_sandbox-vm"))
-        .arg("vmm")
-        .arg("--config")
-        .arg(&config)
-        .arg("--api-sock")
-        .arg(dir.join("vmm.sock"))
-        .arg("--jail")
-        .arg(dir.join("jail"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let vmm = Command::new(test_support::artifacts::vmm_beside(env!(
+        "CARGO_BIN_EXE_sandbox-vm"
+    )))
+    .arg("--config")
+    .arg(&config)
+    .arg("--api-sock")
+    .arg(dir.join("vmm.sock"))
+    .arg("--jail")
+    .arg(dir.join("jail"))
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let mut run = JailedRun {
         dir: dir.clone(),
         vmm: Some(vmm),

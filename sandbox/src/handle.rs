@@ -114,13 +114,14 @@ pub trait SandboxOps {
 /// One call on the VMM's control socket.
 fn api<T, E: std::fmt::Display>(
     api_sock: &Path,
-    call: impl FnOnce(&mut vmm::api::ApiClient) -> Result<T, E>,
+    call: impl FnOnce(&mut vmm_api::client::ApiClient) -> Result<T, E>,
 ) -> Result<T, HandleError> {
     let err = |e: &dyn std::fmt::Display| HandleError::Api {
         path: api_sock.to_path_buf(),
         err: e.to_string(),
     };
-    let mut client = vmm::api::ApiClient::connect(api_sock, API_TIMEOUT).map_err(|e| err(&e))?;
+    let mut client =
+        vmm_api::client::ApiClient::connect(api_sock, API_TIMEOUT).map_err(|e| err(&e))?;
     call(&mut client).map_err(|e| err(&e))
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::oci::translate::Defaults;
+use crate::vmm_process::VMM_BIN;
 
 /// How long a guest may take to boot to its agent (boots take about half a minute on
 /// hosts that emulate guest kernel mode, several under load).
@@ -21,6 +22,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SANDBOX_VM_INITRD", "the agent initramfs"),
     ("SANDBOX_VM_AGENT_DISK", "the guest image (agent disk)"),
     ("SANDBOX_VM_VIRTIOFSD", "the virtiofsd binary"),
+    ("SANDBOX_VM_VMM", "the VMM binary (sandbox-vm-vmm)"),
     ("SANDBOX_VM_TEMPLATE_DIR", "where templates are kept"),
     ("SANDBOX_VM_JAIL", "`off`: run the VMM outside its jail"),
     (
@@ -46,7 +48,7 @@ pub struct HostConfig {
     pub max_vcpus: u8,
     /// The virtio-fs backend.
     pub virtiofsd: Option<PathBuf>,
-    /// The binary whose `vmm` subcommand runs a VM (set by the front end).
+    /// The VMM binary (`sandbox-vm-vmm`).
     pub vmm_exe: Option<PathBuf>,
     /// Where templates are kept.
     pub templates: PathBuf,
@@ -78,13 +80,28 @@ fn find_artifact(exe: Option<&Path>, rel: &str, system: &str) -> Option<PathBuf>
     )
 }
 
+/// The VMM binary beside the executable `exe` (its real path: the shim is often a symlink
+/// on containerd's `PATH`), else in the first directory of `path` that has it.
+fn vmm_beside_or_on_path(exe: Option<&Path>, path: &std::ffi::OsStr) -> Option<PathBuf> {
+    let real = exe.and_then(|e| e.canonicalize().ok());
+    let beside = real
+        .as_deref()
+        .and_then(Path::parent)
+        .map(|d| d.join(VMM_BIN));
+    first_file(
+        beside
+            .into_iter()
+            .chain(std::env::split_paths(path).map(|d| d.join(VMM_BIN))),
+    )
+}
+
 impl HostConfig {
     /// Resolves the host's settings: `env` looks a variable up (a binary passes
-    /// `std::env::var_os`), `exe` is the running binary (guest images are looked for in
-    /// the source tree it was built in). Each setting is its variable ([`ENV_VARS`]) when
-    /// set, else found: the kernel in the build cache, the images under `images/out`, then
-    /// `/usr/share/sandbox-vm`; virtiofsd on `PATH`, in `~/.cargo/bin`, then where
-    /// distributions put it.
+    /// `std::env::var_os`), `exe` is the running binary (the VMM binary is looked for
+    /// beside it, guest images in the source tree it was built in). Each setting is its
+    /// variable ([`ENV_VARS`]) when set, else found: the kernel in the build cache, the
+    /// images under `images/out`, then `/usr/share/sandbox-vm`; the VMM beside `exe`, then
+    /// on `PATH`; virtiofsd on `PATH`, in `~/.cargo/bin`, then where distributions put it.
     pub fn resolve(env: impl Fn(&str) -> Option<OsString>, exe: Option<&Path>) -> HostConfig {
         let var = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
         let home = env("HOME").map(PathBuf::from);
@@ -130,7 +147,7 @@ impl HostConfig {
             agent_disk,
             max_vcpus: cpus.min(255) as u8,
             virtiofsd,
-            vmm_exe: exe.map(Path::to_path_buf),
+            vmm_exe: var("SANDBOX_VM_VMM").or_else(|| vmm_beside_or_on_path(exe, &path)),
             templates,
             jail: env("SANDBOX_VM_JAIL").is_none_or(|v| v != "off"),
             seccomp: env("SANDBOX_VM_SECCOMP").and_then(|v| v.into_string().ok()),
@@ -173,6 +190,7 @@ mod tests {
                 ("SANDBOX_VM_TEMPLATE_DIR", "/t"),
                 ("SANDBOX_VM_JAIL", "off"),
                 ("SANDBOX_VM_SECCOMP", "log"),
+                ("SANDBOX_VM_VMM", "/opt/y/vmm"),
             ]),
             Some(Path::new("/opt/x/sandbox-vm")),
         );
@@ -183,7 +201,7 @@ mod tests {
         assert_eq!(h.templates, PathBuf::from("/t"));
         assert!(!h.jail);
         assert_eq!(h.seccomp.as_deref(), Some("log"));
-        assert_eq!(h.vmm_exe, Some("/opt/x/sandbox-vm".into()));
+        assert_eq!(h.vmm_exe, Some("/opt/y/vmm".into()));
         assert!(h.max_vcpus >= 1);
         assert_eq!(h.defaults().kernel, h.kernel);
     }
@@ -203,5 +221,30 @@ mod tests {
         assert_eq!(c.vmm_exe, None);
         assert_eq!(c.agent_timeout, AGENT_TIMEOUT);
         let _ = std::fs::remove_dir_all(&home);
+    }
+
+    #[test]
+    fn the_vmm_is_found_beside_the_callers_real_path_before_path() {
+        let d = std::env::temp_dir().join(format!("svm-find-vmm-{}", std::process::id()));
+        let (bin, other, links) = (d.join("bin"), d.join("other"), d.join("links"));
+        for dir in [&bin, &other, &links] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        let exe = bin.join("shim");
+        std::fs::write(&exe, b"").unwrap();
+        // Called through a symlink elsewhere (the shim on containerd's PATH).
+        let link = links.join("shim");
+        std::os::unix::fs::symlink(&exe, &link).unwrap();
+        let path = std::env::join_paths([&other]).unwrap();
+        let find = || {
+            let p = path.clone();
+            HostConfig::resolve(move |k| (k == "PATH").then(|| p.clone()), Some(&link)).vmm_exe
+        };
+        assert_eq!(find(), None);
+        std::fs::write(other.join(VMM_BIN), b"").unwrap();
+        assert_eq!(find(), Some(other.join(VMM_BIN)));
+        std::fs::write(bin.join(VMM_BIN), b"").unwrap();
+        assert_eq!(find(), Some(bin.join(VMM_BIN)));
+        let _ = std::fs::remove_dir_all(d);
     }
 }

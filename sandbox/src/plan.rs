@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
-use vmm::config::VmConfig;
+use vmm_api::config::VmConfig;
 
 use crate::host::HostConfig;
 use crate::network::NetnsError;
@@ -18,6 +18,7 @@ use crate::oci::annotations::Annotations;
 use crate::oci::translate::{self, ContainerPlan, HostPath, RootfsMode, TranslateError};
 use crate::paths::SandboxPaths;
 use crate::template::TemplateUse;
+use crate::vmm_process::VMM_BIN;
 
 /// What the container that boots a sandbox is to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,7 +47,7 @@ pub enum PlanError {
         "virtiofsd not found: run scripts/setup.sh (it installs it) or set SANDBOX_VM_VIRTIOFSD"
     )]
     NoVirtiofsd,
-    #[error("the VMM binary is not known (the front end sets HostConfig::vmm_exe)")]
+    #[error("the VMM binary ({VMM_BIN}) is neither beside this program nor on PATH: install it there, or set SANDBOX_VM_VMM")]
     NoVmmExe,
     #[error(transparent)]
     Netns(#[from] NetnsError),
@@ -76,7 +77,7 @@ impl HostProbe for RealHost {
 /// How the VMM process is run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmmRun {
-    /// The binary whose `vmm` subcommand runs the VM.
+    /// The VMM binary.
     pub exe: PathBuf,
     /// In its jail (a template build never is: it writes its snapshot outside).
     pub jail: bool,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use agent_protocol::clone::{CloneIdentity, CLONE_ENTROPY_BYTES};
 use agent_protocol::{Client, ClientError, CreateSandbox, Endpoint, ErrorCode, ShareMount};
-use vmm::config::{SerialOutput, VmConfig};
+use vmm_api::config::{SerialOutput, VmConfig};
 
 use crate::handle::{HandleError, SandboxHandle, SandboxOps};
 use crate::network::{NetworkError, PodNetwork};
@@ -190,7 +190,7 @@ impl Sandbox {
     pub fn build_template(plan: &PodPlan) -> Result<PathBuf, SandboxError> {
         let key = template::key(&plan.vm)?;
         let dest = plan.templates.join(&key);
-        if dest.join(vmm::persist::STATE_FILE).is_file() {
+        if dest.join(vmm_api::snapshot::STATE_FILE).is_file() {
             return Ok(dest);
         }
         // Templates are made without a pod network, and unjailed: the VMM writes the
@@ -216,7 +216,7 @@ impl Sandbox {
         match std::fs::rename(&tmp, &dest) {
             Ok(()) => Ok(dest),
             // Another builder finished first: theirs is as good.
-            Err(_) if dest.join(vmm::persist::STATE_FILE).is_file() => {
+            Err(_) if dest.join(vmm_api::snapshot::STATE_FILE).is_file() => {
                 let _ = std::fs::remove_dir_all(&tmp);
                 Ok(dest)
             }
@@ -539,7 +539,7 @@ fn fresh_identity(hostname: &str) -> Result<CloneIdentity, SandboxError> {
 
 /// Pauses the VM behind `api_sock` and snapshots it into `dir`.
 fn save_snapshot(api_sock: &Path, dir: &Path) -> Result<(), String> {
-    let mut c = vmm::api::ApiClient::connect(api_sock, Duration::from_secs(5))
+    let mut c = vmm_api::client::ApiClient::connect(api_sock, Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
     c.set_timeout(Some(Duration::from_secs(120)))
         .map_err(|e| e.to_string())?;

@@ -6,7 +6,7 @@
 //! inode), the command line, the VM shape (vCPUs, memory, compat profile, devices) and the
 //! snapshot format version — and never by per-sandbox paths (sockets, console log), which
 //! each clone overrides. It lives in `<the host's template directory>/<key>/`
-//! (`HostConfig::templates`) as a `vmm::persist` snapshot directory.
+//! (`HostConfig::templates`) as a VMM snapshot directory (`vmm_api::snapshot`).
 //!
 //! Only VMs whose devices carry no per-sandbox state can be templates: no net devices and
 //! only read-only disks (the shared guest image). Other VMs boot cold.
@@ -14,16 +14,16 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use vmm::config::VmConfig;
-use vmm::persist::{self, PersistError};
+use vmm_api::config::VmConfig;
+use vmm_api::snapshot as persist;
 
 /// Errors finding or keying a template.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error("cannot identify {0} for the template key: {1}")]
     Identify(PathBuf, std::io::Error),
-    #[error(transparent)]
-    Hash(#[from] PersistError),
+    #[error("{path}: {err}", path = .0.display(), err = .1)]
+    Hash(PathBuf, std::io::Error),
     #[error("this VM cannot be a template: {0}")]
     NotTemplatable(&'static str),
 }
@@ -60,10 +60,10 @@ pub fn key(vm: &VmConfig) -> Result<String, TemplateError> {
     }
     let mut parts = vec![
         format!("format {}", persist::FORMAT_VERSION),
-        format!("kernel {}", persist::sha256_file(&vm.kernel)?),
+        format!("kernel {}", hash_file(&vm.kernel)?),
     ];
     if let Some(initrd) = &vm.initrd {
-        parts.push(format!("initrd {}", persist::sha256_file(initrd)?));
+        parts.push(format!("initrd {}", hash_file(initrd)?));
     }
     for d in &vm.disks {
         let m =
@@ -95,6 +95,10 @@ pub fn key(vm: &VmConfig) -> Result<String, TemplateError> {
     Ok(persist::sha256_hex(parts.join("\n").as_bytes()))
 }
 
+fn hash_file(path: &Path) -> Result<String, TemplateError> {
+    persist::sha256_file(path).map_err(|e| TemplateError::Hash(path.to_path_buf(), e))
+}
+
 /// The template directory for `vm` under `root`, if a complete one exists.
 pub fn find(root: &Path, vm: &VmConfig) -> Result<Option<PathBuf>, TemplateError> {
     let dir = root.join(key(vm)?);
@@ -104,7 +108,7 @@ pub fn find(root: &Path, vm: &VmConfig) -> Result<Option<PathBuf>, TemplateError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmm::config::{DiskConfig, NetConfig, SerialOutput, VsockConfig};
+    use vmm_api::config::{DiskConfig, NetConfig, SerialOutput, VsockConfig};
 
     fn vm(dir: &Path) -> VmConfig {
         std::fs::write(dir.join("vmlinux"), b"kernel").unwrap();

@@ -1,5 +1,6 @@
-//! The VMM as its own process: `sandbox-vm vmm --config vm.json --api-sock PATH`, reached
-//! through its control socket. Nothing but the VM runs in it, so it can be confined alone.
+//! The VMM as its own process: `sandbox-vm-vmm --config vm.json --api-sock PATH` (the `vmm`
+//! crate's binary), reached through its control socket. Nothing but the VM runs in it, so
+//! it can be confined alone.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -15,6 +16,10 @@ use crate::process::{last_line, ProcessError, Supervised};
 
 /// How long the VMM may take to build the VM and open its control socket.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The VMM binary's file name: built into the same target directory as `sandbox-vm` and
+/// the shim, and installed beside them.
+pub const VMM_BIN: &str = "sandbox-vm-vmm";
 
 /// The VMM process's exit codes (the same as `sandbox-vm boot`).
 pub mod exit_code {
@@ -64,7 +69,7 @@ pub struct VmmProcess {
 }
 
 impl VmmProcess {
-    /// Starts `EXE vmm --config vm.json --api-sock vmm.sock` for the sandbox at `paths` (in
+    /// Starts `EXE --config vm.json --api-sock vmm.sock` for the sandbox at `paths` (in
     /// the pod's `netns`, in the jail with `jail`) and waits until its control socket
     /// accepts (the VM is then built and running).
     pub fn start(
@@ -74,8 +79,7 @@ impl VmmProcess {
         jail: bool,
     ) -> Result<VmmProcess, ProcessError> {
         let mut cmd = Command::new(&run.exe);
-        cmd.arg("vmm")
-            .arg("--config")
+        cmd.arg("--config")
             .arg(&paths.vm_config)
             .arg("--api-sock")
             .arg(&paths.api_sock);
@@ -103,7 +107,7 @@ impl VmmProcess {
         Self::spawn(cmd, paths)
     }
 
-    /// Starts `EXE vmm --restore DIR --api-sock vmm.sock` with the clone's own vsock
+    /// Starts `EXE --restore DIR --api-sock vmm.sock` with the clone's own vsock
     /// socket, console and virtio-fs sockets, and waits until its control socket accepts.
     pub fn restore(
         run: &VmmRun,
@@ -112,8 +116,7 @@ impl VmmProcess {
         paths: &SandboxPaths,
     ) -> Result<VmmProcess, ProcessError> {
         let mut cmd = Command::new(&run.exe);
-        cmd.arg("vmm")
-            .arg("--restore")
+        cmd.arg("--restore")
             .arg(snapshot)
             .arg("--api-sock")
             .arg(&paths.api_sock)

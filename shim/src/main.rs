@@ -49,31 +49,11 @@ fn state_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_ROOT))
 }
 
-/// The binary whose `vmm` subcommand runs a VM: `$SANDBOX_VM_BIN`, else `sandbox-vm`
-/// beside this shim's real path (both are built into the same target directory), else
-/// `PATH`.
-fn vmm_exe() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SANDBOX_VM_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.canonicalize().ok())
-        .and_then(|e| e.parent().map(|d| d.join("sandbox-vm")));
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    beside
-        .into_iter()
-        .chain(std::env::split_paths(&path).map(|d| d.join("sandbox-vm")))
-        .find(|p| p.is_file())
-}
-
 /// The host's settings for every pod this shim serves, resolved once from containerd's
 /// environment and what is installed.
 fn host_config() -> sandbox::HostConfig {
     let exe = std::env::current_exe().ok();
-    let mut host = sandbox::HostConfig::resolve(|k| std::env::var_os(k), exe.as_deref());
-    host.vmm_exe = vmm_exe();
-    host
+    sandbox::HostConfig::resolve(|k| std::env::var_os(k), exe.as_deref())
 }
 
 /// The shim library's options: no reaping of our children behind `std::process`'s back

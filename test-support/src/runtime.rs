@@ -1,4 +1,4 @@
-//! Around the `sandbox-vm` OCI command line.
+//! Around the `sandbox-vm` OCI command line and the `sandbox-vm-vmm` VMM process.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -11,13 +11,12 @@ pub fn oci_command(runtime: &str, root: &Path) -> Command {
     c
 }
 
-/// `<runtime> vmm --api-sock <sock>`, to which the caller adds the VM (`--config FILE` or
-/// `--restore DIR`) and options: stdin and stdout null, stderr piped (for the one-line
-/// errors the tests read).
-pub fn vmm_command(runtime: &str, sock: &Path) -> Command {
-    let mut c = Command::new(runtime);
-    c.arg("vmm")
-        .arg("--api-sock")
+/// `<vmm> --api-sock <sock>` (`vmm`: the `sandbox-vm-vmm` binary's path), to which the
+/// caller adds the VM (`--config FILE` or `--restore DIR`) and options: stdin and stdout
+/// null, stderr piped (for the one-line errors the tests read).
+pub fn vmm_command(vmm: &str, sock: &Path) -> Command {
+    let mut c = Command::new(vmm);
+    c.arg("--api-sock")
         .arg(sock)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -12,7 +12,7 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::boot::{self, BootError, BootParamsInput, LoadedInitrd, LoadedKernel};
-use crate::bus::{Bus, BusError};
+use crate::bus::{Bus, BusError, Buses};
 use crate::compat::{self, HostCompatProfile};
 use crate::config::{
     ConfigError, DiskConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig,
@@ -38,19 +38,10 @@ use crate::memory::{self, GuestMemory, MemoryError};
 use crate::mptable::{self, MptableError};
 use crate::persist::{self, CpuProfile, PersistError, RestoreOverrides};
 use crate::stop::StopSignal;
-use crate::vcpu::{Buses, Vcpu};
+use crate::vcpu::Vcpu;
 use crate::vm::{Vm, VmParts};
 
-/// The guest command line when the config gives none: a quiet console on COM1 and no
-/// work the boot does not need.
-///
-/// Each switch was measured on the emulating hosts (guest-kernel-config/README.md) and is
-/// harmless on real KVM: per-CPU areas from pages rather than a zeroed 2 MiB block, no
-/// LOCK-prefix rewriting for one vCPU, no quadratic /sys/module parameter setup, small
-/// boot-time hash tables for a small VM, no IO-APIC timer probe loop.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 percpu_alloc=page noreplace-smp \
-     initcall_blacklist=param_sysfs_builtin_init no_timer_check \
-     dhash_entries=1024 ihash_entries=1024 thash_entries=256 uhash_entries=256";
+pub use vmm_api::config::DEFAULT_CMDLINE;
 
 /// Always appended: reset through the i8042 (a clean VMM exit) and reboot at once on panic
 /// (which the serial watcher has already noted).

@@ -152,6 +152,27 @@ pub fn lock(dev: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'st
     dev.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The buses a vCPU dispatches guest I/O to.
+pub struct Buses {
+    pub pio: Bus,
+    pub mmio: Bus,
+}
+
+impl crate::exits::IoDispatch for Buses {
+    fn pio_read(&self, port: u16, data: &mut [u8]) -> bool {
+        self.pio.read(u64::from(port), data)
+    }
+    fn pio_write(&self, port: u16, data: &[u8]) -> bool {
+        self.pio.write(u64::from(port), data)
+    }
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        self.mmio.read(addr, data)
+    }
+    fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
+        self.mmio.write(addr, data)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,15 +28,15 @@ use virtio_bindings::virtio_ids;
 use crate::api::{
     BusKind, DeviceInfo, DeviceMetrics, StateChange, VmDescription, VmMetrics, VmState,
 };
-use crate::bus::{self, BusEntry};
+use crate::bus::{self, BusEntry, Buses};
 use crate::exits::{ExitCounters, ExitCounts};
+use crate::kick::kick_signal;
 use crate::layout::{
     CMOS_PORT, COM1_IRQ, COM1_PORT, I8042_DATA_PORT, IRQ_FIRST_VIRTIO, MMIO_GAP_START,
     VIRTIO_MMIO_MAX_DEVICES, VIRTIO_MMIO_WINDOW,
 };
 use crate::persist::{PersistError, SnapshotInfo, SnapshotSource, VcpuState};
 use crate::stop::{StopReason, StopSignal};
-use crate::vcpu::{kick_signal, Buses};
 
 /// How long `pause` waits for every vCPU to park before giving up (and resuming).
 pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -482,7 +482,7 @@ mod tests {
 
     #[test]
     fn pause_waits_for_every_vcpu_and_stop_releases_them() {
-        crate::vcpu::install_kick_handler().unwrap();
+        crate::kick::install_kick_handler().unwrap();
         let c = Arc::new(control(2));
         let parked_threads: Vec<_> = (0..2)
             .map(|_| {

@@ -3,8 +3,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::{Deserialize, Serialize};
-
 use crate::stop::StopReason;
 
 /// KVM_SYSTEM_EVENT types (linux/kvm.h).
@@ -100,39 +98,7 @@ pub fn handle_exit(exit: Exit, io: &impl IoDispatch) -> Action {
     }
 }
 
-/// How many exits of each kind one vCPU (or, summed, the VM) has seen.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExitCounts {
-    pub io_in: u64,
-    pub io_out: u64,
-    pub mmio_read: u64,
-    pub mmio_write: u64,
-    pub hlt: u64,
-    /// KVM_RUN returned early because a signal kicked the thread (pause, stop).
-    pub interrupted: u64,
-    pub shutdown: u64,
-    pub system_event: u64,
-    pub internal_error: u64,
-    pub fail_entry: u64,
-    pub other: u64,
-}
-
-impl ExitCounts {
-    /// Adds `other`'s counts to these.
-    pub fn add(&mut self, o: &ExitCounts) {
-        self.io_in += o.io_in;
-        self.io_out += o.io_out;
-        self.mmio_read += o.mmio_read;
-        self.mmio_write += o.mmio_write;
-        self.hlt += o.hlt;
-        self.interrupted += o.interrupted;
-        self.shutdown += o.shutdown;
-        self.system_event += o.system_event;
-        self.internal_error += o.internal_error;
-        self.fail_entry += o.fail_entry;
-        self.other += o.other;
-    }
-}
+pub use vmm_api::api::ExitCounts;
 
 /// One vCPU's exit counters: written by its own thread only (relaxed, uncontended),
 /// read by the control API.

@@ -61,8 +61,9 @@ pub const FIRST_ADDR_PAST_32BITS: u64 = 1 << 32;
 pub const MMIO_GAP_SIZE: u64 = FIRST_ADDR_PAST_32BITS - MMIO_GAP_START;
 /// Each virtio-mmio device gets one window of this size.
 pub const VIRTIO_MMIO_WINDOW: u64 = 0x1000;
-/// Number of virtio-mmio windows we hand out (placed from MMIO_GAP_START).
-pub const VIRTIO_MMIO_MAX_DEVICES: u64 = 16;
+/// Number of virtio-mmio windows we hand out (placed from MMIO_GAP_START); defined with the
+/// config that is validated against it.
+pub const VIRTIO_MMIO_MAX_DEVICES: u64 = vmm_api::config::VIRTIO_MMIO_MAX_DEVICES;
 /// IOAPIC pins 0..23; 0-4 belong to legacy devices (timer, keyboard, cascade, COM2, COM1).
 pub const IRQ_FIRST_VIRTIO: u32 = 5;
 /// Last IOAPIC pin usable.
@@ -82,8 +83,10 @@ pub const I8042_DATA_PORT: u16 = 0x60;
 /// i8042 command/status port.
 pub const I8042_CMD_PORT: u16 = 0x64;
 /// Smallest guest RAM we accept: the boot structures plus a kernel need far more, but
-/// below this even the fixed low-memory layout does not fit.
-pub const MIN_MEM_BYTES: u64 = HIMEM_START + 0x10_0000;
+/// below this even the fixed low-memory layout does not fit. Defined with the config that
+/// is validated against it.
+pub const MIN_MEM_BYTES: u64 = vmm_api::config::MIN_MEM_BYTES;
+const _: () = assert!(MIN_MEM_BYTES == HIMEM_START + 0x10_0000);
 
 #[cfg(test)]
 mod tests {

@@ -8,12 +8,13 @@ pub mod boot;
 pub mod builder;
 pub mod bus;
 pub mod compat;
-pub mod config;
 pub mod control;
 pub mod cpu;
 pub mod devices;
 pub mod event_loop;
 pub mod exits;
+pub mod jail;
+pub mod kick;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
@@ -26,3 +27,6 @@ pub mod stop;
 pub mod testing;
 pub mod vcpu;
 pub mod vm;
+
+/// The VM config lives in `vmm-api` (front ends use it without this crate).
+pub use vmm_api::config;

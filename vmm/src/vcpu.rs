@@ -1,16 +1,17 @@
 //! vCPU threads: run KVM_RUN, hand each exit to `exits::handle_exit`, stop on request.
 
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::Killable;
 
-use crate::bus::Bus;
+use crate::bus::Buses;
 use crate::control::VmControl;
-use crate::exits::{self, describe_internal_error, Action, Exit, IoDispatch};
+use crate::exits::{self, describe_internal_error, Action, Exit};
+use crate::kick::{install_kick_handler, kick_signal, KickError};
 use crate::memory::GuestMemory;
 use crate::persist;
 use crate::stop::{StopReason, StopSignal};
@@ -18,31 +19,10 @@ use crate::stop::{StopReason, StopSignal};
 /// Errors starting vCPU threads.
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
-    #[error("cannot install the vCPU kick signal handler: {0}")]
-    Signal(vmm_sys_util::errno::Error),
+    #[error(transparent)]
+    Signal(#[from] KickError),
     #[error("cannot start a vCPU thread: {0}")]
     Spawn(std::io::Error),
-}
-
-/// The buses a vCPU dispatches guest I/O to.
-pub struct Buses {
-    pub pio: Bus,
-    pub mmio: Bus,
-}
-
-impl IoDispatch for Buses {
-    fn pio_read(&self, port: u16, data: &mut [u8]) -> bool {
-        self.pio.read(u64::from(port), data)
-    }
-    fn pio_write(&self, port: u16, data: &[u8]) -> bool {
-        self.pio.write(u64::from(port), data)
-    }
-    fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
-        self.mmio.read(addr, data)
-    }
-    fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
-        self.mmio.write(addr, data)
-    }
 }
 
 /// One configured vCPU, ready to run.
@@ -60,22 +40,6 @@ pub struct VcpuShared {
     pub control: Arc<VmControl>,
     /// The MSRs a snapshot saves (KVM_GET_MSR_INDEX_LIST).
     pub msr_indices: Arc<[u32]>,
-}
-
-/// The signal used to kick a vCPU thread out of KVM_RUN.
-pub(crate) fn kick_signal() -> i32 {
-    SIGRTMIN()
-}
-
-extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-/// Installs the kick signal's no-op handler (once per process), so a kick interrupts
-/// KVM_RUN instead of killing the process.
-pub(crate) fn install_kick_handler() -> Result<(), VcpuError> {
-    static HANDLER: Once = Once::new();
-    let mut result = Ok(());
-    HANDLER.call_once(|| result = register_signal_handler(kick_signal(), on_kick));
-    result.map_err(VcpuError::Signal)
 }
 
 /// Raises the stop signal if the thread ends without having done so (e.g. it panicked).

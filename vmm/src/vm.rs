@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::bus::{BusError, SharedDevice};
+use crate::bus::{BusError, Buses, SharedDevice};
 use crate::config::VmConfig;
 use crate::control::VmControl;
 use crate::devices::virtio::mmio::MmioTransport;
@@ -13,7 +13,7 @@ use crate::event_loop::EventLoop;
 use crate::memory::GuestMemory;
 use crate::persist::{CpuProfile, SnapshotSource};
 use crate::stop::{StopReason, StopSignal};
-use crate::vcpu::{self, Buses, Vcpu, VcpuError, VcpuShared};
+use crate::vcpu::{self, Vcpu, VcpuError, VcpuShared};
 
 /// A VM ready to run (see `builder::build`).
 pub struct Vm {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use agent_protocol::network::NetworkConfig;
 use serde::{Deserialize, Serialize};
-use vmm::config::NetConfig;
+use vmm_api::config::NetConfig;
 
 pub use netns::{Netns, NetnsError};
 

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use oci_spec::runtime::Spec;
-use vmm::config::CompatSetting;
+use vmm_api::config::CompatSetting;
 
 use super::translate::{RootfsMode, TranslateError};
 use crate::template::TemplateUse;

@@ -42,10 +42,10 @@ pub fn require_host() {
     );
 }
 
-/// The `sandbox-vm` binary the shim runs the VMM with: `$SANDBOX_VM_BIN`, else the newer
-/// of this target directory's debug and release builds.
-pub fn sandbox_vm_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("SANDBOX_VM_BIN") {
+/// The VMM binary the shim runs (`sandbox-vm-vmm`): `$SANDBOX_VM_VMM`, else the newer of
+/// this target directory's debug and release builds.
+pub fn vmm_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SANDBOX_VM_VMM") {
         return PathBuf::from(p);
     }
     let target = Path::new(SHIM)
@@ -55,13 +55,13 @@ pub fn sandbox_vm_bin() -> PathBuf {
     let mtime = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
     let found = ["debug", "release"]
         .iter()
-        .map(|p| target.join(p).join("sandbox-vm"))
+        .map(|p| target.join(p).join("sandbox-vm-vmm"))
         .filter_map(|p| mtime(&p).map(|t| (t, p)))
         .max();
     match found {
         Some((_, p)) => p,
         None => panic!(
-            "cannot run this e2e test: no sandbox-vm binary in {} (cargo build -p runtime-cli, or set SANDBOX_VM_BIN)",
+            "cannot run this e2e test: no sandbox-vm-vmm binary in {} (cargo build -p vmm, or set SANDBOX_VM_VMM)",
             target.display()
         ),
     }
@@ -256,7 +256,7 @@ impl Containerd {
             .arg("info")
             .env("PATH", path)
             .env("SANDBOX_VM_SHIM_ROOT", dir.join("vms"))
-            .env("SANDBOX_VM_BIN", sandbox_vm_bin())
+            .env("SANDBOX_VM_VMM", vmm_bin())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::options().append(true).open(&log).unwrap())

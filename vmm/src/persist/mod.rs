@@ -19,7 +19,6 @@ pub mod memory;
 pub mod vcpu;
 pub mod vm;
 
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,14 +37,8 @@ pub use memory::MemoryFileError;
 pub use vcpu::{VcpuState, VcpuStateError};
 pub use vm::{VmState, VmStateError};
 
-/// The first field of every state file.
-pub const MAGIC: &str = "sandbox-vm snapshot";
-/// Bumped whenever a saved type changes shape or meaning; other versions are refused.
-pub const FORMAT_VERSION: u32 = 1;
-/// The state file in a snapshot directory.
-pub const STATE_FILE: &str = "state.json";
-/// The guest-memory file in a snapshot directory.
-pub const MEMORY_FILE: &str = "memory";
+use vmm_api::snapshot::hex;
+pub use vmm_api::snapshot::{sha256_hex, FORMAT_VERSION, MAGIC, MEMORY_FILE, STATE_FILE};
 
 /// Errors taking, reading or checking a snapshot. The refusals (`NotASnapshot`,
 /// `FormatVersion`, `CpuProfile`, `Kernel`, `Shape`) are one line each saying what to do.
@@ -165,31 +158,13 @@ pub struct Snapshot {
     pub devices: Vec<TransportState>,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn short(h: &str) -> &str {
     h.get(..12).unwrap_or(h)
 }
 
-/// SHA-256 of `bytes`, as hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
 /// Hashes a file with SHA-256 (the kernel identity, the template cache key).
 pub fn sha256_file(path: &Path) -> Result<String, PersistError> {
-    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            return Ok(hex(&h.finalize()));
-        }
-        h.update(&buf[..n]);
-    }
+    vmm_api::snapshot::sha256_file(path).map_err(io_err(path))
 }
 
 /// The identity of the kernel file at `path`.
@@ -374,16 +349,7 @@ pub fn restore_devices(
     Ok(())
 }
 
-/// What a snapshot request reports.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotInfo {
-    pub dir: PathBuf,
-    /// Non-zero guest RAM written to the memory file.
-    pub memory_bytes: u64,
-    /// Time to save vCPU and VM state, and to write the memory file (µs).
-    pub state_us: u64,
-    pub memory_us: u64,
-}
+pub use vmm_api::api::SnapshotInfo;
 
 /// What a running VM keeps so it can be snapshotted from the API thread.
 pub struct SnapshotSource {

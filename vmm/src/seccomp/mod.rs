@@ -6,7 +6,7 @@
 //! A call outside the list kills the whole process with SIGSYS.
 //!
 //! Nothing is confined unless the process asked for it with [`enable`] (only
-//! `sandbox-vm vmm` does): `boot`, the tests and other library users run unconfined.
+//! `sandbox-vm-vmm` does): `boot`, the tests and other library users run unconfined.
 //! Filters stack, and a thread inherits its creator's: so the main thread installs its
 //! own only after it has spawned every other thread (in `Vm::run`).
 //!
@@ -132,7 +132,7 @@ pub fn confine_current(kind: ThreadKind) {
     };
     if let Err(e) = seccompiler::apply_filter(prog) {
         eprintln!(
-            "sandbox-vm vmm: cannot install the seccomp filter of a {} thread: {e}",
+            "sandbox-vm-vmm: cannot install the seccomp filter of a {} thread: {e}",
             kind.name()
         );
         // SAFETY: _exit ends the process at once; nothing is left half-done that matters

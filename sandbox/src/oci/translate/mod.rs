@@ -45,7 +45,7 @@ pub enum TranslateError {
         "memory limit {0} bytes is too small: a VM container needs at least {MIN_LIMIT_MIB} MiB"
     )]
     MemoryTooSmall(i64),
-    #[error("annotation {key}={0} is too small: the VM needs at least {min} MiB", key = annotations::MEM_MIB, min = vmm::layout::MIN_MEM_BYTES >> 20)]
+    #[error("annotation {key}={0} is too small: the VM needs at least {min} MiB", key = annotations::MEM_MIB, min = vmm_api::config::MIN_MEM_BYTES >> 20)]
     GuestMemoryTooSmall(u64),
     #[error("the spec translates into a VM the VMM refuses: {0}")]
     VmConfig(String),

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use oci_spec::runtime::Spec;
-use vmm::config::{DiskConfig, FsConfig, SerialOutput, VmConfig, VsockConfig};
+use vmm_api::config::{DiskConfig, FsConfig, SerialOutput, VmConfig, VsockConfig};
 
 use crate::share::SHARE_TAG;
 
@@ -88,7 +88,7 @@ fn vcpus(spec: &Spec, ann: &Annotations, max: u8) -> Result<u8, TranslateError> 
 /// plus [`GUEST_OVERHEAD_MIB`].
 fn mem_mib(spec: &Spec, ann: &Annotations) -> Result<u64, TranslateError> {
     if let Some(m) = ann.mem_mib {
-        if m.saturating_mul(1 << 20) < vmm::layout::MIN_MEM_BYTES {
+        if m.saturating_mul(1 << 20) < vmm_api::config::MIN_MEM_BYTES {
             return Err(TranslateError::GuestMemoryTooSmall(m));
         }
         return Ok(m);
@@ -165,7 +165,7 @@ pub fn vm_config(
     if !extra.is_empty() {
         vm.cmdline = Some(format!(
             "{} {}",
-            vmm::builder::DEFAULT_CMDLINE,
+            vmm_api::config::DEFAULT_CMDLINE,
             extra.join(" ")
         ));
     }
@@ -214,7 +214,7 @@ mod tests {
         ROOTFS as ANN_ROOTFS, VCPUS as ANN_VCPUS,
     };
     use crate::oci::translate::test_specs::spec;
-    use vmm::config::CompatSetting;
+    use vmm_api::config::CompatSetting;
 
     /// The VM and rootfs mode of `s` (its annotations parsed first, as planning does).
     fn vm_config(

@@ -65,24 +65,19 @@ use super::activation::Activation;
 use super::device::DeviceState;
 use super::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
 
-/// Longest tag (`struct virtio_fs_config`'s `tag[36]`, not NUL-terminated when full).
-pub const TAG_MAX_LEN: usize = 36;
+pub use vmm_api::config::{
+    check_fs_params as check_params, FsParamError, FS_QUEUE_SIZE_MAX as QUEUE_SIZE_MAX,
+    FS_REQUEST_QUEUES_MAX as REQUEST_QUEUES_MAX, FS_TAG_MAX_LEN as TAG_MAX_LEN,
+};
+
 /// Size of the config space: the tag and `num_request_queues` (le32).
 const CONFIG_LEN: usize = TAG_MAX_LEN + 4;
-/// Largest queue the transport and virtio allow.
-pub const QUEUE_SIZE_MAX: u16 = 32768;
-/// Most request queues a device may have (our bound, well within vhost-user's 256 rings).
-pub const REQUEST_QUEUES_MAX: u16 = 64;
 
 /// Errors creating a virtio-fs device.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
-    #[error("tag {0:?} must be 1 to 36 bytes without NUL")]
-    Tag(String),
-    #[error("queue size {0} is not a power of two up to 32768")]
-    QueueSize(u16),
-    #[error("number of request queues {0} is not between 1 and 64")]
-    RequestQueues(u16),
+    #[error(transparent)]
+    Params(#[from] FsParamError),
     #[error("cannot connect to the vhost-user socket (is virtiofsd running?): {0}")]
     Connect(std::io::Error),
     #[error("vhost-user negotiation failed: {0}")]
@@ -119,20 +114,6 @@ pub struct Fs {
     socket_polled: bool,
     activation: Activation,
     state: DeviceState<Rings>,
-}
-
-/// Checks a tag, a queue size and a request-queue count (also done by the VM config).
-pub fn check_params(tag: &str, num_request_queues: u16, queue_size: u16) -> Result<(), FsError> {
-    if tag.is_empty() || tag.len() > TAG_MAX_LEN || tag.contains('\0') {
-        return Err(FsError::Tag(tag.into()));
-    }
-    if !queue_size.is_power_of_two() || queue_size > QUEUE_SIZE_MAX {
-        return Err(FsError::QueueSize(queue_size));
-    }
-    if !(1..=REQUEST_QUEUES_MAX).contains(&num_request_queues) {
-        return Err(FsError::RequestQueues(num_request_queues));
-    }
-    Ok(())
 }
 
 impl Fs {

@@ -169,18 +169,21 @@ fn parameters_are_checked() {
     assert!(check_params("t", 1, 1024).is_ok());
     assert!(check_params(&"x".repeat(36), 64, 32768).is_ok());
     for tag in ["", "a\0b", &"x".repeat(37)] {
-        assert!(matches!(check_params(tag, 1, 1024), Err(FsError::Tag(_))));
+        assert!(matches!(
+            check_params(tag, 1, 1024),
+            Err(FsParamError::Tag(_))
+        ));
     }
     for size in [0, 1000, 65535] {
         assert!(matches!(
             check_params("t", 1, size),
-            Err(FsError::QueueSize(_))
+            Err(FsParamError::QueueSize(_))
         ));
     }
     for n in [0, 65] {
         assert!(matches!(
             check_params("t", n, 1024),
-            Err(FsError::RequestQueues(_))
+            Err(FsParamError::RequestQueues(_))
         ));
     }
 }

@@ -1,4 +1,4 @@
-//! `sandbox-vm vmm`: the VMM as its own process, driven through its API socket. Tiny
+//! `sandbox-vm-vmm`: the VMM as its own process, driven through its API socket. Tiny
 //! hand-made guests stand in for a kernel (needs /dev/kvm; a few seconds in all).
 
 use std::os::unix::net::UnixListener;
@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
 
-use vmm::api::{ApiClient, VmState};
-use vmm::config::{SerialOutput, VmConfig};
+use vmm_api::config::{SerialOutput, VmConfig};
+use vmm_api::{ApiClient, VmState};
 
 use test_support::cmd::{poll_until, wait_exit};
 use test_support::guests::{COUNTING, CRASHING};
 use test_support::runtime::vmm_command;
 use test_support::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
+const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm-vmm");
 
 struct Scratch(TempDir);
 
@@ -144,7 +144,7 @@ fn a_bad_config_exits_1_with_one_line_and_no_socket() {
     ] {
         std::fs::write(&bad, text).unwrap();
         let out = Command::new(BIN)
-            .args(["vmm", "--config"])
+            .arg("--config")
             .arg(&bad)
             .arg("--api-sock")
             .arg(s.sock())

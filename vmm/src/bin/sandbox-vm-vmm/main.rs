@@ -1,43 +1,47 @@
-//! `sandbox-vm vmm --config vm.json --api-sock PATH`: the VMM as a process of its own, with
+//! `sandbox-vm-vmm --config vm.json --api-sock PATH`: the VMM as a process of its own, with
 //! its control API on a Unix socket (`vmm::api`). Nothing but the VM runs in it: the main
 //! thread, the vCPU threads, the device event loop and the API thread.
 //!
-//! `sandbox-vm vmm --restore DIR --api-sock PATH [overrides]` instead builds the VM from a
+//! `sandbox-vm-vmm --restore DIR --api-sock PATH [overrides]` instead builds the VM from a
 //! snapshot directory (`vmm::persist`; taken through the API's `snapshot`) and lets it
 //! continue; the overrides give each clone its own sockets and identity. On stderr it
 //! reports the restore's steps in ms since the process started:
-//! `sandbox-vm vmm: restored DIR: checked 1.2 ms, memory mapped 1.5 ms, state set 9.8 ms,
+//! `sandbox-vm-vmm: restored DIR: checked 1.2 ms, memory mapped 1.5 ms, state set 9.8 ms,
 //! vCPUs running 10.1 ms`.
 //!
 //! The socket is bound only once the VM is built, so a caller that can connect knows the
-//! VM is ready (`vmm::api::ApiClient::connect` retries until then); a stale socket file at
+//! VM is ready (`vmm_api::ApiClient::connect` retries until then); a stale socket file at
 //! that path is replaced, and the socket is removed when the process exits.
 //!
 //! Each thread confines itself with its own seccomp filter (`vmm::seccomp`) once it
 //! starts its loop, unless `--seccomp off`.
 //!
-//! Exit status, as `boot`: 0 when the guest reboots or powers off, or the VM is stopped on
-//! request (the API's `stop`, SIGTERM or SIGINT: an orderly stop, the vCPUs are joined and
-//! the socket removed); 2 when the guest crashes; 1 for a VMM error, with one line on
-//! stderr.
+//! It is found beside the binary that starts it (`sandbox-vm`, the shim): the sandbox
+//! library runs it, and the jail (`--jail`, `vmm::jail`) is set up here, before the VM.
+//!
+//! Exit status, as `sandbox-vm boot`: 0 when the guest reboots or powers off, or the VM is
+//! stopped on request (the API's `stop`, SIGTERM or SIGINT: an orderly stop, the vCPUs are
+//! joined and the socket removed); 2 when the guest crashes; 1 for a VMM error, with one
+//! line on stderr.
 
-use std::os::fd::AsRawFd;
+mod logger;
+mod signals;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::Args;
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-use sandbox::jail::{self, Jail};
+use clap::Parser;
 use vmm::api::ApiServer;
 use vmm::config::{SerialOutput, VmConfig};
+use vmm::jail::{self, Jail};
 use vmm::persist::RestoreOverrides;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-#[derive(Args)]
-pub struct VmmArgs {
+/// The VMM as a process of its own, with a control API socket (started by the runtime).
+#[derive(Parser)]
+#[command(name = "sandbox-vm-vmm", version)]
+struct VmmArgs {
     /// The VM config (JSON; the fields of `boot --config`)
     #[arg(long, required_unless_present = "restore", conflicts_with = "restore")]
     config: Option<PathBuf>,
@@ -76,7 +80,7 @@ pub struct VmmArgs {
     /// call outside its filter right after installing it
     #[arg(long, hide = true, value_name = "THREAD")]
     seccomp_selftest: Option<vmm::seccomp::ThreadKind>,
-    /// Run the VMM jailed (`sandbox::jail`): a memory cgroup, new pid, mount and IPC
+    /// Run the VMM jailed (`vmm::jail`): a memory cgroup, new pid, mount and IPC
     /// namespaces with DIR (an empty directory) as its root holding only what the VM
     /// opens, rlimits, and the unprivileged --jail-uid/--jail-gid once the VM is built
     #[arg(long, value_name = "DIR", conflicts_with = "restore")]
@@ -98,8 +102,20 @@ fn enable_seccomp(args: &VmmArgs) -> Result<()> {
     Ok(())
 }
 
+fn main() -> ExitCode {
+    let args = VmmArgs::parse();
+    logger::init();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sandbox-vm-vmm: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// Runs the VM with its API server until it stops; maps how it ended to the exit status.
-pub fn run(args: VmmArgs) -> Result<ExitCode> {
+fn run(args: VmmArgs) -> Result<ExitCode> {
     let started = Instant::now();
     // Read before the jail: inside it only what the VM opens is left.
     let mut config = args
@@ -134,7 +150,7 @@ pub fn run(args: VmmArgs) -> Result<ExitCode> {
     // SAFETY: umask only swaps the process's file-mode mask.
     unsafe { libc::umask(0o177) };
     enable_seccomp(&args)?;
-    let stop_evt = stop_on_signals()?;
+    let stop_evt = signals::stop_on_signals()?;
     let (mut vm, restored) = build(&args, config.as_ref(), started)?;
     let server = ApiServer::start(&args.api_sock, vm.control(), Some(stop_evt))?;
     if let Some(j) = &jail {
@@ -144,7 +160,7 @@ pub fn run(args: VmmArgs) -> Result<ExitCode> {
     let reason = match restored {
         Some((dir, t)) => vm.run_with(|| {
             eprintln!(
-                "sandbox-vm vmm: restored {}: checked {:.1} ms, memory mapped {:.1} ms, \
+                "sandbox-vm-vmm: restored {}: checked {:.1} ms, memory mapped {:.1} ms, \
                  state set {:.1} ms, vCPUs running {:.1} ms",
                 dir.display(),
                 t.checked_ms + t.offset_ms,
@@ -159,10 +175,10 @@ pub fn run(args: VmmArgs) -> Result<ExitCode> {
     let reason = reason?;
     let secs = started.elapsed().as_secs_f64();
     if reason.is_clean() {
-        eprintln!("sandbox-vm vmm: {reason} after {secs:.1} s");
+        eprintln!("sandbox-vm-vmm: {reason} after {secs:.1} s");
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("sandbox-vm vmm: {reason} (after {secs:.1} s)");
+        eprintln!("sandbox-vm-vmm: {reason} (after {secs:.1} s)");
         Ok(ExitCode::from(2))
     }
 }
@@ -207,39 +223,4 @@ fn build(
 
 fn ms_since_start(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
-}
-
-/// The eventfd the signal handler writes; -1 until `stop_on_signals` set it.
-static STOP_FD: AtomicI32 = AtomicI32::new(-1);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    let fd = STOP_FD.load(Ordering::SeqCst);
-    if fd >= 0 {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: write(2) is async-signal-safe; `one` is 8 valid bytes and `fd` is the
-        // eventfd kept open by the API thread for the life of the process.
-        unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
-    }
-}
-
-/// Makes SIGTERM and SIGINT write to an eventfd, which the API thread turns into a stop.
-fn stop_on_signals() -> Result<EventFd> {
-    let evt = EventFd::new(EFD_NONBLOCK).context("cannot create the stop eventfd")?;
-    let keep = evt.try_clone().context("cannot create the stop eventfd")?;
-    // The handler's copy stays open until exit: forget it rather than close it under a
-    // signal that may arrive late.
-    STOP_FD.store(keep.as_raw_fd(), Ordering::SeqCst);
-    std::mem::forget(keep);
-    let action = SigAction::new(
-        SigHandler::Handler(on_stop_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGTERM, Signal::SIGINT] {
-        // SAFETY: the handler only loads an atomic and calls write(2), both
-        // async-signal-safe.
-        unsafe { sigaction(sig, &action) }
-            .with_context(|| format!("cannot install the {sig} handler"))?;
-    }
-    Ok(evt)
 }

@@ -5,12 +5,12 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{
+use crate::api::{
     ApiRequest, ApiResponse, ResponseBody, SnapshotInfo, StateChange, VmDescription, VmMetrics,
 };
 
 /// How long a request waits for its response unless `set_timeout` says otherwise (a pause
-/// may take up to `control::PAUSE_TIMEOUT`).
+/// may take up to the VMM's pause timeout, 10 s).
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_RETRY: Duration = Duration::from_millis(10);
 

@@ -13,10 +13,10 @@ use test_support::host::connect_as;
 use test_support::runtime::vmm_command;
 use test_support::TempDir;
 
-use vmm::api::ApiClient;
-use vmm::config::{SerialOutput, VmConfig, VsockConfig};
+use vmm_api::client::ApiClient;
+use vmm_api::config::{SerialOutput, VmConfig, VsockConfig};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
+const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm-vmm");
 
 /// The test's directory, open to all (the jail's uid looks into it).
 struct Scratch(TempDir);
@@ -184,7 +184,7 @@ fn assert_jailed(pid: u32, s: &Scratch) {
         "{limits}"
     );
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let name = sandbox::jail::cgroup_name(&s.path("jail"));
+    let name = vmm_api::jail::cgroup_name(&s.path("jail"));
     let line = cgroup
         .lines()
         .find(|l| l.contains("memory"))
@@ -196,12 +196,12 @@ fn assert_jailed(pid: u32, s: &Scratch) {
     .unwrap();
     assert_eq!(
         limit.trim().parse::<u64>().unwrap(),
-        (16 + sandbox::jail::VMM_OVERHEAD_MIB) << 20
+        (16 + vmm_api::jail::VMM_OVERHEAD_MIB) << 20
     );
 }
 
 fn assert_nothing_left(s: &Scratch, inner: u32) {
-    let name = sandbox::jail::cgroup_name(&s.path("jail"));
+    let name = vmm_api::jail::cgroup_name(&s.path("jail"));
     assert!(!Path::new("/sys/fs/cgroup/memory").join(&name).exists());
     let deadline = Instant::now() + Duration::from_secs(5);
     // Gone, or a zombie waiting for host init to reap it (its parent is gone).
@@ -251,7 +251,7 @@ fn a_jailed_vmm_sees_only_its_jail_and_leaves_nothing() {
     vmm.kill().unwrap();
     assert_eq!(wait(&mut vmm, 10).signal(), Some(libc::SIGKILL));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !sandbox::jail::remove_cgroup(&s.path("jail")) {
+    while !vmm_api::jail::remove_cgroup(&s.path("jail")) {
         assert!(Instant::now() < deadline, "the cgroup stays busy");
         std::thread::sleep(Duration::from_millis(50));
     }

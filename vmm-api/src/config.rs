@@ -1,9 +1,63 @@
-//! `VmConfig`: the plain data that describes one microVM. `builder::build` is the one place
-//! that turns it into running objects.
+//! `VmConfig`: the plain data that describes one microVM. The VMM's `builder::build` is the
+//! one place that turns it into running objects; `validate` checks here what can be
+//! checked without the VMM (the limits below are the VMM's, which refers to them).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+/// Smallest guest RAM the VMM accepts (its guest layout's `HIMEM_START` plus 1 MiB: below
+/// this even the fixed low-memory layout does not fit; the VMM asserts the sum).
+pub const MIN_MEM_BYTES: u64 = 0x20_0000;
+/// Number of virtio-mmio windows (so virtio devices) the VMM hands out.
+pub const VIRTIO_MMIO_MAX_DEVICES: u64 = 16;
+/// The guest command line when the config gives none: a quiet console on COM1 and no
+/// work the boot does not need.
+///
+/// Each switch was measured on the emulating hosts (guest-kernel-config/README.md) and is
+/// harmless on real KVM: per-CPU areas from pages rather than a zeroed 2 MiB block, no
+/// LOCK-prefix rewriting for one vCPU, no quadratic /sys/module parameter setup, small
+/// boot-time hash tables for a small VM, no IO-APIC timer probe loop.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 percpu_alloc=page noreplace-smp \
+     initcall_blacklist=param_sysfs_builtin_init no_timer_check \
+     dhash_entries=1024 ihash_entries=1024 thash_entries=256 uhash_entries=256";
+/// Longest virtio-fs tag (`struct virtio_fs_config`'s `tag[36]`, not NUL-terminated when
+/// full).
+pub const FS_TAG_MAX_LEN: usize = 36;
+/// Largest virtio-fs queue the transport and virtio allow.
+pub const FS_QUEUE_SIZE_MAX: u16 = 32768;
+/// Most virtio-fs request queues a device may have (the VMM's bound, well within
+/// vhost-user's 256 rings).
+pub const FS_REQUEST_QUEUES_MAX: u16 = 64;
+
+/// A virtio-fs share's parameters that no device could take.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FsParamError {
+    #[error("tag {0:?} must be 1 to 36 bytes without NUL")]
+    Tag(String),
+    #[error("queue size {0} is not a power of two up to 32768")]
+    QueueSize(u16),
+    #[error("number of request queues {0} is not between 1 and 64")]
+    RequestQueues(u16),
+}
+
+/// Checks a virtio-fs tag and queue parameters.
+pub fn check_fs_params(
+    tag: &str,
+    num_request_queues: u16,
+    queue_size: u16,
+) -> Result<(), FsParamError> {
+    if tag.is_empty() || tag.len() > FS_TAG_MAX_LEN || tag.contains('\0') {
+        return Err(FsParamError::Tag(tag.into()));
+    }
+    if !queue_size.is_power_of_two() || queue_size > FS_QUEUE_SIZE_MAX {
+        return Err(FsParamError::QueueSize(queue_size));
+    }
+    if !(1..=FS_REQUEST_QUEUES_MAX).contains(&num_request_queues) {
+        return Err(FsParamError::RequestQueues(num_request_queues));
+    }
+    Ok(())
+}
 
 /// Errors reading or validating a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -17,19 +71,16 @@ pub enum ConfigError {
     },
     #[error("vcpus must be at least 1")]
     NoVcpus,
-    #[error("mem_mib must be at least {min}, got {0}", min = crate::layout::MIN_MEM_BYTES >> 20)]
+    #[error("mem_mib must be at least {min}, got {0}", min = MIN_MEM_BYTES >> 20)]
     MemTooSmall(u64),
     #[error("vsock guest_cid must be between 3 and {max}, got {0}", max = u32::MAX - 1)]
     BadCid(u64),
     #[error("invalid MAC address {0:?} (expected six hex bytes like 02:00:00:00:00:01)")]
     BadMac(String),
-    #[error("too many virtio devices: {0} (at most {max})", max = crate::layout::VIRTIO_MMIO_MAX_DEVICES)]
+    #[error("too many virtio devices: {0} (at most {max})", max = VIRTIO_MMIO_MAX_DEVICES)]
     TooManyDevices(usize),
     #[error("virtio-fs {socket}: {err}")]
-    Fs {
-        socket: PathBuf,
-        err: crate::devices::virtio::fs::FsError,
-    },
+    Fs { socket: PathBuf, err: FsParamError },
     #[error("virtio-fs tag {0:?} is used twice (the guest mounts shares by tag)")]
     DuplicateFsTag(String),
 }
@@ -137,14 +188,11 @@ impl FsConfig {
 
     /// Checks the tag and the queues.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        crate::devices::virtio::fs::check_params(
-            &self.tag,
-            self.num_request_queues,
-            self.queue_size,
-        )
-        .map_err(|err| ConfigError::Fs {
-            socket: self.socket.clone(),
-            err,
+        check_fs_params(&self.tag, self.num_request_queues, self.queue_size).map_err(|err| {
+            ConfigError::Fs {
+                socket: self.socket.clone(),
+                err,
+            }
         })
     }
 }
@@ -192,7 +240,7 @@ pub struct VmConfig {
     /// Initial ramdisk (an uncompressed cpio is fastest here).
     #[serde(default)]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line; `None` uses `builder::DEFAULT_CMDLINE`. The VMM always appends
+    /// Kernel command line; `None` uses `DEFAULT_CMDLINE`. The VMM always appends
     /// what it needs itself (reboot/panic handling, compat switches, virtio-mmio devices).
     #[serde(default)]
     pub cmdline: Option<String>,
@@ -261,7 +309,7 @@ impl VmConfig {
         if self.vcpus == 0 {
             return Err(ConfigError::NoVcpus);
         }
-        if self.mem_mib.saturating_mul(1 << 20) < crate::layout::MIN_MEM_BYTES {
+        if self.mem_mib.saturating_mul(1 << 20) < MIN_MEM_BYTES {
             return Err(ConfigError::MemTooSmall(self.mem_mib));
         }
         if let Some(v) = &self.vsock {
@@ -283,7 +331,7 @@ impl VmConfig {
             + self.fs.len()
             + usize::from(self.rng)
             + usize::from(self.vsock.is_some());
-        if devices as u64 > crate::layout::VIRTIO_MMIO_MAX_DEVICES {
+        if devices as u64 > VIRTIO_MMIO_MAX_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }
         Ok(())
