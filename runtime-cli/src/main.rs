@@ -167,15 +167,26 @@ fn standalone_bundle(id: String, bundle: PathBuf) -> (String, PathBuf) {
     (format!("{name}-{}", std::process::id()), dir)
 }
 
+/// What every command may need: the state store, the host's settings and the global
+/// flags to hand on to a monitor.
+struct Ctx<'a> {
+    store: &'a Store,
+    host: sandbox::HostConfig,
+    global_args: Vec<String>,
+}
+
 fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
-    let gargs = global_args(&cli.global);
     // The host's settings, once: from the environment and what is installed.
     let exe = std::env::current_exe().ok();
-    let host = sandbox::HostConfig::resolve(|k| std::env::var_os(k), exe.as_deref());
+    let ctx = Ctx {
+        store,
+        host: sandbox::HostConfig::resolve(|k| std::env::var_os(k), exe.as_deref()),
+        global_args: global_args(&cli.global),
+    };
     match cli.command {
         Command::Boot(args) => boot_cmd::run(*args),
-        Command::Check { containerd_config } => Ok(check::run(&host, &containerd_config)),
-        Command::Template(args) => template_cmd::run(*args, &host),
+        Command::Check { containerd_config } => Ok(check::run(&ctx.host, &containerd_config)),
+        Command::Template(args) => template_cmd::run(*args, &ctx.host),
         Command::Monitor {
             container_id,
             console_socket,
@@ -190,87 +201,81 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
             bench_cmd::run(cmd)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Standard(cmd) => match *cmd {
-            StandardCmd::Create(c) => {
-                lifecycle::create(
-                    store,
-                    &host,
-                    &CreateOpts {
-                        id: c.container_id,
-                        bundle: c.bundle,
-                        pid_file: c.pid_file,
-                        console_socket: c.console_socket,
-                        global_args: gargs,
-                        start: false,
-                    },
-                )?;
-                Ok(ExitCode::SUCCESS)
-            }
-            StandardCmd::Start(s) => {
-                lifecycle::start(store, &s.container_id)?;
-                Ok(ExitCode::SUCCESS)
-            }
-            StandardCmd::State(s) => print(commands::state(store, &s.container_id)?),
-            StandardCmd::Kill(k) => {
-                lifecycle::kill(store, &k.container_id, &k.signal, k.all)?;
-                Ok(ExitCode::SUCCESS)
-            }
-            StandardCmd::Delete(d) => {
-                lifecycle::delete(store, &d.container_id, d.force)?;
-                Ok(ExitCode::SUCCESS)
-            }
-        },
-        Command::Common(cmd) => match *cmd {
-            CommonCmd::Run(r) => {
-                let (id, bundle) = standalone_bundle(r.container_id, r.bundle);
-                let opts = CreateOpts {
-                    id,
-                    bundle,
-                    pid_file: r.pid_file,
-                    console_socket: r.console_socket,
-                    global_args: gargs,
-                    start: true,
-                };
-                Ok(code(commands::run(store, &host, &opts, r.detach, r.keep)?))
-            }
-            CommonCmd::Exec(e) => {
-                let opts = commands::ExecOpts {
-                    id: e.container_id,
-                    process_file: e.process,
-                    command: e.command,
-                    tty: e.tty,
-                    cwd: e.cwd,
-                    env: e.env,
-                    user: e.user,
-                    detach: e.detach,
-                    pid_file: e.pid_file,
-                    console_socket: e.console_socket,
-                    argv: std::env::args().collect(),
-                };
-                Ok(code(commands::exec(store, &opts)?))
-            }
-            CommonCmd::Ps(p) => print(commands::ps(store, &p.container_id, &p.format)?),
-            CommonCmd::List(l) => print(commands::list(store, &l.format, l.quiet)?),
-            CommonCmd::Features(_) => print(commands::features()),
-            CommonCmd::Spec(s) => {
-                commands::spec(s.bundle.as_deref())?;
-                Ok(ExitCode::SUCCESS)
-            }
-            CommonCmd::Checkpointt(_) => bail!("checkpoint is not supported"),
-            CommonCmd::Events(_) => bail!("events is not supported yet"),
-            CommonCmd::Pause(p) => {
-                lifecycle::pause(store, &p.container_id)?;
-                Ok(ExitCode::SUCCESS)
-            }
-            CommonCmd::Resume(r) => {
-                lifecycle::resume(store, &r.container_id)?;
-                Ok(ExitCode::SUCCESS)
-            }
-            CommonCmd::Update(_) => bail!(
-                "update is not supported: a sandbox's vCPUs, memory and limits are fixed when its VM boots"
-            ),
-        },
+        Command::Standard(cmd) => standard(*cmd, ctx),
+        Command::Common(cmd) => common(*cmd, ctx),
     }
+}
+
+/// runc's standard commands.
+fn standard(cmd: StandardCmd, ctx: Ctx) -> anyhow::Result<ExitCode> {
+    let store = ctx.store;
+    match cmd {
+        StandardCmd::Create(c) => {
+            let opts = CreateOpts {
+                id: c.container_id,
+                bundle: c.bundle,
+                pid_file: c.pid_file,
+                console_socket: c.console_socket,
+                global_args: ctx.global_args,
+                start: false,
+            };
+            lifecycle::create(store, &ctx.host, &opts)?;
+        }
+        StandardCmd::Start(s) => lifecycle::start(store, &s.container_id)?,
+        StandardCmd::State(s) => return print(commands::state(store, &s.container_id)?),
+        StandardCmd::Kill(k) => lifecycle::kill(store, &k.container_id, &k.signal, k.all)?,
+        StandardCmd::Delete(d) => lifecycle::delete(store, &d.container_id, d.force)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// runc's other commands.
+fn common(cmd: CommonCmd, ctx: Ctx) -> anyhow::Result<ExitCode> {
+    let store = ctx.store;
+    match cmd {
+        CommonCmd::Run(r) => {
+            let (id, bundle) = standalone_bundle(r.container_id, r.bundle);
+            let opts = CreateOpts {
+                id,
+                bundle,
+                pid_file: r.pid_file,
+                console_socket: r.console_socket,
+                global_args: ctx.global_args,
+                start: true,
+            };
+            return Ok(code(commands::run(
+                store, &ctx.host, &opts, r.detach, r.keep,
+            )?));
+        }
+        CommonCmd::Exec(e) => {
+            let opts = commands::ExecOpts {
+                id: e.container_id,
+                process_file: e.process,
+                command: e.command,
+                tty: e.tty,
+                cwd: e.cwd,
+                env: e.env,
+                user: e.user,
+                detach: e.detach,
+                pid_file: e.pid_file,
+                console_socket: e.console_socket,
+                argv: std::env::args().collect(),
+            };
+            return Ok(code(commands::exec(store, &opts)?));
+        }
+        CommonCmd::Ps(p) => return print(commands::ps(store, &p.container_id, &p.format)?),
+        CommonCmd::List(l) => return print(commands::list(store, &l.format, l.quiet)?),
+        CommonCmd::Features(_) => return print(commands::features()),
+        CommonCmd::Spec(s) => commands::spec(s.bundle.as_deref())?,
+        CommonCmd::Checkpointt(_) => bail!("checkpoint is not supported"),
+        CommonCmd::Events(_) => bail!("events is not supported yet"),
+        CommonCmd::Pause(p) => lifecycle::pause(store, &p.container_id)?,
+        CommonCmd::Resume(r) => lifecycle::resume(store, &r.container_id)?,
+        CommonCmd::Update(_) => bail!(
+            "update is not supported: a sandbox's vCPUs, memory and limits are fixed when its VM boots"
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

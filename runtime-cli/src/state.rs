@@ -218,7 +218,7 @@ pub fn sockets_open_under(dir: &Path) -> bool {
 
 /// Checks a container id: it names a directory and travels to the agent.
 pub fn validate_id(id: &str) -> Result<(), StateError> {
-    agent_protocol::validate_container_id(id).map_err(|e| StateError::BadId(e.0))
+    sandbox::validate_container_id(id).map_err(|e| StateError::BadId(e.0))
 }
 
 /// The state root (`--root`).

@@ -4,7 +4,8 @@
 //!   (not the host's), the guest kernel's own log, and only the container's processes.
 //! - one container through `create` (with `--pid-file`), `state`, `start`, `exec`, `ps`,
 //!   `pause`, `resume`, `kill`, `state`, `delete`; the pid-file process exits with the
-//!   container's status.
+//!   container's status. Its memory limit is 1 GiB: its VM (1 GiB + the guest overhead)
+//!   runs in the VMM's jail, whose file-size limit must let the VMM size guest RAM.
 //!
 //! Needs root, /dev/kvm, the guest kernel (`SANDBOX_VM_KERNEL` or the kernel cache) and
 //! the agent initramfs (`SANDBOX_VM_INITRD` or images/out/agent-initramfs.cpio).
@@ -140,6 +141,9 @@ fn create_start_exec_kill_delete() {
             "trap 'exit 42' TERM; echo started; sleep 1000 & wait",
         ],
     );
+    test_support::rootfs::edit_config(&b, |c| {
+        c["linux"]["resources"]["memory"] = serde_json::json!({"limit": 1u64 << 30});
+    });
     let root = dir.join("root");
     let id = "e2e-life";
     let pid_file = dir.join("pid");
@@ -193,6 +197,25 @@ fn create_start_exec_kill_delete() {
     eprintln!("exec took {:.1} s", t.elapsed().as_secs_f64());
     assert_eq!(exec.status.code(), Some(3), "{exec:?}");
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "hi from exec\n");
+
+    // The 1 GiB container's VM: the guest has the RAM, and its VMM runs jailed (the jail's
+    // pid-namespace child as uid 65534).
+    let meminfo = ok(
+        runtime(&root)
+            .args(["exec", id, "cat", "/proc/meminfo"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap(),
+        "exec cat /proc/meminfo",
+    );
+    let total = test_support::host::mem_total_kib(&meminfo).expect("MemTotal");
+    assert!(
+        total > 1 << 20,
+        "guest MemTotal {total} KiB for a 1 GiB limit"
+    );
+    let sock = root.join(id).join("vmm.sock");
+    let uids = test_support::host::vmm_uids(&sock.display().to_string());
+    assert!(uids.contains(&65534), "VMM not jailed: uids {uids:?}");
 
     let ps = ok(
         runtime(&root)

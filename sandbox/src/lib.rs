@@ -33,7 +33,7 @@ pub mod template;
 pub mod virtiofsd;
 pub mod vmm_process;
 
-pub use agent_protocol::{ContainerStats, ExitInfo, ProcessInfo};
+pub use agent_protocol::{validate_container_id, ContainerStats, ExitInfo, ProcessInfo};
 pub use handle::{HandleError, SandboxHandle, SandboxOps};
 pub use host::HostConfig;
 pub use paths::SandboxPaths;

@@ -18,7 +18,7 @@ use crate::oci::annotations::Annotations;
 use crate::oci::translate::{self, ContainerPlan, HostPath, RootfsMode, TranslateError};
 use crate::paths::SandboxPaths;
 use crate::template::TemplateUse;
-use crate::vmm_process::VMM_BIN;
+use crate::vmm_process::{VmmRun, VMM_BIN};
 
 /// What the container that boots a sandbox is to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,17 +72,6 @@ impl HostProbe for RealHost {
     fn netns(&self, path: &Path) -> Result<(), NetnsError> {
         crate::network::Netns::open(path).map(drop)
     }
-}
-
-/// How the VMM process is run.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmmRun {
-    /// The VMM binary.
-    pub exe: PathBuf,
-    /// In its jail (a template build never is: it writes its snapshot outside).
-    pub jail: bool,
-    /// Its `--seccomp` mode, when not its default.
-    pub seccomp: Option<String>,
 }
 
 /// Everything needed to start one sandbox (see the module docs).

@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::oci::translate::HostBind;
-
 /// The virtio-fs tag of the share.
 pub const SHARE_TAG: &str = "sandbox";
 /// Where the agent mounts the share in the guest.
@@ -49,6 +47,22 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ShareEr
 fn mnt(what: &'static str, path: &Path) -> impl FnOnce(nix::Error) -> ShareError {
     let path = path.to_path_buf();
     move |err| ShareError::Mount { what, path, err }
+}
+
+/// One host path the sandbox bind-mounts into its share before the agent sees it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostBind {
+    /// The host path (the bundle's rootfs, or a bind mount's source).
+    pub src: PathBuf,
+    /// Where it goes, relative to the share's root.
+    pub share_rel: PathBuf,
+    /// A regular file (else a directory).
+    pub is_file: bool,
+    /// Made read-only on the host too (the spec's `ro`), so even a guest kernel cannot
+    /// write through it.
+    pub read_only: bool,
+    /// `rbind`: submounts come along.
+    pub recursive: bool,
 }
 
 /// A prepared share; [`Share::teardown`] (or drop) unmounts everything under it.

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use crate::network::Netns;
 use crate::paths::SandboxPaths;
-use crate::plan::VmmRun;
 use crate::process::{last_line, ProcessError, Supervised};
 
 /// How long the VMM may take to build the VM and open its control socket.
@@ -20,6 +19,17 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The VMM binary's file name: built into the same target directory as `sandbox-vm` and
 /// the shim, and installed beside them.
 pub const VMM_BIN: &str = "sandbox-vm-vmm";
+
+/// How the VMM process is run.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VmmRun {
+    /// The VMM binary.
+    pub exe: PathBuf,
+    /// In its jail (a template build never is: it writes its snapshot outside).
+    pub jail: bool,
+    /// Its `--seccomp` mode, when not its default.
+    pub seccomp: Option<String>,
+}
 
 /// The VMM process's exit codes (the same as `sandbox-vm boot`).
 pub mod exit_code {

@@ -1,5 +1,6 @@
 //! containerd 1.6 (Debian's, started by the test) runs containers through the shim with
-//! `ctr`: each container in a microVM of its own (two boots in all).
+//! `ctr`: each container in a microVM of its own (two boots in all). The second has a
+//! 1 GiB memory limit: its VM (1 GiB + the guest overhead) runs in the VMM's jail.
 
 mod common;
 
@@ -78,6 +79,8 @@ fn ctr_runs_execs_and_kills_containers_in_their_own_vms() {
             "-d",
             "--runtime",
             RUNTIME,
+            "--memory-limit",
+            "1073741824",
             BUSYBOX,
             "long1",
             "sleep",
@@ -110,6 +113,28 @@ fn ctr_runs_execs_and_kills_containers_in_their_own_vms() {
         "exec exit status; {}",
         text(&exec.stderr)
     );
+    // The guest has the RAM, and the VMM runs jailed (its pid-namespace child as uid
+    // 65534).
+    let exec = c.ctr(
+        NS,
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "e2",
+            "long1",
+            "cat",
+            "/proc/meminfo",
+        ],
+    );
+    let meminfo = text(&exec.stdout);
+    let total = test_support::host::mem_total_kib(&meminfo).expect("MemTotal");
+    assert!(
+        total > 1 << 20,
+        "guest MemTotal {total} KiB for a 1 GiB limit"
+    );
+    let uids = test_support::host::vmm_uids("/long1/vmm.sock");
+    assert!(uids.contains(&65534), "VMM not jailed: uids {uids:?}");
     let ps = text(&c.ctr(NS, &["task", "ps", "long1"]).stdout);
     assert!(
         ps.lines().count() >= 2,

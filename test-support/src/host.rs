@@ -44,6 +44,27 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
         .collect()
 }
 
+/// The real uids of the VMM processes (`sandbox-vm-vmm`) whose command line mentions
+/// `needle` (a sandbox's API socket): a jailed VMM shows the jail's uid (65534) in its
+/// pid-namespace child beside root in the parent that waits for it.
+pub fn vmm_uids(needle: &str) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("sandbox-vm-vmm") && cmd.contains(needle))
+        .filter_map(|(pid, _)| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+            uid.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// The guest's `MemTotal` in KiB, from the text of its `/proc/meminfo`.
+pub fn mem_total_kib(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
 /// The lines of this process's mountinfo that mention `needle` (a mount under a path).
 pub fn mounts_mentioning(needle: &str) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -144,6 +165,13 @@ pub fn connect_as(uid: u32, sock: &Path) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mem_total_is_read_from_meminfo() {
+        let m = "MemTotal:        1115204 kB\nMemFree:          900000 kB\n";
+        assert_eq!(mem_total_kib(m), Some(1115204));
+        assert_eq!(mem_total_kib("MemFree: 1 kB"), None);
+    }
     use crate::TempDir;
 
     #[test]

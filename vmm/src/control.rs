@@ -25,9 +25,6 @@ use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_ids;
 
-use crate::api::{
-    BusKind, DeviceInfo, DeviceMetrics, StateChange, VmDescription, VmMetrics, VmState,
-};
 use crate::bus::{self, BusEntry, Buses};
 use crate::exits::{ExitCounters, ExitCounts};
 use crate::kick::kick_signal;
@@ -37,6 +34,9 @@ use crate::layout::{
 };
 use crate::persist::{PersistError, SnapshotInfo, SnapshotSource, VcpuState};
 use crate::stop::{StopReason, StopSignal};
+use vmm_api::api::{
+    BusKind, DeviceInfo, DeviceMetrics, StateChange, VmDescription, VmMetrics, VmState,
+};
 
 /// How long `pause` waits for every vCPU to park before giving up (and resuming).
 pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -12,23 +12,8 @@ use oci_spec::runtime::{Mount, MountBuilder, Spec};
 
 use super::vm::{RootfsMode, ROOTFS_DISK_SERIAL};
 use super::{FileProbe, HostPath, TranslateError};
+pub use crate::share::HostBind;
 use crate::share::GUEST_SHARE_DIR;
-
-/// One host path the sandbox bind-mounts into its share before the agent sees it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct HostBind {
-    /// The host path (the bundle's rootfs, or a bind mount's source).
-    pub src: PathBuf,
-    /// Where it goes, relative to the share's root.
-    pub share_rel: PathBuf,
-    /// A regular file (else a directory).
-    pub is_file: bool,
-    /// Made read-only on the host too (the spec's `ro`), so even a guest kernel cannot
-    /// write through it.
-    pub read_only: bool,
-    /// `rbind`: submounts come along.
-    pub recursive: bool,
-}
 
 /// What adding one container to a sandbox takes.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
