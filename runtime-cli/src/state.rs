@@ -41,29 +41,7 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Sta
     move |err| StateError::Io { what, path, err }
 }
 
-/// The OCI lifecycle states.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Creating,
-    Created,
-    Running,
-    /// The sandbox's vCPUs are stopped (`pause`).
-    Paused,
-    Stopped,
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(match self {
-            Status::Creating => "creating",
-            Status::Created => "created",
-            Status::Running => "running",
-            Status::Paused => "paused",
-            Status::Stopped => "stopped",
-        })
-    }
-}
+pub use sandbox::oci::Status;
 
 /// What we keep about one container (`state.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

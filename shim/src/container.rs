@@ -11,14 +11,8 @@ use tokio::sync::watch;
 
 use crate::io::{IoPaths, StdinCloser};
 
-/// Where a process is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Created,
-    Running,
-    Paused,
-    Stopped,
-}
+/// Where a process is in its life (never `Creating` here: a task exists once created).
+pub use sandbox::oci::Status;
 
 /// How and when a process ended (the status shell-style: code, or 128 + signal).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -45,7 +45,7 @@ pub struct BundleRecord {
 
 /// The pod's VM.
 #[derive(Clone)]
-struct Vm {
+struct PodVm {
     /// The container that booted it.
     owner: String,
     /// How it was planned (its later containers are planned from it).
@@ -55,7 +55,7 @@ struct Vm {
 
 #[derive(Default)]
 struct PodState {
-    vm: Option<Vm>,
+    vm: Option<PodVm>,
     containers: BTreeMap<String, Container>,
 }
 
@@ -110,7 +110,7 @@ fn boot(
 }
 
 /// Stops the pod's VM (a second stop does nothing) and removes its state directory.
-fn stop_vm(vm: &Vm) {
+fn stop_vm(vm: &PodVm) {
     match vm.sandbox.stop() {
         Ok(status) => log::info!("pod VM stopped ({status:?})"),
         Err(e) => log::warn!("stopping the pod VM: {e}"),
@@ -180,7 +180,7 @@ impl Pod {
         self.inner.lock().expect("poisoned")
     }
 
-    fn vm(&self) -> Result<Vm, ShimError> {
+    fn vm(&self) -> Result<PodVm, ShimError> {
         self.lock().vm.clone().ok_or(ShimError::NoVm)
     }
 
@@ -243,7 +243,7 @@ impl Pod {
         spec: &Spec,
         rootfs_dir: &Path,
         mounted: bool,
-    ) -> Result<Option<Vm>, ShimError> {
+    ) -> Result<Option<PodVm>, ShimError> {
         let current = self.lock().vm.clone();
         let cri = Annotations::parse(spec)
             .map_err(sandbox::PlanError::from)?
@@ -268,7 +268,7 @@ impl Pod {
                     self.host.clone(),
                 );
                 let (sb, plan) = blocking(move || boot(&id, &s, &r, &dir, &host)).await?;
-                Ok(Some(Vm {
+                Ok(Some(PodVm {
                     owner: args.id.clone(),
                     plan: Arc::new(plan),
                     sandbox: Arc::new(sb),
@@ -426,7 +426,7 @@ impl Pod {
         let status = self.with_proc(id, exec_id, |p| p.status)?;
         match status {
             Status::Stopped => return Ok(()),
-            Status::Created => {
+            Status::Creating | Status::Created => {
                 let _ = self.exits.send(ExitMsg {
                     container_id: id.into(),
                     exec_id: exec_id.into(),

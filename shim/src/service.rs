@@ -74,7 +74,7 @@ fn timestamp(t: SystemTime) -> Timestamp {
 
 fn status_proto(s: Status) -> api::Status {
     match s {
-        Status::Created => api::Status::CREATED,
+        Status::Creating | Status::Created => api::Status::CREATED,
         Status::Running => api::Status::RUNNING,
         Status::Paused => api::Status::PAUSED,
         Status::Stopped => api::Status::STOPPED,
