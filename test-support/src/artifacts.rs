@@ -58,3 +58,22 @@ pub fn vmm_beside(runtime: &str) -> PathBuf {
     );
     p
 }
+
+/// A binary of this workspace built beside the running test (`cargo test --workspace`
+/// builds every package's binaries into the test's target directory), for tests outside
+/// the binary's own package.
+pub fn built_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join(name))
+        .expect("the test runs from a target directory");
+    assert!(
+        p.is_file(),
+        "{} not found: build it first (cargo test --workspace builds it)",
+        p.display()
+    );
+    p
+}

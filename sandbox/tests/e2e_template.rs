@@ -33,7 +33,12 @@ const SCRIPT: &str = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo
                       END { print (p + 0 < r + 0) ? \"init prepared\" : \"init made\" }' \
                       /proc/self/mountinfo; echo done";
 
-const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
+/// `sandbox-vm` (for `spec`), built beside this test.
+fn bin() -> String {
+    test_support::artifacts::built_binary("sandbox-vm")
+        .display()
+        .to_string()
+}
 
 /// The plan of sandbox `id` for the bundle at `b`, its templates under `dir/templates`.
 fn config(dir: &Path, id: &str, b: &Path, t: TemplateUse) -> PodPlan {
@@ -99,7 +104,7 @@ fn spec_of(bundle: &Path) -> oci_spec::runtime::Spec {
 #[test]
 fn clones_of_one_template_are_distinct_machines_with_the_right_clock() {
     let dir = fresh_dir("svm-e2e-template");
-    let b = busybox_bundle(BIN, &dir.join("bundle"), &["sh", "-c", SCRIPT]);
+    let b = busybox_bundle(&bin(), &dir.join("bundle"), &["sh", "-c", SCRIPT]);
     let spec = spec_of(&b);
 
     let t = Instant::now();
@@ -155,7 +160,7 @@ fn clones_of_one_template_are_distinct_machines_with_the_right_clock() {
     let mut k = std::fs::read(kernel()).unwrap();
     k.extend_from_slice(b"other");
     std::fs::write(&other, k).unwrap();
-    let out = Command::new(test_support::artifacts::vmm_beside(BIN))
+    let out = Command::new(test_support::artifacts::built_binary("sandbox-vm-vmm"))
         .arg("--restore")
         .arg(&template)
         .arg("--api-sock")

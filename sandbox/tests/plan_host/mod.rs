@@ -1,7 +1,7 @@
 //! The host settings for a sandbox an e2e test makes through the `sandbox` library: the
 //! built guest kernel and image, virtiofsd and the VMM of this build.
 
-use test_support::artifacts::{image, kernel, vmm_beside};
+use test_support::artifacts::{built_binary, image, kernel};
 
 pub fn host() -> sandbox::HostConfig {
     let mut host = sandbox::HostConfig::resolve(|k| std::env::var_os(k), None);
@@ -9,7 +9,7 @@ pub fn host() -> sandbox::HostConfig {
     host.agent_disk = Some(image("SANDBOX_VM_AGENT_DISK", "agent.ext4"));
     host.initrd = None;
     host.max_vcpus = 1;
-    host.vmm_exe = Some(vmm_beside(env!("CARGO_BIN_EXE_sandbox-vm")));
+    host.vmm_exe = Some(built_binary("sandbox-vm-vmm"));
     assert!(
         host.virtiofsd.is_some(),
         "virtiofsd not found: run scripts/setup.sh (it installs it)"

@@ -21,7 +21,12 @@ use sandbox::{PodPlan, RealHost, Role, Sandbox, SandboxOps};
 use test_support::fresh_dir;
 use test_support::rootfs::busybox_bundle;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sandbox-vm");
+/// `sandbox-vm` (for `spec`), built beside this test.
+fn bin() -> String {
+    test_support::artifacts::built_binary("sandbox-vm")
+        .display()
+        .to_string()
+}
 
 fn spec_of(bundle: &Path, mounts: serde_json::Value) -> oci_spec::runtime::Spec {
     let path = bundle.join("config.json");
@@ -68,12 +73,12 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 fn two_containers_share_one_vm_with_live_binds() {
     let dir = fresh_dir("svm-e2e-sandbox");
     let a = busybox_bundle(
-        BIN,
+        &bin(),
         &dir.join("a"),
         &["sh", "-c", "echo a-up; exec sleep 1000"],
     );
     let b = busybox_bundle(
-        BIN,
+        &bin(),
         &dir.join("b"),
         &[
             "sh",
