@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${SANDBOX_VM_TEMPLATE_DIR:?export SANDBOX_VM_TEMPLATE_DIR first}"
-bin=${SANDBOX_VM_BIN:-target/release/sandbox-vm}
+bin=target/release/sandbox-vm
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/rootfs/bin" "$SANDBOX_VM_TEMPLATE_DIR"
