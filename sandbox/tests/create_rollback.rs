@@ -1,9 +1,12 @@
-//! `Sandbox::create` failing at each of its host-side steps leaves nothing behind: no
-//! process, no mount under the state directory. The VMM is a fake (a program that exits,
-//! or one that opens its control socket and never lets an agent answer), virtiofsd the
-//! real one, so the share's mounts and the helpers' teardown are the real ones.
+//! `Sandbox::create` failing at each of its steps leaves nothing behind: no process, no
+//! mount under the state directory. The VMM is a fake: a program that exits, one that opens
+//! its control socket and never lets an agent answer, or one that relays the hybrid vsock
+//! to a real guest agent running on the host, which then fails to mount the share (there
+//! is no virtio-fs device on the host). virtiofsd is the real one, so the share's mounts
+//! and the helpers' teardown are the real ones.
 //!
-//! Needs root (the share is a bind mount) and virtiofsd (`scripts/setup.sh` installs it).
+//! Needs root (the share is a bind mount), virtiofsd (`scripts/setup.sh` installs it),
+//! python3, and the workspace's `guest-agent` binary (`cargo test --workspace` builds it).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -43,6 +46,49 @@ s.listen(1)
 time.sleep(600)
 "#;
 
+/// A fake VMM whose guest is a real agent on the host: it starts `guest-agent --unix`
+/// (killed with it), and answers each hybrid vsock `CONNECT` on the VM's vsock socket
+/// (from `--config`) with `OK` and a relay to the agent.
+const RELAY_VMM: &str = r#"#!/usr/bin/env python3
+import ctypes, json, os, signal, socket, subprocess, sys, threading
+a = sys.argv
+uds = json.load(open(a[a.index("--config") + 1]))["vsock"]["uds_path"]
+api = socket.socket(socket.AF_UNIX)
+api.bind(a[a.index("--api-sock") + 1])
+api.listen(1)
+state = os.path.dirname(a[a.index("--api-sock") + 1])
+agent_sock = os.path.join(state, "agent.sock")
+libc = ctypes.CDLL(None)
+subprocess.Popen(["AGENT", "--unix", agent_sock, "--state-dir", os.path.join(state, "agent")],
+                 preexec_fn=lambda: libc.prctl(1, signal.SIGKILL))
+vsock = socket.socket(socket.AF_UNIX)
+vsock.bind(uds)
+vsock.listen(8)
+
+def relay(src, dst):
+    while True:
+        d = src.recv(65536)
+        if not d:
+            break
+        dst.sendall(d)
+    dst.shutdown(socket.SHUT_WR)
+
+while True:
+    c, _ = vsock.accept()
+    line = b""
+    while not line.endswith(b"\n"):
+        line += c.recv(1)
+    g = socket.socket(socket.AF_UNIX)
+    try:
+        g.connect(agent_sock)
+    except OSError:
+        c.close()
+        continue
+    c.sendall(b"OK 1\n")
+    threading.Thread(target=relay, args=(c, g), daemon=True).start()
+    threading.Thread(target=relay, args=(g, c), daemon=True).start()
+"#;
+
 fn spec() -> Spec {
     serde_json::from_value(serde_json::json!({
         "ociVersion": "1.0.2",
@@ -52,7 +98,8 @@ fn spec() -> Spec {
     .unwrap()
 }
 
-/// The plan of a sandbox in `dir` that starts `vmm`, with the host's virtiofsd.
+/// The plan of a sandbox in a new state directory under `dir` that starts `vmm`, with the
+/// host's virtiofsd.
 fn plan(dir: &Path, vmm: &Path) -> PodPlan {
     let mut host = HostConfig::resolve(|k| std::env::var_os(k), None);
     assert!(
@@ -66,7 +113,7 @@ fn plan(dir: &Path, vmm: &Path) -> PodPlan {
     host.jail = false;
     let rootfs = dir.join("bundle/rootfs");
     std::fs::create_dir_all(&rootfs).unwrap();
-    let state = dir.join("state");
+    let state = dir.join(test_support::unique("state"));
     let mut p = PodPlan::new(
         "rb",
         &spec(),
@@ -135,4 +182,22 @@ fn a_create_that_fails_at_any_step_leaves_nothing() {
     let e = Sandbox::create(&p).unwrap_err();
     assert!(matches!(e, SandboxError::AgentTimeout(..)), "{e}");
     assert_nothing_left(dir.path(), "no agent");
+
+    // The agent answers, then cannot set the sandbox up (no virtio-fs share to mount).
+    let agent = test_support::artifacts::built_binary("guest-agent");
+    let relay = RELAY_VMM.replace("AGENT", &agent.display().to_string());
+    let relay = script(dir.path(), "relay-vmm", &relay);
+    let mut p = plan(dir.path(), &relay);
+    p.agent_timeout = Duration::from_secs(30);
+    let share_dir = Path::new("/run/sandbox-share");
+    let had_share_dir = share_dir.exists();
+    let e = Sandbox::create(&p).unwrap_err();
+    if !had_share_dir {
+        let _ = std::fs::remove_dir(share_dir);
+    }
+    assert!(
+        matches!(e, SandboxError::Agent { what, .. } if what.contains("set up the sandbox")),
+        "{e}"
+    );
+    assert_nothing_left(dir.path(), "the agent refuses the sandbox");
 }
