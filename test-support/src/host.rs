@@ -126,14 +126,35 @@ pub fn own_fds() -> usize {
 /// Tries to connect to the Unix socket `sock` from a child process running as `uid` (and
 /// the same gid, no supplementary groups); returns connect's errno (0: connected).
 pub fn connect_as(uid: u32, sock: &Path) -> i32 {
+    connect_as_in(uid, sock, None)
+}
+
+/// [`connect_as`], the child first doing what the VMM's jail does when `view` is given: a
+/// private mount namespace in which directory `view.0` is also mounted at `view.1`.
+pub fn connect_as_in(uid: u32, sock: &Path, view: Option<(&Path, &Path)>) -> i32 {
     use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(sock.as_os_str().as_bytes()).unwrap();
-    // SAFETY: the child only makes raw system calls on prepared memory, then _exits.
+    let cstr = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let path = cstr(sock);
+    let view = view.map(|(from, to)| (cstr(from), cstr(to)));
+    // SAFETY: the child only makes raw system calls on memory prepared before the fork,
+    // then _exits.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
     if pid == 0 {
         // SAFETY: as above; `addr` is a zeroed sockaddr_un filled within its bounds.
         unsafe {
+            if let Some((from, to)) = &view {
+                let slash = c"/";
+                let private = libc::MS_REC | libc::MS_PRIVATE;
+                let null = std::ptr::null();
+                if libc::unshare(libc::CLONE_NEWNS) != 0
+                    || libc::mount(null, slash.as_ptr(), null, private, null.cast()) != 0
+                    || libc::mount(from.as_ptr(), to.as_ptr(), null, libc::MS_BIND, null.cast())
+                        != 0
+                {
+                    libc::_exit(201);
+                }
+            }
             if libc::setgroups(0, std::ptr::null()) != 0
                 || libc::setgid(uid) != 0
                 || libc::setuid(uid) != 0
@@ -159,6 +180,7 @@ pub fn connect_as(uid: u32, sock: &Path) -> i32 {
     assert!(libc::WIFEXITED(status));
     let code = libc::WEXITSTATUS(status);
     assert_ne!(code, 200, "cannot become uid {uid}");
+    assert_ne!(code, 201, "cannot set up the jail's mount view");
     code
 }
 

@@ -1,10 +1,5 @@
-use std::ffi::CString;
-
 use super::*;
-
-fn cstr(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).unwrap()
-}
+use test_support::host::connect_as_in;
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("svm-jail-{name}-{}", std::process::id()));
@@ -41,72 +36,6 @@ fn cgroup_v1_and_v2_layouts_are_told_apart() {
     let _ = std::fs::remove_dir_all(root);
 }
 
-/// Connects to `sock` from a child process as `uid`/`gid`; with `view`, the child first
-/// does what the jail does: a private mount namespace in which directory `view.0` is also
-/// mounted at `view.1`. Returns the errno of connect (0: connected).
-fn connect_as(uid: u32, sock: &Path, view: Option<(&Path, &Path)>) -> i32 {
-    let path = cstr(sock);
-    let view = view.map(|(from, to)| (cstr(from), cstr(to)));
-    // SAFETY: the child makes only raw system calls on memory prepared before the fork,
-    // then _exits.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        // SAFETY: as above; `addr` is a zeroed sockaddr_un filled within its bounds.
-        unsafe {
-            if let Some((from, to)) = &view {
-                let slash = c"/";
-                if libc::unshare(libc::CLONE_NEWNS) != 0
-                    || libc::mount(
-                        std::ptr::null(),
-                        slash.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_REC | libc::MS_PRIVATE,
-                        std::ptr::null(),
-                    ) != 0
-                    || libc::mount(
-                        from.as_ptr(),
-                        to.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND,
-                        std::ptr::null(),
-                    ) != 0
-                {
-                    libc::_exit(201);
-                }
-            }
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(uid) != 0
-                || libc::setuid(uid) != 0
-            {
-                libc::_exit(200);
-            }
-            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-            let mut addr: libc::sockaddr_un = std::mem::zeroed();
-            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-            for (i, b) in path
-                .as_bytes()
-                .iter()
-                .enumerate()
-                .take(addr.sun_path.len() - 1)
-            {
-                addr.sun_path[i] = *b as libc::c_char;
-            }
-            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-            let r = libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len);
-            let errno = *libc::__errno_location();
-            libc::_exit(if r == 0 { 0 } else { errno.min(199) });
-        }
-    }
-    let mut status = 0;
-    // SAFETY: waits for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert!(libc::WIFEXITED(status));
-    let code = libc::WEXITSTATUS(status);
-    assert!(code < 200, "the child could not set itself up ({code})");
-    code
-}
-
 #[test]
 fn guest_port_listeners_are_reachable_by_the_jailed_vmm_only() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -131,18 +60,18 @@ fn guest_port_listeners_are_reachable_by_the_jailed_vmm_only() {
     std::fs::create_dir(&mount_point).unwrap();
     let inside = mount_point.join("vsock.sock_5000");
     assert_eq!(
-        connect_as(UID, &inside, Some((&d.join("vsock"), &mount_point))),
+        connect_as_in(UID, &inside, Some((&d.join("vsock"), &mount_point))),
         0,
         "the jail's uid through the jail's mount"
     );
     listener.set_nonblocking(true).unwrap();
     assert!(listener.accept().is_ok(), "the connection arrived");
     // On the host, the state directory keeps everyone out, the jail's uid too.
-    assert_eq!(connect_as(UID, &sock, None), libc::EACCES);
-    assert_eq!(connect_as(4242, &sock, None), libc::EACCES);
+    assert_eq!(connect_as_in(UID, &sock, None), libc::EACCES);
+    assert_eq!(connect_as_in(4242, &sock, None), libc::EACCES);
     // Even through the jail's mount, another uid is refused by the directory's mode.
     assert_eq!(
-        connect_as(4242, &inside, Some((&d.join("vsock"), &mount_point))),
+        connect_as_in(4242, &inside, Some((&d.join("vsock"), &mount_point))),
         libc::EACCES
     );
 
@@ -160,11 +89,11 @@ fn guest_port_listeners_are_reachable_by_the_jailed_vmm_only() {
     let vsock_dir = d.join("vsock");
     let jail_view = Some((vsock_dir.as_path(), mount_point.as_path()));
     assert_eq!(
-        connect_as(4242, &inside, jail_view),
+        connect_as_in(4242, &inside, jail_view),
         0,
         "the other uid, jailed"
     );
-    assert_eq!(connect_as(UID, &inside, jail_view), libc::EACCES);
+    assert_eq!(connect_as_in(UID, &inside, jail_view), libc::EACCES);
     later.set_nonblocking(true).unwrap();
     assert!(later.accept().is_ok());
 
