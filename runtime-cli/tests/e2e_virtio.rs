@@ -217,20 +217,18 @@ fn a_jailed_vmm_delivers_guest_connections_to_a_listener_no_other_uid_reaches() 
     let config = dir.join("vm.json");
     std::fs::write(&config, serde_json::to_string(&vm).unwrap()).unwrap();
     let started = Instant::now();
-    let vmm = Command::new(test_support::artifacts::vmm_beside(env!(
-        "CARGO_BIN_EXE_sandbox-vm"
-    )))
-    .arg("--config")
-    .arg(&config)
-    .arg("--api-sock")
-    .arg(dir.join("vmm.sock"))
-    .arg("--jail")
-    .arg(dir.join("jail"))
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    let vmm = Command::new(test_support::artifacts::built_binary("sandbox-vm-vmm"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--api-sock")
+        .arg(dir.join("vmm.sock"))
+        .arg("--jail")
+        .arg(dir.join("jail"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut run = JailedRun {
         dir: dir.clone(),
         vmm: Some(vmm),

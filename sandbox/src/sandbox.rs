@@ -81,7 +81,6 @@ struct Parts {
 /// One live sandbox (see the module docs).
 #[derive(Debug)]
 pub struct Sandbox {
-    id: String,
     paths: SandboxPaths,
     handle: SandboxHandle,
     /// `None` once stopped.
@@ -272,7 +271,6 @@ impl Sandbox {
             share: Some(share),
         };
         let sandbox = Sandbox {
-            id: plan.id.clone(),
             handle: SandboxHandle::open(&paths.dir),
             paths,
             parts: Mutex::new(Some(parts)),
@@ -320,11 +318,6 @@ impl Sandbox {
         p.virtiofsd
             .died()
             .map(|(status, last)| format!("virtiofsd exited ({status}): {last}"))
-    }
-
-    /// The sandbox's id.
-    pub fn id(&self) -> &str {
-        &self.id
     }
 
     /// The state directory's files.

@@ -75,7 +75,6 @@ pub struct CloneSockets {
 #[derive(Debug)]
 pub struct VmmProcess {
     proc: Supervised,
-    api_sock: PathBuf,
 }
 
 impl VmmProcess {
@@ -147,20 +146,12 @@ impl VmmProcess {
         let mut proc = Supervised::spawn("the VMM", cmd, &paths.vmm_log)?;
         let api_sock = &paths.api_sock;
         proc.wait_ready(READY_TIMEOUT, || UnixStream::connect(api_sock).is_ok())?;
-        Ok(VmmProcess {
-            proc,
-            api_sock: api_sock.clone(),
-        })
+        Ok(VmmProcess { proc })
     }
 
     /// Its pid.
     pub fn pid(&self) -> u32 {
         self.proc.pid()
-    }
-
-    /// The control socket.
-    pub fn api_sock(&self) -> &Path {
-        &self.api_sock
     }
 
     /// Its log file.
@@ -171,11 +162,6 @@ impl VmmProcess {
     /// The exit status if it has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.proc.try_status()
-    }
-
-    /// Waits for it to exit by itself.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        self.proc.wait_timeout(timeout)
     }
 
     /// Ends the VM: an orderly stop (SIGTERM, which the VMM turns into a `stop` of its run),

@@ -47,18 +47,6 @@ pub fn with_guest(cmd: &mut Command) -> &mut Command {
     )
 }
 
-/// The VMM binary (`sandbox-vm-vmm`) built beside `runtime` (this build's `sandbox-vm`:
-/// `cargo test --workspace` builds both into one directory).
-pub fn vmm_beside(runtime: &str) -> PathBuf {
-    let p = Path::new(runtime).with_file_name("sandbox-vm-vmm");
-    assert!(
-        p.is_file(),
-        "{} not found: run cargo build -p vmm --bin sandbox-vm-vmm (or cargo test --workspace)",
-        p.display()
-    );
-    p
-}
-
 /// A binary of this workspace built beside the running test (`cargo test --workspace`
 /// builds every package's binaries into the test's target directory), for tests outside
 /// the binary's own package.
