@@ -15,8 +15,10 @@
 //! * [`SandboxOps`]: start, exec, signal, wait, processes, stats, pause, resume, for the
 //!   owner and for any other process ([`SandboxHandle`], opened from the state directory);
 //! * [`stdio`]: host ends of a process's streams;
-//! * [`image`]: the ext4 rootfs copy (the `block` rootfs mode).
+//! * [`image`]: the ext4 rootfs copy (the `block` rootfs mode);
+//! * [`cgroup`]: the pod's cgroup on the host, where its VMM, virtiofsd and shim run.
 
+pub mod cgroup;
 pub mod handle;
 pub mod host;
 pub mod image;

@@ -12,7 +12,8 @@ use crate::oci::translate::VmPaths;
 /// connections, which a jailed VMM can reach: see [`crate::jail::create_vsock_dir`]),
 /// `console.log` (the guest's serial line), `virtiofsd.sock` / `virtiofsd.log`, `share/`
 /// (the virtio-fs share), for a block rootfs `rootfs.img`, and with a pod network
-/// `network.json` (the taps to remove).
+/// `network.json` (the taps to remove), and in a pod's cgroup `cgroup.json` (the cgroups
+/// to remove).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SandboxPaths {
     pub dir: PathBuf,
@@ -26,6 +27,7 @@ pub struct SandboxPaths {
     pub share: PathBuf,
     pub rootfs_disk: PathBuf,
     pub network_state: PathBuf,
+    pub cgroup_state: PathBuf,
 }
 
 impl SandboxPaths {
@@ -43,6 +45,7 @@ impl SandboxPaths {
             share: dir.join("share"),
             rootfs_disk: dir.join("rootfs.img"),
             network_state: dir.join(crate::network::STATE_FILE),
+            cgroup_state: dir.join("cgroup.json"),
         }
     }
 

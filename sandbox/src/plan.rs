@@ -12,6 +12,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
 use vmm_api::config::VmConfig;
 
+use crate::cgroup::{CgroupError, CgroupsPath};
 use crate::host::HostConfig;
 use crate::network::NetnsError;
 use crate::oci::annotations::Annotations;
@@ -51,6 +52,8 @@ pub enum PlanError {
     NoVmmExe,
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
 }
 
 /// What planning asks of the host; [`RealHost`] asks the real one, tests a fake.
@@ -91,6 +94,11 @@ pub struct PodPlan {
     pub hostname: Option<String>,
     /// The pod's network namespace: the VM gets a NIC for each of its interfaces.
     pub netns: Option<PathBuf>,
+    /// The pod's cgroup on the host ([`crate::cgroup`]), for [`Role::Pod`]: the sandbox
+    /// container's `linux.cgroupsPath`. The VMM and virtiofsd run in it, and the sandbox's
+    /// owner (the shim, which serves this pod alone) joins it.
+    #[serde(default)]
+    pub cgroup: Option<CgroupsPath>,
     /// The container that boots the sandbox.
     pub first: ContainerPlan,
     pub template: TemplateUse,
@@ -162,6 +170,10 @@ impl PodPlan {
             None if role == Role::Alone => translate::alone_in_vm_without_nic(&mut first),
             None => {}
         }
+        let cgroup = match (role, cgroups_path(spec)) {
+            (Role::Pod, Some(p)) => Some(CgroupsPath::parse(p)?),
+            _ => None,
+        };
         Ok(PodPlan {
             id: id.into(),
             dir: dir.into(),
@@ -171,6 +183,7 @@ impl PodPlan {
             block_rootfs: (ann.rootfs == RootfsMode::Block).then(|| rootfs.to_path_buf()),
             hostname: spec.hostname().clone(),
             netns,
+            cgroup,
             first,
             template: ann.template,
             templates: host.templates.clone(),
@@ -204,6 +217,13 @@ impl PodPlan {
         drop_hostname_without_uts(&mut plan.request.spec);
         Ok(plan)
     }
+}
+
+/// The spec's `linux.cgroupsPath`, unless empty. The OCI CLI leaves it alone: its VM's
+/// processes stay with its monitor (see the README).
+fn cgroups_path(spec: &Spec) -> Option<&str> {
+    let path = spec.linux().as_ref()?.cgroups_path().as_ref()?;
+    path.to_str().filter(|p| !p.is_empty())
 }
 
 /// The name of a namespace type under `/proc/PID/ns/`.

@@ -155,6 +155,54 @@ fn a_pod_keeps_its_network_namespace_and_sizes_from_cri() {
 }
 
 #[test]
+fn a_pod_runs_in_its_sandbox_containers_cgroup_and_the_cli_leaves_it() {
+    let with = |path: &str| {
+        spec(serde_json::json!({
+            "linux": {"cgroupsPath": path},
+            "annotations": {ann::CRI_CONTAINER_TYPE: "sandbox", ann::CRI_SANDBOX_ID: "pod1"},
+        }))
+    };
+    let p = plan(
+        &with("/kubepods/burstable/podU/sb1"),
+        Role::Pod,
+        &host(),
+        &fake(),
+    )
+    .unwrap();
+    assert_eq!(
+        p.cgroup.as_ref().unwrap().rel(),
+        Path::new("kubepods/burstable/podU/sb1")
+    );
+    let back: PodPlan = serde_json::from_slice(&serde_json::to_vec(&p).unwrap()).unwrap();
+    assert_eq!(back.cgroup, p.cgroup);
+    let systemd = with("kubepods-besteffort-podU.slice:cri-containerd:sb1");
+    let p = plan(&systemd, Role::Pod, &host(), &fake()).unwrap();
+    assert_eq!(
+        p.cgroup.unwrap().rel(),
+        Path::new(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podU.slice/cri-containerd-sb1.scope"
+        )
+    );
+    // Without a cgroupsPath (or an empty one), and for the OCI CLI: none.
+    assert_eq!(
+        plan(&with(""), Role::Pod, &host(), &fake()).unwrap().cgroup,
+        None
+    );
+    let none = spec(serde_json::json!({}));
+    assert_eq!(
+        plan(&none, Role::Pod, &host(), &fake()).unwrap().cgroup,
+        None
+    );
+    let cli = plan(&with("/default/c1"), Role::Alone, &host(), &fake()).unwrap();
+    assert_eq!(cli.cgroup, None);
+    // A path out of the hierarchy is refused before anything exists.
+    assert!(matches!(
+        plan(&with("/kubepods/../../x"), Role::Pod, &host(), &fake()),
+        Err(PlanError::Cgroup(_))
+    ));
+}
+
+#[test]
 fn members_join_the_sandboxs_shared_namespaces_in_the_guest() {
     let sandbox = spec(serde_json::json!({}));
     let p = plan(&sandbox, Role::Pod, &host(), &fake()).unwrap();

@@ -14,11 +14,12 @@ use agent_protocol::clone::{CloneIdentity, CLONE_ENTROPY_BYTES};
 use agent_protocol::{Client, ClientError, CreateSandbox, Endpoint, ErrorCode, ShareMount};
 use vmm_api::config::{SerialOutput, VmConfig};
 
+use crate::cgroup::{HostCgroup, Layout};
 use crate::handle::{HandleError, SandboxHandle, SandboxOps};
 use crate::network::{NetworkError, PodNetwork};
 use crate::oci::translate::{share_dir, ContainerPlan};
 use crate::paths::SandboxPaths;
-use crate::plan::PodPlan;
+use crate::plan::{PodPlan, Role};
 use crate::process::ProcessError;
 use crate::share::{Share, ShareError, GUEST_SHARE_DIR, SHARE_TAG};
 use crate::stdio::{self, HostIo, Pumps};
@@ -62,6 +63,8 @@ pub enum SandboxError {
     Jail(#[from] crate::jail::JailError),
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
 }
 
 fn agent_err(what: &'static str) -> impl FnOnce(ClientError) -> SandboxError {
@@ -69,13 +72,14 @@ fn agent_err(what: &'static str) -> impl FnOnce(ClientError) -> SandboxError {
 }
 
 /// The host side of a running sandbox. Field order is teardown order: the VMM goes before
-/// the pod network's taps, then virtiofsd, then the share's mounts.
+/// the pod network's taps, then virtiofsd, then the share's mounts, then the pod's cgroup.
 #[derive(Debug)]
 struct Parts {
     vmm: VmmProcess,
     network: Option<NetworkGuard>,
     virtiofsd: Virtiofsd,
     share: Option<Share>,
+    cgroup: Option<HostCgroup>,
 }
 
 /// One live sandbox (see the module docs).
@@ -196,6 +200,7 @@ impl Sandbox {
         // snapshot into the template cache.
         let plan = &PodPlan {
             netns: None,
+            cgroup: None,
             ..plan.clone()
         };
         let (sandbox, _) = Self::start(plan, None, false)?;
@@ -234,12 +239,15 @@ impl Sandbox {
         let jail = jail && template.is_none();
         // The jailed VMM connects to guest → host listeners beside its vsock socket.
         crate::jail::create_vsock_dir(&paths.vsock, jail)?;
+        // First made, last undone (locals drop in reverse).
+        let cgroup = pod_cgroup(plan, &paths)?;
         let share = Share::prepare(&paths.share)?;
         let virtiofsd = Virtiofsd::start(
             &plan.virtiofsd,
             &paths.fs_socket,
             share.root(),
             &paths.fs_log,
+            cgroup.as_ref(),
         )?;
         let mut vm = plan.vm.clone();
         let (network, pod_net) = match &plan.netns {
@@ -258,10 +266,13 @@ impl Sandbox {
         })?;
         let run = &plan.vmm;
         let vmm = match template {
-            Some(dir) => VmmProcess::restore(run, dir, &clone_sockets(&vm, &paths), &paths)?,
+            Some(dir) => {
+                let clone = clone_sockets(&vm, &paths);
+                VmmProcess::restore(run, dir, &clone, &paths, cgroup.as_ref())?
+            }
             None => {
                 let netns = pod_net.as_ref().map(|p| &p.netns);
-                VmmProcess::start(run, &paths, netns, jail)?
+                VmmProcess::start(run, &paths, netns, jail, cgroup.as_ref())?
             }
         };
         let parts = Parts {
@@ -269,6 +280,7 @@ impl Sandbox {
             network,
             virtiofsd,
             share: Some(share),
+            cgroup,
         };
         let sandbox = Sandbox {
             handle: SandboxHandle::open(&paths.dir),
@@ -323,6 +335,14 @@ impl Sandbox {
     /// The state directory's files.
     pub fn paths(&self) -> &SandboxPaths {
         &self.paths
+    }
+
+    /// The pod's cgroup in each hierarchy, when the plan named one ([`crate::cgroup`]).
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let parts = self.parts();
+        let cg = parts.as_ref().and_then(|p| p.cgroup.as_ref());
+        cg.map(|c| c.pod_dirs().map(Path::to_path_buf).collect())
+            .unwrap_or_default()
     }
 
     /// The pids of the host processes this sandbox runs: the VMM and virtiofsd (`None`
@@ -416,6 +436,11 @@ impl Sandbox {
         parts.virtiofsd.stop();
         if let Some(share) = parts.share.take() {
             share.teardown()?;
+        }
+        if let Some(cg) = parts.cgroup.take() {
+            for d in cg.remove() {
+                log::warn!("cgroup {} is left: it still has processes", d.display());
+            }
         }
         Ok(status)
     }
@@ -541,12 +566,27 @@ fn save_snapshot(api_sock: &Path, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The pod's cgroup of `plan`, made for the sandbox at `paths`; the owner joins it in the
+/// shim's role ([`Role::Pod`]: the shim serves this pod alone).
+fn pod_cgroup(plan: &PodPlan, paths: &SandboxPaths) -> Result<Option<HostCgroup>, SandboxError> {
+    let Some(path) = &plan.cgroup else {
+        return Ok(None);
+    };
+    let layout = Layout::detect(Path::new(crate::cgroup::CGROUP_ROOT))?;
+    let mut cg = HostCgroup::create(&layout, path, &paths.cgroup_state)?;
+    if plan.role == Role::Pod {
+        cg.join_self()?;
+    }
+    Ok(Some(cg))
+}
+
 /// Cleans up after a sandbox whose owner died (SIGKILL, a crash): removes the pod
 /// network's taps and filters and detaches every mount left under its state directory. The helper processes are the owner's process group's and
 /// are killed with it.
 pub fn clean_up_after_owner(dir: &Path) -> Result<usize, SandboxError> {
     crate::network::detach(&SandboxPaths::in_dir(dir).network_state)?;
     crate::jail::remove_cgroup(&dir.join(crate::jail::DIR_NAME));
+    crate::cgroup::remove_recorded(&SandboxPaths::in_dir(dir).cgroup_state);
     Ok(crate::share::unmount_under(dir, false)?)
 }
 

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
+use crate::cgroup::HostCgroup;
 use crate::process::{ProcessError, Supervised};
 
 /// How long virtiofsd may take to create its socket.
@@ -33,16 +34,21 @@ pub struct Virtiofsd {
 }
 
 impl Virtiofsd {
-    /// Starts `exe` on `shared_dir` and waits until its socket exists.
+    /// Starts `exe` on `shared_dir` (in the pod's `cgroup`) and waits until its socket
+    /// exists.
     pub fn start(
         exe: &Path,
         socket: &Path,
         shared_dir: &Path,
         log: &Path,
+        cgroup: Option<&HostCgroup>,
     ) -> Result<Virtiofsd, ProcessError> {
         let _ = std::fs::remove_file(socket);
         let mut cmd = Command::new(exe);
         cmd.args(args(socket, shared_dir));
+        if let Some(cg) = cgroup {
+            cg.place(&mut cmd);
+        }
         let mut proc = Supervised::spawn("virtiofsd", cmd, log)?;
         proc.wait_ready(READY_TIMEOUT, || socket.exists())?;
         Ok(Virtiofsd { proc })

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
+use crate::cgroup::HostCgroup;
 use crate::network::Netns;
 use crate::paths::SandboxPaths;
 use crate::process::{last_line, ProcessError, Supervised};
@@ -79,13 +80,14 @@ pub struct VmmProcess {
 
 impl VmmProcess {
     /// Starts `EXE --config vm.json --api-sock vmm.sock` for the sandbox at `paths` (in
-    /// the pod's `netns`, in the jail with `jail`) and waits until its control socket
-    /// accepts (the VM is then built and running).
+    /// the pod's `netns`, in the jail with `jail`, in the pod's `cgroup`) and waits until
+    /// its control socket accepts (the VM is then built and running).
     pub fn start(
         run: &VmmRun,
         paths: &SandboxPaths,
         netns: Option<&Netns>,
         jail: bool,
+        cgroup: Option<&HostCgroup>,
     ) -> Result<VmmProcess, ProcessError> {
         let mut cmd = Command::new(&run.exe);
         cmd.arg("--config")
@@ -98,6 +100,13 @@ impl VmmProcess {
         }
         if jail {
             cmd.arg("--jail").arg(paths.dir.join(crate::jail::DIR_NAME));
+            // The jail's own cgroup below the pod's (crate::cgroup).
+            if let Some(cg) = cgroup {
+                cmd.arg("--jail-cgroup-parent").arg(cg.path().rel());
+            }
+        }
+        if let Some(cg) = cgroup {
+            cg.place(&mut cmd);
         }
         if let Some(ns) = netns {
             let fd = ns.file().as_raw_fd();
@@ -117,12 +126,14 @@ impl VmmProcess {
     }
 
     /// Starts `EXE --restore DIR --api-sock vmm.sock` with the clone's own vsock
-    /// socket, console and virtio-fs sockets, and waits until its control socket accepts.
+    /// socket, console and virtio-fs sockets (in the pod's `cgroup`), and waits until its
+    /// control socket accepts.
     pub fn restore(
         run: &VmmRun,
         snapshot: &Path,
         clone: &CloneSockets,
         paths: &SandboxPaths,
+        cgroup: Option<&HostCgroup>,
     ) -> Result<VmmProcess, ProcessError> {
         let mut cmd = Command::new(&run.exe);
         cmd.arg("--restore")
@@ -138,6 +149,9 @@ impl VmmProcess {
         }
         if let Some(mode) = &run.seccomp {
             cmd.arg("--seccomp").arg(mode);
+        }
+        if let Some(cg) = cgroup {
+            cg.place(&mut cmd);
         }
         Self::spawn(cmd, paths)
     }

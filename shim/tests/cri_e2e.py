@@ -33,20 +33,22 @@ def log(msg):
     print(f"[cri-e2e {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def run_pod(name, annotations, network=pb.NODE):
+def run_pod(name, annotations, network=pb.NODE, cgroup_parent=""):
     """RunPodSandbox. With the node's network (`pb.NODE`, the default here) the CRI plugin
     skips CNI and the VM has loopback only (this test's containerd has a loopback-only CNI
     config, whose result containerd 1.6 rejects: "failed to find network info");
-    `pb.POD` gives the pod a CNI network (cri_net_e2e.py)."""
+    `pb.POD` gives the pod a CNI network (cri_net_e2e.py). `cgroup_parent` is the pod's
+    cgroup, as kubelet sends it."""
     cfg = pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="default"),
         hostname=name,
         log_directory=os.path.join(LOG_DIR, name),
         annotations=annotations,
         linux=pb.LinuxPodSandboxConfig(
+            cgroup_parent=cgroup_parent,
             security_context=pb.LinuxSandboxSecurityContext(
                 namespace_options=pb.NamespaceOption(network=network)
-            )
+            ),
         ),
     )
     os.makedirs(cfg.log_directory, exist_ok=True)
@@ -148,6 +150,106 @@ def mem_total_kib(cid):
     return int(r.stdout.decode().split()[1])
 
 
+# cgroup v1 hierarchies kubelet's pod cgroup is made in here (it makes it in every one;
+# these are those that account for a pod's cost, the ones the shim places the pod in).
+V1_CONTROLLERS = ["memory", "cpu", "cpuacct", "pids", "blkio"]
+
+
+def cgroup_roots():
+    """The cgroup hierarchies' roots: v2's one, or v1's accounting controllers (also in
+    systemd's hybrid mode, whose cgroup2 mount has no controllers)."""
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return {"": "/sys/fs/cgroup"}
+    roots = {}
+    for c in V1_CONTROLLERS:
+        real = os.path.realpath(f"/sys/fs/cgroup/{c}")
+        if os.path.isfile(os.path.join(real, "cgroup.procs")) and real not in roots.values():
+            roots[os.path.basename(real)] = real
+    return roots
+
+
+def make_kubelet_pod_cgroup(parent):
+    """What kubelet does before RunPodSandbox: the pod's cgroup in every hierarchy."""
+    for root in cgroup_roots().values():
+        os.makedirs(os.path.join(root, parent.lstrip("/")), exist_ok=True)
+
+
+def remove_cgroup_tree(top):
+    for root in cgroup_roots().values():
+        d = os.path.join(root, top.lstrip("/"))
+        for dirpath, _, _ in sorted(os.walk(d), key=lambda w: -w[0].count("/")):
+            os.rmdir(dirpath)
+
+
+def proc_cgroups(pid):
+    """/proc/PID/cgroup as {hierarchy name (v1: its controllers, as its mount's name; v2: ""): path}."""
+    out = {}
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            _, ctrls, path = line.rstrip("\n").split(":", 2)
+            out[",".join(sorted(ctrls.split(","))) if ctrls else ""] = path
+    return out
+
+
+def in_pod_cgroup(pid, pod_cgroup):
+    """Whether `pid` is inside `pod_cgroup` in every accounting hierarchy."""
+    cg = proc_cgroups(pid)
+    names = {",".join(sorted(n.split(","))) for n in cgroup_roots()}
+    return all(cg.get(n, "").startswith(pod_cgroup + "/") for n in names), cg
+
+
+def proc_status_kib(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_ns(pid):
+    """User + system CPU time of `pid` (ns)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def check_kubelet_pod(pod, c, parent, m):
+    """The pod's host processes run in its cgroup (the sandbox container's, below the
+    cgroup parent) and PodSandboxStats/ContainerStats report them."""
+    procs = pod_processes(pod)
+    assert set(procs) == {"shim", "vmm", "virtiofsd"}, f"kubelet-style pod processes: {procs}"
+    pod_cgroup = f"{parent}/{pod}"
+    for kind, pids in procs.items():
+        for pid in pids:
+            ok, cg = in_pod_cgroup(pid, pod_cgroup)
+            assert ok, f"{kind} {pid} is not in {pod_cgroup}: {cg}"
+    vmm = procs["vmm"]
+    guest_ram_kib = sum(proc_status_kib(p, "RssShmem") for p in vmm)
+    vmm_cpu = sum(cpu_ns(p) for p in vmm)
+    s = rt.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod), timeout=60).stats
+    mem, cpu = s.linux.memory, s.linux.cpu
+    log(f"PodSandboxStats: memory usage {mem.usage_bytes.value} working set {mem.working_set_bytes.value}, "
+        f"cpu {cpu.usage_core_nano_seconds.value} ns; VMM guest RAM {guest_ram_kib} KiB, cpu {vmm_cpu} ns")
+    # The VMM's guest RAM (memfd pages, charged where they were touched) and its CPU time
+    # (all of it: it ran in the pod's cgroup from exec) are in the pod's numbers.
+    assert guest_ram_kib > 1024, f"the VMM holds {guest_ram_kib} KiB of guest RAM"
+    assert mem.usage_bytes.value >= guest_ram_kib * 1024, f"pod memory {mem}"
+    assert mem.working_set_bytes.value > 0, f"pod memory {mem}"
+    assert cpu.usage_core_nano_seconds.value >= vmm_cpu * 9 // 10, f"pod cpu {cpu} < VMM's {vmm_cpu}"
+    assert [x.attributes.id for x in s.linux.containers] == [c], f"containers: {s.linux.containers}"
+    cs = rt.ContainerStats(pb.ContainerStatsRequest(container_id=c), timeout=60).stats
+    log(f"ContainerStats: memory working set {cs.memory.working_set_bytes.value}, cpu {cs.cpu.usage_core_nano_seconds.value} ns")
+    assert cs.memory.working_set_bytes.value > 0, f"container memory {cs.memory}"
+    assert cs.cpu.usage_core_nano_seconds.value > 0, f"container cpu {cs.cpu}"
+    m["pod2_stats"] = {
+        "pod_memory_usage_bytes": mem.usage_bytes.value,
+        "pod_cpu_ns": cpu.usage_core_nano_seconds.value,
+        "vmm_guest_ram_kib": guest_ram_kib,
+        "container_working_set_bytes": cs.memory.working_set_bytes.value,
+    }
+    return pod_cgroup
+
+
 def main():
     with open("/proc/sys/kernel/random/boot_id") as f:
         host_boot = f.read().strip()
@@ -189,15 +291,20 @@ def main():
     mem1 = mem_total_kib(c1)
     assert mem1 > 150 * 1024, f"pod1 asked for 192 MiB, its guest has MemTotal {mem1} kB"
 
-    # Pod 2: another VM.
+    # Pod 2: another VM, requested as kubelet does (a cgroup parent: kubelet's pod cgroup,
+    # made first as kubelet would).
+    kube_top = f"/svm-e2e-kubepods-{os.getpid()}"
+    parent = f"{kube_top}/burstable/poduid-pod2"
+    make_kubelet_pod_cgroup(parent)
     t2 = time.time()
-    pod2, cfg2 = run_pod("pod2", {})
+    pod2, cfg2 = run_pod("pod2", {}, cgroup_parent=parent)
     c3, log3 = start_container(pod2, cfg2, "c3", ["sh", "-c", "cat /proc/sys/kernel/random/boot_id; sleep 100000"])
     boot2 = boot_id(wait_lines(log3, 1))
     m["second_pod_to_output_s"] = round(time.time() - t2, 2)
     assert boot2 not in (boot1, host_boot), "pod2 shares a kernel with pod1 or the host"
     mem2 = mem_total_kib(c3)
     assert mem2 < mem1, f"pod2 (default size) has MemTotal {mem2} kB, pod1 {mem1} kB"
+    pod2_cgroup = check_kubelet_pod(pod2, c3, parent, m)
     procs2 = pod_processes(pod2)
     m["pod2_pss_kib"] = pss_by_kind(procs2)
     m["pod2_pss_total_kib"] = sum(m["pod2_pss_kib"].values())
@@ -220,6 +327,11 @@ def main():
         rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=600)
     left = rt.ListPodSandbox(pb.ListPodSandboxRequest()).items
     assert not left, f"pods left: {left}"
+    # The sandbox container's cgroup (ours) is gone; kubelet's pod cgroup is not.
+    for root in cgroup_roots().values():
+        assert not os.path.exists(root + pod2_cgroup), f"left: {root + pod2_cgroup}"
+        assert os.path.isdir(root + parent), f"kubelet's {root + parent} was removed"
+    remove_cgroup_tree(kube_top)
     print("MEASUREMENTS " + json.dumps(m), flush=True)
 
 

@@ -126,23 +126,36 @@ pub fn cgroup_name(dir: &Path) -> String {
     format!("sandbox-vm/{h:016x}")
 }
 
-/// Where the memory cgroup of `dir` lives, and whether the hierarchy is v2.
-pub fn cgroup_dir(root: &Path, dir: &Path) -> Result<(PathBuf, bool), JailError> {
+/// Where the memory cgroup of jail directory `dir` lives, and whether the hierarchy is
+/// v2: [`cgroup_name`] below the hierarchy's root, or below the pod's cgroup `parent` (a
+/// path below the root, `sandbox-vm-vmm --jail-cgroup-parent`), so that the pod's cgroup
+/// counts the VMM and the jail's limit holds for the VMM alone.
+pub fn cgroup_dir(
+    root: &Path,
+    dir: &Path,
+    parent: Option<&Path>,
+) -> Result<(PathBuf, bool), JailError> {
+    let below = |r: PathBuf| match parent {
+        Some(p) => r
+            .join(p.strip_prefix("/").unwrap_or(p))
+            .join(cgroup_name(dir)),
+        None => r.join(cgroup_name(dir)),
+    };
     if root.join("cgroup.controllers").exists() {
-        return Ok((root.join(cgroup_name(dir)), true));
+        return Ok((below(root.to_path_buf()), true));
     }
     let v1 = root.join("memory");
     if v1.join("memory.limit_in_bytes").exists() {
-        return Ok((v1.join(cgroup_name(dir)), false));
+        return Ok((below(v1), false));
     }
     Err(JailError::NoMemoryCgroup)
 }
 
-/// Removes the cgroup of jail directory `dir` (after the VMM ended; also for cleaners
-/// after a SIGKILL). A VMM that is still dying (its parent was just killed) keeps it busy
+/// Removes the cgroup of jail directory `dir` below the root (after the VMM ended; also for
+/// cleaners after a SIGKILL; one below a pod's cgroup goes with the pod's cgroup). A VMM that is still dying (its parent was just killed) keeps it busy
 /// for a moment: this waits up to 3 s for it. Returns whether one was removed.
 pub fn remove_cgroup(dir: &Path) -> bool {
-    let Ok((cg, _)) = cgroup_dir(Path::new(CGROUP_ROOT), dir) else {
+    let Ok((cg, _)) = cgroup_dir(Path::new(CGROUP_ROOT), dir, None) else {
         return false;
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);

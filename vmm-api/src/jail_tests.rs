@@ -21,18 +21,28 @@ fn cgroup_v1_and_v2_layouts_are_told_apart() {
     let root = scratch("cg");
     let jail = Path::new("/x/jail");
     assert!(matches!(
-        cgroup_dir(&root, jail),
+        cgroup_dir(&root, jail, None),
         Err(JailError::NoMemoryCgroup)
     ));
     std::fs::create_dir_all(root.join("memory")).unwrap();
     std::fs::write(root.join("memory/memory.limit_in_bytes"), "max").unwrap();
-    let (cg, v2) = cgroup_dir(&root, jail).unwrap();
+    let (cg, v2) = cgroup_dir(&root, jail, None).unwrap();
     assert!(!v2);
     assert_eq!(cg, root.join("memory").join(cgroup_name(jail)));
+    // Below the pod's cgroup.
+    let pod = Path::new("/kubepods/podA/sb1");
+    let (cg, _) = cgroup_dir(&root, jail, Some(pod)).unwrap();
+    assert_eq!(
+        cg,
+        root.join("memory/kubepods/podA/sb1")
+            .join(cgroup_name(jail))
+    );
     std::fs::write(root.join("cgroup.controllers"), "memory pids").unwrap();
-    let (cg, v2) = cgroup_dir(&root, jail).unwrap();
+    let (cg, v2) = cgroup_dir(&root, jail, None).unwrap();
     assert!(v2);
     assert_eq!(cg, root.join(cgroup_name(jail)));
+    let (cg, _) = cgroup_dir(&root, jail, Some(pod)).unwrap();
+    assert_eq!(cg, root.join("kubepods/podA/sb1").join(cgroup_name(jail)));
     let _ = std::fs::remove_dir_all(root);
 }
 

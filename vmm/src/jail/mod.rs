@@ -2,7 +2,9 @@
 //!
 //! 1. **cgroup**: the process joins `sandbox-vm/<name>` of the memory controller (v1:
 //!    `memory.limit_in_bytes`, v2: `memory.max`) limited to guest RAM +
-//!    [`VMM_OVERHEAD_MIB`];
+//!    [`VMM_OVERHEAD_MIB`], below the hierarchy's root or, with a pod's cgroup
+//!    ([`Jail::cgroup_parent`]), below that: the pod's cgroup then counts the VMM (and
+//!    its limits apply too), while the jail's limit holds for the VMM alone;
 //! 2. **pid namespace**: it forks; the child is PID 1 of a new pid namespace and runs the
 //!    VMM, the parent only forwards SIGTERM/SIGINT, waits, removes the cgroup and ends as
 //!    the child did (same exit code, or killed by the same signal);
@@ -76,6 +78,9 @@ pub struct Jail {
     pub paths: Vec<JailPath>,
     /// The directory of the VM's vsock socket, mounted at [`VSOCK_DIR`].
     pub vsock_dir: Option<PathBuf>,
+    /// The pod's cgroup (a path below the hierarchy's root) that the jail's cgroup is
+    /// made in (`--jail-cgroup-parent`); else the root.
+    pub cgroup_parent: Option<PathBuf>,
 }
 
 impl Jail {
@@ -130,6 +135,7 @@ impl Jail {
             fsize,
             paths,
             vsock_dir: vm.vsock.as_ref().map(|v| parent(&v.uds_path)),
+            cgroup_parent: None,
         }
     }
 
@@ -167,17 +173,54 @@ fn check(r: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// Creates the cgroup, sets its limit and moves the calling process into it.
-fn join_cgroup(root: &Path, jail: &Jail) -> Result<PathBuf, JailError> {
-    let (cg, v2) = cgroup_dir(root, &jail.dir)?;
-    if v2 {
-        // The memory controller must be enabled on the way down.
-        let parent = cg.parent().unwrap_or(root);
-        std::fs::create_dir_all(parent).map_err(at("create cgroup", parent))?;
-        for p in [root, parent] {
-            let ctl = p.join("cgroup.subtree_control");
+/// Where `/proc/self/cgroup` says this process is in the memory hierarchy (`v2`: the
+/// unified one) whose root is `root`.
+fn own_cgroup(root: &Path, v2: bool) -> Option<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    own.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+        let hit = if v2 {
+            ctrls.is_empty()
+        } else {
+            ctrls.split(',').any(|c| c == "memory")
+        };
+        hit.then(|| root.join(path.trim_start_matches('/')))
+    })
+}
+
+/// cgroup v2: enables the memory controller in every cgroup from `root` down to `parent`
+/// that does not have it yet (a pod's cgroups usually have it already).
+fn enable_memory_down_to(root: &Path, parent: &Path) -> Result<(), JailError> {
+    std::fs::create_dir_all(parent).map_err(at("create cgroup", parent))?;
+    let rel = parent.strip_prefix(root).unwrap_or(Path::new(""));
+    let mut dir = root.to_path_buf();
+    for c in std::iter::once(None).chain(rel.components().map(Some)) {
+        if let Some(c) = c {
+            dir.push(c);
+        }
+        let ctl = dir.join("cgroup.subtree_control");
+        let on = std::fs::read_to_string(&ctl).map_err(at("read", &ctl))?;
+        if !on.split_whitespace().any(|c| c == "memory") {
             std::fs::write(&ctl, "+memory").map_err(at("enable memory in", &ctl))?;
         }
+    }
+    Ok(())
+}
+
+/// Creates the cgroup, sets its limit and moves the calling process into it; returns it
+/// and the memory cgroup the process was in.
+fn join_cgroup(root: &Path, jail: &Jail) -> Result<(PathBuf, Option<PathBuf>), JailError> {
+    let (cg, v2) = cgroup_dir(root, &jail.dir, jail.cgroup_parent.as_deref())?;
+    let hierarchy = if v2 {
+        root.to_path_buf()
+    } else {
+        root.join("memory")
+    };
+    let came_from = own_cgroup(&hierarchy, v2);
+    if v2 {
+        // The memory controller must be enabled on the way down.
+        enable_memory_down_to(root, cg.parent().unwrap_or(root))?;
     }
     std::fs::create_dir_all(&cg).map_err(at("create cgroup", &cg))?;
     let limit = cg.join(if v2 {
@@ -188,7 +231,7 @@ fn join_cgroup(root: &Path, jail: &Jail) -> Result<PathBuf, JailError> {
     std::fs::write(&limit, jail.memory_limit.to_string()).map_err(at("write", &limit))?;
     let procs = cg.join("cgroup.procs");
     std::fs::write(&procs, std::process::id().to_string()).map_err(at("join", &procs))?;
-    Ok(cg)
+    Ok((cg, came_from))
 }
 
 /// The read end of a pipe whose write end only the parent holds: it reports a hang-up
@@ -231,7 +274,7 @@ extern "C" fn forward(sig: libc::c_int) {
 /// child (PID 1 there); the parent never returns: it waits for the child, removes the
 /// cgroup and ends the way the child did. Call it before any thread starts.
 pub fn fork_into_pid_namespace(jail: &Jail) -> Result<(), JailError> {
-    let cg = join_cgroup(Path::new(CGROUP_ROOT), jail)?;
+    let (cg, came_from) = join_cgroup(Path::new(CGROUP_ROOT), jail)?;
     let mut alive = [0; 2];
     // SAFETY: `alive` holds two ints for the pipe's ends.
     check(unsafe { libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC) })
@@ -265,7 +308,7 @@ pub fn fork_into_pid_namespace(jail: &Jail) -> Result<(), JailError> {
             break;
         }
     }
-    leave_cgroup(&cg);
+    leave_cgroup(&cg, came_from.as_deref());
     if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);
         // SAFETY: restores the default action and raises the child's signal on ourselves
@@ -287,13 +330,17 @@ pub fn fork_into_pid_namespace(jail: &Jail) -> Result<(), JailError> {
     });
 }
 
-/// Moves the calling process back to the root cgroup and removes `cg`.
-fn leave_cgroup(cg: &Path) {
-    let mut root = cg.to_path_buf();
-    // sandbox-vm/<name> → the hierarchy's root.
-    root.pop();
-    root.pop();
-    let _ = std::fs::write(root.join("cgroup.procs"), std::process::id().to_string());
+/// Moves the calling process back to the cgroup it came from (else the one above the
+/// jail's `sandbox-vm/<name>`) and removes `cg`.
+fn leave_cgroup(cg: &Path, came_from: Option<&Path>) {
+    let me = std::process::id().to_string();
+    let back = came_from.is_some_and(|d| std::fs::write(d.join("cgroup.procs"), &me).is_ok());
+    if !back {
+        let mut above = cg.to_path_buf();
+        above.pop();
+        above.pop();
+        let _ = std::fs::write(above.join("cgroup.procs"), &me);
+    }
     let _ = std::fs::remove_dir(cg);
 }
 

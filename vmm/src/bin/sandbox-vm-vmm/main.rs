@@ -89,6 +89,10 @@ struct VmmArgs {
     jail_uid: u32,
     #[arg(long, default_value_t = jail::GID, requires = "jail")]
     jail_gid: u32,
+    /// Make the jail's cgroup below this cgroup (a path below the hierarchy's root: the
+    /// pod's cgroup, which then counts the VMM) instead of below the root
+    #[arg(long, value_name = "PATH", requires = "jail")]
+    jail_cgroup_parent: Option<PathBuf>,
 }
 
 /// Turns on the per-thread filters (installed by each thread as it starts its loop).
@@ -124,13 +128,16 @@ fn run(args: VmmArgs) -> Result<ExitCode> {
         .map(VmConfig::from_file)
         .transpose()?;
     let jail = match (&args.jail, &config) {
-        (Some(dir), Some(config)) => Some(Jail::for_vm(
-            config,
-            &args.api_sock,
-            dir.clone(),
-            args.jail_uid,
-            args.jail_gid,
-        )),
+        (Some(dir), Some(config)) => Some(Jail {
+            cgroup_parent: args.jail_cgroup_parent.clone(),
+            ..Jail::for_vm(
+                config,
+                &args.api_sock,
+                dir.clone(),
+                args.jail_uid,
+                args.jail_gid,
+            )
+        }),
         _ => None,
     };
     if let Some(j) = &jail {
