@@ -21,6 +21,8 @@ use crate::mount::{self, RootfsMount};
 
 /// Exit status reported when the VM ended without the process reporting one.
 const LOST_STATUS: u32 = sandbox::LOST_EXIT_STATUS as u32;
+/// How long a failed Kill waits for the process's exit to be reported before it fails.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
 /// The file in a task's bundle that lets `delete` clean up after a crashed shim.
 pub const BUNDLE_RECORD: &str = "sandbox-vm-shim.json";
 
@@ -443,9 +445,14 @@ impl Pod {
             Ok(sandbox.signal(&c, exec, signal as i32, all)?)
         })
         .await;
-        match sent {
-            Err(_) if self.with_proc(id, exec_id, |p| p.exited().is_some())? => Ok(()),
-            other => other,
+        // A process that ended as the signal went out (a slow guest reports its exit
+        // seconds later: the guest then answers ESRCH) is as good as signalled.
+        let Err(e) = sent else { return Ok(()) };
+        let mut exit = self.with_proc(id, exec_id, |p| p.exit.subscribe())?;
+        let ended = tokio::time::timeout(EXIT_GRACE, exit.wait_for(Option::is_some)).await;
+        match ended {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(e),
         }
     }
 
