@@ -8,13 +8,13 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxResources, Process, Spec};
 
 use crate::frame::{read_frame, write_frame, FrameError};
 use crate::messages::{
     Channel, ContainerStats, CreateContainer, CreateSandbox, ErrorReply, Event, ExecProcess,
     ExitInfo, Hello, HelloReply, ProcessInfo, Request, RequestFrame, Response, ServerMessage,
-    SignalProcess, StdioConfig, StreamId, MIN_PROTOCOL_VERSION,
+    SignalProcess, StdioConfig, StreamId, UpdateContainer, MIN_PROTOCOL_VERSION,
 };
 use crate::transport::{Endpoint, Stream, TransportError};
 
@@ -280,6 +280,18 @@ impl Client {
             Response::Stats(s) => Ok(s),
             r => Err(unexpected("expected Stats", r)),
         }
+    }
+
+    /// Sets new cgroup limits on a container (all or nothing).
+    pub fn update_container(
+        &mut self,
+        container_id: &str,
+        resources: LinuxResources,
+    ) -> Result<(), ClientError> {
+        self.call_done(Request::UpdateContainer(Box::new(UpdateContainer {
+            container_id: container_id.into(),
+            resources,
+        })))
     }
 
     /// Removes a container.

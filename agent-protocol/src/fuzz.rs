@@ -38,6 +38,7 @@ fn agent_checks(request: &Request) {
         | Request::RemoveContainer { container_id, .. }
         | Request::ResizeTty { container_id, .. } => container_id,
         Request::Signal(s) => &s.container_id,
+        Request::UpdateContainer(u) => &u.container_id,
         _ => return,
     };
     let _ = validate_container_id(id);

@@ -138,6 +138,9 @@ pub enum Request {
         /// Container id.
         container_id: String,
     },
+    /// Sets new cgroup limits on a created or running container; answered with
+    /// [`Response::Done`]. All or nothing: on an error the old limits stay.
+    UpdateContainer(Box<UpdateContainer>),
     /// Removes a stopped container (or kills it first with `force`).
     RemoveContainer {
         /// Container id.
@@ -288,6 +291,22 @@ pub struct CreateContainer {
     pub rootfs: Rootfs,
     /// Streams of the main process.
     pub stdio: StdioConfig,
+}
+
+/// New cgroup limits for a container (runc's `update`, CRI's
+/// `UpdateContainerResources`). The agent applies the memory limit, reservation and
+/// swap (memory + swap, as OCI counts it), the CPU shares, quota and period and the pids
+/// limit; a field left out keeps its current value. `cpu.cpus`/`cpu.mems` name host
+/// CPUs and memory nodes: the host sizes the VM from them and the agent ignores them,
+/// as at create (the guest's vCPUs are not the host's CPUs). Other fields (devices,
+/// block I/O, hugepages, network) are ignored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateContainer {
+    /// Container id.
+    pub container_id: String,
+    /// The new limits.
+    pub resources: oci_spec::runtime::LinuxResources,
 }
 
 /// Runs an extra process in a container.

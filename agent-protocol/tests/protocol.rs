@@ -89,6 +89,15 @@ fn every_message_round_trips() {
         Request::Stats {
             container_id: "c1".into(),
         },
+        Request::UpdateContainer(Box::new(UpdateContainer {
+            container_id: "c1".into(),
+            resources: serde_json::from_value(serde_json::json!({
+                "memory": {"limit": 33554432, "swap": 33554432},
+                "cpu": {"quota": 50000, "period": 100000, "shares": 512, "cpus": "0-1"},
+                "pids": {"limit": 64},
+            }))
+            .unwrap(),
+        })),
         Request::RemoveContainer {
             container_id: "c1".into(),
             force: true,

@@ -12,7 +12,7 @@ use agent_protocol::{
     Event, IdError, Request, Response, ServerMessage, ShareMount, Stream, StreamId,
 };
 
-use crate::cgroup::CgroupManager;
+use crate::cgroup::{CgroupError, CgroupManager};
 use crate::container::{self, Container, ContainerError, Env, Publish};
 use crate::prepared::{Prepared, PreparedError};
 use crate::process::{Proc, ProcError, Reaper};
@@ -90,6 +90,7 @@ impl AgentError {
                 ContainerError::NotSupported(_) => ErrorCode::NotSupported,
                 ContainerError::NotFound(_) | ContainerError::Rootfs(_) => ErrorCode::NotFound,
                 ContainerError::State(_) => ErrorCode::InvalidState,
+                ContainerError::Cgroup(CgroupError::Missing(_)) => ErrorCode::NotSupported,
                 ContainerError::Prepared(PreparedError::Unfit(_)) => ErrorCode::NotSupported,
                 ContainerError::Prepared(PreparedError::TakenTwice) => ErrorCode::InvalidState,
                 _ => ErrorCode::Internal,
@@ -289,6 +290,11 @@ impl Agent {
             )),
             Request::Stats { container_id } => {
                 Ok(Response::Stats(self.container(&container_id)?.stats()))
+            }
+            Request::UpdateContainer(u) => {
+                self.container(&u.container_id)?
+                    .update(&self.cgroups, &u.resources)?;
+                Ok(Response::Done)
             }
             Request::RemoveContainer {
                 container_id,

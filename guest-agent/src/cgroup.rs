@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use agent_protocol::oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxResources};
+use agent_protocol::oci_spec::runtime::LinuxResources;
 use agent_protocol::ContainerStats;
+
+mod limits;
 
 /// Cgroup failures.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,22 @@ pub enum CgroupError {
     /// A limit needs a controller this kernel does not offer.
     #[error("the spec sets a {0} limit but the guest has no {0} cgroup controller; drop the limit or enable the controller")]
     Missing(&'static str),
+    /// Reading a control file failed (before anything was written).
+    #[error("cannot read {path}: {cause}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        cause: io::Error,
+    },
+    /// A write failed and an earlier one of the same update could not be undone.
+    #[error("{failed}; {left} keeps the new value: its old one could not be written back")]
+    Undo {
+        /// The write that failed.
+        failed: Box<CgroupError>,
+        /// A file left with the new value.
+        left: PathBuf,
+    },
     /// An invalid cgroupsPath.
     #[error("invalid cgroupsPath {0:?}: it must not contain '..'")]
     BadPath(String),
@@ -227,105 +245,12 @@ impl CgroupManager {
         Ok(cg)
     }
 
-    fn apply(&self, cg: &Cgroup, res: &LinuxResources) -> Result<(), CgroupError> {
-        if let Some(mem) = res.memory() {
-            self.apply_memory(cg, mem)?;
-        }
-        if let Some(cpu) = res.cpu() {
-            self.apply_cpu(cg, cpu)?;
-        }
-        if let Some(pids) = res.pids() {
-            if !self.has(Ctrl::Pids) {
-                return Err(CgroupError::Missing("pids"));
-            }
-            let l = pids.limit();
-            let v = if l <= 0 {
-                "max".to_string()
-            } else {
-                l.to_string()
-            };
-            cg.write(Ctrl::Pids, "pids.max", &v)?;
-        }
-        Ok(())
-    }
-
-    fn apply_memory(&self, cg: &Cgroup, mem: &LinuxMemory) -> Result<(), CgroupError> {
-        if mem.limit().is_none() && mem.swap().is_none() {
-            return Ok(());
-        }
-        if !self.has(Ctrl::Memory) {
-            return Err(CgroupError::Missing("memory"));
-        }
-        let v2 = self.is_v2();
-        let lim = |v: i64| {
-            if v < 0 {
-                if v2 {
-                    "max".to_string()
-                } else {
-                    "-1".to_string()
-                }
-            } else {
-                v.to_string()
-            }
-        };
-        if let Some(l) = mem.limit() {
-            cg.write(
-                Ctrl::Memory,
-                if v2 {
-                    "memory.max"
-                } else {
-                    "memory.limit_in_bytes"
-                },
-                &lim(l),
-            )?;
-        }
-        if let Some(s) = mem.swap() {
-            if v2 {
-                // OCI swap is memory+swap; v2 limits swap alone.
-                let swap = match mem.limit() {
-                    Some(l) if s >= 0 && l >= 0 => (s - l).max(0).to_string(),
-                    _ => lim(s),
-                };
-                cg.write_if_present(Ctrl::Memory, "memory.swap.max", &swap)?;
-            } else {
-                cg.write_if_present(Ctrl::Memory, "memory.memsw.limit_in_bytes", &lim(s))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn apply_cpu(&self, cg: &Cgroup, cpu: &LinuxCpu) -> Result<(), CgroupError> {
-        let v2 = self.is_v2();
-        let period = cpu.period().unwrap_or(100_000);
-        if let Some(shares) = cpu.shares() {
-            if !self.has(Ctrl::Cpu) {
-                return Err(CgroupError::Missing("cpu"));
-            }
-            if v2 {
-                let w = 1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142;
-                cg.write(Ctrl::Cpu, "cpu.weight", &w.to_string())?;
-            } else {
-                cg.write(Ctrl::Cpu, "cpu.shares", &shares.to_string())?;
-            }
-        }
-        if cpu.quota().is_some() || cpu.period().is_some() {
-            if !self.has(Ctrl::Cpu) {
-                return Err(CgroupError::Missing("cpu"));
-            }
-            let quota = cpu.quota().unwrap_or(-1);
-            if v2 {
-                let q = if quota < 0 {
-                    "max".to_string()
-                } else {
-                    quota.to_string()
-                };
-                cg.write(Ctrl::Cpu, "cpu.max", &format!("{q} {period}"))?;
-            } else {
-                cg.write(Ctrl::Cpu, "cpu.cfs_period_us", &period.to_string())?;
-                cg.write(Ctrl::Cpu, "cpu.cfs_quota_us", &quota.to_string())?;
-            }
-        }
-        Ok(())
+    /// Sets `res` on the container's cgroup (see [`limits`]), all or nothing: on an error
+    /// the old limits stay.
+    pub fn apply(&self, cg: &Cgroup, res: &LinuxResources) -> Result<(), CgroupError> {
+        let current = |ctrl: Ctrl, file: &str| limits::read(cg.dir(ctrl), file);
+        let writes = limits::plan(self.is_v2(), |c| self.has(c), res, &current)?;
+        limits::apply(|ctrl| cg.dir(ctrl).map(Path::to_path_buf), writes)
     }
 }
 
@@ -382,23 +307,6 @@ impl Cgroup {
             .iter()
             .find(|(c, _)| *c == ctrl || *c == Ctrl::Unified)
             .map(|(_, d)| d.as_path())
-    }
-
-    fn write(&self, ctrl: Ctrl, file: &str, value: &str) -> Result<(), CgroupError> {
-        let dir = self.dir(ctrl).ok_or(CgroupError::Missing(ctrl.name()))?;
-        let path = dir.join(file);
-        fs::write(&path, value).map_err(|cause| CgroupError::Write {
-            path,
-            value: value.to_string(),
-            cause,
-        })
-    }
-
-    fn write_if_present(&self, ctrl: Ctrl, file: &str, value: &str) -> Result<(), CgroupError> {
-        match self.dir(ctrl) {
-            Some(d) if d.join(file).exists() => self.write(ctrl, file, value),
-            _ => Ok(()),
-        }
     }
 
     /// `cgroup.procs` of every directory, opened for writing; a child joins

@@ -406,6 +406,15 @@ impl Container {
         self.cgroup.stats()
     }
 
+    /// Sets new cgroup limits (all or nothing: on an error the old ones stay).
+    pub fn update(
+        &self,
+        cgroups: &CgroupManager,
+        res: &agent_protocol::oci_spec::runtime::LinuxResources,
+    ) -> Result<(), ContainerError> {
+        Ok(cgroups.apply(&self.cgroup, res)?)
+    }
+
     /// Stops everything (with `force`) and releases the cgroup and rootfs.
     pub fn destroy(&self, force: bool) -> Result<(), ContainerError> {
         let created = self

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use agent_protocol::oci_spec::runtime::{
-    LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
 };
 use agent_protocol::{Event, ExitStatus, StdioConfig, StreamKind};
 use common::*;
@@ -222,6 +222,78 @@ fn memory_limit_oom_kill_is_reported() {
     assert_eq!(exit.status, ExitStatus::Signal(libc::SIGKILL));
     assert!(exit.oom_killed, "{exit:?}");
     c.remove_container(&id, false).unwrap();
+}
+
+/// `UpdateContainer` on a running container: new limits in its cgroup; an update the
+/// kernel refuses part of (a CPU quota under its 1 ms minimum, written after the shares)
+/// leaves every limit as it was, the shares written before it included.
+#[test]
+fn update_sets_limits_all_or_nothing() {
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+        .is_ok_and(|c| c.contains("memory"));
+    let agent = Agent::start();
+    let root = busybox_rootfs();
+    let id = unique("update");
+    let cgroup = format!("/sandbox-vm-test/{id}");
+    let shares_file = match v2 {
+        true => format!("/sys/fs/cgroup{cgroup}/cpu.weight"),
+        false => format!("/sys/fs/cgroup/cpu{cgroup}/cpu.shares"),
+    };
+    let res = |v: serde_json::Value| -> LinuxResources { serde_json::from_value(v).unwrap() };
+    let mut s = spec(
+        &["sleep", "1000"],
+        "h",
+        Some(res(serde_json::json!({"memory": {"limit": 64 << 20}}))),
+    );
+    s.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_cgroups_path(Some(cgroup.clone().into()));
+    let mut c = agent.client();
+    c.create_container(create_req(&id, s, root.path(), StdioConfig::NONE))
+        .unwrap();
+    c.start_container(&id).unwrap();
+    let shares = || {
+        std::fs::read_to_string(&shares_file)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let before = shares();
+
+    let refused = c.update_container(
+        &id,
+        res(
+            serde_json::json!({"cpu": {"shares": 512, "quota": 1, "period": 100000},
+            "memory": {"limit": 48 << 20}, "pids": {"limit": 50}}),
+        ),
+    );
+    let e = refused.unwrap_err().to_string();
+    assert!(e.contains("cannot write"), "{e}");
+    assert_eq!(
+        shares(),
+        before,
+        "the shares written before the failure were not undone"
+    );
+    let st = c.stats(&id).unwrap();
+    assert_eq!(st.memory_limit, Some(64 << 20));
+    assert_eq!(st.pids_limit, None, "pids.max is still max");
+
+    c.update_container(
+        &id,
+        res(
+            serde_json::json!({"cpu": {"shares": 512}, "memory": {"limit": 48 << 20},
+            "pids": {"limit": 50}}),
+        ),
+    )
+    .unwrap();
+    let st = c.stats(&id).unwrap();
+    assert_eq!((st.memory_limit, st.pids_limit), (Some(48 << 20), Some(50)));
+    assert_ne!(shares(), before);
+    c.remove_container(&id, true).unwrap();
+    for ctrl in ["", "memory/", "cpu/", "cpuacct/", "pids/"] {
+        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{ctrl}sandbox-vm-test"));
+    }
 }
 
 #[test]

@@ -177,6 +177,11 @@ pub fn create(
         annotations,
         exit_status: None,
         process: bundle.spec.process().clone(),
+        resources: bundle
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().clone()),
     })?;
     crate::plan::save(&plan, &dir)?;
     let mut child = start_monitor(store, opts)?;

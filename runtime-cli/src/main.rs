@@ -12,6 +12,7 @@ mod plan;
 mod ready;
 mod state;
 mod template_cmd;
+mod update_cmd;
 mod watch;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Args;
 use clap::{Parser, Subcommand};
-use liboci_cli::{CommonCmd, StandardCmd};
+use liboci_cli::StandardCmd;
 
 use crate::lifecycle::CreateOpts;
 use crate::state::Store;
@@ -56,7 +57,7 @@ struct GlobalOpts {
     about = "Run containers, each in its own KVM microVM (an OCI runtime with runc's command line)",
     after_help = "`sandbox-vm run DIR` runs the bundle in DIR (a directory with config.json) with a \
 generated id; `run --bundle DIR ID` is runc's form.\n\
-Not supported yet (they exit 1 saying so): checkpoint, events, update."
+Not supported yet (they exit 1 saying so): checkpoint, events."
 )]
 struct Cli {
     #[command(flatten)]
@@ -71,6 +72,7 @@ enum Command {
     Standard(Box<StandardCmd>),
     #[command(flatten)]
     Common(Box<CommonCmd>),
+    Update(Box<update_cmd::UpdateArgs>),
     /// Boot a guest kernel in a microVM (developer command); exits 0 when the guest reboots
     /// or powers off, 2 when it crashes, 1 on a VMM error.
     Boot(Box<boot_cmd::BootArgs>),
@@ -104,6 +106,22 @@ enum Command {
         #[command(subcommand)]
         cmd: sandbox_vm_bench::BenchCmd,
     },
+}
+
+/// runc's other commands (liboci-cli's `CommonCmd` but `update`, whose flags here are
+/// runc's: sizes with units and -1).
+#[derive(Subcommand)]
+enum CommonCmd {
+    Checkpoint(liboci_cli::Checkpoint),
+    Events(liboci_cli::Events),
+    Exec(liboci_cli::Exec),
+    Features(liboci_cli::Features),
+    List(liboci_cli::List),
+    Pause(liboci_cli::Pause),
+    Ps(liboci_cli::Ps),
+    Resume(liboci_cli::Resume),
+    Run(liboci_cli::Run),
+    Spec(liboci_cli::Spec),
 }
 
 /// The global flags the monitor and background exec inherit.
@@ -203,6 +221,10 @@ fn dispatch(cli: Cli, store: &Store) -> anyhow::Result<ExitCode> {
         }
         Command::Standard(cmd) => standard(*cmd, ctx),
         Command::Common(cmd) => common(*cmd, ctx),
+        Command::Update(args) => {
+            update_cmd::run(store, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -267,13 +289,10 @@ fn common(cmd: CommonCmd, ctx: Ctx) -> anyhow::Result<ExitCode> {
         CommonCmd::List(l) => return print(commands::list(store, &l.format, l.quiet)?),
         CommonCmd::Features(_) => return print(commands::features()),
         CommonCmd::Spec(s) => commands::spec(s.bundle.as_deref())?,
-        CommonCmd::Checkpointt(_) => bail!("checkpoint is not supported"),
+        CommonCmd::Checkpoint(_) => bail!("checkpoint is not supported"),
         CommonCmd::Events(_) => bail!("events is not supported yet"),
         CommonCmd::Pause(p) => lifecycle::pause(store, &p.container_id)?,
         CommonCmd::Resume(r) => lifecycle::resume(store, &r.container_id)?,
-        CommonCmd::Update(_) => bail!(
-            "update is not supported: a sandbox's vCPUs, memory and limits are fixed when its VM boots"
-        ),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::Process;
+use oci_spec::runtime::{LinuxResources, Process};
 use serde::{Deserialize, Serialize};
 
 /// Errors reading or changing container state.
@@ -61,6 +61,9 @@ pub struct ContainerState {
     pub exit_status: Option<i32>,
     /// The container's main process: defaults for `exec`.
     pub process: Option<Process>,
+    /// The cgroup limits in force: the spec's, then each `update`'s merged in.
+    #[serde(default)]
+    pub resources: Option<LinuxResources>,
 }
 
 impl ContainerState {
@@ -358,6 +361,7 @@ mod tests {
             annotations: BTreeMap::new(),
             exit_status: None,
             process: None,
+            resources: None,
         }
     }
 

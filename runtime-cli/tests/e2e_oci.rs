@@ -6,6 +6,9 @@
 //!   `pause`, `resume`, `kill`, `state`, `delete`; the pid-file process exits with the
 //!   container's status. Its memory limit is 1 GiB: its VM (1 GiB + the guest overhead)
 //!   runs in the VMM's jail, whose file-size limit must let the VMM size guest RAM.
+//!   `update` lowers its limits (memory, CPU quota, pids) in the guest's cgroup, a process
+//!   allocating past the new memory limit is OOM-killed, and an update bigger than the VM
+//!   is refused with the old limits left in force.
 //!
 //! Needs root, /dev/kvm, the guest kernel (`SANDBOX_VM_KERNEL` or the kernel cache) and
 //! the agent initramfs (`SANDBOX_VM_INITRD` or images/out/agent-initramfs.cpio).
@@ -91,6 +94,68 @@ fn run_shows_guest_kernel_and_only_container_processes() {
     assert!(procs[0].contains("ps"), "{procs:?}");
     assert!(!root.join("e2e-run").exists(), "run left its state behind");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `exec ID sh -c SCRIPT`'s output.
+fn sh(root: &Path, id: &str, script: &str) -> String {
+    ok(
+        runtime(root)
+            .args(["exec", id, "sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap(),
+        script,
+    )
+}
+
+/// The container's cgroup v2 files, read from inside it (with or without a cgroup
+/// namespace, /proc/self/cgroup names its cgroup under the mount).
+const CGROUP: &str = "cg=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)";
+
+/// `update` with runc's flags sets the container's cgroup limits in the guest; a process
+/// that allocates past the new memory limit is OOM-killed; an update the VM cannot hold
+/// is refused with one line and the old limits stay.
+fn update_sets_limits_that_hold(root: &Path, id: &str) {
+    let t = Instant::now();
+    ok(
+        runtime(root)
+            .args(["update", "--memory", "16m", "--cpu-quota", "50000"])
+            .args(["--cpu-period", "100000", "--pids-limit", "64", id])
+            .output()
+            .unwrap(),
+        "update",
+    );
+    eprintln!("update took {:.1} s", t.elapsed().as_secs_f64());
+    let limits = format!("{CGROUP}; cat $cg/memory.max $cg/cpu.max $cg/pids.max");
+    assert_eq!(sh(root, id, &limits), "16777216\n50000 100000\n64\n");
+
+    // dd's 24 MiB buffer is faulted in by its read of /dev/zero, charged to the container.
+    let t = Instant::now();
+    let dd = sh(
+        root,
+        id,
+        &format!("dd if=/dev/zero of=/dev/null bs=24M count=1 2>/dev/null; echo dd=$?; {CGROUP}; grep oom_kill $cg/memory.events"),
+    );
+    eprintln!(
+        "dd past the limit took {:.1} s: {dd}",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(dd.starts_with("dd=137\n"), "dd was not killed: {dd}");
+    assert!(dd.contains("oom_kill 1"), "no OOM kill counted: {dd}");
+
+    // The VM has 1 vCPU and 1 GiB + 96 MiB: 2 GiB does not fit, and nothing changes.
+    let big = runtime(root)
+        .args(["update", "--memory", "2g", "--cpu-quota", "20000", id])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&big.stderr);
+    assert!(!big.status.success(), "an update bigger than the VM passed");
+    assert!(
+        err.contains("the VM has 1 vCPU and 1120 MiB; this update needs 1 vCPU and 2144 MiB, and growing a running VM is not supported yet"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(sh(root, id, &limits), "16777216\n50000 100000\n64\n");
 }
 
 /// The VMM's own view of its state, from its control socket.
@@ -216,6 +281,8 @@ fn create_start_exec_kill_delete() {
     let sock = root.join(id).join("vmm.sock");
     let uids = test_support::host::vmm_uids(&sock.display().to_string());
     assert!(uids.contains(&65534), "VMM not jailed: uids {uids:?}");
+
+    update_sets_limits_that_hold(&root, id);
 
     let ps = ok(
         runtime(&root)

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agent_protocol::{Client, ClientError, ContainerStats, Endpoint, ExitInfo, ProcessInfo};
-use oci_spec::runtime::Process;
+use oci_spec::runtime::{LinuxResources, Process};
 
 use crate::paths::SandboxPaths;
+use crate::resize::{self, ResizeError, VmSize};
 use crate::stdio::{self, HostIo, Pumps, StdioError};
 
 /// How long a control-socket connection may take (the VMM answers at once; a pause waits
@@ -26,6 +27,8 @@ pub enum HandleError {
     Stdio(#[from] StdioError),
     #[error("VMM control socket {path}: {err}")]
     Api { path: PathBuf, err: String },
+    #[error(transparent)]
+    Resize(#[from] ResizeError),
 }
 
 /// What a front end asks of a live sandbox's guest and VMM, written once for both the
@@ -100,6 +103,43 @@ pub trait SandboxOps {
         self.with_agent(|a| a.resize_tty(container_id, exec_id, rows, cols))
     }
 
+    /// The limits of every container of the pod once `update` is in force on
+    /// `container_id`: what the pod's VM must hold.
+    fn pod_limits(&self, container_id: &str, update: &LinuxResources) -> Vec<LinuxResources>;
+
+    /// Records that `update` is in force on `container_id` (after [`SandboxOps::update`]).
+    fn record_limits(&self, _container_id: &str, _update: &LinuxResources) {}
+
+    /// Sets new cgroup limits on a container in the guest (fields left out, or 0, keep
+    /// their value, as with runc). The pod's VM must hold its containers' limits with
+    /// this change ([`resize::pod_needs`]); if it cannot ([`SandboxOps::make_room`]),
+    /// nothing changes. The agent applies them all or nothing.
+    fn update(&self, container_id: &str, resources: &LinuxResources) -> Result<(), HandleError> {
+        // The host's CPUs cap a VM's vCPUs at create; the same cap here.
+        let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let need = resize::pod_needs(
+            &self.pod_limits(container_id, resources),
+            u32::try_from(host_cpus).unwrap_or(u32::MAX),
+        )
+        .map_err(ResizeError::from)?;
+        self.make_room(need)?;
+        self.with_agent(|a| a.update_container(container_id, resources.clone()))?;
+        self.record_limits(container_id, resources);
+        Ok(())
+    }
+
+    /// Makes sure the VM has at least `need` before an update's limits are set: the one
+    /// place where a running VM will grow (online vCPUs, plug memory). Until the VMM can,
+    /// a VM smaller than `need` refuses the update.
+    fn make_room(&self, need: VmSize) -> Result<(), HandleError> {
+        let vm = api(self.api_sock(), |c| c.describe())?;
+        let have = VmSize {
+            vcpus: u32::from(vm.vcpus),
+            mem_mib: vm.mem_mib,
+        };
+        Ok(resize::fits(have, need)?)
+    }
+
     /// Stops the VM's vCPUs (the guest's clock stops with them).
     fn pause(&self) -> Result<(), HandleError> {
         api(self.api_sock(), |c| c.pause()).map(drop)
@@ -155,6 +195,13 @@ impl SandboxOps for SandboxHandle {
 
     fn api_sock(&self) -> &Path {
         &self.api_sock
+    }
+
+    /// A handle knows no other container and no limits in force: `update` is taken as the
+    /// container's complete limits (the OCI CLI's sandboxes hold one container, and it
+    /// passes its recorded limits merged with the update: [`resize::merge`]).
+    fn pod_limits(&self, _container_id: &str, update: &LinuxResources) -> Vec<LinuxResources> {
+        vec![update.clone()]
     }
 
     /// Each call gets a connection of its own, so a `wait` never holds up another call.

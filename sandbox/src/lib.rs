@@ -28,6 +28,7 @@ pub mod oci;
 pub mod paths;
 pub mod plan;
 pub mod process;
+pub mod resize;
 pub mod sandbox;
 pub mod share;
 pub mod stdio;

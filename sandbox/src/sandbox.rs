@@ -4,7 +4,7 @@
 //! held across a call into the guest. [`Sandbox::stop`] (or dropping it) ends all of it and
 //! leaves no process or mount behind.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::{Mutex, MutexGuard};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use agent_protocol::clone::{CloneIdentity, CLONE_ENTROPY_BYTES};
 use agent_protocol::{Client, ClientError, CreateSandbox, Endpoint, ErrorCode, ShareMount};
+use oci_spec::runtime::LinuxResources;
 use vmm_api::config::{SerialOutput, VmConfig};
 
 use crate::cgroup::{HostCgroup, Layout};
@@ -91,6 +92,9 @@ pub struct Sandbox {
     parts: Mutex<Option<Parts>>,
     /// The host's record of the containers in the guest.
     containers: Mutex<BTreeSet<String>>,
+    /// The cgroup limits in force per container (the spec's, then each update's), which
+    /// the pod's VM must hold.
+    limits: Mutex<BTreeMap<String, LinuxResources>>,
     /// The control connection `create` opened, kept for this sandbox's own calls: each
     /// new connection costs the guest an accept, a thread and a handshake. A call takes it
     /// out while it runs (a concurrent call connects anew and may leave its connection
@@ -287,6 +291,7 @@ impl Sandbox {
             paths,
             parts: Mutex::new(Some(parts)),
             containers: Mutex::new(BTreeSet::new()),
+            limits: Mutex::default(),
             control: Mutex::new(None),
         };
         Ok((sandbox, pod_net))
@@ -368,6 +373,8 @@ impl Sandbox {
         let result = self.add_container_inner(&mut plan, io);
         if result.is_err() {
             let _ = self.forget_container(&id);
+        } else if let Some(r) = spec_limits(&plan) {
+            self.limits.lock().expect("poisoned").insert(id, r);
         }
         result
     }
@@ -415,6 +422,7 @@ impl Sandbox {
 
     fn forget_container(&self, id: &str) -> Result<(), SandboxError> {
         self.containers.lock().expect("poisoned").remove(id);
+        self.limits.lock().expect("poisoned").remove(id);
         if let Some(share) = self.parts().as_ref().and_then(|p| p.share.as_ref()) {
             share.remove(&share_dir(id))?;
         }
@@ -465,6 +473,20 @@ impl SandboxOps for Sandbox {
         self.handle.endpoint()
     }
 
+    fn pod_limits(&self, container_id: &str, update: &LinuxResources) -> Vec<LinuxResources> {
+        let mut all = self.limits.lock().expect("poisoned").clone();
+        let now = all.remove(container_id).unwrap_or_default();
+        all.into_values()
+            .chain([crate::resize::merge(&now, update)])
+            .collect()
+    }
+
+    fn record_limits(&self, container_id: &str, update: &LinuxResources) {
+        let mut all = self.limits.lock().expect("poisoned");
+        let now = all.get(container_id).cloned().unwrap_or_default();
+        all.insert(container_id.into(), crate::resize::merge(&now, update));
+    }
+
     fn api_sock(&self) -> &Path {
         self.handle.api_sock()
     }
@@ -488,6 +510,11 @@ impl SandboxOps for Sandbox {
         }
         Ok(result)
     }
+}
+
+/// A container's cgroup limits from its spec.
+fn spec_limits(plan: &ContainerPlan) -> Option<LinuxResources> {
+    plan.request.spec.linux().as_ref()?.resources().clone()
 }
 
 /// The template's agent, before its snapshot: the prepared container init first (it keeps

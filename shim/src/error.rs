@@ -36,6 +36,8 @@ pub enum ShimError {
     Io(#[from] crate::io::IoError),
     #[error("bad exec process spec: {0}")]
     ExecSpec(serde_json::Error),
+    #[error("bad update: {0}")]
+    Resources(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -50,6 +52,13 @@ impl ShimError {
                 Code::FAILED_PRECONDITION
             }
             ShimError::Unsupported(_) => Code::UNIMPLEMENTED,
+            ShimError::Handle(sandbox::HandleError::Resize(
+                sandbox::resize::ResizeError::TooSmall { .. },
+            )) => Code::FAILED_PRECONDITION,
+            ShimError::Resources(_)
+            | ShimError::Handle(sandbox::HandleError::Resize(
+                sandbox::resize::ResizeError::Limits(_),
+            )) => Code::INVALID_ARGUMENT,
             ShimError::Spec(_)
             | ShimError::Plan(sandbox::PlanError::Translate(_))
             | ShimError::ExecSpec(_) => Code::INVALID_ARGUMENT,

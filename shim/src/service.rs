@@ -141,6 +141,21 @@ impl Service {
     }
 }
 
+/// The OCI `LinuxResources` an UpdateTaskRequest carries: containerd marshals them as
+/// JSON in an `Any` typed `types.containerd.io/opencontainers/runtime-spec/1/LinuxResources`.
+fn linux_resources(
+    any: Option<&containerd_shim_protos::protobuf::well_known_types::any::Any>,
+) -> Result<oci_spec::runtime::LinuxResources, ShimError> {
+    let any = any.ok_or_else(|| ShimError::Resources("no resources in the update".into()))?;
+    if !any.type_url.ends_with("/LinuxResources") {
+        return Err(ShimError::Resources(format!(
+            "resources of type {:?}, not LinuxResources",
+            any.type_url
+        )));
+    }
+    serde_json::from_slice(&any.value).map_err(|e| ShimError::Resources(e.to_string()))
+}
+
 #[async_trait]
 impl Task for Service {
     async fn create(
@@ -431,15 +446,27 @@ impl Task for Service {
         Ok(api::Empty::new())
     }
 
+    /// New cgroup limits for a container in the guest (CRI's UpdateContainerResources);
+    /// the pod's VM must already hold them (see `SandboxOps::update`).
     async fn update(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::UpdateTaskRequest,
+        req: api::UpdateTaskRequest,
     ) -> TtrpcResult<api::Empty> {
-        Err(ShimError::Unsupported(
-            "updating a running container's resources (the pod's VM is sized when it boots)",
-        )
-        .into())
+        let resources = linux_resources(req.resources.as_ref())?;
+        log::info!(
+            "update {}: {}",
+            req.id,
+            String::from_utf8_lossy(&req.resources.value)
+        );
+        let (sandbox, _) = self.pod.sandbox_for(&req.id)?;
+        let id = req.id.clone();
+        tokio::task::spawn_blocking(move || sandbox.update(&id, &resources))
+            .await
+            .map_err(|e| ShimError::Internal(e.to_string()))?
+            .map_err(ShimError::from)
+            .inspect_err(|e| log::error!("update {}: {e}", req.id))?;
+        Ok(api::Empty::new())
     }
 
     async fn stats(
@@ -485,5 +512,36 @@ impl Task for Service {
             self.exit.signal();
         }
         Ok(api::Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use containerd_shim_protos::protobuf::well_known_types::any::Any;
+
+    use super::*;
+
+    #[test]
+    fn update_resources_are_containerds_json_any() {
+        let mut any = Any::new();
+        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+        any.value =
+            br#"{"memory":{"limit":67108864},"cpu":{"shares":2,"quota":50000,"period":100000},
+            "devices":[{"allow":false,"access":"rwm"}]}"#
+                .to_vec();
+        let r = linux_resources(Some(&any)).unwrap();
+        assert_eq!(r.memory().as_ref().unwrap().limit(), Some(64 << 20));
+        assert_eq!(r.cpu().as_ref().unwrap().quota(), Some(50_000));
+        assert!(matches!(
+            linux_resources(None),
+            Err(ShimError::Resources(_))
+        ));
+        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/WindowsResources".into();
+        let e = linux_resources(Some(&any)).unwrap_err();
+        assert!(e.to_string().contains("not LinuxResources"), "{e}");
+        assert_eq!(
+            e.code(),
+            containerd_shim_protos::ttrpc::Code::INVALID_ARGUMENT
+        );
     }
 }

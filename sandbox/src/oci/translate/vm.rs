@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxCpu, Spec};
 use vmm_api::config::{DiskConfig, FsConfig, SerialOutput, VmConfig, VsockConfig};
 
 use crate::share::SHARE_TAG;
@@ -69,7 +69,15 @@ fn vcpus(spec: &Spec, ann: &Annotations, max: u8) -> Result<u8, TranslateError> 
         .and_then(|l| l.resources().as_ref())
         .and_then(|r| r.cpu().as_ref());
     let Some(cpu) = cpu else { return Ok(1) };
-    let wanted = match (cpu.quota(), cpu.period()) {
+    let wanted = cpu_micros(cpu)?.map_or(1, |m| m.div_ceil(1_000_000));
+    Ok(wanted.clamp(1, u64::from(max)) as u8)
+}
+
+/// The CPUs a CPU limit asks for, in millionths of a CPU: quota/period (rounded up), or
+/// the cpuset's size; `None` without either. (Also how an update is sized:
+/// [`crate::resize`].)
+pub(crate) fn cpu_micros(cpu: &LinuxCpu) -> Result<Option<u64>, TranslateError> {
+    match (cpu.quota(), cpu.period()) {
         (Some(q), Some(p)) if q > 0 => {
             if p == 0 {
                 return Err(TranslateError::BadCpu {
@@ -77,11 +85,24 @@ fn vcpus(spec: &Spec, ann: &Annotations, max: u8) -> Result<u8, TranslateError> 
                     period: p,
                 });
             }
-            (q as u64).div_ceil(p)
+            let micros = (q as u128 * 1_000_000).div_ceil(u128::from(p));
+            Ok(Some(u64::try_from(micros).unwrap_or(u64::MAX)))
         }
-        _ => cpu.cpus().as_deref().and_then(cpuset_count).unwrap_or(1),
-    };
-    Ok(wanted.clamp(1, u64::from(max)) as u8)
+        _ => Ok(cpu
+            .cpus()
+            .as_deref()
+            .and_then(cpuset_count)
+            .map(|n| n.saturating_mul(1_000_000))),
+    }
+}
+
+/// A memory limit in MiB (rounded up); `None` for no limit (-1, 0); too small an error.
+pub(crate) fn limit_mib(limit: i64) -> Result<Option<u64>, TranslateError> {
+    match limit {
+        ..=0 => Ok(None),
+        l if (l as u64) < MIN_LIMIT_MIB << 20 => Err(TranslateError::MemoryTooSmall(l)),
+        l => Ok(Some((l as u64).div_ceil(1 << 20))),
+    }
 }
 
 /// The VM's RAM: the annotation, else the pod's memory limit from CRI, else the spec's,
@@ -100,11 +121,10 @@ fn mem_mib(spec: &Spec, ann: &Annotations) -> Result<u64, TranslateError> {
             .and_then(|r| r.memory().as_ref())
             .and_then(|m| m.limit())
     });
-    match limit {
-        // -1 (and 0) mean unlimited.
-        None | Some(..=0) => Ok(DEFAULT_MEM_MIB),
-        Some(l) if (l as u64) < MIN_LIMIT_MIB << 20 => Err(TranslateError::MemoryTooSmall(l)),
-        Some(l) => Ok((l as u64).div_ceil(1 << 20) + GUEST_OVERHEAD_MIB),
+    // -1 (and 0) mean unlimited.
+    match limit.map(limit_mib).transpose()?.flatten() {
+        None => Ok(DEFAULT_MEM_MIB),
+        Some(mib) => Ok(mib + GUEST_OVERHEAD_MIB),
     }
 }
 
