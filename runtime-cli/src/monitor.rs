@@ -111,7 +111,8 @@ pub fn run(store: &Store, id: &str, console: Option<PathBuf>, start: bool) -> i3
         }
     };
     ready.ok();
-    if let Some([_, virtiofsd]) = sandbox.host_pids() {
+    // The VMM first, then each share's virtiofsd.
+    for virtiofsd in sandbox.host_pids().unwrap_or_default().into_iter().skip(1) {
         crate::watch::virtiofsd(&dir, virtiofsd);
     }
     // Nothing else in this process asks the agent anything: the wait has the kept

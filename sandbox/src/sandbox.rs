@@ -22,7 +22,7 @@ use crate::oci::translate::{share_dir, ContainerPlan};
 use crate::paths::SandboxPaths;
 use crate::plan::{PodPlan, Role};
 use crate::process::ProcessError;
-use crate::share::{Share, ShareError, GUEST_SHARE_DIR, SHARE_TAG};
+use crate::share::{Share, ShareError, ShareKind};
 use crate::stdio::{self, HostIo, Pumps};
 use crate::template::{self, TemplateError, TemplateUse};
 use crate::virtiofsd::Virtiofsd;
@@ -73,14 +73,28 @@ fn agent_err(what: &'static str) -> impl FnOnce(ClientError) -> SandboxError {
 }
 
 /// The host side of a running sandbox. Field order is teardown order: the VMM goes before
-/// the pod network's taps, then virtiofsd, then the share's mounts, then the pod's cgroup.
+/// the pod network's taps, then each share's virtiofsd and mounts, then the pod's cgroup.
 #[derive(Debug)]
 struct Parts {
     vmm: VmmProcess,
     network: Option<NetworkGuard>,
+    /// In [`ShareKind::ALL`]'s order.
+    shares: Vec<ServedShare>,
+    cgroup: Option<HostCgroup>,
+}
+
+/// A share and the virtiofsd serving it (field order: virtiofsd stops first).
+#[derive(Debug)]
+struct ServedShare {
     virtiofsd: Virtiofsd,
     share: Option<Share>,
-    cgroup: Option<HostCgroup>,
+}
+
+impl Parts {
+    fn share(&self, kind: ShareKind) -> Option<&Share> {
+        let i = ShareKind::ALL.iter().position(|k| *k == kind)?;
+        self.shares.get(i)?.share.as_ref()
+    }
 }
 
 /// One live sandbox (see the module docs).
@@ -163,10 +177,13 @@ impl Sandbox {
             .create_sandbox(CreateSandbox {
                 sandbox_id: plan.id.clone(),
                 hostname: plan.hostname.clone(),
-                shares: vec![ShareMount {
-                    tag: SHARE_TAG.into(),
-                    mount_point: GUEST_SHARE_DIR.into(),
-                }],
+                shares: ShareKind::ALL
+                    .iter()
+                    .map(|k| ShareMount {
+                        tag: k.tag().into(),
+                        mount_point: k.guest_dir().into(),
+                    })
+                    .collect(),
             })
             .map_err(agent_err("cannot set up the sandbox in the guest"))?;
         if let Some(pod) = pod_net {
@@ -232,7 +249,7 @@ impl Sandbox {
         }
     }
 
-    /// Prepares the share and starts virtiofsd and the VMM (booting, or restoring
+    /// Prepares the shares and starts their virtiofsd and the VMM (booting, or restoring
     /// `template`; `jail`ed unless restoring).
     fn start(
         plan: &PodPlan,
@@ -245,14 +262,7 @@ impl Sandbox {
         crate::jail::create_vsock_dir(&paths.vsock, jail)?;
         // First made, last undone (locals drop in reverse).
         let cgroup = pod_cgroup(plan, &paths)?;
-        let share = Share::prepare(&paths.share)?;
-        let virtiofsd = Virtiofsd::start(
-            &plan.virtiofsd,
-            &paths.fs_socket,
-            share.root(),
-            &paths.fs_log,
-            cgroup.as_ref(),
-        )?;
+        let shares = serve_shares(&plan.virtiofsd, &paths, cgroup.as_ref())?;
         let mut vm = plan.vm.clone();
         let (network, pod_net) = match &plan.netns {
             Some(ns) => {
@@ -282,8 +292,7 @@ impl Sandbox {
         let parts = Parts {
             vmm,
             network,
-            virtiofsd,
-            share: Some(share),
+            shares,
             cgroup,
         };
         let sandbox = Sandbox {
@@ -332,9 +341,10 @@ impl Sandbox {
         if let Some(status) = p.vmm.exited() {
             return Some(describe_exit(status, p.vmm.log(), &self.paths.console_log));
         }
-        p.virtiofsd
-            .died()
-            .map(|(status, last)| format!("virtiofsd exited ({status}): {last}"))
+        p.shares.iter_mut().find_map(|s| {
+            let (status, last) = s.virtiofsd.died()?;
+            Some(format!("virtiofsd exited ({status}): {last}"))
+        })
     }
 
     /// The state directory's files.
@@ -350,15 +360,16 @@ impl Sandbox {
             .unwrap_or_default()
     }
 
-    /// The pids of the host processes this sandbox runs: the VMM and virtiofsd (`None`
-    /// once stopped).
-    pub fn host_pids(&self) -> Option<[u32; 2]> {
-        self.parts()
-            .as_ref()
-            .map(|p| [p.vmm.pid(), p.virtiofsd.pid()])
+    /// The pids of the host processes this sandbox runs: the VMM, then each share's
+    /// virtiofsd (`None` once stopped).
+    pub fn host_pids(&self) -> Option<Vec<u32>> {
+        self.parts().as_ref().map(|p| {
+            let fsds = p.shares.iter().map(|s| s.virtiofsd.pid());
+            std::iter::once(p.vmm.pid()).chain(fsds).collect()
+        })
     }
 
-    /// Adds a container: its rootfs and bind sources go into the share, then the agent
+    /// Adds a container: its rootfs and bind sources go into the shares, then the agent
     /// creates it (its process waits for [`SandboxOps::start`]) with its streams on `io`.
     /// Returns the guest pid and the copy threads of its output.
     pub fn add_container(
@@ -386,12 +397,9 @@ impl Sandbox {
     ) -> Result<(i32, Pumps), SandboxError> {
         {
             let parts = self.parts();
-            let share = parts
-                .as_ref()
-                .and_then(|p| p.share.as_ref())
-                .ok_or(SandboxError::Stopped)?;
+            let parts = parts.as_ref().ok_or(SandboxError::Stopped)?;
             for b in &plan.binds {
-                share.bind(b)?;
+                parts.share(b.share).ok_or(SandboxError::Stopped)?.bind(b)?;
             }
         }
         plan.request.stdio = io.config();
@@ -414,7 +422,7 @@ impl Sandbox {
     }
 
     /// Removes a container from the guest (killing it with `force`) and its binds from the
-    /// share.
+    /// shares.
     pub fn remove_container(&self, container_id: &str, force: bool) -> Result<(), SandboxError> {
         self.with_agent(|a| a.remove_container(container_id, force))?;
         self.forget_container(container_id)
@@ -423,14 +431,16 @@ impl Sandbox {
     fn forget_container(&self, id: &str) -> Result<(), SandboxError> {
         self.containers.lock().expect("poisoned").remove(id);
         self.limits.lock().expect("poisoned").remove(id);
-        if let Some(share) = self.parts().as_ref().and_then(|p| p.share.as_ref()) {
-            share.remove(&share_dir(id))?;
+        if let Some(parts) = self.parts().as_ref() {
+            for share in parts.shares.iter().filter_map(|s| s.share.as_ref()) {
+                share.remove(&share_dir(id))?;
+            }
         }
         Ok(())
     }
 
     /// Ends the VM (no guest shutdown: containers' state lives on the host), virtiofsd and
-    /// the share's mounts; returns the VMM's exit status. Stopping a stopped sandbox does
+    /// the shares' mounts; returns the VMM's exit status. Stopping a stopped sandbox does
     /// nothing.
     pub fn stop(&self) -> Result<Option<ExitStatus>, SandboxError> {
         let Some(mut parts) = self.parts().take() else {
@@ -441,9 +451,11 @@ impl Sandbox {
         if let Some(net) = parts.network.take() {
             net.detach()?;
         }
-        parts.virtiofsd.stop();
-        if let Some(share) = parts.share.take() {
-            share.teardown()?;
+        for served in &mut parts.shares {
+            served.virtiofsd.stop();
+            if let Some(share) = served.share.take() {
+                share.teardown()?;
+            }
         }
         if let Some(cg) = parts.cgroup.take() {
             for d in cg.remove() {
@@ -533,6 +545,35 @@ fn prepare_template_agent(agent: &mut Client, plan: &PodPlan) -> Result<(), Sand
     agent
         .warm_up(TEMPLATE_WORKERS)
         .map_err(agent_err("cannot warm up the template's agent"))
+}
+
+/// Prepares each share and starts its virtiofsd (all started at once, then waited for).
+fn serve_shares(
+    exe: &Path,
+    paths: &SandboxPaths,
+    cgroup: Option<&HostCgroup>,
+) -> Result<Vec<ServedShare>, SandboxError> {
+    let mut served = Vec::new();
+    for kind in ShareKind::ALL {
+        let files = paths.share_files(kind);
+        let share = Share::prepare(files.dir)?;
+        let virtiofsd = Virtiofsd::spawn(
+            exe,
+            files.socket,
+            share.root(),
+            kind.cache(),
+            files.log,
+            cgroup,
+        )?;
+        served.push(ServedShare {
+            virtiofsd,
+            share: Some(share),
+        });
+    }
+    for s in &mut served {
+        s.virtiofsd.wait_ready()?;
+    }
+    Ok(served)
 }
 
 /// This sandbox's own sockets and console, from its VM config.

@@ -1,9 +1,11 @@
-//! The host side of a sandbox's virtio-fs share: one directory that virtiofsd serves, into
-//! which containers' rootfs and bind-mount sources are bind-mounted while the VM runs.
+//! The host side of a sandbox's virtio-fs shares: directories that a virtiofsd each serves,
+//! into which containers' rootfs and bind-mount sources are bind-mounted while the VM runs.
+//! There are two ([`ShareKind`]), one per cache policy: the guest may keep what it read of
+//! a rootfs across opens, but must see host writes into bind mounts.
 //!
-//! `/` is a private mount on many hosts: a bind made under the share after virtiofsd
+//! `/` is a private mount on many hosts: a bind made under a share after virtiofsd
 //! started (virtiofsd sandboxes itself in a mount namespace of its own) would never reach
-//! it. So the share is first made a bind mount of itself with shared propagation; binds
+//! it. So each share is first made a bind mount of itself with shared propagation; binds
 //! made under it later propagate into virtiofsd's copy.
 
 use std::ffi::OsStr;
@@ -13,10 +15,53 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-/// The virtio-fs tag of the share.
-pub const SHARE_TAG: &str = "sandbox";
-/// Where the agent mounts the share in the guest.
-pub const GUEST_SHARE_DIR: &str = "/run/sandbox-share";
+use crate::virtiofsd::Cache;
+
+/// The sandbox's two virtio-fs shares. They differ in who changes their files while the
+/// sandbox runs, and so in how long the guest may keep what it read of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShareKind {
+    /// The containers' root filesystems. Only the guest changes them (an image's layers
+    /// never change; the writable layer above them is the container's), so the guest keeps
+    /// their pages across opens ([`Cache::Always`]): a second exec of a binary reads
+    /// nothing from the host. A change made on the host to a running container's rootfs
+    /// may go unseen in the guest.
+    #[default]
+    Rootfs,
+    /// The sources of bind mounts (volumes, ConfigMaps, `/etc/hosts`): the host changes
+    /// them while containers run, and the guest sees it ([`Cache::Auto`]).
+    Volumes,
+}
+
+impl ShareKind {
+    /// Every share a sandbox has, in the order of its VM's virtio-fs devices.
+    pub const ALL: [ShareKind; 2] = [ShareKind::Rootfs, ShareKind::Volumes];
+
+    /// The share's virtio-fs tag.
+    pub fn tag(self) -> &'static str {
+        match self {
+            ShareKind::Rootfs => "sandbox",
+            ShareKind::Volumes => "sandbox-volumes",
+        }
+    }
+
+    /// Where the agent mounts the share in the guest.
+    pub fn guest_dir(self) -> &'static str {
+        match self {
+            ShareKind::Rootfs => "/run/sandbox-share",
+            ShareKind::Volumes => "/run/sandbox-volumes",
+        }
+    }
+
+    /// How virtiofsd lets the guest cache the share's files.
+    pub fn cache(self) -> Cache {
+        match self {
+            ShareKind::Rootfs => Cache::Always,
+            ShareKind::Volumes => Cache::Auto,
+        }
+    }
+}
 
 /// Errors preparing the share or binding into it.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +99,9 @@ fn mnt(what: &'static str, path: &Path) -> impl FnOnce(nix::Error) -> ShareError
 pub struct HostBind {
     /// The host path (the bundle's rootfs, or a bind mount's source).
     pub src: PathBuf,
+    /// The share it goes into.
+    #[serde(default)]
+    pub share: ShareKind,
     /// Where it goes, relative to the share's root.
     pub share_rel: PathBuf,
     /// A regular file (else a directory).
@@ -277,6 +325,7 @@ mod tests {
         share
             .bind(&HostBind {
                 src: base.join("src/file"),
+                share: ShareKind::Volumes,
                 share_rel: "c1/mounts/0".into(),
                 is_file: true,
                 read_only: true,
@@ -286,6 +335,7 @@ mod tests {
         share
             .bind(&HostBind {
                 src: base.join("src/dir"),
+                share: ShareKind::Volumes,
                 share_rel: "c1/mounts/1".into(),
                 is_file: false,
                 read_only: false,

@@ -44,6 +44,7 @@ pub fn oci_translate(data: &[u8]) {
         vsock: d.join("vsock.sock"),
         console_log: d.join("console.log"),
         fs_socket: d.join("virtiofsd.sock"),
+        volumes_fs_socket: d.join("virtiofsd-volumes.sock"),
         rootfs_disk: d.join("rootfs.img"),
     };
     let translated = Annotations::parse(&spec)

@@ -1,9 +1,10 @@
 //! Container → agent request: the `CreateContainer` the guest agent runs, and the host
 //! binds that put the container's rootfs and bind-mount sources into the sandbox's share.
 //!
-//! Share layout (relative to the share's root, the same on the host and in the guest):
-//! `<id>/rootfs` is the bundle's rootfs, `<id>/mounts/<n>` the source of the spec's n-th
-//! bind mount (a file or a directory). The guest sees the share at [`GUEST_SHARE_DIR`].
+//! Share layout (relative to a share's root, the same on the host and in the guest):
+//! `<id>/rootfs` in the rootfs share is the bundle's rootfs, `<id>/mounts/<n>` in the
+//! volumes share the source of the spec's n-th bind mount (a file or a directory). The
+//! guest sees each share at its [`ShareKind::guest_dir`].
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,7 @@ use oci_spec::runtime::{Mount, MountBuilder, Spec};
 use super::vm::{RootfsMode, ROOTFS_DISK_SERIAL};
 use super::{FileProbe, HostPath, TranslateError};
 pub use crate::share::HostBind;
-use crate::share::GUEST_SHARE_DIR;
+use crate::share::ShareKind;
 
 /// What adding one container to a sandbox takes.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -24,13 +25,13 @@ pub struct ContainerPlan {
     pub binds: Vec<HostBind>,
 }
 
-/// The container's directory in the share, relative to its root.
+/// The container's directory in each share, relative to its root.
 pub fn share_dir(id: &str) -> PathBuf {
     PathBuf::from(id)
 }
 
-fn guest_path(rel: &Path) -> String {
-    Path::new(GUEST_SHARE_DIR).join(rel).display().to_string()
+fn guest_path(share: ShareKind, rel: &Path) -> String {
+    Path::new(share.guest_dir()).join(rel).display().to_string()
 }
 
 fn is_bind(m: &Mount) -> bool {
@@ -90,11 +91,13 @@ fn guest_mounts(
         };
         let share_rel = share_dir(id).join("mounts").join(binds.len().to_string());
         let mut guest = m.clone();
-        guest.set_source(Some(PathBuf::from(guest_path(&share_rel))));
+        let share = ShareKind::Volumes;
+        guest.set_source(Some(PathBuf::from(guest_path(share, &share_rel))));
         guest.set_typ(Some("bind".into()));
         out.push(guest);
         binds.push(HostBind {
             src,
+            share,
             share_rel,
             is_file,
             read_only: has_option(m, "ro"),
@@ -187,9 +190,11 @@ pub fn container_request(
     let rootfs = match mode {
         RootfsMode::Share => {
             let share_rel = share_dir(id).join("rootfs");
-            let path = guest_path(&share_rel);
+            let share = ShareKind::Rootfs;
+            let path = guest_path(share, &share_rel);
             binds.push(HostBind {
                 src: rootfs_dir.to_path_buf(),
+                share,
                 share_rel,
                 is_file: false,
                 read_only: false,
@@ -235,13 +240,14 @@ mod tests {
         assert_eq!(
             p.request.rootfs,
             Rootfs::Directory {
-                path: format!("{GUEST_SHARE_DIR}/c1/rootfs")
+                path: "/run/sandbox-share/c1/rootfs".into()
             }
         );
         assert_eq!(
             p.binds,
             vec![HostBind {
                 src: "/b/rootfs".into(),
+                share: ShareKind::Rootfs,
                 share_rel: "c1/rootfs".into(),
                 is_file: false,
                 read_only: false,
@@ -281,6 +287,7 @@ mod tests {
             p.binds[1],
             HostBind {
                 src: "/host/hosts".into(),
+                share: ShareKind::Volumes,
                 share_rel: "c1/mounts/0".into(),
                 is_file: true,
                 read_only: true,
@@ -288,12 +295,17 @@ mod tests {
             }
         );
         assert_eq!(p.binds[2].share_rel, PathBuf::from("c1/mounts/1"));
+        assert_eq!(
+            p.binds[2].share,
+            ShareKind::Volumes,
+            "host writes must be seen"
+        );
         assert!(!p.binds[2].is_file && !p.binds[2].read_only);
         let mounts = p.request.spec.mounts().clone().unwrap();
         assert_eq!(mounts.len(), 4);
         assert_eq!(
             mounts[1].source().as_deref(),
-            Some(Path::new(&format!("{GUEST_SHARE_DIR}/c1/mounts/0")))
+            Some(Path::new("/run/sandbox-volumes/c1/mounts/0"))
         );
         assert_eq!(mounts[1].options().as_ref().unwrap(), &["rbind", "ro"]);
         assert_eq!(mounts[2].typ().as_deref(), Some("tmpfs"));

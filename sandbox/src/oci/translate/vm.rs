@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use oci_spec::runtime::{LinuxCpu, Spec};
 use vmm_api::config::{DiskConfig, FsConfig, SerialOutput, VmConfig, VsockConfig};
 
-use crate::share::SHARE_TAG;
+use crate::share::ShareKind;
 
 use super::{Defaults, TranslateError, DEFAULT_MEM_MIB, GUEST_OVERHEAD_MIB, MIN_LIMIT_MIB};
 use crate::oci::annotations::Annotations;
@@ -24,8 +24,10 @@ pub struct VmPaths {
     pub vsock: PathBuf,
     /// The guest's serial console.
     pub console_log: PathBuf,
-    /// virtiofsd's vhost-user socket.
+    /// The rootfs share's virtiofsd socket.
     pub fs_socket: PathBuf,
+    /// The bind-mount share's virtiofsd socket.
+    pub volumes_fs_socket: PathBuf,
     /// The container's ext4 rootfs copy, in [`RootfsMode::Block`].
     pub rootfs_disk: PathBuf,
 }
@@ -215,7 +217,13 @@ pub fn vm_config(
         guest_cid: 3,
         uds_path: paths.vsock.clone(),
     });
-    vm.fs.push(FsConfig::new(&paths.fs_socket, SHARE_TAG));
+    for kind in ShareKind::ALL {
+        let socket = match kind {
+            ShareKind::Rootfs => &paths.fs_socket,
+            ShareKind::Volumes => &paths.volumes_fs_socket,
+        };
+        vm.fs.push(FsConfig::new(socket, kind.tag()));
+    }
     // Whatever the VMM would refuse is the spec's error, here, rather than the VMM
     // process's after the sandbox's directories exist.
     vm.validate()
@@ -261,6 +269,7 @@ mod tests {
             vsock: d.join("vsock.sock"),
             console_log: d.join("console.log"),
             fs_socket: d.join("virtiofsd.sock"),
+            volumes_fs_socket: d.join("virtiofsd-volumes.sock"),
             rootfs_disk: d.join("rootfs.img"),
         }
     }
@@ -286,7 +295,14 @@ mod tests {
             vm.serial,
             SerialOutput::File("/run/sandbox-vm/c1/console.log".into())
         );
-        assert_eq!(vm.fs, vec![FsConfig::new(paths().fs_socket, SHARE_TAG)]);
+        assert_eq!(
+            vm.fs,
+            vec![
+                FsConfig::new(paths().fs_socket, "sandbox"),
+                FsConfig::new(paths().volumes_fs_socket, "sandbox-volumes")
+            ],
+            "a share for rootfs, one for bind mounts"
+        );
         vm.validate().unwrap();
     }
 
