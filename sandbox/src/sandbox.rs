@@ -275,7 +275,8 @@ impl Sandbox {
         let netns = pod_net.as_ref().map(|p| &p.netns).or(own_netns);
         let vmm = match template {
             Some(dir) => {
-                if vm.net.len() > 1 {
+                // The pod's interfaces may have changed since the template was chosen.
+                if pod_net.is_some() && vm.net.len() != 1 {
                     return Err(NetworkError::TemplateNics(vm.net.len()).into());
                 }
                 VmmProcess::restore(run, dir, &clone_sockets(&vm, &paths), &paths, netns)?
