@@ -17,5 +17,7 @@ echo "[test] template for the e2e tests" >&2
 # Sandboxes whose VM matches it restore from this template instead of booting cold.
 export SANDBOX_VM_TEMPLATE_DIR=${SANDBOX_VM_CACHE:-$HOME/.cache/sandbox-vm}/test-templates
 bash tests/test-template.sh
+# e2e tests whose sandboxes should match one of them check that they restored it.
+export SANDBOX_VM_E2E_TEMPLATES=1
 echo "[test] cargo test" >&2
 cargo test --workspace -- --nocapture 2>&1

@@ -2,8 +2,9 @@
 //! to give the guest ([`crate::Request::ConfigureNetwork`]).
 //!
 //! The runtime joins each interface of the netns to a tap that backs one guest NIC whose
-//! MAC is the interface's; the agent finds its NIC by that MAC, gives it the interface's
-//! name, MTU and addresses, brings it up, then adds the routes. Everything here comes from
+//! MAC is the interface's; the agent finds its NIC by that MAC (or, in a clone restored
+//! from a template, by the template's MAC, and gives it the interface's), gives it the
+//! interface's name, MTU and addresses, brings it up, then adds the routes. Everything here comes from
 //! the host, but the agent still checks it ([`NetworkConfig::validate`]) before it touches
 //! the guest's network.
 
@@ -41,6 +42,11 @@ pub struct Interface {
     pub mtu: u32,
     /// Its addresses (link-local IPv6 ones are left to the guest kernel).
     pub addresses: Vec<IpPrefix>,
+    /// The MAC the guest NIC has now, when it is not yet `mac`: a NIC restored from a
+    /// template still has the template's. The agent then finds the NIC by this one and
+    /// gives it `mac`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
 }
 
 /// An address with its prefix length (`10.88.0.2/16`).
@@ -149,7 +155,7 @@ impl NetworkConfig {
     /// Checks names, MACs, MTUs, prefix lengths, that every route names a configured
     /// interface and keeps to one address family.
     pub fn validate(&self) -> Result<(), NetworkConfigError> {
-        let mut seen: Vec<(&str, [u8; 6])> = Vec::new();
+        let mut seen: Vec<(&str, [u8; 6], [u8; 6])> = Vec::new();
         for i in &self.interfaces {
             if !valid_ifname(&i.name) {
                 return Err(NetworkConfigError::BadName(i.name.clone()));
@@ -158,16 +164,29 @@ impl NetworkConfig {
                 name: i.name.clone(),
                 mac: i.mac.clone(),
             })?;
+            let bad_mac = |mac: &String| NetworkConfigError::BadMac {
+                name: i.name.clone(),
+                mac: mac.clone(),
+            };
+            let guest_mac = match &i.guest_mac {
+                Some(m) => Some(parse_mac(m).ok_or_else(|| bad_mac(m))?),
+                None => None,
+            };
             if !(MIN_MTU..=MAX_MTU).contains(&i.mtu) {
                 return Err(NetworkConfigError::BadMtu {
                     name: i.name.clone(),
                     mtu: i.mtu,
                 });
             }
-            if seen.iter().any(|(n, m)| *n == i.name || *m == mac) {
+            // Each NIC is found by the MAC it has now: those must differ too.
+            let found_by = guest_mac.unwrap_or(mac);
+            if seen
+                .iter()
+                .any(|(n, m, f)| *n == i.name || *m == mac || *f == found_by)
+            {
                 return Err(NetworkConfigError::Duplicate(i.name.clone()));
             }
-            seen.push((&i.name, mac));
+            seen.push((&i.name, mac, found_by));
             if let Some(p) = i.addresses.iter().find(|p| !p.is_valid()) {
                 return Err(NetworkConfigError::BadPrefix {
                     name: i.name.clone(),
@@ -176,7 +195,7 @@ impl NetworkConfig {
             }
         }
         for r in &self.routes {
-            if !seen.iter().any(|(n, _)| *n == r.interface) {
+            if !seen.iter().any(|(n, _, _)| *n == r.interface) {
                 return Err(NetworkConfigError::UnknownInterface(r.interface.clone()));
             }
             if let Some(d) = r.destination.filter(|d| !d.is_valid()) {
@@ -212,6 +231,7 @@ mod tests {
             mac: "0a:58:0A:58:00:02".into(),
             mtu: 1500,
             addresses: vec![prefix("10.88.0.2", 16)],
+            guest_mac: None,
         }
     }
 
@@ -248,10 +268,16 @@ mod tests {
 
     #[test]
     fn a_pod_network_validates_and_round_trips() {
-        let cfg = NetworkConfig {
+        let mut cfg = NetworkConfig {
             interfaces: vec![eth0()],
             routes: vec![default_route("10.88.0.1")],
         };
+        cfg.validate().unwrap();
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(!json.contains("guest_mac"), "{json}");
+        assert_eq!(serde_json::from_str::<NetworkConfig>(&json).unwrap(), cfg);
+        // A clone's NIC, found by the template's MAC.
+        cfg.interfaces[0].guest_mac = Some("02:73:76:6d:00:01".into());
         cfg.validate().unwrap();
         let json = serde_json::to_string(&cfg).unwrap();
         assert_eq!(serde_json::from_str::<NetworkConfig>(&json).unwrap(), cfg);
@@ -278,6 +304,21 @@ mod tests {
         assert!(matches!(
             with(&|c| c.interfaces[0].mac = "nope".into()),
             NetworkConfigError::BadMac { .. }
+        ));
+        assert!(matches!(
+            with(&|c| c.interfaces[0].guest_mac = Some("02:00:00".into())),
+            NetworkConfigError::BadMac { .. }
+        ));
+        assert!(matches!(
+            with(&|c| {
+                let mut two = eth0();
+                two.name = "eth1".into();
+                two.mac = "0a:58:0a:58:00:03".into();
+                c.interfaces[0].guest_mac = Some("02:00:00:00:00:01".into());
+                two.guest_mac = Some("02:00:00:00:00:01".into());
+                c.interfaces.push(two);
+            }),
+            NetworkConfigError::Duplicate(_)
         ));
         assert!(matches!(
             with(&|c| c.interfaces[0].mtu = 10),

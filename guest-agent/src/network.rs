@@ -1,6 +1,7 @@
 //! The guest's side of pod networking: the runtime found the pod's interfaces, addresses
 //! and routes in the pod netns and joined each interface to a tap that backs one of our
-//! NICs, with the interface's MAC. Here each NIC is found by that MAC and given the
+//! NICs, with the interface's MAC. Here each NIC is found by that MAC (a NIC restored from
+//! a template by the template's, and then given the interface's MAC) and given the
 //! interface's name, MTU and addresses, then the routes are added, over a blocking
 //! rtnetlink socket (NICs are listed from sysfs). Containers of a pod with a network stay in the guest's root netns
 //! (the runtime drops the spec's network namespace), so they all see these interfaces.
@@ -227,18 +228,24 @@ pub fn configure(cfg: &NetworkConfig) -> Result<(), NetError> {
     let present = links()?;
     let mut indexes = Vec::new();
     for itf in &cfg.interfaces {
-        let mac = parse_mac(&itf.mac);
-        let Some((index, name, _)) = present.iter().find(|(_, _, m)| m.is_some() && *m == mac)
+        let mac = parse_mac(&itf.mac).expect("validate() checked the MAC");
+        // A clone's NIC still has the template's MAC: found by it, then given the pod's.
+        let now = itf.guest_mac.as_deref().unwrap_or(&itf.mac);
+        let found = parse_mac(now);
+        let Some((index, name, _)) = present.iter().find(|(_, _, m)| m.is_some() && *m == found)
         else {
             return Err(NetError::NoNic {
                 name: itf.name.clone(),
-                mac: itf.mac.clone(),
+                mac: now.to_string(),
             });
         };
         // Renaming needs the link down, which a NIC nobody configured yet is.
         let mut attrs = vec![LinkAttribute::Mtu(itf.mtu)];
         if *name != itf.name {
             attrs.push(LinkAttribute::IfName(itf.name.clone()));
+        }
+        if found != Some(mac) {
+            attrs.push(LinkAttribute::Address(mac.to_vec()));
         }
         set_link(&mut nl, *index, attrs, false)?;
         set_link(&mut nl, *index, Vec::new(), true)?;
@@ -406,6 +413,21 @@ mod tests {
             other.interfaces[0].mac = "02:00:00:00:00:01".into();
             let e = configure(&other).unwrap_err();
             assert!(e.to_string().contains("no guest NIC has MAC"), "{e}");
+
+            // A clone's NIC: found by the template's MAC, given the pod's. Renaming and
+            // changing the MAC need it down first.
+            let ok = std::process::Command::new("ip")
+                .args(["link", "set", "eth0", "down", "name", "nic9"])
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            let mut clone = cfg.clone();
+            clone.interfaces[0].guest_mac = Some("0a:58:0a:58:00:02".into());
+            clone.interfaces[0].mac = "02:11:22:33:44:55".into();
+            configure(&clone).unwrap();
+            let link = show(&["link", "show", "eth0"]);
+            assert!(link.contains("link/ether 02:11:22:33:44:55"), "{link}");
+            assert!(show(&["addr", "show", "eth0"]).contains("10.231.0.2/24"));
         });
         t.join().unwrap();
     }

@@ -2,7 +2,9 @@
 //! agent-ready once, has the agent prepare the bundle's container init ahead (its
 //! namespaces and kernel filesystems), and saves it as a template (`sandbox::template`),
 //! so later `create`s of matching containers restore it instead of booting. Prints the
-//! template directory; an existing template for the same key is reused.
+//! template directory; an existing template for the same key is reused. With `--network`
+//! the template has one NIC, for sandboxes on a pod network with one interface (a bundle
+//! naming a netns gets one anyway).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +20,10 @@ pub struct TemplateArgs {
     /// The bundle whose VM (kernel, guest image, shape, annotations) the template is for
     #[arg(long, short, default_value = ".")]
     bundle: PathBuf,
+    /// Give the template one NIC, for pods on a network with one interface in their netns
+    /// (CNI, netavark); it boots in a network namespace of its own, gone after the build
+    #[arg(long)]
+    network: bool,
 }
 
 /// Builds (or finds) the template; prints its directory.
@@ -38,9 +44,10 @@ pub fn run(args: TemplateArgs, host: &HostConfig) -> Result<ExitCode> {
         &RealHost,
     );
     let t0 = Instant::now();
-    let built = planned
-        .map_err(anyhow::Error::from)
-        .and_then(|plan| Ok(Sandbox::build_template(&plan)?));
+    let built = planned.map_err(anyhow::Error::from).and_then(|plan| {
+        let nic = args.network || plan.netns.is_some();
+        Ok(Sandbox::build_template_nic(&plan, nic)?)
+    });
     let _ = std::fs::remove_dir_all(&work);
     let dir = built?;
     eprintln!(

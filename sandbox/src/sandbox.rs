@@ -17,7 +17,8 @@ use vmm_api::config::{SerialOutput, VmConfig};
 
 use crate::cgroup::{HostCgroup, Layout};
 use crate::handle::{HandleError, SandboxHandle, SandboxOps};
-use crate::network::{NetworkError, PodNetwork};
+use crate::network::template as net_template;
+use crate::network::{Netns, NetworkError, PodNetwork};
 use crate::oci::translate::{share_dir, ContainerPlan};
 use crate::paths::SandboxPaths;
 use crate::plan::{PodPlan, Role};
@@ -134,13 +135,8 @@ impl Sandbox {
             crate::image::build(rootfs, &SandboxPaths::in_dir(&plan.dir).rootfs_disk)?;
         }
         let template = match plan.template {
-            // A template's VM has no NICs: a pod with a network boots cold.
             TemplateUse::Off => None,
-            TemplateUse::Auto if plan.netns.is_some() => None,
-            TemplateUse::Auto => template::find(&plan.templates, &plan.vm).unwrap_or_else(|e| {
-                log::debug!("sandbox {}: no template: {e}", plan.id);
-                None
-            }),
+            TemplateUse::Auto => find_template(plan),
         };
         let t0 = Instant::now();
         let (template, (sandbox, pod_net, mut agent)) = match template {
@@ -186,7 +182,10 @@ impl Sandbox {
                     .collect(),
             })
             .map_err(agent_err("cannot set up the sandbox in the guest"))?;
-        if let Some(pod) = pod_net {
+        if let Some(mut pod) = pod_net {
+            if template.is_some() {
+                net_template::as_restored(&mut pod.guest);
+            }
             agent
                 .configure_network(pod.guest)
                 .map_err(agent_err("cannot configure the pod network in the guest"))?;
@@ -200,31 +199,46 @@ impl Sandbox {
         plan: &PodPlan,
         template: Option<&Path>,
     ) -> Result<(Sandbox, Option<PodNetwork>, Client), SandboxError> {
-        let (sandbox, pod_net) = Self::start(plan, template, plan.vmm.jail)?;
+        let (sandbox, pod_net) = Self::start(plan, template, plan.vmm.jail, None)?;
         let agent = sandbox.wait_for_agent(plan.agent_timeout)?;
         Ok((sandbox, pod_net, agent))
     }
 
     /// Boots the plan's VM cold to agent-ready and saves it as the template for its key
     /// under the plan's template directory (see [`crate::template`]); returns the
-    /// template's directory. A complete template already there is kept. The agent also
+    /// template's directory. A plan on a pod network (`netns`) gets a template with one
+    /// NIC ([`crate::network::template`]), as [`Sandbox::build_template_nic`] with `true`. A complete template already there is kept. The agent also
     /// prepares the plan's first container's init ahead (`Request::PrepareInit`): the first
     /// matching container of each clone takes it over. A spec whose init cannot be
     /// prepared only loses that.
     pub fn build_template(plan: &PodPlan) -> Result<PathBuf, SandboxError> {
-        let key = template::key(&plan.vm)?;
+        Self::build_template_nic(plan, plan.netns.is_some())
+    }
+
+    /// [`Sandbox::build_template`] with the template's NIC (`nic`) or without, whatever
+    /// the plan's network.
+    pub fn build_template_nic(plan: &PodPlan, nic: bool) -> Result<PathBuf, SandboxError> {
+        let vm = match nic {
+            true => net_template::with_nic(&plan.vm),
+            false => plan.vm.clone(),
+        };
+        let key = template::key(&vm)?;
         let dest = plan.templates.join(&key);
         if dest.join(vmm_api::snapshot::STATE_FILE).is_file() {
             return Ok(dest);
         }
-        // Templates are made without a pod network, and unjailed: the VMM writes the
-        // snapshot into the template cache.
+        // Templates are made without the pod's network (a NIC boots in a netns of the
+        // build's own, gone with it), and unjailed: the VMM writes the snapshot into the
+        // template cache.
+        let build_ns = nic.then(net_template::BuildNetns::new).transpose()?;
         let plan = &PodPlan {
             netns: None,
             cgroup: None,
+            vm,
             ..plan.clone()
         };
-        let (sandbox, _) = Self::start(plan, None, false)?;
+        let netns = build_ns.as_ref().map(|b| b.netns());
+        let (sandbox, _) = Self::start(plan, None, false, netns)?;
         let mut agent = sandbox.wait_for_agent(plan.agent_timeout)?;
         prepare_template_agent(&mut agent, plan)?;
         drop(agent);
@@ -250,11 +264,12 @@ impl Sandbox {
     }
 
     /// Prepares the shares and starts their virtiofsd and the VMM (booting, or restoring
-    /// `template`; `jail`ed unless restoring).
+    /// `template`; `jail`ed unless restoring), in the pod's netns or else `own_netns`.
     fn start(
         plan: &PodPlan,
         template: Option<&Path>,
         jail: bool,
+        own_netns: Option<&Netns>,
     ) -> Result<(Sandbox, Option<PodNetwork>), SandboxError> {
         let paths = SandboxPaths::in_dir(&plan.dir);
         let jail = jail && template.is_none();
@@ -279,15 +294,17 @@ impl Sandbox {
             err,
         })?;
         let run = &plan.vmm;
+        let netns = pod_net.as_ref().map(|p| &p.netns).or(own_netns);
         let vmm = match template {
             Some(dir) => {
+                // The pod's interfaces may have changed since the template was chosen.
+                if pod_net.is_some() && vm.net.len() != 1 {
+                    return Err(NetworkError::TemplateNics(vm.net.len()).into());
+                }
                 let clone = clone_sockets(&vm, &paths);
-                VmmProcess::restore(run, dir, &clone, &paths, cgroup.as_ref())?
+                VmmProcess::restore(run, dir, &clone, &paths, netns, cgroup.as_ref())?
             }
-            None => {
-                let netns = pod_net.as_ref().map(|p| &p.netns);
-                VmmProcess::start(run, &paths, netns, jail, cgroup.as_ref())?
-            }
+            None => VmmProcess::start(run, &paths, netns, jail, cgroup.as_ref())?,
         };
         let parts = Parts {
             vmm,
@@ -588,7 +605,28 @@ fn clone_sockets(vm: &VmConfig, paths: &SandboxPaths) -> CloneSockets {
             _ => paths.console_log.clone(),
         },
         fs_sockets: vm.fs.iter().map(|f| f.socket.clone()).collect(),
+        macs: vm.net.iter().filter_map(|n| n.mac.clone()).collect(),
     }
+}
+
+/// The template `plan`'s sandbox may restore, if one matches: for a pod on a network, one
+/// with the template NIC when its netns has one interface (else it boots cold, and says
+/// why).
+fn find_template(plan: &PodPlan) -> Option<PathBuf> {
+    let vm = match &plan.netns {
+        None => plan.vm.clone(),
+        Some(ns) => match net_template::vm_for_pod(&plan.vm, ns) {
+            Ok(vm) => vm,
+            Err(why) => {
+                log::info!("sandbox {}: no template: {why}; booting cold", plan.id);
+                return None;
+            }
+        },
+    };
+    template::find(&plan.templates, &vm).unwrap_or_else(|e| {
+        log::debug!("sandbox {}: no template: {e}", plan.id);
+        None
+    })
 }
 
 /// Fresh host entropy, the host's wall clock and `hostname`, for a restored clone.

@@ -8,8 +8,11 @@
 //! each clone overrides. It lives in `<the host's template directory>/<key>/`
 //! (`HostConfig::templates`) as a VMM snapshot directory (`vmm_api::snapshot`).
 //!
-//! Only VMs whose devices carry no per-sandbox state can be templates: no net devices and
-//! only read-only disks (the shared guest image). Other VMs boot cold.
+//! Only VMs whose devices carry no per-sandbox state can be templates: only read-only disks
+//! (the shared guest image), and no NIC but the one template NIC, whose TAP name and MAC
+//! are the same for every clone (`network::template`: a clone's VMM opens its pod's TAP
+//! under that name in the pod's netns, and gets the pod's MAC). Other VMs boot cold. The
+//! key has the NIC's presence and shape, never a pod's MAC, address or TAP.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -41,8 +44,13 @@ pub enum TemplateUse {
 
 /// Why `vm` cannot be a template, if it cannot.
 pub fn not_templatable(vm: &VmConfig) -> Option<&'static str> {
-    if !vm.net.is_empty() {
-        return Some("it has a network device (per-sandbox TAP and MAC)");
+    match vm.net.as_slice() {
+        [] => {}
+        [nic] if *nic == crate::network::template::nic() => {}
+        [_] => {
+            return Some("its network device is not the template NIC (a per-sandbox TAP or MAC)")
+        }
+        _ => return Some("it has more than one network device"),
     }
     if vm.disks.iter().any(|d| !d.read_only) {
         return Some("it has a writable disk (a per-sandbox rootfs)");
@@ -86,6 +94,9 @@ pub fn key(vm: &VmConfig) -> Result<String, TemplateError> {
         vm.rng,
         vm.vsock.as_ref().map(|v| v.guest_cid)
     ));
+    for n in &vm.net {
+        parts.push(format!("net {} {:?}", n.tap, n.mac));
+    }
     for fs in &vm.fs {
         parts.push(format!(
             "fs {} {} {}",
@@ -108,6 +119,7 @@ pub fn find(root: &Path, vm: &VmConfig) -> Result<Option<PathBuf>, TemplateError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::network::template::nic;
     use vmm_api::config::{DiskConfig, NetConfig, SerialOutput, VsockConfig};
 
     fn vm(dir: &Path) -> VmConfig {
@@ -166,6 +178,38 @@ mod tests {
             mac: None,
         });
         assert!(not_templatable(&v).is_some());
+        // A pod's own TAP or MAC is not the template NIC; nor are two NICs.
+        let mut v = vm(&d);
+        v.net.push(NetConfig {
+            mac: Some("0a:58:0a:58:00:02".into()),
+            ..nic()
+        });
+        assert!(not_templatable(&v).unwrap().contains("template NIC"));
+        let mut v = vm(&d);
+        v.net.push(NetConfig {
+            tap: "tap_svm1".into(),
+            ..nic()
+        });
+        assert!(not_templatable(&v).is_some());
+        let mut v = vm(&d);
+        v.net = vec![nic(), nic()];
+        assert!(not_templatable(&v).unwrap().contains("more than one"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_template_nic_is_templatable_and_its_presence_is_in_the_key() {
+        let d = std::env::temp_dir().join(format!("sandbox-template-nic-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let a = vm(&d);
+        let with = crate::network::template::with_nic(&a);
+        assert_eq!(not_templatable(&with), None);
+        let k = key(&with).unwrap();
+        assert_ne!(k, key(&a).unwrap(), "a NIC template is another template");
+        // Per-sandbox paths still do not count.
+        let mut b = with.clone();
+        b.vsock.as_mut().unwrap().uds_path = d.join("b/vsock.sock");
+        assert_eq!(key(&b).unwrap(), k);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -64,12 +64,13 @@ pub fn describe_exit(status: ExitStatus, log: &Path, console: &Path) -> String {
 }
 
 /// What a restored clone must not share with its template: its host-side sockets and
-/// console.
+/// console, and its NICs' MACs (the pod interfaces').
 #[derive(Clone, Debug)]
 pub struct CloneSockets {
     pub vsock: PathBuf,
     pub console_log: PathBuf,
     pub fs_sockets: Vec<PathBuf>,
+    pub macs: Vec<String>,
 }
 
 /// A running VMM process.
@@ -109,30 +110,21 @@ impl VmmProcess {
             cg.place(&mut cmd);
         }
         if let Some(ns) = netns {
-            let fd = ns.file().as_raw_fd();
-            // SAFETY: the closure runs in the forked child before exec and makes only the
-            // setns system call (async-signal-safe, no allocation); `fd` stays open in the
-            // parent, whose `Netns` outlives this call, so the child's copy is valid.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            join_netns(&mut cmd, ns);
         }
         Self::spawn(cmd, paths)
     }
 
     /// Starts `EXE --restore DIR --api-sock vmm.sock` with the clone's own vsock
-    /// socket, console and virtio-fs sockets (in the pod's `cgroup`), and waits until its
-    /// control socket accepts.
+    /// socket, console, virtio-fs sockets and MACs (in the pod's `netns`, where its NIC's
+    /// TAP has the name the template's had, and in the pod's `cgroup`), and waits until
+    /// its control socket accepts.
     pub fn restore(
         run: &VmmRun,
         snapshot: &Path,
         clone: &CloneSockets,
         paths: &SandboxPaths,
+        netns: Option<&Netns>,
         cgroup: Option<&HostCgroup>,
     ) -> Result<VmmProcess, ProcessError> {
         let mut cmd = Command::new(&run.exe);
@@ -147,11 +139,17 @@ impl VmmProcess {
         for s in &clone.fs_sockets {
             cmd.arg("--fs-socket").arg(s);
         }
+        for m in &clone.macs {
+            cmd.arg("--mac").arg(m);
+        }
         if let Some(mode) = &run.seccomp {
             cmd.arg("--seccomp").arg(mode);
         }
         if let Some(cg) = cgroup {
             cg.place(&mut cmd);
+        }
+        if let Some(ns) = netns {
+            join_netns(&mut cmd, ns);
         }
         Self::spawn(cmd, paths)
     }
@@ -182,5 +180,21 @@ impl VmmProcess {
     /// then SIGKILL if it does not exit within `grace`.
     pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
         self.proc.terminate(grace)
+    }
+}
+
+/// Has `cmd`'s process join `ns` before it execs (the VMM opens its taps by name there).
+fn join_netns(cmd: &mut Command, ns: &Netns) {
+    let fd = ns.file().as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and makes only the setns
+    // system call (async-signal-safe, no allocation); `fd` stays open in the parent, whose
+    // `Netns` outlives the spawn (the caller holds it), so the child's copy is valid.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }

@@ -7,6 +7,11 @@
 //! node reaches them. Afterwards nothing is left: no shim, VMM or virtiofsd, no mount, no
 //! pod netns, no veth or tap in the test's netns, no process in it, no CNI cache entry;
 //! then the test's netns is deleted.
+//!
+//! Each pod has one interface, so it restores the NIC template of its VM shape when
+//! `$SANDBOX_VM_TEMPLATE_DIR` has one (`tests/test-template.sh` builds it); with
+//! `SANDBOX_VM_E2E_TEMPLATES=1` (set by `tests/run.sh` after building them) both pods must
+//! have restored it.
 
 mod common;
 
@@ -80,6 +85,17 @@ fn cri_pods_on_a_cni_bridge_get_their_ips_and_reach_each_other() {
         .find_map(|l| l.strip_prefix("RESULT "))
         .and_then(|j| serde_json::from_str(j).ok())
         .unwrap_or_else(|| panic!("no result: {stdout}"));
+    let log = std::fs::read_to_string(&c.log).unwrap_or_default();
+    let restored = log.matches("(restored from a template)").count();
+    eprintln!("{restored} of 2 pods restored from a template");
+    if std::env::var_os("SANDBOX_VM_E2E_TEMPLATES").is_some() {
+        assert_eq!(
+            restored,
+            2,
+            "tests/test-template.sh built a NIC template for these pods; both should restore it: {}",
+            c.log_tail()
+        );
+    }
     let pod_netns: Vec<&str> = result["pod_netns"]
         .as_array()
         .expect("pod_netns")

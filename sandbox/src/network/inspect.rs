@@ -151,16 +151,22 @@ fn nl_err(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
     move |e| NetworkError::Netlink(what, e)
 }
 
-/// The pod netns's interfaces (by index order) and routes, as the guest should get them.
-pub(super) async fn read(
-    h: &Handle,
-) -> Result<(Vec<FoundLink>, Vec<Interface>, Vec<Route>), NetworkError> {
+/// The pod netns's links that get a tap, by index order.
+pub(super) async fn links(h: &Handle) -> Result<Vec<FoundLink>, NetworkError> {
     let mut links = Vec::new();
     let mut stream = h.link().get().execute();
     while let Some(msg) = stream.try_next().await.map_err(nl_err("list links"))? {
         links.extend(link_of(&msg));
     }
     links.sort_by_key(|l| l.index);
+    Ok(links)
+}
+
+/// The pod netns's interfaces (by index order) and routes, as the guest should get them.
+pub(super) async fn read(
+    h: &Handle,
+) -> Result<(Vec<FoundLink>, Vec<Interface>, Vec<Route>), NetworkError> {
+    let links = links(h).await?;
     let names: BTreeMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
 
     let mut interfaces: Vec<Interface> = links
@@ -170,6 +176,7 @@ pub(super) async fn read(
             mac: format_mac(&l.mac),
             mtu: l.mtu,
             addresses: Vec::new(),
+            guest_mac: None,
         })
         .collect();
     let mut stream = h.address().get().execute();

@@ -13,6 +13,7 @@
 mod inspect;
 pub mod netns;
 mod plumb;
+pub mod template;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,8 @@ pub enum NetworkError {
     Runtime(io::Error),
     #[error("pod network: state file {0}: {1}")]
     State(PathBuf, String),
+    #[error("pod network: its netns has {0} interfaces now, and a template has one NIC")]
+    TemplateNics(usize),
     #[error("network namespace {0} is the runtime's own: a VM cannot share it (for host networking omit the network namespace from the spec; the guest then has loopback only)")]
     OwnNetns(PathBuf),
 }
@@ -179,6 +182,15 @@ impl PodNetwork {
             })
             .collect()
     }
+}
+
+/// How many interfaces of the netns at `netns` [`PodNetwork::attach`] would join to a tap.
+pub fn interface_count(netns: &Path) -> Result<usize, NetworkError> {
+    let ns = Netns::open(netns)?;
+    if ns.is_current()? {
+        return Err(NetworkError::OwnNetns(netns.to_path_buf()));
+    }
+    with_netlink(&ns, async |h| Ok(inspect::links(h).await?.len()))
 }
 
 /// Undoes [`PodNetwork::attach`] from `state_file` alone: deletes the taps and the veths'

@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use nix::sched::{setns, CloneFlags};
+use nix::sched::{setns, unshare, CloneFlags};
 
 /// `statfs.f_type` of the nsfs filesystem namespace files live on.
 const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
@@ -25,6 +25,8 @@ pub enum NetnsError {
     Enter(PathBuf, nix::Error),
     #[error("cannot start a thread to enter network namespace {0}: {1}")]
     Thread(PathBuf, io::Error),
+    #[error("cannot create a network namespace: {0}")]
+    Create(nix::Error),
 }
 
 /// An open network namespace.
@@ -50,6 +52,31 @@ impl Netns {
         Ok(Netns {
             file,
             path: path.to_path_buf(),
+        })
+    }
+
+    /// A new network namespace (loopback only) that nothing on the host names: it lives
+    /// while the returned value or a process that joined it does.
+    pub fn new_private() -> Result<Netns, NetnsError> {
+        let path = PathBuf::from("(a private network namespace)");
+        std::thread::scope(|s| {
+            let t = std::thread::Builder::new()
+                .name("netns-new".into())
+                .spawn_scoped(s, || {
+                    // Only this short-lived thread moves to the new namespace.
+                    unshare(CloneFlags::CLONE_NEWNET).map_err(NetnsError::Create)?;
+                    let file = File::open("/proc/thread-self/ns/net")
+                        .map_err(|e| NetnsError::Open(path.clone(), e))?;
+                    Ok(Netns {
+                        file,
+                        path: path.clone(),
+                    })
+                })
+                .map_err(|e| NetnsError::Thread(path.clone(), e))?;
+            match t.join() {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
         })
     }
 

@@ -258,7 +258,14 @@ fn attach_joins_every_interface_to_a_tap_and_detach_restores_the_netns() {
     let nets = TestNets::new("attach");
     let file = state_file("attach");
     let before = nets.snapshot();
+    // Two interfaces: such a pod cannot restore a template (it has one NIC).
+    assert_eq!(interface_count(&nets.path()).unwrap(), 2);
+    let vm = vmm_api::config::VmConfig::new("/k");
+    let why = template::vm_for_pod(&vm, &nets.path()).unwrap_err();
+    assert!(why.contains("2 interfaces"), "{why}");
     let net = PodNetwork::attach(&nets.path(), &file).unwrap();
+    // Our taps are not counted as the pod's.
+    assert_eq!(interface_count(&nets.path()).unwrap(), 2);
 
     // What the guest gets.
     let g = &net.guest;

@@ -152,3 +152,33 @@ fn another_cpu_profile_is_refused() {
     assert!(e.contains("CPU profile compat=none cpuid="), "{e}");
     assert!(check_cpu_profile(&d.0, &a, &c).is_err());
 }
+
+#[test]
+fn a_clone_gets_its_own_macs_and_keeps_the_templates_tap_names() {
+    let mut config = VmConfig::new("/k");
+    for tap in ["tap_svm0", "tap_svm1"] {
+        config.net.push(crate::config::NetConfig {
+            tap: tap.into(),
+            mac: Some("02:73:76:6d:00:01".into()),
+        });
+    }
+    let o = RestoreOverrides {
+        macs: vec!["0a:58:0a:e7:28:02".into()],
+        ..Default::default()
+    };
+    o.apply(&mut config);
+    let got: Vec<(&str, Option<&str>)> = config
+        .net
+        .iter()
+        .map(|n| (n.tap.as_str(), n.mac.as_deref()))
+        .collect();
+    // In device order; a NIC without an override keeps the saved MAC. TAP names stay: the
+    // clone's VMM opens the same name in its own netns.
+    assert_eq!(
+        got,
+        [
+            ("tap_svm0", Some("0a:58:0a:e7:28:02")),
+            ("tap_svm1", Some("02:73:76:6d:00:01"))
+        ]
+    );
+}
