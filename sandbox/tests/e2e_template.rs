@@ -10,16 +10,13 @@
 
 mod plan_host;
 
-use std::io::Read;
-use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sandbox::oci::translate::{self, probe_host};
-use sandbox::stdio::HostIo;
 use sandbox::template::TemplateUse;
-use sandbox::{PodPlan, RealHost, Role, Sandbox, SandboxOps};
+use sandbox::{PodPlan, RealHost, Role, Sandbox};
 use test_support::artifacts::kernel;
 use test_support::fresh_dir;
 use test_support::rootfs::busybox_bundle;
@@ -65,22 +62,7 @@ fn run_clone(cfg: &PodPlan, bundle: &Path) -> (String, Duration) {
         "not restored from the template: {log}"
     );
     let plan = container_plan("c", bundle);
-    let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
-    let io = HostIo {
-        stdin: None,
-        stdout: Some(w.try_clone().unwrap()),
-        stderr: Some(w),
-    };
-    let (_, pumps) = sb.add_container(plan, io).unwrap();
-    sb.start("c").unwrap();
-    let exit = sb.wait("c", None).unwrap();
-    for p in pumps.outputs {
-        p.join().unwrap();
-    }
-    let mut out = String::new();
-    std::fs::File::from(r).read_to_string(&mut out).unwrap();
-    assert_eq!(exit.status.as_shell_status(), 0, "{out}");
-    sb.remove_container("c", false).unwrap();
+    let out = plan_host::run_to_end(&sb, "c", plan);
     sb.stop().unwrap();
     (out, ready)
 }

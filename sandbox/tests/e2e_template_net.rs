@@ -12,16 +12,13 @@
 
 mod plan_host;
 
-use std::io::Read;
-use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::Instant;
 
 use sandbox::network::template::TEMPLATE_MAC;
 use sandbox::oci::translate::{self, probe_host};
-use sandbox::stdio::HostIo;
 use sandbox::template::TemplateUse;
-use sandbox::{PodPlan, RealHost, Role, Sandbox, SandboxOps};
+use sandbox::{PodPlan, RealHost, Role, Sandbox};
 use test_support::cmd::run_ok;
 use test_support::fresh_dir;
 use test_support::netns::TestNetns;
@@ -146,23 +143,7 @@ fn run_container(sb: &Sandbox, bundle: &Path) -> String {
         &probe_host,
     )
     .unwrap();
-    let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
-    let io = HostIo {
-        stdin: None,
-        stdout: Some(w.try_clone().unwrap()),
-        stderr: Some(w),
-    };
-    let (_, pumps) = sb.add_container(plan, io).unwrap();
-    sb.start("c").unwrap();
-    let exit = sb.wait("c", None).unwrap();
-    for p in pumps.outputs {
-        p.join().unwrap();
-    }
-    let mut out = String::new();
-    std::fs::File::from(r).read_to_string(&mut out).unwrap();
-    assert_eq!(exit.status.as_shell_status(), 0, "{out}");
-    sb.remove_container("c", false).unwrap();
-    out
+    plan_host::run_to_end(sb, "c", plan)
 }
 
 #[test]
