@@ -19,15 +19,15 @@ usage: tests/bench-exec.py [--runs N] [--sandbox-vm PATH] [--keep-template DIR]
        (root; eval "$(scripts/setup.sh)" first)
 """
 import argparse
-import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchlib import busybox_bundle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APPLETS = ["sh", "true", "sleep", "cat"]
@@ -35,22 +35,10 @@ REAPED = re.compile(r"reaped (\d+): its pf=(\d+) majflt=(\d+)")
 
 
 def make_bundle(d, sandbox_vm, data):
-    rootfs = os.path.join(d, "rootfs")
-    for sub in ["bin", "proc", "sys", "dev", "tmp", "etc", "data"]:
-        os.makedirs(os.path.join(rootfs, sub), exist_ok=True)
-    shutil.copy("/bin/busybox", os.path.join(rootfs, "bin/busybox"))
-    for a in APPLETS:
-        os.symlink("busybox", os.path.join(rootfs, "bin", a))
-    subprocess.run([sandbox_vm, "spec"], cwd=d, check=True)
-    path = os.path.join(d, "config.json")
-    spec = json.load(open(path))
-    spec["process"]["terminal"] = False
-    spec["process"]["args"] = ["sleep", "1000"]
-    spec.setdefault("annotations", {})["io.sandbox-vm.kernel-params"] = "sandbox_vm.trace"
-    spec["mounts"].append({"destination": "/data", "type": "bind", "source": data,
-                           "options": ["rbind", "rw"]})
-    json.dump(spec, open(path, "w"), indent=1)
-    return d
+    return busybox_bundle(
+        d, sandbox_vm, ["sleep", "1000"], APPLETS, extra_dirs=["data"],
+        annotations={"io.sandbox-vm.kernel-params": "sandbox_vm.trace"},
+        mounts=[{"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]}])
 
 
 def reaped(console):

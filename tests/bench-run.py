@@ -15,35 +15,21 @@ usage: tests/bench-run.py [--vm-runs N] [--runs N] [--fleet N] [--fleet-only]
        (root; eval "$(scripts/setup.sh)" first)
 """
 import argparse
-import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from benchlib import busybox_bundle
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APPLETS = ["sh", "true", "sleep"]
 
 
 def make_bundle(d, sandbox_vm, args, annotations=None):
-    rootfs = os.path.join(d, "rootfs")
-    for sub in ["bin", "proc", "sys", "dev", "tmp", "etc"]:
-        os.makedirs(os.path.join(rootfs, sub), exist_ok=True)
-    shutil.copy("/bin/busybox", os.path.join(rootfs, "bin/busybox"))
-    for a in APPLETS:
-        os.symlink("busybox", os.path.join(rootfs, "bin", a))
-    subprocess.run([sandbox_vm, "spec"], cwd=d, check=True)
-    path = os.path.join(d, "config.json")
-    spec = json.load(open(path))
-    spec["process"]["terminal"] = False
-    spec["process"]["args"] = args
-    if annotations:
-        spec.setdefault("annotations", {}).update(annotations)
-    json.dump(spec, open(path, "w"), indent=1)
-    return d
+    return busybox_bundle(d, sandbox_vm, args, APPLETS, annotations=annotations)
 
 
 def time_runs(cmd_for, n):

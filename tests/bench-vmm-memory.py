@@ -9,33 +9,21 @@ usage: tests/bench-vmm-memory.py [--runs N] LABEL=PATH/TO/sandbox-vm [LABEL=PATH
        (root; eval "$(scripts/setup.sh)" and SANDBOX_VM_TEMPLATE_DIR set, as tests/run.sh does)
 """
 import argparse
-import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from benchlib import busybox_bundle
+
 GUEST_RAM_MIN_KIB = 64 << 10
 
 
 def bundle(d, sandbox_vm):
-    rootfs = os.path.join(d, "rootfs")
-    for sub in ["bin", "proc", "sys", "dev", "tmp", "etc"]:
-        os.makedirs(os.path.join(rootfs, sub), exist_ok=True)
-    shutil.copy("/bin/busybox", os.path.join(rootfs, "bin/busybox"))
-    for a in ["sh", "sleep"]:
-        os.symlink("busybox", os.path.join(rootfs, "bin", a))
-    subprocess.run([sandbox_vm, "spec"], cwd=d, check=True)
-    path = os.path.join(d, "config.json")
-    spec = json.load(open(path))
-    spec["process"]["terminal"] = False
-    spec["process"]["args"] = ["sleep", "1000"]
-    json.dump(spec, open(path, "w"), indent=1)
-    return d
+    return busybox_bundle(d, sandbox_vm, ["sleep", "1000"], ["sh", "sleep"])
 
 
 def vmm_pids(state_dir):
