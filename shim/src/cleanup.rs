@@ -1,8 +1,10 @@
 //! The `delete` subcommand's work: what a crashed (SIGKILLed) shim left behind for one
 //! task, found through the record Create wrote into the task's bundle: the rootfs mount,
 //! and, for the task that booted the pod's VM, the VMM and virtiofsd processes, the
-//! share's mounts and the VM's state directory.
+//! share's mounts and the VM's state directory; and the dead shim's socket, named by the
+//! bundle's `address` file.
 
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -63,8 +65,30 @@ fn kill_helpers(dir: &Path) {
     }
 }
 
+/// Removes the shim socket `bundle/address` names if no server answers on it any more
+/// (a SIGKILLed shim cannot remove its own).
+pub fn remove_dead_socket(bundle: &Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let address = address.trim();
+    let socket = Path::new(address.strip_prefix("unix://").unwrap_or(address));
+    if socket.as_os_str().is_empty() || UnixStream::connect(socket).is_ok() {
+        return;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => log::info!("removed the dead shim's socket {}", socket.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!(
+            "cannot remove the dead shim's socket {}: {e}",
+            socket.display()
+        ),
+    }
+}
+
 /// Cleans up after the shim that served the task whose bundle is `bundle`.
 pub fn delete_leftovers(bundle: &Path) -> Result<(), CleanupError> {
+    remove_dead_socket(bundle);
     let path = bundle.join(BUNDLE_RECORD);
     let rec: BundleRecord = match std::fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b).map_err(|e| CleanupError::Record {
@@ -98,6 +122,7 @@ pub fn delete_leftovers(bundle: &Path) -> Result<(), CleanupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixListener;
 
     #[test]
     fn helpers_are_recognised_by_their_state_dir_arguments() {
@@ -109,6 +134,22 @@ mod tests {
         assert!(cmdline_names_dir(fsd, dir));
         assert!(!cmdline_names_dir(other, dir));
         assert!(!cmdline_names_dir(b"", dir));
+    }
+
+    #[test]
+    fn a_dead_shims_socket_goes_and_a_live_ones_stays() {
+        let d = std::env::temp_dir().join(format!("shim-cleanup-sock-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let sock = d.join("s.sock");
+        std::fs::write(d.join("address"), format!("unix://{}", sock.display())).unwrap();
+        let live = UnixListener::bind(&sock).unwrap();
+        remove_dead_socket(&d);
+        assert!(sock.exists(), "a socket with a server must stay");
+        drop(live);
+        remove_dead_socket(&d);
+        assert!(!sock.exists(), "a socket nobody serves must go");
+        remove_dead_socket(&d);
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

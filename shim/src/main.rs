@@ -16,6 +16,7 @@ mod io;
 mod metrics;
 mod mount;
 mod pod;
+mod publisher;
 mod service;
 
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -32,6 +33,7 @@ use containerd_shim_protos::ttrpc::r#async::transport::Listener;
 use containerd_shim_protos::ttrpc::r#async::Server;
 
 use crate::pod::Pod;
+use crate::publisher::Publisher;
 use crate::service::Service;
 
 /// The runtime type containerd is configured with.
@@ -139,7 +141,15 @@ impl Shim for SandboxShim {
         self.exit.wait().await;
     }
 
+    /// The library's publisher stops when dropped here: it loses every event after a
+    /// containerd restart (see `publisher`), so the service has its own.
     async fn create_task_service(&self, publisher: RemotePublisher) -> Service {
+        self.task_service(Publisher::spawn(&publisher.address))
+    }
+}
+
+impl SandboxShim {
+    fn task_service(&self, publisher: Publisher) -> Service {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let pod = Arc::new(Pod::new(
             host_config(),
@@ -201,11 +211,8 @@ async fn serve(flags: Flags) -> anyhow::Result<()> {
     let mut cfg = config();
     let mut shim = SandboxShim::new(RUNTIME_ID, &flags, &mut cfg).await;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
-    let publisher = RemotePublisher::new(&ttrpc_address)
-        .await
-        .with_context(|| format!("connecting to containerd at {ttrpc_address}"))?;
     let task: Arc<dyn containerd_shim_protos::shim_async::Task + Send + Sync> =
-        Arc::new(shim.create_task_service(publisher).await);
+        Arc::new(shim.task_service(Publisher::spawn(&ttrpc_address)));
     let mut services = create_task(task.clone());
     let v2 = create_task(task)
         .remove(TASK_V3)

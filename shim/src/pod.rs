@@ -32,6 +32,8 @@ pub struct ExitMsg {
     pub container_id: String,
     pub exec_id: String,
     pub status: u32,
+    /// The guest's memory cgroup killed it (its limit was reached).
+    pub oom_killed: bool,
 }
 
 /// What `delete` needs after a crash, kept in the task's bundle.
@@ -144,17 +146,18 @@ fn watch_exit(
         for t in pumps.into_iter().flat_map(|p| p.outputs) {
             let _ = t.join();
         }
-        let status = match result {
-            Ok(info) => exit_code(&info),
+        let (status, oom_killed) = match result {
+            Ok(info) => (exit_code(&info), info.oom_killed),
             Err(e) => {
                 log::warn!("lost the exit of {container_id}/{exec_id}: {e}");
-                LOST_STATUS
+                (LOST_STATUS, false)
             }
         };
         let _ = exits.send(ExitMsg {
             container_id,
             exec_id,
             status,
+            oom_killed,
         });
     });
     if let Err(e) = spawned {
@@ -433,6 +436,7 @@ impl Pod {
                     container_id: id.into(),
                     exec_id: exec_id.into(),
                     status: 128 + signal,
+                    oom_killed: false,
                 });
                 return Ok(());
             }
@@ -527,6 +531,7 @@ impl Pod {
                         container_id: c.id.clone(),
                         exec_id,
                         status,
+                        oom_killed: false,
                     });
                 }
             }

@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::ExitSignal;
-use containerd_shim::{Context, TtrpcContext, TtrpcResult};
+use containerd_shim::{TtrpcContext, TtrpcResult};
 use containerd_shim_protos::api;
 use containerd_shim_protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
@@ -26,6 +25,7 @@ use crate::error::ShimError;
 use crate::io::IoPaths;
 use crate::mount::RootfsMount;
 use crate::pod::{CreateArgs, ExitMsg, Pod};
+use crate::publisher::{oom_event, Publisher};
 use sandbox::SandboxOps;
 
 /// The Task service of one shim (one pod).
@@ -39,18 +39,15 @@ pub struct Service {
 /// Publishes task events to containerd in the shim's namespace.
 #[derive(Clone)]
 struct Events {
-    publisher: Arc<RemotePublisher>,
+    publisher: Publisher,
     namespace: String,
 }
 
 impl Events {
+    /// Queues the event (see `publisher`: in order, retried across containerd restarts).
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        if let Err(e) = self
-            .publisher
-            .publish(Context::default(), topic, &self.namespace, event)
-            .await
-        {
-            log::warn!("cannot publish {topic}: {e}");
+        if let Err(e) = self.publisher.publish(topic, &self.namespace, &*event) {
+            log::warn!("{e}");
         }
     }
 }
@@ -94,14 +91,14 @@ impl Service {
     pub fn new(
         pod: Arc<Pod>,
         exits: mpsc::UnboundedReceiver<ExitMsg>,
-        publisher: RemotePublisher,
+        publisher: Publisher,
         namespace: String,
         exit: Arc<ExitSignal>,
     ) -> Service {
         let svc = Service {
             pod,
             events: Events {
-                publisher: Arc::new(publisher),
+                publisher,
                 namespace,
             },
             exit,
@@ -126,6 +123,16 @@ impl Service {
                 m.exec_id,
                 exit.status
             );
+            if m.oom_killed {
+                // Before the exit: CRI keeps the reason it names (OOMKilled) when the
+                // exit comes.
+                self.events
+                    .publish(
+                        topics::TASK_OOM_EVENT_TOPIC,
+                        Box::new(oom_event(&m.container_id)),
+                    )
+                    .await;
+            }
             let ev = TaskExit {
                 container_id: m.container_id,
                 id,
