@@ -281,6 +281,70 @@ impl Containerd {
         c
     }
 
+    /// Stops containerd (SIGTERM, as systemd does) with its shims left running, and starts
+    /// it again as it was (same command line, environment and network namespace: same
+    /// root, state and config); waits for its socket.
+    pub fn restart(&mut self) {
+        let mut old = self.child.take().expect("containerd is running");
+        let pid = old.id();
+        let proc_file = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).unwrap();
+        let split = |b: Vec<u8>| -> Vec<String> {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        };
+        let argv = split(proc_file("cmdline"));
+        let env = split(proc_file("environ"));
+        let netns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        assert!(
+            poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
+                old.try_wait().ok().flatten().is_some()
+            }),
+            "containerd did not stop on SIGTERM"
+        );
+        let log = || {
+            std::fs::File::options()
+                .append(true)
+                .open(&self.log)
+                .unwrap()
+        };
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .env_clear()
+            .envs(env.iter().filter_map(|kv| kv.split_once('=')))
+            .stdin(Stdio::null())
+            .stdout(log())
+            .stderr(log());
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&netns);
+        // SAFETY: setns is async-signal-safe and `fd` (the old containerd's network
+        // namespace) stays open in the parent until spawn returns.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        self.child = Some(cmd.spawn().expect("cannot start containerd again"));
+        drop(netns);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.ctr("default", &["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not come up again: {}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn log_tail(&self) -> String {
         let t = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = t.lines().collect();
