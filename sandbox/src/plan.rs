@@ -208,6 +208,30 @@ impl PodPlan {
         sandbox_pid: u32,
         probe: &dyn HostProbe,
     ) -> Result<ContainerPlan, PlanError> {
+        self.plan_member(id, spec, rootfs, Some(sandbox_pid), probe)
+    }
+
+    /// Plans a container of a pod that has no sandbox container in the guest
+    /// (containerd's Sandbox API: the VM itself is the pod): the namespaces its spec
+    /// shares with the pod are the guest's root ones, the VM's own.
+    pub fn member_of_vm(
+        &self,
+        id: &str,
+        spec: &Spec,
+        rootfs: &Path,
+        probe: &dyn HostProbe,
+    ) -> Result<ContainerPlan, PlanError> {
+        self.plan_member(id, spec, rootfs, None, probe)
+    }
+
+    fn plan_member(
+        &self,
+        id: &str,
+        spec: &Spec,
+        rootfs: &Path,
+        sandbox_pid: Option<u32>,
+        probe: &dyn HostProbe,
+    ) -> Result<ContainerPlan, PlanError> {
         let mut guest_spec = spec.clone();
         drop_hostname_without_uts(&mut guest_spec);
         let file_probe = |p: &Path| probe.path(p);
@@ -242,9 +266,10 @@ fn ns_file(t: LinuxNamespaceType) -> Option<&'static str> {
 /// A pod member's namespaces: those the CRI spec shares with the pod's sandbox (they name
 /// a host path, meaningless in the guest) join the sandbox container's in the guest, at
 /// `/proc/<its guest pid>/ns/…`, so the pod's containers share loopback, IPC and
-/// hostname as they would on runc. A container joining the sandbox's UTS namespace keeps
+/// hostname as they would on runc. Without a sandbox container (`None`) they stay in the
+/// guest's root namespaces instead. A container joining the sandbox's UTS namespace keeps
 /// the pod's hostname and sets none of its own.
-fn join_sandbox_namespaces(guest: &mut Spec, host: &Spec, sandbox_pid: u32) {
+fn join_sandbox_namespaces(guest: &mut Spec, host: &Spec, sandbox_pid: Option<u32>) {
     let shared: Vec<LinuxNamespaceType> = host
         .linux()
         .as_ref()
@@ -261,10 +286,13 @@ fn join_sandbox_namespaces(guest: &mut Spec, host: &Spec, sandbox_pid: u32) {
         .and_then(|l| l.namespaces_mut().as_mut())
     {
         for ns in nss.iter_mut().filter(|n| shared.contains(&n.typ())) {
-            if let Some(file) = ns_file(ns.typ()) {
-                ns.set_path(Some(format!("/proc/{sandbox_pid}/ns/{file}").into()));
-                joins_uts |= ns.typ() == LinuxNamespaceType::Uts;
+            if let (Some(file), Some(pid)) = (ns_file(ns.typ()), sandbox_pid) {
+                ns.set_path(Some(format!("/proc/{pid}/ns/{file}").into()));
             }
+            joins_uts |= ns.typ() == LinuxNamespaceType::Uts;
+        }
+        if sandbox_pid.is_none() {
+            nss.retain(|n| !shared.contains(&n.typ()));
         }
     }
     if joins_uts {

@@ -246,6 +246,36 @@ fn members_join_the_sandboxs_shared_namespaces_in_the_guest() {
 }
 
 #[test]
+fn members_of_a_pod_without_a_sandbox_container_share_the_guests_root_namespaces() {
+    let vm = spec(serde_json::json!({"hostname": "pod1",
+        "linux": {"namespaces": [{"type": "uts"}]}}));
+    let p = plan(&vm, Role::Pod, &host(), &fake()).unwrap();
+    let member = spec(serde_json::json!({
+        "hostname": "pod1",
+        "linux": {"namespaces": [
+            {"type": "mount"},
+            {"type": "network", "path": "/proc/77/ns/net"},
+            {"type": "ipc", "path": "/proc/77/ns/ipc"},
+            {"type": "uts", "path": "/proc/77/ns/uts"},
+            {"type": "pid"},
+        ]},
+    }));
+    let m = p
+        .member_of_vm("c2", &member, Path::new("/b/rootfs"), &fake())
+        .unwrap();
+    // Mount and pid of its own; network, ipc and uts the VM's (no entry: the guest's
+    // root ones), so no hostname of its own either.
+    assert_eq!(
+        namespaces(&m.request.spec),
+        vec![
+            (LinuxNamespaceType::Mount, None),
+            (LinuxNamespaceType::Pid, None)
+        ]
+    );
+    assert_eq!(m.request.spec.hostname(), &None);
+}
+
+#[test]
 fn every_host_problem_is_found_before_anything_exists() {
     let s = spec(serde_json::json!({}));
     let mut h = host();

@@ -39,6 +39,8 @@ pub enum ShimError {
     #[error("bad update: {0}")]
     Resources(String),
     #[error("{0}")]
+    PodConfig(#[from] crate::pod_config::PodConfigError),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -61,7 +63,8 @@ impl ShimError {
             )) => Code::INVALID_ARGUMENT,
             ShimError::Spec(_)
             | ShimError::Plan(sandbox::PlanError::Translate(_))
-            | ShimError::ExecSpec(_) => Code::INVALID_ARGUMENT,
+            | ShimError::ExecSpec(_)
+            | ShimError::PodConfig(_) => Code::INVALID_ARGUMENT,
             _ => Code::INTERNAL,
         }
     }

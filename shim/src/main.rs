@@ -3,12 +3,14 @@
 //! process serves one pod and owns its one microVM.
 //!
 //! * `start` (containerd runs it with the bundle as cwd): starts the shim server grouped
-//!   by the pod's `io.kubernetes.cri.sandbox-id` (or the task id when there is none) and
-//!   prints its address (bare, as containerd 1.6 reads it); a second `start` for the same
-//!   pod gets the live server's address.
+//!   by the pod's `io.kubernetes.cri.sandbox-id` (or the task id when there is none; a
+//!   Sandbox API sandbox's bundle has no config.json: its own id) and prints its address:
+//!   bare for containerd 1.x, the JSON bootstrap version 3 for 2.x (`bootstrap`); a second
+//!   `start` for the same pod gets the live server's address.
 //! * `delete`: cleans up after a shim that died, prints a DeleteResponse.
 //! * no action: the server. See `serve` for why it is not the library's.
 
+mod bootstrap;
 mod cleanup;
 mod container;
 mod error;
@@ -16,7 +18,10 @@ mod io;
 mod metrics;
 mod mount;
 mod pod;
+mod pod_config;
 mod publisher;
+mod sandbox_life;
+mod sandbox_service;
 mod service;
 
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -68,24 +73,36 @@ fn config() -> Config {
     }
 }
 
+/// The shim grouping of the bundle in the current directory: the pod's sandbox id from
+/// its config.json, else the task's own id. A Sandbox API sandbox's bundle (containerd
+/// 2.x, `sandboxer = "shim"`) has no config.json: it is a pod of its own.
+fn grouping(id: &str) -> containerd_shim::Result<String> {
+    let invalid = |e: String| containerd_shim::Error::InvalidArgument(e);
+    let bundle = std::env::current_dir().unwrap_or_default();
+    let config = bundle.join("config.json");
+    if !config.exists() {
+        return Ok(id.to_string());
+    }
+    let spec = oci_spec::runtime::Spec::load(&config)
+        .map_err(|e| invalid(format!("cannot read {}: {e}", config.display())))?;
+    let cri = sandbox::oci::annotations::Annotations::parse(&spec)
+        .map_err(|e| invalid(format!("{}: {e}", config.display())))?
+        .cri;
+    Ok(cri.grouping(id).to_string())
+}
+
 /// Starts the server for the pod of the bundle in the current directory (or finds the
 /// one already serving it) and returns its address.
 async fn spawn_server(opts: StartOpts) -> containerd_shim::Result<String> {
-    let invalid = |e: String| containerd_shim::Error::InvalidArgument(e);
-    let spec = oci_spec::runtime::Spec::load("config.json").map_err(|e| invalid(e.to_string()))?;
-    let cri = sandbox::oci::annotations::Annotations::parse(&spec)
-        .map_err(|e| invalid(e.to_string()))?
-        .cri;
-    let grouping = cri.grouping(&opts.id).to_string();
+    let grouping = grouping(&opts.id)?;
     let address = spawn(opts, &grouping, Vec::new()).await?;
     containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
     Ok(address)
 }
 
-/// The `start` action. The library's own answers with the JSON (or protobuf) that
-/// containerd 1.7+ reads; containerd 1.6 takes stdout as the address itself, and 1.7 and
-/// 2.x still accept a bare address (they then call the Task API by its v2 name, which the
-/// server answers too).
+/// The `start` action: the address as the calling containerd reads it (see `bootstrap`;
+/// with a bare address 1.7 and 2.x call the Task API by its v2 name, which the server
+/// answers too).
 async fn start(flags: &Flags) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
     let opts = StartOpts {
@@ -98,8 +115,13 @@ async fn start(flags: &Flags) -> anyhow::Result<()> {
         ..Default::default()
     };
     let address = spawn_server(opts).await?;
+    let containerd = PathBuf::from(&flags.publish_binary);
+    let major = tokio::task::spawn_blocking(move || bootstrap::containerd_major(&containerd))
+        .await
+        .unwrap_or(None);
+    let answer = bootstrap::Answer::for_major(major).format(&address);
     let mut out = tokio::io::stdout();
-    out.write_all(address.as_bytes()).await?;
+    out.write_all(answer.as_bytes()).await?;
     out.flush().await?;
     Ok(())
 }
@@ -200,7 +222,8 @@ fn close_stdout() {
 
 /// The shim server. The library's own serve path registers the Task service only under
 /// its v3 name, which containerd 1.6/1.7 never call (they call `containerd.task.v2.Task`:
-/// every request would fail as "service not found"), so this one registers both.
+/// every request would fail as "service not found"), so this one registers both, and
+/// the Sandbox API (`containerd.runtime.sandbox.v1.Sandbox`) on the same pod.
 async fn serve(flags: Flags) -> anyhow::Result<()> {
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
         .context("setting up the shim log")?;
@@ -211,13 +234,19 @@ async fn serve(flags: Flags) -> anyhow::Result<()> {
     let mut cfg = config();
     let mut shim = SandboxShim::new(RUNTIME_ID, &flags, &mut cfg).await;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
-    let task: Arc<dyn containerd_shim_protos::shim_async::Task + Send + Sync> =
-        Arc::new(shim.task_service(Publisher::spawn(&ttrpc_address)));
+    let service = shim.task_service(Publisher::spawn(&ttrpc_address));
+    let sandbox: Arc<dyn containerd_shim_protos::sandbox_async::Sandbox + Send + Sync> = Arc::new(
+        sandbox_service::SandboxService::new(service.pod(), shim.exit.clone()),
+    );
+    let task: Arc<dyn containerd_shim_protos::shim_async::Task + Send + Sync> = Arc::new(service);
     let mut services = create_task(task.clone());
     let v2 = create_task(task)
         .remove(TASK_V3)
         .context("the generated Task service has an unexpected name")?;
     services.insert(TASK_V2.to_string(), v2);
+    services.extend(containerd_shim_protos::sandbox_async::create_sandbox(
+        sandbox,
+    ));
     let listener = Listener::try_from(listener).context("making the ttrpc listener")?;
     let mut server = Server::new()
         .add_listener(listener)

@@ -36,6 +36,22 @@ pub fn metrics(s: &ContainerStats) -> Metrics {
     m
 }
 
+/// The pod's statistics: its containers' summed (a limit from the first that has one;
+/// the VM's RAM bounds the pod anyway).
+pub fn sum(all: &[ContainerStats]) -> ContainerStats {
+    let add = |f: fn(&ContainerStats) -> Option<u64>| {
+        all.iter().filter_map(f).reduce(|a, b| a.saturating_add(b))
+    };
+    ContainerStats {
+        memory_usage: add(|s| s.memory_usage),
+        memory_limit: all.iter().find_map(|s| s.memory_limit),
+        oom_kills: add(|s| s.oom_kills),
+        cpu_usage_ns: add(|s| s.cpu_usage_ns),
+        pids_current: add(|s| s.pids_current),
+        pids_limit: None,
+    }
+}
+
 /// [`metrics`] packed for a StatsResponse.
 pub fn to_any(s: &ContainerStats) -> Any {
     let mut any = Any::new();
@@ -67,5 +83,26 @@ mod tests {
         assert_eq!(m.memory_oom_control.oom_kill, 1);
         assert_eq!(m.cpu.usage.total, 123_456);
         assert_eq!((m.pids.current, m.pids.limit), (3, 0));
+    }
+
+    #[test]
+    fn a_pods_statistics_are_its_containers_summed() {
+        let one = |mem, cpu, pids| ContainerStats {
+            memory_usage: Some(mem),
+            memory_limit: None,
+            oom_kills: Some(0),
+            cpu_usage_ns: Some(cpu),
+            pids_current: pids,
+            pids_limit: Some(10),
+        };
+        let s = sum(&[one(5, 100, Some(2)), one(7, 50, None)]);
+        assert_eq!(s.memory_usage, Some(12));
+        assert_eq!(s.cpu_usage_ns, Some(150));
+        assert_eq!(s.pids_current, Some(2));
+        assert_eq!(
+            (s.oom_kills, s.memory_limit, s.pids_limit),
+            (Some(0), None, None)
+        );
+        assert_eq!(sum(&[]).memory_usage, None);
     }
 }

@@ -50,8 +50,11 @@ pub struct BundleRecord {
 /// The pod's VM.
 #[derive(Clone)]
 struct PodVm {
-    /// The container that booted it.
+    /// The container that booted it, or the Sandbox API's sandbox.
     owner: String,
+    /// Booted by the Sandbox API (`sandbox_api.rs`): no container owns it, and it outlives
+    /// the pod's containers until StopSandbox.
+    api: bool,
     /// How it was planned (its later containers are planned from it).
     plan: Arc<PodPlan>,
     sandbox: Arc<Sandbox>,
@@ -61,7 +64,13 @@ struct PodVm {
 struct PodState {
     vm: Option<PodVm>,
     containers: BTreeMap<String, Container>,
+    /// The Sandbox API's sandbox, from CreateSandbox to ShutdownSandbox.
+    api: Option<sandbox_api::ApiSandbox>,
 }
+
+#[path = "pod_sandbox_api.rs"]
+mod sandbox_api;
+pub use sandbox_api::CreateSandboxArgs;
 
 /// One pod: see the module docs.
 pub struct Pod {
@@ -275,6 +284,7 @@ impl Pod {
                 let (sb, plan) = blocking(move || boot(&id, &s, &r, &dir, &host)).await?;
                 Ok(Some(PodVm {
                     owner: args.id.clone(),
+                    api: false,
                     plan: Arc::new(plan),
                     sandbox: Arc::new(sb),
                 }))
@@ -295,6 +305,13 @@ impl Pod {
             .await?;
         let (vm, plan) = match &booted {
             Some(vm) => (vm.clone(), vm.plan.first.clone()),
+            None if self.vm()?.api => {
+                let vm = self.vm()?;
+                let plan = vm
+                    .plan
+                    .member_of_vm(&args.id, &spec, &rootfs_dir, &RealHost)?;
+                (vm, plan)
+            }
             None => {
                 let vm = self.vm()?;
                 let sandbox_pid = self.with(&vm.owner, |c| c.init.pid)?;
@@ -496,9 +513,9 @@ impl Pod {
             let mut st = self.lock();
             let c = st.containers.remove(id).expect("checked above");
             let owner_gone = st.vm.as_ref().is_some_and(|v| v.owner == id);
-            let stop = (owner_gone || st.containers.is_empty())
-                .then(|| st.vm.take())
-                .flatten();
+            // The Sandbox API's VM stays for the pod's next containers until StopSandbox.
+            let last_gone = st.containers.is_empty() && st.vm.as_ref().is_some_and(|v| !v.api);
+            let stop = (owner_gone || last_gone).then(|| st.vm.take()).flatten();
             (c, stop)
         };
         if let Some(s) = &c.init.stdin {

@@ -61,7 +61,7 @@ fn task_pid(_guest_pid: u32) -> u32 {
     std::process::id()
 }
 
-fn timestamp(t: SystemTime) -> Timestamp {
+pub fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let mut ts = Timestamp::new();
     ts.seconds = d.as_secs() as i64;
@@ -105,6 +105,11 @@ impl Service {
         };
         tokio::spawn(svc.clone().publish_exits(exits));
         svc
+    }
+
+    /// The pod this service drives (the Sandbox API drives it too).
+    pub fn pod(&self) -> Arc<Pod> {
+        self.pod.clone()
     }
 
     async fn publish_exits(self, mut exits: mpsc::UnboundedReceiver<ExitMsg>) {
@@ -513,7 +518,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         _req: api::ShutdownRequest,
     ) -> TtrpcResult<api::Empty> {
-        if self.pod.is_empty() {
+        if self.pod.is_empty() && !self.pod.has_api_sandbox() {
             log::info!("shutdown: no task left");
             self.pod.stop_vm().await;
             self.exit.signal();

@@ -198,6 +198,50 @@ state = "{d}/state"
     )
 }
 
+/// The config of a 2.x containerd (`version = 3`) with `runtime_extra` in the
+/// `sandbox-vm` runtime's table (e.g. `sandboxer = "shim"`). NRI is off: its socket is a
+/// host-wide path that containerds of other tests would share.
+fn config_v3(dir: &Path, runtime_extra: &str) -> String {
+    format!(
+        r#"version = 3
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/containerd.sock"
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "{PAUSE}"
+[plugins.'io.containerd.cri.v1.runtime']
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.sandbox-vm]
+      runtime_type = "{RUNTIME}"
+      pod_annotations = ["io.sandbox-vm.*"]
+      {runtime_extra}
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "{d}/cni"
+[plugins.'io.containerd.nri.v1.nri']
+  disable = true
+"#,
+        d = dir.display()
+    )
+}
+
+/// The directory of containerd 2.1.x's `containerd` and `ctr`: `$SANDBOX_VM_CONTAINERD_2_1`.
+pub fn containerd_2_1_dir() -> PathBuf {
+    let dir = std::env::var_os("SANDBOX_VM_CONTAINERD_2_1").map(PathBuf::from);
+    match dir {
+        Some(d) if d.join("containerd").is_file() && d.join("ctr").is_file() => d,
+        _ => panic!(
+            "cannot run this e2e test: $SANDBOX_VM_CONTAINERD_2_1 does not name a directory with containerd 2.1.x and ctr"
+        ),
+    }
+}
+
 /// CNI config of a containerd without pod networks: loopback only (containerd 1.6 refuses
 /// its result for a pod network; the tests' pods use the node network).
 const LOOPBACK_CONFLIST: &str =
@@ -221,10 +265,33 @@ impl Containerd {
         Self::launch(tag, Some(netns), conflist)
     }
 
+    /// [`Containerd::start_in_netns`] with containerd 2.1.x ([`containerd_2_1_dir`]) and
+    /// its `version = 3` config, `runtime_extra` in the `sandbox-vm` runtime's table.
+    pub fn start_2_1_in_netns(
+        tag: &str,
+        netns: &Path,
+        conflist: impl FnOnce(&Path) -> String,
+        runtime_extra: &str,
+    ) -> Containerd {
+        let bin = containerd_2_1_dir().join("containerd");
+        let config = |dir: &Path| config_v3(dir, runtime_extra);
+        Self::launch_with(tag, Some(netns), conflist, &bin, config)
+    }
+
     fn launch(
         tag: &str,
         netns: Option<&Path>,
         conflist: impl FnOnce(&Path) -> String,
+    ) -> Containerd {
+        Self::launch_with(tag, netns, conflist, Path::new("containerd"), config)
+    }
+
+    fn launch_with(
+        tag: &str,
+        netns: Option<&Path>,
+        conflist: impl FnOnce(&Path) -> String,
+        containerd: &Path,
+        config: impl FnOnce(&Path) -> String,
     ) -> Containerd {
         let dir = PathBuf::from(format!("/tmp/shim-e2e-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -244,10 +311,10 @@ impl Containerd {
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display())).arg("containerd");
+                c.arg(format!("--net={}", ns.display())).arg(containerd);
                 c
             }
-            None => Command::new("containerd"),
+            None => Command::new(containerd),
         };
         let child = cmd
             .arg("--config")

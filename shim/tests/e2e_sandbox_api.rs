@@ -1,0 +1,121 @@
+//! containerd 2.x's Sandbox API: with `sandboxer = "shim"` in the runtime's table, CRI
+//! asks the shim itself for the pod (CreateSandbox, StartSandbox, …, ShutdownSandbox) and
+//! the VM is the sandbox: no pause container. containerd 2.1 runs inside a network
+//! namespace of the test's own with a CNI bridge (2.1.x crashes on host-network pods in
+//! this mode); `cri_sandbox_api_e2e.py` runs one pod and one container in it (checks in
+//! its docs), then stops and removes the pod. Afterwards nothing is left: no shim, VMM or
+//! virtiofsd, no mount or VM state, no veth or tap, no pod netns; and containerd never
+//! had a pause container.
+//!
+//! Needs `$SANDBOX_VM_CONTAINERD_2_1` (a directory with containerd 2.1.x and ctr). The
+//! pod's VM restores the NIC template of its shape when `$SANDBOX_VM_TEMPLATE_DIR` has
+//! one (`tests/test-template.sh`); with `SANDBOX_VM_E2E_TEMPLATES=1` it must.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::Containerd;
+use test_support::netns::TestNetns;
+use test_support::{run, text};
+
+const NETWORK: &str = "svm-sbapi-e2e";
+const BRIDGE: &str = "svmsbapi0";
+const GATEWAY: &str = "10.231.14.1";
+const SUBNET: &str = "10.231.14.0/24";
+
+fn conflist(dir: &Path) -> String {
+    serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": NETWORK,
+        "plugins": [{
+            "type": "bridge",
+            "bridge": BRIDGE,
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": SUBNET, "gateway": GATEWAY}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": dir.join("ipam"),
+            },
+        }],
+    })
+    .to_string()
+}
+
+#[test]
+fn a_cri_pod_through_the_sandbox_api_is_one_vm_without_a_pause_container() {
+    common::require_host();
+    for plugin in ["bridge", "host-local", "loopback"] {
+        assert!(
+            Path::new("/usr/lib/cni").join(plugin).is_file(),
+            "cannot run this e2e test: /usr/lib/cni/{plugin} is missing (apt-get install containernetworking-plugins)"
+        );
+    }
+    let python = common::venv_python();
+    let ns = TestNetns::new("sbapi");
+    let c = Containerd::start_2_1_in_netns("sbapi", &ns.path(), conflist, r#"sandboxer = "shim""#);
+    c.import_images("k8s.io");
+    let state = c.dir.join("state");
+    let stdout = c.run_cri_script(
+        &python,
+        "cri_sandbox_api_e2e.py",
+        &[state.as_os_str(), GATEWAY.as_ref()],
+        "the Sandbox API e2e script",
+    );
+    let result: serde_json::Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_else(|| panic!("no result: {stdout}"));
+    let log = std::fs::read_to_string(&c.log).unwrap_or_default();
+    for call in ["create sandbox", "shutdown sandbox"] {
+        assert!(
+            log.contains(call),
+            "the shim never logged {call:?}: {}",
+            c.log_tail()
+        );
+    }
+    let restored = log.matches("(restored from a template)").count();
+    eprintln!("{restored} of 1 pod restored from a template");
+    if std::env::var_os("SANDBOX_VM_E2E_TEMPLATES").is_some() {
+        assert_eq!(
+            restored,
+            1,
+            "the pod should restore the NIC template: {}",
+            c.log_tail()
+        );
+    }
+    let pod_id = result["pod_id"].as_str().expect("pod_id");
+    // A pause container would be a containerd container named after the pod.
+    assert!(
+        !log.contains(&format!("create {pod_id}")),
+        "the shim created a task for the pod itself"
+    );
+
+    let left = c.wait_clean(Duration::from_secs(30));
+    assert!(
+        left.is_empty(),
+        "left behind after RemovePodSandbox: {left:#?}"
+    );
+    assert_eq!(
+        ns.links(),
+        ["lo", BRIDGE],
+        "only the CNI bridge stays (no veth, no tap)"
+    );
+    drop(c);
+    let inside = ns.processes();
+    assert!(
+        inside.is_empty(),
+        "processes left in the test netns: {inside:#?}"
+    );
+    let out = run(Command::new("ip").args(["netns", "del", ns.name()]));
+    assert!(out.status.success(), "ip netns del: {}", text(&out.stderr));
+    let pod_netns = result["pod_netns"].as_str().expect("pod_netns");
+    for p in [pod_netns, ns.path().to_str().unwrap()] {
+        assert!(!Path::new(p).exists(), "netns {p} is left");
+    }
+}
