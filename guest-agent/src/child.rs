@@ -87,6 +87,8 @@ pub struct ProcessPlan {
     pub stdio: ChildStdio,
     /// The container's seccomp filter.
     pub seccomp: Option<Filter>,
+    /// `process.oomScoreAdj`.
+    pub oom_score_adj: Option<i32>,
 }
 
 /// The container's root filesystem and hostname (init only).
@@ -94,8 +96,9 @@ pub struct ProcessPlan {
 pub struct RootPlan {
     /// Rootfs directory in the agent's view.
     pub rootfs: PathBuf,
-    /// Propagation of `/` in the new mount namespace.
-    pub propagation: MsFlags,
+    /// The spec's `rootfsPropagation` for `/`, applied once the init is in its root (until
+    /// then the whole mount namespace is private, so that the rootfs can be made the root).
+    pub propagation: Option<MsFlags>,
     /// Mounts.
     pub mounts: Vec<MountOp>,
     /// Device nodes.
@@ -125,6 +128,9 @@ pub struct ChildPlan {
     pub unshare: CloneFlags,
     /// Root filesystem, for a container's init.
     pub root: Option<RootPlan>,
+    /// Make a new user namespace once the root is built (container init; see
+    /// [`crate::userns`]).
+    pub new_userns: bool,
     /// Wait for `S` before exec (container init).
     pub wait_for_start: bool,
     /// The process.
@@ -287,6 +293,7 @@ fn setup(
             cause,
         })?;
     }
+    set_oom_score_adj(plan.process.oom_score_adj)?;
     for (fd, kind) in &plan.join {
         setns(fd, *kind).map_err(sys("setns"))?;
     }
@@ -297,6 +304,9 @@ fn setup(
     if let Some(root) = &plan.root {
         build_root(root)?;
     }
+    if plan.new_userns {
+        crate::userns::enter_new(sync)?;
+    }
     if plan.wait_for_start {
         wait_for_start(sync)?;
     }
@@ -306,6 +316,30 @@ fn setup(
         plan.process.stdio.fds,
         sync.as_raw_fd(),
     )
+}
+
+/// Writes `adj` to `/proc/self/oom_score_adj` (the agent's `/proc`: call it before the
+/// container's root is entered, while the process still has `CAP_SYS_RESOURCE`, which
+/// lowering it takes). Formats on the stack: the child allocates nothing it keeps.
+pub(crate) fn set_oom_score_adj(adj: Option<i32>) -> Result<(), ChildError> {
+    let Some(adj) = adj else {
+        return Ok(());
+    };
+    let mut buf = [0u8; 12];
+    let err = |cause| ChildError::Sys {
+        op: "write /proc/self/oom_score_adj",
+        cause,
+    };
+    let len = {
+        let mut rest = &mut buf[..];
+        write!(rest, "{adj}").map_err(err)?;
+        12 - rest.len()
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/oom_score_adj")
+        .and_then(|mut f| f.write_all(&buf[..len]))
+        .map_err(err)
 }
 
 /// A container's init: reports `R` (its filesystem is ready) and waits for `S`; exits
@@ -328,7 +362,7 @@ pub(crate) fn wait_for_start(sync: &mut &UnixStream) -> Result<(), ChildError> {
 }
 
 fn build_root(r: &RootPlan) -> Result<(), ChildError> {
-    mounts::set_root_propagation(r.propagation)?;
+    mounts::set_root_propagation(MsFlags::MS_PRIVATE | MsFlags::MS_REC)?;
     mounts::bind_rootfs(&r.rootfs)?;
     for m in &r.mounts {
         mounts::do_mount(m)?;
@@ -350,13 +384,22 @@ fn build_root(r: &RootPlan) -> Result<(), ChildError> {
     crate::trace::mark("child: paths masked");
     mounts::readonly_paths(root, &r.readonly)?;
     crate::trace::mark("child: paths read-only");
-    finish_root(r.root_readonly, r.hostname.as_deref())
+    finish_root(r.root_readonly, r.propagation, r.hostname.as_deref())
 }
 
-/// The last steps in the container's root: `/` read-only if asked, the hostname.
-pub(crate) fn finish_root(root_readonly: bool, hostname: Option<&str>) -> Result<(), ChildError> {
+/// The last steps in the container's root: `/` read-only if asked, its propagation (after
+/// the masked and read-only paths: binds from an unbindable `/` would fail), the hostname.
+pub(crate) fn finish_root(
+    root_readonly: bool,
+    propagation: Option<MsFlags>,
+    hostname: Option<&str>,
+) -> Result<(), ChildError> {
+    let root = std::path::Path::new("/");
     if root_readonly {
-        mounts::remount_ro(std::path::Path::new("/"))?;
+        mounts::remount_ro(root)?;
+    }
+    if let Some(flags) = propagation {
+        mounts::set_propagation(root, flags)?;
     }
     if let Some(h) = hostname {
         sethostname(h).map_err(sys("sethostname"))?;
@@ -430,4 +473,20 @@ pub(crate) fn exec_process(
         program: OsStr::from_bytes(bytes).to_string_lossy().into_owned(),
         cause: err,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_score_adj_is_written_to_proc() {
+        // Raising it needs no privilege; the test process keeps 500.
+        set_oom_score_adj(Some(500)).unwrap();
+        let now = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+        assert_eq!(now.trim(), "500");
+        set_oom_score_adj(None).unwrap();
+        let still = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+        assert_eq!(still.trim(), "500", "None leaves it alone");
+    }
 }

@@ -195,6 +195,7 @@ fn plan_process(
         identity,
         stdio,
         seccomp,
+        oom_score_adj: p.oom_score_adj(),
     })
 }
 
@@ -305,6 +306,7 @@ impl Container {
             join,
             unshare: CloneFlags::empty(),
             root: None,
+            new_userns: false,
             wait_for_start: false,
             process: plan_process(&req.process, child_stdio, self.seccomp.clone())?,
         };

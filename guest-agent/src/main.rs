@@ -22,6 +22,7 @@ mod stdio;
 mod sync_socket;
 mod syscalls;
 mod trace;
+mod userns;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;

@@ -284,6 +284,13 @@ pub fn set_root_propagation(flags: MsFlags) -> Result<(), MountError> {
     mount(None::<&str>, root, None::<&str>, flags, None::<&str>).map_err(sys("make-private", root))
 }
 
+/// Sets the propagation of the mount at `path` (`MS_SHARED`, `MS_SLAVE`, `MS_PRIVATE` or
+/// `MS_UNBINDABLE`, with `MS_REC` for the mounts under it too).
+pub fn set_propagation(path: &Path, flags: MsFlags) -> Result<(), MountError> {
+    mount(None::<&str>, path, None::<&str>, flags, None::<&str>)
+        .map_err(sys("set propagation of", path))
+}
+
 /// Bind-mounts the rootfs onto itself so that it is a mount point.
 pub fn bind_rootfs(rootfs: &Path) -> Result<(), MountError> {
     mount(

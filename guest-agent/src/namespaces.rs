@@ -5,8 +5,10 @@ use agent_protocol::oci_spec::runtime::LinuxNamespaceType;
 use nix::sched::CloneFlags;
 
 /// With their /proc/PID/ns names. Order matters when joining: the mount namespace goes
-/// last.
-const NAMESPACES: [(LinuxNamespaceType, CloneFlags, &str); 5] = [
+/// after the others, and the user namespace last (a container's namespaces but the user
+/// one belong to the guest's initial user namespace: see [`crate::child`]), so that the
+/// joining process still has the privilege to join them.
+const NAMESPACES: [(LinuxNamespaceType, CloneFlags, &str); 6] = [
     (LinuxNamespaceType::Ipc, CloneFlags::CLONE_NEWIPC, "ipc"),
     (LinuxNamespaceType::Uts, CloneFlags::CLONE_NEWUTS, "uts"),
     (LinuxNamespaceType::Network, CloneFlags::CLONE_NEWNET, "net"),
@@ -16,6 +18,7 @@ const NAMESPACES: [(LinuxNamespaceType, CloneFlags, &str); 5] = [
         "cgroup",
     ),
     (LinuxNamespaceType::Mount, CloneFlags::CLONE_NEWNS, "mnt"),
+    (LinuxNamespaceType::User, CloneFlags::CLONE_NEWUSER, "user"),
 ];
 
 /// The clone flag and /proc/PID/ns name of a supported namespace type.

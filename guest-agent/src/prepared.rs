@@ -175,6 +175,7 @@ fn new_namespaces(linux: &Linux) -> Result<(CloneFlags, bool), String> {
         match ns.typ() {
             LinuxNamespaceType::Pid => pid = true,
             LinuxNamespaceType::Cgroup => cgroupns = true,
+            LinuxNamespaceType::User => return Err("it has a user namespace".into()),
             t => {
                 unshare |= crate::namespaces::find(t)
                     .ok_or_else(|| format!("{t:?} namespaces are not supported"))?
@@ -259,8 +260,8 @@ impl Skeleton {
 pub struct Claim {
     /// The container's rootfs (in the agent's view, reached by propagation).
     pub rootfs: PathBuf,
-    /// Propagation of `/` in the container's mount namespace.
-    pub propagation: MsFlags,
+    /// The spec's `rootfsPropagation` for `/` (see [`child::RootPlan`]).
+    pub propagation: Option<MsFlags>,
     /// The spec's mounts after the skeleton's, under `rootfs`.
     pub mounts: Vec<MountOp>,
     /// Use MS_MOVE + chroot instead of pivot_root.
@@ -464,10 +465,11 @@ fn setup(
         cause: io::Error::from_raw_os_error(libc::EINVAL),
     })?;
     crate::trace::mark("prepared init: taken over");
+    child::set_oom_score_adj(c.process.oom_score_adj)?;
     if s.cgroupns {
         unshare(CloneFlags::CLONE_NEWCGROUP).map_err(child_sys("unshare(cgroup)"))?;
     }
-    mounts::set_root_propagation(c.propagation)?;
+    mounts::set_root_propagation(MsFlags::MS_PRIVATE | MsFlags::MS_REC)?;
     mounts::bind_rootfs(&c.rootfs)?;
     for top in &s.tops {
         let rel = top.strip_prefix("/").unwrap_or(top);
@@ -477,7 +479,7 @@ fn setup(
         mounts::do_mount(m)?;
     }
     mounts::enter_rootfs(&c.rootfs, c.no_pivot)?;
-    child::finish_root(c.root_readonly, c.hostname.as_deref())?;
+    child::finish_root(c.root_readonly, c.propagation, c.hostname.as_deref())?;
     child::wait_for_start(sync)?;
     child::exec_process(&c.process, target, stdio, sync.as_raw_fd())
 }

@@ -586,3 +586,60 @@ fn a_container_without_a_pid_namespace_gets_the_agents_after_ones_with() {
         );
     }
 }
+
+/// A container with a user namespace: it sees its mappings, is root in them, the
+/// host's root's files are nobody's to it, and an exec joins the same namespace.
+#[test]
+fn a_user_namespace_has_the_specs_mappings_also_for_an_exec() {
+    let agent = Agent::start();
+    let root = busybox_rootfs();
+    let id = unique("userns");
+    let mut c = agent.client();
+    let mut s = spec(&["sleep", "600"], "h", None);
+    let map = |host: u32| {
+        serde_json::from_value(serde_json::json!([
+            {"containerID": 0, "hostID": host, "size": 65536}
+        ]))
+        .unwrap()
+    };
+    let mut linux = s.linux().clone().unwrap();
+    let mut ns = linux.namespaces().clone().unwrap();
+    ns.push(
+        agent_protocol::oci_spec::runtime::LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::User)
+            .build()
+            .unwrap(),
+    );
+    linux.set_namespaces(Some(ns));
+    linux.set_uid_mappings(Some(map(100000)));
+    linux.set_gid_mappings(Some(map(200000)));
+    s.set_linux(Some(linux));
+    c.create_container(create_req(&id, s, root.path(), StdioConfig::NONE))
+        .unwrap();
+    c.start_container(&id).unwrap();
+
+    let cmd = "cat /proc/1/uid_map /proc/self/uid_map /proc/self/gid_map; id; stat -c %u /bin";
+    c.exec(&id, "e1", process(&["sh", "-c", cmd]), StdioConfig::OUTPUT)
+        .unwrap();
+    let out = reader(agent.attach(&id, Some("e1"), StreamKind::Stdout));
+    let err = reader(agent.attach(&id, Some("e1"), StreamKind::Stderr));
+    let exit = c.wait(&id, Some("e1")).unwrap();
+    let out = String::from_utf8(out.join().unwrap()).unwrap();
+    let err = String::from_utf8(err.join().unwrap()).unwrap();
+    assert_eq!(exit.status, ExitStatus::Code(0), "{out}{err}");
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["0", "100000", "65536"], "{out}");
+    assert_eq!(
+        lines[1], lines[0],
+        "the exec is in the init's namespace: {out}"
+    );
+    assert_eq!(lines[2], ["0", "200000", "65536"], "{out}");
+    assert!(lines[3][0].starts_with("uid=0"), "{out}");
+    assert_eq!(lines[4], ["65534"], "the host's root is unmapped: {out}");
+    c.signal(&id, None, libc::SIGKILL, true).unwrap();
+    c.wait(&id, None).unwrap();
+    c.remove_container(&id, false).unwrap();
+}

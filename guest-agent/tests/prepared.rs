@@ -91,24 +91,49 @@ fn assert_ok(r: &Run, hostname: &str) {
     );
 }
 
+/// The spec's OOM score adjustment and a shared `/` (rootfsPropagation), on top of
+/// [`CHECK`], for a spec that asks for both.
+const CHECK_OOM_PROPAGATION: &str = "cat /proc/self/oom_score_adj; \
+    awk '$5 == \"/\" && $7 ~ /^shared:/ {print \"root shared\"}' /proc/self/mountinfo";
+
+fn with_oom_and_shared_root(mut s: Spec) -> Spec {
+    let mut p = s.process().clone().unwrap();
+    p.set_args(Some(vec![
+        "sh".into(),
+        "-c".into(),
+        format!("{CHECK}; {CHECK_OOM_PROPAGATION}"),
+    ]));
+    p.set_oom_score_adj(Some(500));
+    s.set_process(Some(p));
+    let mut l = s.linux().clone().unwrap();
+    l.set_rootfs_propagation(Some("shared".into()));
+    s.set_linux(Some(l));
+    s
+}
+
 #[test]
 fn a_matching_container_takes_the_prepared_init_over_and_is_confined_the_same() {
     let (agent, root, data) = prepared_agent();
-
-    let s = with_data_bind(spec(&["sh", "-c", CHECK], "first", None), data.path());
-    let (r, prepared) = run_checked(&agent, &unique("first"), s.clone(), root.path());
-    assert_ok(&r, "first");
+    let run = |name: &str| {
+        let s = spec(&["true"], name, None);
+        let s = with_oom_and_shared_root(with_data_bind(s, data.path()));
+        let (r, prepared) = run_checked(&agent, &unique(name), s, root.path());
+        let want = format!("{}500\nroot shared\n", want(name));
+        assert_eq!(
+            (r.out(), r.exit.status),
+            (want, ExitStatus::Code(0)),
+            "stderr: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        prepared
+    };
     assert!(
-        prepared,
+        run("first"),
         "the matching container did not take the prepared init"
     );
-
     // The prepared init is used once; the next container is made on the spot and shows
     // the same.
-    let s2 = with_data_bind(spec(&["sh", "-c", CHECK], "second", None), data.path());
-    let (r, prepared) = run_checked(&agent, &unique("second"), s2, root.path());
-    assert_ok(&r, "second");
-    assert!(!prepared, "a second container got a prepared init");
+    assert!(!run("second"), "a second container got a prepared init");
 }
 
 #[test]

@@ -132,9 +132,9 @@ pub fn features() -> String {
         "hooks": [],
         "mountOptions": ["ro", "rw", "nosuid", "nodev", "noexec", "relatime", "noatime",
             "strictatime", "bind", "rbind", "private", "rprivate", "slave", "rslave",
-            "shared", "rshared"],
+            "shared", "rshared", "unbindable", "runbindable"],
         "linux": {
-            "namespaces": ["pid", "network", "ipc", "uts", "mount", "cgroup"],
+            "namespaces": ["pid", "network", "ipc", "uts", "mount", "cgroup", "user"],
             "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
             "seccomp": {"enabled": false},
             "apparmor": {"enabled": false},

@@ -144,6 +144,9 @@ pub fn create(
     }
     let bundle = bundle::load(&opts.bundle)?;
     let dir = store.dir(&opts.id);
+    for w in sandbox::oci::validate::ignored_lsm_settings(&bundle.spec) {
+        eprintln!("sandbox-vm: warning: {w}");
+    }
     let plan = PodPlan::new(
         &opts.id,
         &bundle.spec,

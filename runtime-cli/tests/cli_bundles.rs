@@ -257,7 +257,23 @@ fn corpus() -> Vec<Case> {
                 "/linux/namespaces",
                 json!([{"type": "user"}, {"type": "uts"}]),
             ),
-            "user namespaces are not supported",
+            "a user namespace needs linux.uidMappings",
+        ),
+        case(
+            "ns-path-of-another-type",
+            with(
+                "/linux/namespaces",
+                json!([{"type": "mount"}, {"type": "uts"}, {"type": "cgroup", "path": "/proc/self/ns/ipc"}]),
+            ),
+            "the cgroup namespace's path /proc/self/ns/ipc names a namespace of type ipc",
+        ),
+        case(
+            "ns-path-on-the-host",
+            with(
+                "/linux/namespaces",
+                json!([{"type": "mount"}, {"type": "uts", "path": "/proc/self/ns/uts"}]),
+            ),
+            "cannot join the host's uts namespace /proc/self/ns/uts",
         ),
         case(
             "hooks",

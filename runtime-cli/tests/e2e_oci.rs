@@ -1,14 +1,16 @@
 //! The OCI runtime end to end, with the real guest kernel and agent: two boots in all
 //! (guest boots cost about a minute on hosts that emulate guest kernel mode).
 //! - `run` of a busybox bundle: `uname -sr; dmesg | grep -c .; ps` shows the guest kernel
-//!   (not the host's), the guest kernel's own log, and only the container's processes.
+//!   (not the host's), the guest kernel's own log, and only the container's processes. It
+//!   runs in a user namespace, and sees its uid and gid mappings and itself as root.
 //! - one container through `create` (with `--pid-file`), `state`, `start`, `exec`, `ps`,
 //!   `pause`, `resume`, `kill`, `state`, `delete`; the pid-file process exits with the
 //!   container's status. Its memory limit is 1 GiB: its VM (1 GiB + the guest overhead)
 //!   runs in the VMM's jail, whose file-size limit must let the VMM size guest RAM.
 //!   `update` lowers its limits (memory, CPU quota, pids) in the guest's cgroup, a process
 //!   allocating past the new memory limit is OOM-killed, and an update bigger than the VM
-//!   is refused with the old limits left in force.
+//!   is refused with the old limits left in force. Its spec's `oomScoreAdj` (500) is the
+//!   init's, and its `rootfsPropagation` (`shared`) makes the container's `/` shared.
 //!
 //! Needs root, /dev/kvm, the guest kernel (`SANDBOX_VM_KERNEL` or the kernel cache) and
 //! the agent initramfs (`SANDBOX_VM_INITRD` or images/out/agent-initramfs.cpio).
@@ -52,9 +54,22 @@ fn run_shows_guest_kernel_and_only_container_processes() {
         &[
             "sh",
             "-c",
-            "uname -sr; dmesg | grep -c .; dmesg | grep -c sandbox-vm; ps",
+            "uname -sr; dmesg | grep -c .; dmesg | grep -c sandbox-vm; \
+             cat /proc/self/uid_map /proc/self/gid_map; id; ps",
         ],
     );
+    // A user namespace: container ids 0-65535 are guest ids 100000-165535 (so the
+    // rootfs's files, the host's root's, are nobody's in it).
+    test_support::rootfs::edit_config(&b, |c| {
+        let map =
+            |host: u32| serde_json::json!([{"containerID": 0, "hostID": host, "size": 65536}]);
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "user"}));
+        c["linux"]["uidMappings"] = map(100000);
+        c["linux"]["gidMappings"] = map(200000);
+    });
     let root = dir.join("root");
     let _reap = Reap::new(BIN, &root, "e2e-run");
     let t = Instant::now();
@@ -82,6 +97,13 @@ fn run_shows_guest_kernel_and_only_container_processes() {
     assert!(log_lines > 20, "dmesg has {log_lines} lines");
     let ours: usize = lines.next().unwrap().trim().parse().unwrap();
     assert!(ours >= 1, "no 'sandbox-vm' in the guest's kernel log");
+    // The container sees its mapped ids: root inside, guest uid 100000 and gid 200000.
+    let maps: Vec<Vec<&str>> = (0..2)
+        .map(|_| lines.next().unwrap().split_whitespace().collect())
+        .collect();
+    assert_eq!(maps, [["0", "100000", "65536"], ["0", "200000", "65536"]]);
+    let id = lines.next().unwrap();
+    assert!(id.starts_with("uid=0") && id.contains(" gid=0"), "{id}");
     let header = lines.next().unwrap();
     assert!(
         header.contains("PID") && header.contains("COMMAND"),
@@ -208,6 +230,10 @@ fn create_start_exec_kill_delete() {
     );
     test_support::rootfs::edit_config(&b, |c| {
         c["linux"]["resources"]["memory"] = serde_json::json!({"limit": 1u64 << 30});
+        // runc's rootfs propagation and OOM score (the guest's pivot into a shared root
+        // used to fail with EINVAL).
+        c["linux"]["rootfsPropagation"] = serde_json::json!("shared");
+        c["process"]["oomScoreAdj"] = serde_json::json!(500);
     });
     let root = dir.join("root");
     let id = "e2e-life";
@@ -262,6 +288,16 @@ fn create_start_exec_kill_delete() {
     eprintln!("exec took {:.1} s", t.elapsed().as_secs_f64());
     assert_eq!(exec.status.code(), Some(3), "{exec:?}");
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "hi from exec\n");
+
+    // The init's OOM score is the spec's; the container's `/` is a shared mount.
+    let seen = sh(
+        &root,
+        id,
+        "cat /proc/1/oom_score_adj; awk '$5 == \"/\"' /proc/self/mountinfo",
+    );
+    let (oom, root_mount) = seen.split_once('\n').unwrap();
+    assert_eq!(oom, "500", "{seen}");
+    assert!(root_mount.contains(" shared:"), "/ is not shared: {seen}");
 
     // The 1 GiB container's VM: the guest has the RAM, and its VMM runs jailed (the jail's
     // pid-namespace child as uid 65534).

@@ -24,6 +24,7 @@ pub mod host;
 pub mod image;
 pub mod jail;
 pub mod network;
+pub mod nsfile;
 pub mod oci;
 pub mod paths;
 pub mod plan;

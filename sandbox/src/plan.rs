@@ -15,6 +15,7 @@ use vmm_api::config::VmConfig;
 use crate::cgroup::{CgroupError, CgroupsPath};
 use crate::host::HostConfig;
 use crate::network::NetnsError;
+use crate::nsfile::NsFileError;
 use crate::oci::annotations::Annotations;
 use crate::oci::translate::{self, ContainerPlan, HostPath, RootfsMode, TranslateError};
 use crate::paths::SandboxPaths;
@@ -54,6 +55,21 @@ pub enum PlanError {
     Netns(#[from] NetnsError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    NsFile(#[from] NsFileError),
+    #[error(
+        "linux.namespaces: the {want} namespace's path {path} names a namespace of type {found}"
+    )]
+    NsWrongType {
+        want: LinuxNamespaceType,
+        found: LinuxNamespaceType,
+        path: PathBuf,
+    },
+    #[error("linux.namespaces: cannot join the host's {typ} namespace {path}: a container in a VM runs on its own kernel (leave the path out for a new {typ} namespace)")]
+    HostNamespace {
+        typ: LinuxNamespaceType,
+        path: PathBuf,
+    },
 }
 
 /// What planning asks of the host; [`RealHost`] asks the real one, tests a fake.
@@ -62,6 +78,8 @@ pub trait HostProbe {
     fn path(&self, path: &Path) -> HostPath;
     /// Whether `path` is a network namespace the VM may take over.
     fn netns(&self, path: &Path) -> Result<(), NetnsError>;
+    /// The type of the namespace at `path` (a `linux.namespaces[].path`).
+    fn ns_type(&self, path: &Path) -> Result<LinuxNamespaceType, NsFileError>;
 }
 
 /// The host itself.
@@ -75,6 +93,41 @@ impl HostProbe for RealHost {
     fn netns(&self, path: &Path) -> Result<(), NetnsError> {
         crate::network::Netns::open(path).map(drop)
     }
+
+    fn ns_type(&self, path: &Path) -> Result<LinuxNamespaceType, NsFileError> {
+        crate::nsfile::type_at(path)
+    }
+}
+
+/// The namespace paths of the container that boots a sandbox: each must name a namespace
+/// of its entry's type, and only the network one can be used (it is the pod's, whose
+/// interfaces the VM takes over: see [`crate::network`]). Any other names a namespace of
+/// the host's kernel, which no process in the guest can join: refused, rather than
+/// silently replaced by a new namespace.
+fn check_namespace_paths(spec: &Spec, probe: &dyn HostProbe) -> Result<(), PlanError> {
+    let nss = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref());
+    let with_paths = nss
+        .into_iter()
+        .flatten()
+        .filter_map(|n| Some((n.typ(), n.path().as_ref()?)));
+    // The network namespace's path is checked by `probe.netns` (its type too).
+    let mut with_paths = with_paths.filter(|(t, _)| *t != LinuxNamespaceType::Network);
+    let Some((want, path)) = with_paths.next() else {
+        return Ok(());
+    };
+    let found = probe.ns_type(path)?;
+    Err(if found != want {
+        PlanError::NsWrongType {
+            want,
+            found,
+            path: path.clone(),
+        }
+    } else {
+        PlanError::HostNamespace {
+            typ: want,
+            path: path.clone(),
+        }
+    })
 }
 
 /// Everything needed to start one sandbox (see the module docs).
@@ -160,6 +213,7 @@ impl PodPlan {
         let file_probe = |p: &Path| probe.path(p);
         let mut first =
             translate::container_request(id, &guest_spec, rootfs, ann.rootfs, &file_probe)?;
+        check_namespace_paths(spec, probe)?;
         check_artifacts(&vm, probe)?;
         let virtiofsd = host.virtiofsd.clone().ok_or(PlanError::NoVirtiofsd)?;
         let exe = host.vmm_exe.clone().ok_or(PlanError::NoVmmExe)?;

@@ -1,4 +1,4 @@
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
 use crate::oci::annotations as ann;
@@ -10,6 +10,8 @@ struct FakeHost {
     files: BTreeSet<PathBuf>,
     dirs: BTreeSet<PathBuf>,
     netns: BTreeSet<PathBuf>,
+    /// Other namespace files, with their types.
+    ns: BTreeMap<PathBuf, LinuxNamespaceType>,
 }
 
 impl HostProbe for FakeHost {
@@ -28,6 +30,13 @@ impl HostProbe for FakeHost {
             true => Ok(()),
             false => Err(NetnsError::Missing(p.to_path_buf())),
         }
+    }
+
+    fn ns_type(&self, p: &Path) -> Result<LinuxNamespaceType, NsFileError> {
+        self.ns
+            .get(p)
+            .copied()
+            .ok_or_else(|| NsFileError::Missing(p.to_path_buf()))
     }
 }
 
@@ -314,6 +323,57 @@ fn every_host_problem_is_found_before_anything_exists() {
     let bad = spec(serde_json::json!({"annotations": {ann::TEMPLATE: "sometimes"}}));
     let e = plan(&bad, Role::Alone, &host(), &fake()).unwrap_err();
     assert!(e.to_string().contains(ann::TEMPLATE), "{e}");
+}
+
+#[test]
+fn host_namespace_paths_are_refused_and_a_wrong_type_is_named() {
+    use LinuxNamespaceType as T;
+    let mut f = fake();
+    f.ns.insert("/proc/9/ns/ipc".into(), T::Ipc);
+    f.ns.insert("/proc/9/ns/cgroup".into(), T::Cgroup);
+    let with = |typ: &str, path: &str| {
+        spec(serde_json::json!({"linux": {"namespaces": [
+            {"type": "mount"}, {"type": typ, "path": path}]}}))
+    };
+    for role in [Role::Alone, Role::Pod] {
+        // A path of another type, for every type but network (which `netns` checks).
+        let e = plan(&with("cgroup", "/proc/9/ns/ipc"), role, &host(), &f).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PlanError::NsWrongType {
+                    want: T::Cgroup,
+                    found: T::Ipc,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "linux.namespaces: the cgroup namespace's path /proc/9/ns/ipc names a namespace of type ipc"
+        );
+        let e = plan(&with("ipc", "/proc/9/ns/cgroup"), role, &host(), &f).unwrap_err();
+        assert!(matches!(e, PlanError::NsWrongType { .. }), "{e}");
+        // The right type, but the host's: never joined, never silently replaced.
+        let e = plan(&with("ipc", "/proc/9/ns/ipc"), role, &host(), &f).unwrap_err();
+        assert!(
+            matches!(e, PlanError::HostNamespace { typ: T::Ipc, .. }),
+            "{e}"
+        );
+        assert!(e
+            .to_string()
+            .contains("cannot join the host's ipc namespace /proc/9/ns/ipc"));
+        let e = plan(&with("uts", "/proc/9/ns/none"), role, &host(), &f).unwrap_err();
+        assert!(
+            matches!(e, PlanError::NsFile(NsFileError::Missing(_))),
+            "{e}"
+        );
+    }
+    // The pod's network namespace is the one path that is used.
+    let net = spec(serde_json::json!({"linux": {"namespaces": [
+        {"type": "mount"}, {"type": "network", "path": "/run/netns/cni-1"}]}}));
+    plan(&net, Role::Pod, &host(), &f).unwrap();
 }
 
 #[test]

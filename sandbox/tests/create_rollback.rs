@@ -33,6 +33,13 @@ impl HostProbe for EverythingThere {
     fn netns(&self, _: &Path) -> Result<(), sandbox::network::NetnsError> {
         Ok(())
     }
+
+    fn ns_type(
+        &self,
+        p: &Path,
+    ) -> Result<oci_spec::runtime::LinuxNamespaceType, sandbox::nsfile::NsFileError> {
+        Err(sandbox::nsfile::NsFileError::Missing(p.to_path_buf()))
+    }
 }
 
 /// A fake VMM that opens its control socket (`--api-sock PATH`) and then only waits: the

@@ -300,6 +300,9 @@ impl Pod {
         mounted: bool,
     ) -> Result<u32, ShimError> {
         let (host_io, stdin) = io::open(&args.io)?;
+        for w in sandbox::oci::validate::ignored_lsm_settings(&spec) {
+            log::warn!("container {}: {w}", args.id);
+        }
         let booted = self
             .boot_if_owner(args, &spec, &rootfs_dir, mounted)
             .await?;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use crate::security::warn_ignored_labels;
 use crate::spawn::{spawn, PidNs};
 use crate::stdio::{make_stdio, ChildStdio};
 use crate::sync_socket;
+use crate::userns::{self, IdMaps};
 
 /// Undoes a step of [`create`] when dropped, unless the create got through
 /// ([`Undo::keep`]).
@@ -60,6 +62,8 @@ struct Namespaces {
     pid: PidNs,
     /// Whether the spec names a PID namespace (new or joined).
     has_pid: bool,
+    /// A new user namespace, entered last (see [`crate::child`]).
+    userns: bool,
 }
 
 /// The spec's namespaces; a container always gets a mount namespace of its own.
@@ -70,6 +74,7 @@ fn plan_namespaces(linux: &Linux) -> Result<Namespaces, ContainerError> {
         names: vec![],
         pid: PidNs::Inherit,
         has_pid: false,
+        userns: false,
     };
     let open_ns = |p: &Path| {
         fs::File::open(p)
@@ -90,6 +95,15 @@ fn plan_namespaces(linux: &Linux) -> Result<Namespaces, ContainerError> {
             return Err(ContainerError::NotSupported(format!("{typ:?} namespaces")));
         };
         ns_plan.names.push((flag, name));
+        if typ == LinuxNamespaceType::User {
+            if ns.path().is_some() {
+                return Err(ContainerError::NotSupported(
+                    "joining an existing user namespace".into(),
+                ));
+            }
+            ns_plan.userns = true;
+            continue;
+        }
         match ns.path() {
             Some(p) => ns_plan.join.push((open_ns(p)?, flag)),
             None => ns_plan.unshare |= flag,
@@ -121,14 +135,7 @@ fn plan_root(
         env.cgroups.is_v2(),
     )?;
     let devices = mounts::plan_devices(&rootfs, linux.devices().as_deref().unwrap_or(&[]))?;
-    let propagation = match linux.rootfs_propagation().as_deref() {
-        None | Some("") => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-        Some(w) => {
-            mounts::propagation(w)
-                .ok_or_else(|| ContainerError::Invalid(format!("rootfsPropagation {w:?}")))?
-                | MsFlags::MS_REC
-        }
-    };
+    let propagation = root_propagation(linux)?;
     Ok(RootPlan {
         rootfs,
         propagation,
@@ -148,6 +155,17 @@ fn plan_root(
     })
 }
 
+/// The spec's `rootfsPropagation` as runc reads it: `shared` is `/` alone, `rshared` the
+/// mounts under it too; none leaves the container's mounts private.
+fn root_propagation(linux: &Linux) -> Result<Option<MsFlags>, ContainerError> {
+    match linux.rootfs_propagation().as_deref() {
+        None | Some("") => Ok(None),
+        Some(w) => mounts::propagation(w)
+            .map(Some)
+            .ok_or_else(|| ContainerError::Invalid(format!("rootfsPropagation {w:?}"))),
+    }
+}
+
 /// A container init, planned up to its stdio and cgroup.
 struct InitPlan<'a> {
     id: &'a str,
@@ -157,6 +175,8 @@ struct InitPlan<'a> {
     pid_ns: PidNs,
     join: Vec<(OwnedFd, CloneFlags)>,
     unshare: CloneFlags,
+    /// The user namespace's mappings, if the init makes one.
+    id_maps: Option<IdMaps>,
     root: RootPlan,
 }
 
@@ -180,6 +200,7 @@ fn start_init(
         join: plan.join,
         unshare: plan.unshare,
         root: Some(plan.root),
+        new_userns: plan.id_maps.is_some(),
         wait_for_start: true,
         process: plan_process(plan.process, child_stdio, plan.seccomp)?,
     };
@@ -190,6 +211,12 @@ fn start_init(
         |pid| Proc::new(pid, plan.id, None, agent_stdio),
     )?;
     crate::trace::mark("create: spawned");
+    if let Some(maps) = &plan.id_maps {
+        sync_socket::expect(&mut ours, b'U', "container process exited during setup")?;
+        userns::write_maps(init.pid, maps).map_err(sys("write the user namespace's id maps"))?;
+        ours.write_all(b"M")
+            .map_err(sys("report id maps written"))?;
+    }
     sync_socket::expect(&mut ours, b'R', "container process exited during setup")?;
     Ok((init, ours))
 }
@@ -238,7 +265,12 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
         names: ns_names,
         pid: pid_ns,
         has_pid: has_pid_ns,
+        userns,
     } = plan_namespaces(&linux)?;
+    let id_maps = userns
+        .then(|| IdMaps::of(&linux))
+        .transpose()
+        .map_err(ContainerError::Invalid)?;
     let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
     if hostname.is_some() && !unshare.contains(CloneFlags::CLONE_NEWUTS) {
         return Err(ContainerError::Invalid(
@@ -270,6 +302,7 @@ pub fn create(env: &Env<'_>, req: CreateContainer) -> Result<Container, Containe
         pid_ns,
         join,
         unshare,
+        id_maps,
         root,
     };
     let (init, ours) = start_init(env, plan, stdio, &cgroup)?;
@@ -379,5 +412,41 @@ mod create_tests {
         assert!(ns.join.is_empty());
         let e = plan_namespaces(&linux(&[Pid, Uts])).err().unwrap();
         assert!(e.to_string().contains("new mount namespace"), "{e}");
+    }
+
+    #[test]
+    fn a_user_namespace_is_made_last_and_joined_last() {
+        use LinuxNamespaceType::{Mount, Pid, User, Uts};
+        let ns = plan_namespaces(&linux(&[User, Mount, Pid, Uts])).unwrap();
+        assert!(ns.userns);
+        assert!(
+            !ns.unshare.contains(CloneFlags::CLONE_NEWUSER),
+            "made after the root"
+        );
+        let names: Vec<_> = ns.names.iter().map(|(_, n)| *n).collect();
+        assert_eq!(names, ["uts", "mnt", "user"]);
+        assert!(!plan_namespaces(&linux(&[Mount, Pid])).unwrap().userns);
+    }
+
+    #[test]
+    fn root_propagation_is_the_specs_word_recursive_only_with_r() {
+        let with = |w: Option<&str>| {
+            let mut l = Linux::default();
+            l.set_rootfs_propagation(w.map(String::from));
+            root_propagation(&l)
+        };
+        assert_eq!(with(None).unwrap(), None);
+        assert_eq!(with(Some("")).unwrap(), None);
+        assert_eq!(with(Some("shared")).unwrap(), Some(MsFlags::MS_SHARED));
+        assert_eq!(
+            with(Some("rslave")).unwrap(),
+            Some(MsFlags::MS_SLAVE | MsFlags::MS_REC)
+        );
+        assert_eq!(
+            with(Some("unbindable")).unwrap(),
+            Some(MsFlags::MS_UNBINDABLE)
+        );
+        assert_eq!(with(Some("private")).unwrap(), Some(MsFlags::MS_PRIVATE));
+        assert!(with(Some("sideways")).is_err());
     }
 }

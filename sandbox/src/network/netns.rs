@@ -46,7 +46,9 @@ impl Netns {
         })?;
         let fs = nix::sys::statfs::fstatfs(&file)
             .map_err(|e| NetnsError::Open(path.to_path_buf(), e.into()))?;
-        if fs.filesystem_type().0 as libc::c_long != NSFS_MAGIC {
+        let is_net =
+            crate::nsfile::type_of(&file) == Some(oci_spec::runtime::LinuxNamespaceType::Network);
+        if fs.filesystem_type().0 as libc::c_long != NSFS_MAGIC || !is_net {
             return Err(NetnsError::NotNetns(path.to_path_buf()));
         }
         Ok(Netns {
@@ -131,6 +133,8 @@ mod tests {
         assert!(e.to_string().contains("does not exist"), "{e}");
         let e = Netns::open(Path::new("/etc/hostname")).unwrap_err();
         assert!(matches!(e, NetnsError::NotNetns(_)), "{e}");
+        let e = Netns::open(Path::new("/proc/self/ns/ipc")).unwrap_err();
+        assert!(matches!(e, NetnsError::NotNetns(_)), "another type: {e}");
     }
 
     #[test]

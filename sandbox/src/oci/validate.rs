@@ -135,6 +135,8 @@ pub enum ValidateError {
     DuplicateNamespace(String),
     #[error("linux.{0} needs a user namespace (add one to linux.namespaces)")]
     MappingWithoutUserNs(&'static str),
+    #[error("a user namespace needs linux.{0}")]
+    UserNsWithoutMapping(&'static str),
     #[error("linux.{field}: a mapping of size 0")]
     EmptyMapping { field: &'static str },
     #[error("linux.{field}: the range {start}+{size} goes past 2^32")]
@@ -147,6 +149,27 @@ pub enum ValidateError {
     MappingOverlap(&'static str),
     #[error("process.oomScoreAdj {0} is outside -1000..=1000")]
     OomScoreAdj(i32),
+}
+
+/// The spec's settings for a host LSM, which a VM cannot apply (the guest kernel has no
+/// AppArmor or SELinux, and the host's policy does not reach inside the guest): one line
+/// each, for a warning, since runc would apply them and the container runs without.
+pub fn ignored_lsm_settings(spec: &Spec) -> Vec<String> {
+    let p = spec.process().as_ref();
+    let linux = spec.linux().as_ref();
+    [
+        ("process.apparmorProfile", p.and_then(|p| p.apparmor_profile().clone())),
+        ("process.selinuxLabel", p.and_then(|p| p.selinux_label().clone())),
+        ("linux.mountLabel", linux.and_then(|l| l.mount_label().clone())),
+    ]
+    .into_iter()
+    .filter_map(|(field, v)| {
+        let v = v.filter(|v| !v.is_empty())?;
+        Some(format!(
+            "{field} {v:?} is ignored: a container in a VM runs under the guest kernel, which has no AppArmor or SELinux"
+        ))
+    })
+    .collect()
 }
 
 /// The names in the raw JSON (before a typed parse, whose errors would be long and vague):
@@ -347,6 +370,9 @@ fn id_mappings(spec: &Spec, ns: &HashSet<LinuxNamespaceType>) -> Result<(), Vali
         ("gidMappings", linux.gid_mappings()),
     ] {
         let Some(maps) = maps.as_deref().filter(|m| !m.is_empty()) else {
+            if ns.contains(&LinuxNamespaceType::User) {
+                return Err(ValidateError::UserNsWithoutMapping(field));
+            }
             continue;
         };
         if !ns.contains(&LinuxNamespaceType::User) {

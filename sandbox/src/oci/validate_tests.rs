@@ -35,7 +35,8 @@ fn a_minimal_and_a_full_spec_pass() {
             "sysctl": {"net.ipv4.ip_forward": "1", "kernel.shmmax": "1", "fs.mqueue.msg_max": "9",
                        "kernel/hostname": "x"},
             "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536},
-                            {"containerID": 65536, "hostID": 0, "size": 1}]}
+                            {"containerID": 65536, "hostID": 0, "size": 1}],
+            "gidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}]}
     }))
     .unwrap();
 }
@@ -162,8 +163,16 @@ fn namespaces_and_id_mappings() {
     let user = json!([{"type": "user"}]);
     let one = json!([{"containerID": 0, "hostID": 1000, "size": 1}]);
     assert_eq!(
-        check(maps(one, json!([]))),
+        check(maps(one.clone(), json!([]))),
         Err(ValidateError::MappingWithoutUserNs("uidMappings"))
+    );
+    assert_eq!(
+        check(maps(one, user.clone())),
+        Err(ValidateError::UserNsWithoutMapping("gidMappings"))
+    );
+    assert_eq!(
+        check(linux(json!({"namespaces": user.clone()}))),
+        Err(ValidateError::UserNsWithoutMapping("uidMappings"))
     );
     assert_eq!(
         check(maps(
@@ -238,4 +247,24 @@ fn every_message_is_one_line() {
         let msg = e.to_string();
         assert!(!msg.contains('\n'), "{msg}");
     }
+}
+
+#[test]
+fn lsm_settings_are_listed_as_ignored() {
+    assert!(ignored_lsm_settings(&spec_with(json!({}))).is_empty());
+    let s: Spec = serde_json::from_value(json!({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+            "apparmorProfile": "containers-default-0.50",
+            "selinuxLabel": "system_u:system_r:container_t:s0"},
+        "root": {"path": "rootfs"},
+        "linux": {"mountLabel": "system_u:object_r:container_file_t:s0", "namespaces": []},
+    }))
+    .unwrap();
+    let w = ignored_lsm_settings(&s);
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert!(w[0].starts_with("process.apparmorProfile \"containers-default-0.50\" is ignored"));
+    assert!(w[1].starts_with("process.selinuxLabel "));
+    assert!(w[2].starts_with("linux.mountLabel "));
+    assert!(w[2].contains("no AppArmor or SELinux"));
 }

@@ -109,8 +109,9 @@ fn guest_mounts(
 
 /// Rejects hooks (not run yet), and the spec as the guest agent should see it: mounts
 /// rewritten, the pod's network namespace replaced by the guest's root one, other
-/// namespace paths (host paths, meaningless in the guest) dropped in favour of new
-/// namespaces, the cgroup path left to the agent's default.
+/// namespace paths (host paths, meaningless in the guest: the plan refuses them for the
+/// container that boots a sandbox, and joins a pod member's to its sandbox's in the guest)
+/// dropped, the cgroup path left to the agent's default.
 fn guest_spec(spec: &Spec, mounts: Vec<Mount>) -> Result<Spec, TranslateError> {
     let mut g = spec.clone();
     if let Some(hooks) = g.hooks() {
@@ -140,7 +141,7 @@ fn guest_spec(spec: &Spec, mounts: Vec<Mount>) -> Result<Spec, TranslateError> {
             });
             for ns in nss.iter_mut() {
                 use oci_spec::runtime::LinuxNamespaceType as T;
-                if matches!(ns.typ(), T::User | T::Time) {
+                if ns.typ() == T::Time {
                     return Err(TranslateError::Namespace(
                         format!("{:?}", ns.typ()).to_lowercase(),
                     ));
@@ -149,8 +150,6 @@ fn guest_spec(spec: &Spec, mounts: Vec<Mount>) -> Result<Spec, TranslateError> {
             }
         }
         linux.set_cgroups_path(None);
-        linux.set_uid_mappings(None);
-        linux.set_gid_mappings(None);
     }
     Ok(g)
 }
@@ -340,10 +339,10 @@ mod tests {
             p.request.spec.root().as_ref().and_then(|r| r.readonly()),
             Some(true)
         );
-        let u = spec(serde_json::json!({"linux": {"namespaces": [{"type": "user"}]}}));
+        let t = spec(serde_json::json!({"linux": {"namespaces": [{"type": "time"}]}}));
         assert_eq!(
-            tr(&u, &no_files).unwrap_err(),
-            TranslateError::Namespace("user".into())
+            tr(&t, &no_files).unwrap_err(),
+            TranslateError::Namespace("time".into())
         );
     }
 
@@ -390,6 +389,21 @@ mod tests {
             .map(|n| n.typ())
             .collect();
         assert_eq!(types, [T::Mount, T::Pid]);
+    }
+
+    #[test]
+    fn a_user_namespace_keeps_its_mappings_for_the_guest() {
+        let maps = serde_json::json!([{"containerID": 0, "hostID": 1000, "size": 65536}]);
+        let s = spec(serde_json::json!({"linux": {
+            "namespaces": [{"type": "user"}, {"type": "mount"}],
+            "uidMappings": maps, "gidMappings": maps}}));
+        let p = tr(&s, &no_files).unwrap();
+        let linux = p.request.spec.linux().clone().unwrap();
+        assert_eq!(linux.uid_mappings().as_ref().unwrap()[0].host_id(), 1000);
+        assert_eq!(linux.gid_mappings().as_ref().unwrap()[0].size(), 65536);
+        let no_maps = spec(serde_json::json!({"linux": {"namespaces": [{"type": "user"}]}}));
+        let e = tr(&no_maps, &no_files).unwrap_err();
+        assert!(e.to_string().contains("uidMappings"), "{e}");
     }
 
     #[test]
