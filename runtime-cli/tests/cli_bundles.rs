@@ -260,9 +260,17 @@ fn corpus() -> Vec<Case> {
             "user namespaces are not supported",
         ),
         case(
-            "hooks",
-            with("/hooks", json!({"prestart": [{"path": "/bin/true"}]})),
-            "hooks are not supported",
+            "hooks-in-container",
+            with("/hooks", json!({"startContainer": [{"path": "/bin/true"}]})),
+            "startContainer hooks run in the container's namespaces",
+        ),
+        case(
+            "hook-zero-timeout",
+            with(
+                "/hooks",
+                json!({"prestart": [{"path": "/bin/true", "timeout": 0}]}),
+            ),
+            "timeout 0 must be greater than zero",
         ),
         case(
             "memory-too-small",
