@@ -61,6 +61,7 @@ impl ShimError {
             )) => Code::INVALID_ARGUMENT,
             ShimError::Spec(_)
             | ShimError::Plan(sandbox::PlanError::Translate(_))
+            | ShimError::Plan(sandbox::PlanError::Hooks(_))
             | ShimError::ExecSpec(_) => Code::INVALID_ARGUMENT,
             _ => Code::INTERNAL,
         }
