@@ -129,7 +129,8 @@ pub fn features() -> String {
     let v = serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": sandbox::oci::OCI_VERSION,
-        "hooks": [],
+        // createContainer and startContainer would run in the guest: see sandbox::oci::hooks.
+        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
         "mountOptions": ["ro", "rw", "nosuid", "nodev", "noexec", "relatime", "noatime",
             "strictatime", "bind", "rbind", "private", "rprivate", "slave", "rslave",
             "shared", "rshared", "unbindable", "runbindable"],

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use sandbox::oci::bundle::{self, BundleError};
+use sandbox::oci::hooks::{self, HookError, HookKind};
 use sandbox::{
     HandleError, HostConfig, PlanError, PodPlan, RealHost, Role, SandboxHandle, SandboxOps,
 };
@@ -52,6 +53,8 @@ pub enum LifecycleError {
         id: String,
         err: sandbox::SandboxError,
     },
+    #[error("container {id}: {err}")]
+    Hook { id: String, err: HookError },
 }
 
 /// What `create` needs from the command line.
@@ -170,7 +173,7 @@ pub fn create(
         .unwrap_or_default()
         .into_iter()
         .collect();
-    store.save(&ContainerState {
+    let state = ContainerState {
         id: opts.id.clone(),
         bundle: bundle.dir.clone(),
         status: Status::Creating,
@@ -185,18 +188,63 @@ pub fn create(
             .linux()
             .as_ref()
             .and_then(|l| l.resources().clone()),
-    })?;
+        hooks: bundle.spec.hooks().clone(),
+    };
+    store.save(&state)?;
     crate::plan::save(&plan, &dir)?;
-    let mut child = start_monitor(store, opts)?;
-    if let Some(p) = &opts.pid_file {
-        if let Err(e) = write_pid_file(p, child.id()) {
-            kill_group(child.id() as i32);
-            let _ = child.wait();
-            return Err(e);
+    crate::testpoint::pause(crate::testpoint::STATE_SAVED);
+    let started = start_monitor(store, opts).and_then(|mut child| {
+        if let Some(p) = &opts.pid_file {
+            if let Err(e) = write_pid_file(p, child.id()) {
+                kill_group(child.id() as i32);
+                let _ = child.wait();
+                return Err(e);
+            }
+        }
+        Ok(child)
+    });
+    match started {
+        Ok(child) => {
+            cleanup.armed = false;
+            Ok(child)
+        }
+        Err(e) => {
+            // The container is destroyed (the monitor is gone, its directory next): as
+            // after any destroy, the poststop hooks run (runtime-spec lifecycle, 12-13).
+            drop(cleanup);
+            run_hooks(&state, HookKind::Poststop, Status::Stopped)?;
+            Err(e)
         }
     }
-    cleanup.armed = false;
-    Ok(child)
+}
+
+/// Runs container `s`'s `kind` hooks on the host, in its bundle, with its state as
+/// `status` on their stdin. A fatal kind's failure is the error; the other kinds' failures
+/// are logged as warnings.
+pub fn run_hooks(s: &ContainerState, kind: HookKind, status: Status) -> Result<(), LifecycleError> {
+    let Some(set) = s.hooks.as_ref().filter(|h| !kind.of(h).is_empty()) else {
+        return Ok(());
+    };
+    let state = s.oci_json_as(status).to_string();
+    let cwd = if s.bundle.is_dir() {
+        &s.bundle
+    } else {
+        Path::new("/")
+    };
+    let mut failed = hooks::run(kind, Some(set), &state, cwd).into_iter();
+    if kind.fatal() {
+        return match failed.next() {
+            Some(err) => Err(LifecycleError::Hook {
+                id: s.id.clone(),
+                err,
+            }),
+            None => Ok(()),
+        };
+    }
+    for e in failed {
+        log::warn!("container {}: {e}", s.id);
+    }
+    Ok(())
 }
 
 /// The live sandbox of a container.
@@ -238,12 +286,12 @@ pub fn start(store: &Store, id: &str) -> Result<(), LifecycleError> {
         "only a created container can be started",
     )?;
     handle(store, id).start(id).map_err(sandbox_err(id))?;
-    store.update(id, |s| {
+    let s = store.update(id, |s| {
         if s.status == Status::Created {
             s.status = Status::Running;
         }
     })?;
-    Ok(())
+    run_hooks(&s, HookKind::Poststart, Status::Running)
 }
 
 /// Parses `SIGTERM`, `TERM`, `term` or `15`.
@@ -324,10 +372,12 @@ fn kill_group(pgid: i32) {
 }
 
 /// SIGKILLs the monitor's process group (and with it the VM and virtiofsd) and waits until
-/// all of them are gone, their sockets under `dir` closed.
+/// all of them are gone, their sockets under `dir` closed. A monitor that died (killed
+/// half way through `create`, say) may have left the VMM and virtiofsd running in its
+/// group: they are killed too.
 fn kill_monitor(s: &ContainerState, dir: &Path) -> Result<(), LifecycleError> {
     let Some(pid) = s.pid else { return Ok(()) };
-    if !crate::state::process_alive(pid, s.pid_start) {
+    if !crate::state::process_alive(pid, s.pid_start) && !crate::state::group_serves(pid, dir) {
         return Ok(());
     }
     kill_group(pid);
@@ -354,13 +404,19 @@ fn remove_dir(store: &Store, id: &str) -> Result<(), LifecycleError> {
     Ok(store.remove(id)?)
 }
 
-/// `delete`: removes every trace. A created container is deleted as runc does (its VM is
-/// stopped); a running or paused one needs `force`.
+/// `delete`: removes every trace, then runs the poststop hooks. A created or stopped
+/// container is deleted as runc does (its VM, or what is left of it, is stopped); a
+/// running, paused or still creating one needs `force`.
+///
+/// The container's lock is held from the first read to the removal: a monitor records its
+/// pid under it ([`record_monitor`]), so one that has not yet done so finds its state gone
+/// and starts nothing.
 pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), LifecycleError> {
     crate::state::validate_id(id)?;
     if !store.exists(id) {
         return Err(StateError::NotFound(id.into()).into());
     }
+    let lock = store.lock(id)?;
     let s = match store.load(id) {
         Ok(s) => s,
         // A directory without a readable state: a create that died half way.
@@ -368,8 +424,7 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), LifecycleError
         Err(e) => return Err(e.into()),
     };
     match s.effective_status() {
-        Status::Stopped => {}
-        Status::Created => kill_monitor(&s, &store.dir(id))?,
+        Status::Stopped | Status::Created => {}
         status @ (Status::Running | Status::Creating | Status::Paused) => {
             if !force {
                 return Err(LifecycleError::WrongState {
@@ -378,10 +433,22 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<(), LifecycleError
                     what: "stop it first or use delete --force",
                 });
             }
-            kill_monitor(&s, &store.dir(id))?;
         }
     }
-    remove_dir(store, id)
+    kill_monitor(&s, &store.dir(id))?;
+    remove_dir(store, id)?;
+    drop(lock);
+    run_hooks(&s, HookKind::Poststop, Status::Stopped)
+}
+
+/// The monitor's first step: records its pid (and start time) in the container's state,
+/// under the lock. Fails when the state is gone: the container was deleted before its
+/// monitor got here, and the monitor must start nothing.
+pub fn record_monitor(store: &Store, id: &str, pid: i32) -> Result<ContainerState, StateError> {
+    store.update(id, |s| {
+        s.pid = Some(pid);
+        s.pid_start = crate::state::process_start_time(pid);
+    })
 }
 
 #[cfg(test)]
@@ -396,6 +463,83 @@ mod tests {
         assert_eq!(parse_signal("10").unwrap(), 10);
         assert!(parse_signal("0").is_err());
         assert!(parse_signal("SIGNOPE").is_err());
+    }
+
+    fn state(id: &str, status: Status, pid: Option<i32>) -> ContainerState {
+        ContainerState {
+            id: id.into(),
+            bundle: "/nonexistent".into(),
+            status,
+            pid,
+            // Never a real start time: the monitor reads as dead.
+            pid_start: Some(1),
+            created: 0,
+            annotations: Default::default(),
+            exit_status: None,
+            process: None,
+            resources: None,
+            hooks: None,
+        }
+    }
+
+    fn temp_store(name: &str) -> Store {
+        let base = std::env::temp_dir().join(format!("svm-lc-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        Store::new(base)
+    }
+
+    #[test]
+    fn a_monitor_that_records_after_delete_finds_its_container_gone() {
+        let store = temp_store("late");
+        store.create_dir("c").unwrap();
+        store.save(&state("c", Status::Creating, None)).unwrap();
+        assert!(
+            delete(&store, "c", false).is_err(),
+            "creating needs --force"
+        );
+        delete(&store, "c", true).unwrap();
+        assert!(!store.dir("c").exists());
+        let e = record_monitor(&store, "c", std::process::id() as i32).unwrap_err();
+        assert!(matches!(e, StateError::NotFound(_)), "{e}");
+        assert!(
+            !store.dir("c").exists(),
+            "the record made the directory again"
+        );
+        let _ = std::fs::remove_dir_all(store.root());
+    }
+
+    #[test]
+    fn delete_kills_what_a_dead_monitor_left_in_its_group() {
+        use std::os::unix::process::CommandExt;
+        let store = temp_store("orphans");
+        let dir = store.create_dir("c").unwrap();
+        // A "monitor" that leaves a child naming the state directory in its group, as a
+        // killed monitor leaves the VMM and virtiofsd, and exits.
+        let script = format!("sh -c 'sleep 600; : {}' & exit 0", dir.display());
+        let mut monitor = Command::new("sh")
+            .args(["-c", &script])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = monitor.id() as i32;
+        monitor.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !crate::state::group_serves(pgid, &dir) {
+            assert!(Instant::now() < deadline, "the orphan never showed up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        store
+            .save(&state("c", Status::Running, Some(pgid)))
+            .unwrap();
+        // Unrelated groups are left alone: ours does not name another directory.
+        assert!(!crate::state::group_serves(pgid, &store.dir("other")));
+        delete(&store, "c", false).unwrap();
+        assert!(
+            !crate::state::group_alive(pgid),
+            "the orphan survived delete"
+        );
+        assert!(!dir.exists());
+        let _ = std::fs::remove_dir_all(store.root());
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod plan;
 mod ready;
 mod state;
 mod template_cmd;
+mod testpoint;
 mod update_cmd;
 mod watch;
 

@@ -16,11 +16,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use sandbox::oci::hooks::HookKind;
 use sandbox::stdio::HostIo;
 use sandbox::{PodPlan, Sandbox, SandboxOps, LOST_EXIT_STATUS};
 
+use crate::lifecycle::{record_monitor, run_hooks};
 use crate::ready::ReadyWriter;
-use crate::state::{log_line, process_start_time, Status, Store};
+use crate::state::{log_line, Status, Store};
+use crate::testpoint;
 
 /// Errors of the monitor (reported on the readiness pipe and in `monitor.log`).
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,8 @@ pub enum MonitorError {
     Stdio(#[from] sandbox::stdio::StdioError),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Hook(#[from] crate::lifecycle::LifecycleError),
 }
 
 /// The container's streams: a new pty for `--console-socket` with a terminal, else our
@@ -60,7 +65,9 @@ fn host_io(plan: &PodPlan, console: Option<&Path>) -> Result<HostIo, MonitorErro
     })
 }
 
-/// Up to the container being created and the caller told so.
+/// Up to the container being created (and with `start`, started), its create hooks run
+/// (prestart, createRuntime; with `start` also poststart): the VM and the container exist
+/// in it, its process has not run yet.
 fn create_sandbox(
     store: &Store,
     id: &str,
@@ -68,18 +75,21 @@ fn create_sandbox(
     start: bool,
 ) -> Result<(Sandbox, sandbox::stdio::Pumps), MonitorError> {
     let dir = store.dir(id);
-    let pid = std::process::id() as i32;
-    store.update(id, |s| {
-        s.pid = Some(pid);
-        s.pid_start = process_start_time(pid);
-    })?;
+    testpoint::pause(testpoint::MONITOR_STARTED);
+    // Nothing exists before this record: `delete` finds (and kills) what follows by it.
+    let state = record_monitor(store, id, std::process::id() as i32)?;
+    testpoint::pause(testpoint::MONITOR_RECORDED);
     let plan = crate::plan::load(&dir)?;
     let io = host_io(&plan, console)?;
     let t0 = Instant::now();
     let sandbox = Sandbox::create(&plan)?;
     log_line(&dir, &format!("agent answered after {:.1?}", t0.elapsed()));
+    testpoint::pause(testpoint::SANDBOX_UP);
     let (_, pumps) = sandbox.add_container(plan.first, io)?;
-    store.update(id, |s| s.status = Status::Created)?;
+    run_hooks(&state, HookKind::Prestart, Status::Creating)?;
+    run_hooks(&state, HookKind::CreateRuntime, Status::Creating)?;
+    let state = store.update(id, |s| s.status = Status::Created)?;
+    testpoint::pause(testpoint::CONTAINER_CREATED);
     log_line(
         &dir,
         &format!("container created after {:.1?}", t0.elapsed()),
@@ -91,6 +101,7 @@ fn create_sandbox(
             &dir,
             &format!("container started after {:.1?}", t0.elapsed()),
         );
+        run_hooks(&state, HookKind::Poststart, Status::Running)?;
     }
     Ok((sandbox, pumps))
 }

@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxResources, Process};
+use oci_spec::runtime::{Hooks, LinuxResources, Process};
 use serde::{Deserialize, Serialize};
 
 /// Errors reading or changing container state.
@@ -64,6 +64,10 @@ pub struct ContainerState {
     /// The cgroup limits in force: the spec's, then each `update`'s merged in.
     #[serde(default)]
     pub resources: Option<LinuxResources>,
+    /// The spec's hooks, run on the host (`sandbox::oci::hooks`); kept here so that
+    /// `delete` runs `poststop` whatever became of the bundle.
+    #[serde(default)]
+    pub hooks: Option<Hooks>,
 }
 
 impl ContainerState {
@@ -79,7 +83,12 @@ impl ContainerState {
 
     /// runc's `state` output.
     pub fn oci_json(&self) -> serde_json::Value {
-        let status = self.effective_status();
+        self.oci_json_as(self.effective_status())
+    }
+
+    /// The state JSON with `status` (what a hook gets on its stdin: the status of the
+    /// lifecycle step it runs in). Its pid is the monitor's, 0 once stopped.
+    pub fn oci_json_as(&self, status: Status) -> serde_json::Value {
         serde_json::json!({
             "ociVersion": sandbox::oci::OCI_VERSION,
             "id": self.id,
@@ -183,6 +192,23 @@ pub fn group_alive(pgid: i32) -> bool {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(proc_stat)
         .any(|p| p.pgrp == pgid && p.live())
+}
+
+/// Whether a live process of group `pgid` names `dir` on its command line: the VMM and
+/// virtiofsd of the container whose state directory is `dir`, left by a monitor that died
+/// (a group id is not reused while the group has members, but a dead monitor's pid may
+/// lead an unrelated group later: the command line tells them apart).
+pub fn group_serves(pgid: i32, dir: &Path) -> bool {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return false;
+    };
+    let needle = dir.as_os_str().as_encoded_bytes();
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| proc_stat(*pid).is_some_and(|p| p.pgrp == pgid && p.live()))
+        .filter_map(|pid| fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .any(|cmdline| !needle.is_empty() && cmdline.windows(needle.len()).any(|w| w == needle))
 }
 
 /// Whether a Unix socket bound under `dir` is still open somewhere: a killed VMM or
@@ -362,6 +388,7 @@ mod tests {
             exit_status: None,
             process: None,
             resources: None,
+            hooks: None,
         }
     }
 

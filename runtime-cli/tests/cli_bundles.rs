@@ -276,9 +276,17 @@ fn corpus() -> Vec<Case> {
             "cannot join the host's uts namespace /proc/self/ns/uts",
         ),
         case(
-            "hooks",
-            with("/hooks", json!({"prestart": [{"path": "/bin/true"}]})),
-            "hooks are not supported",
+            "hooks-in-container",
+            with("/hooks", json!({"startContainer": [{"path": "/bin/true"}]})),
+            "startContainer hooks run in the container's namespaces",
+        ),
+        case(
+            "hook-zero-timeout",
+            with(
+                "/hooks",
+                json!({"prestart": [{"path": "/bin/true", "timeout": 0}]}),
+            ),
+            "timeout 0 must be greater than zero",
         ),
         case(
             "memory-too-small",

@@ -17,6 +17,7 @@ use crate::host::HostConfig;
 use crate::network::NetnsError;
 use crate::nsfile::NsFileError;
 use crate::oci::annotations::Annotations;
+use crate::oci::hooks::{self, HookError};
 use crate::oci::translate::{self, ContainerPlan, HostPath, RootfsMode, TranslateError};
 use crate::paths::SandboxPaths;
 use crate::template::TemplateUse;
@@ -70,6 +71,8 @@ pub enum PlanError {
         typ: LinuxNamespaceType,
         path: PathBuf,
     },
+    #[error(transparent)]
+    Hooks(#[from] HookError),
 }
 
 /// What planning asks of the host; [`RealHost`] asks the real one, tests a fake.
@@ -204,6 +207,11 @@ impl PodPlan {
         probe: &dyn HostProbe,
     ) -> Result<PodPlan, PlanError> {
         let ann = Annotations::parse(spec)?;
+        // The OCI CLI runs hooks on the host; the shim does not.
+        match role {
+            Role::Alone => hooks::check(spec.hooks().as_ref())?,
+            Role::Pod => hooks::refuse(spec.hooks().as_ref())?,
+        }
         let mut guest_spec = spec.clone();
         if role == Role::Pod {
             drop_hostname_without_uts(&mut guest_spec);
@@ -286,6 +294,7 @@ impl PodPlan {
         sandbox_pid: Option<u32>,
         probe: &dyn HostProbe,
     ) -> Result<ContainerPlan, PlanError> {
+        hooks::refuse(spec.hooks().as_ref())?;
         let mut guest_spec = spec.clone();
         drop_hostname_without_uts(&mut guest_spec);
         let file_probe = |p: &Path| probe.path(p);

@@ -388,3 +388,39 @@ fn a_block_rootfs_is_copied_from_the_bundle_and_not_checked_as_an_artifact() {
         .iter()
         .any(|d| !d.read_only && d.path == Path::new("/run/x/c1/rootfs.img")));
 }
+
+#[test]
+fn the_cli_keeps_host_hooks_and_the_shim_refuses_every_hook() {
+    let with = |kind: &str| spec(serde_json::json!({"hooks": {kind: [{"path": "/bin/true"}]}}));
+    let p = plan(&with("prestart"), Role::Alone, &host(), &fake()).unwrap();
+    assert!(
+        p.first.request.spec.hooks().is_none(),
+        "hooks reach the guest"
+    );
+    let e = plan(&with("startContainer"), Role::Alone, &host(), &fake()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("startContainer hooks run in the container's namespaces"),
+        "{e}"
+    );
+    let e = plan(&with("poststop"), Role::Pod, &host(), &fake()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("not run by the containerd shim (config.json sets poststop)"),
+        "{e}"
+    );
+    let p = plan(&spec(serde_json::json!({})), Role::Pod, &host(), &fake()).unwrap();
+    let e = p
+        .member(
+            "c2",
+            &with("poststart"),
+            Path::new("/b/rootfs"),
+            12,
+            &fake(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, PlanError::Hooks(HookError::NotInShim(_))),
+        "{e}"
+    );
+}

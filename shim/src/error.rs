@@ -63,6 +63,7 @@ impl ShimError {
             )) => Code::INVALID_ARGUMENT,
             ShimError::Spec(_)
             | ShimError::Plan(sandbox::PlanError::Translate(_))
+            | ShimError::Plan(sandbox::PlanError::Hooks(_))
             | ShimError::ExecSpec(_)
             | ShimError::PodConfig(_) => Code::INVALID_ARGUMENT,
             _ => Code::INTERNAL,

@@ -6,6 +6,7 @@ pub mod bundle;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzz;
+pub mod hooks;
 pub mod translate;
 pub mod validate;
 

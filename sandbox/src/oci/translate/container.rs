@@ -107,29 +107,15 @@ fn guest_mounts(
     Ok((out, binds))
 }
 
-/// Rejects hooks (not run yet), and the spec as the guest agent should see it: mounts
-/// rewritten, the pod's network namespace replaced by the guest's root one, other
-/// namespace paths (host paths, meaningless in the guest: the plan refuses them for the
-/// container that boots a sandbox, and joins a pod member's to its sandbox's in the guest)
-/// dropped, the cgroup path left to the agent's default.
+/// The spec as the guest agent should see it: no hooks (host programs, run by the front
+/// end: see `crate::oci::hooks`), mounts rewritten, the pod's network namespace replaced
+/// by the guest's root one, other namespace paths (host paths, meaningless in the guest:
+/// the plan refuses them for the container that boots a sandbox, and joins a pod
+/// member's to its sandbox's in the guest) dropped, the cgroup path left to the agent's
+/// default.
 fn guest_spec(spec: &Spec, mounts: Vec<Mount>) -> Result<Spec, TranslateError> {
     let mut g = spec.clone();
-    if let Some(hooks) = g.hooks() {
-        let v = serde_json::to_value(hooks).unwrap_or_default();
-        let set: Vec<String> = v
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .filter(|(_, h)| h.as_array().is_some_and(|a| !a.is_empty()))
-                    .map(|(k, _)| k.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !set.is_empty() {
-            return Err(TranslateError::Hooks(set.join(", ")));
-        }
-        g.set_hooks(None);
-    }
+    g.set_hooks(None);
     g.set_mounts(Some(mounts));
     if let Some(linux) = g.linux_mut() {
         if let Some(nss) = linux.namespaces_mut() {
@@ -407,10 +393,8 @@ mod tests {
     }
 
     #[test]
-    fn hooks_are_rejected() {
+    fn hooks_stay_on_the_host() {
         let s = spec(serde_json::json!({"hooks": {"prestart": [{"path": "/bin/true"}]}}));
-        assert!(matches!(tr(&s, &no_files), Err(TranslateError::Hooks(h)) if h == "prestart"));
-        let empty = spec(serde_json::json!({"hooks": {"prestart": []}}));
-        tr(&empty, &no_files).unwrap();
+        assert!(tr(&s, &no_files).unwrap().request.spec.hooks().is_none());
     }
 }

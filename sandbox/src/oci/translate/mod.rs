@@ -53,8 +53,6 @@ pub enum TranslateError {
     BadCpu { quota: i64, period: u64 },
     #[error("bind mount of {src} on {dest}: the source must be an existing file or directory")]
     BadBindSource { src: PathBuf, dest: PathBuf },
-    #[error("OCI hooks are not supported yet (config.json sets {0})")]
-    Hooks(String),
     #[error("{0} namespaces are not supported yet")]
     Namespace(String),
 }
