@@ -80,7 +80,19 @@ mod tests {
         let d = TempDir::new("ts-rootfs");
         busybox_rootfs(&d, &["echo"]);
         add_applets(&d, &["echo", "true"]);
-        let out = Command::new(d.join("bin/echo")).arg("hi").output().unwrap();
+        // Another test thread forking while busybox was being written holds a copy of the
+        // write fd until its exec: ETXTBSY for a moment. Retry, as the kernel asks.
+        let out = (0..50)
+            .find_map(
+                |_| match Command::new(d.join("bin/echo")).arg("hi").output() {
+                    Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        None
+                    }
+                    r => Some(r.unwrap()),
+                },
+            )
+            .expect("bin/echo stayed busy (ETXTBSY) for a second");
         assert_eq!(out.stdout, b"hi\n");
         assert!(d.join("bin/true").exists() && d.join("proc").is_dir());
     }
