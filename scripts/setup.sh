@@ -46,6 +46,12 @@ cargo build --release --workspace >&2
 # sandbox-vm-vmm binary it runs the VMM with.
 ln -sfn "$PWD/target/release/containerd-shim-sandbox-vm-v2" /usr/local/bin/containerd-shim-sandbox-vm-v2
 
+# containerd 1.7 and 2.1 beside the system's 1.6 (the shim's e2e version matrix), in a
+# private prefix under the cache.
+echo "[setup] containerd 1.7 and 2.1 (Debian trixie/sid packages, private prefix)" >&2
+CONTAINERD_DIRS=$(scripts/fetch-containerd.sh)
+echo "$CONTAINERD_DIRS"
+
 echo "export SANDBOX_VM_KERNEL=$KERNEL"
 echo "export SANDBOX_VM_TEST_INITRD=$INITRD"
 echo "export SANDBOX_VM_VIRTIO_INITRD=$VIRTIO_INITRD"

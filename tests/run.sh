@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/setup.sh)"
 export SANDBOX_VM_KERNEL SANDBOX_VM_TEST_INITRD SANDBOX_VM_VIRTIO_INITRD SANDBOX_VM_AGENT_DISK SANDBOX_VM_INITRD SANDBOX_VM_VIRTIOFSD SANDBOX_VM_PROBE
+export SANDBOX_VM_CONTAINERD_1_7 SANDBOX_VM_CONTAINERD_2_1
 echo "[test] cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "[test] cargo clippy" >&2
