@@ -20,8 +20,8 @@ pub enum ShimError {
     NoVm,
     #[error("this shim's VM already belongs to container {0}")]
     SecondOwner(String),
-    #[error("cannot read the bundle's config.json: {0}")]
-    Spec(#[from] oci_spec::OciSpecError),
+    #[error("{0}")]
+    Spec(#[from] crate::bundle::BundleError),
     #[error("{0}")]
     Plan(#[from] sandbox::PlanError),
     #[error("cannot create the VM's state directory {path}: {err}")]

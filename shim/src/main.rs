@@ -8,13 +8,18 @@
 //!   bare for containerd 1.x, the JSON bootstrap version 3 for 2.x (`bootstrap`); a second
 //!   `start` for the same pod gets the live server's address.
 //! * `delete`: cleans up after a shim that died, prints a DeleteResponse.
+//!
+//! A failed `start` or `delete` prints one line naming the action, the task and its bundle
+//! and why; a failed Task call names the call and the task (`labelled`).
 //! * no action: the server. See `serve` for why it is not the library's.
 
 mod bootstrap;
+mod bundle;
 mod cleanup;
 mod container;
 mod error;
 mod io;
+mod labelled;
 mod metrics;
 mod mount;
 mod pod;
@@ -37,6 +42,8 @@ use containerd_shim_protos::shim_async::create_task;
 use containerd_shim_protos::ttrpc::r#async::transport::Listener;
 use containerd_shim_protos::ttrpc::r#async::Server;
 
+use crate::bundle::BundleError;
+use crate::labelled::Labelled;
 use crate::pod::Pod;
 use crate::publisher::Publisher;
 use crate::service::Service;
@@ -73,43 +80,42 @@ fn config() -> Config {
     }
 }
 
-/// The shim grouping of the bundle in the current directory: the pod's sandbox id from
-/// its config.json, else the task's own id. A Sandbox API sandbox's bundle (containerd
-/// 2.x, `sandboxer = "shim"`) has no config.json: it is a pod of its own.
-fn grouping(id: &str) -> containerd_shim::Result<String> {
-    let invalid = |e: String| containerd_shim::Error::InvalidArgument(e);
-    let bundle = std::env::current_dir().unwrap_or_default();
-    let config = bundle.join("config.json");
-    if !config.exists() {
-        return Ok(id.to_string());
-    }
-    let spec = oci_spec::runtime::Spec::load(&config)
-        .map_err(|e| invalid(format!("cannot read {}: {e}", config.display())))?;
-    let cri = sandbox::oci::annotations::Annotations::parse(&spec)
-        .map_err(|e| invalid(format!("{}: {e}", config.display())))?
-        .cri;
-    Ok(cri.grouping(id).to_string())
-}
-
 /// Starts the server for the pod of the bundle in the current directory (or finds the
 /// one already serving it) and returns its address.
-async fn spawn_server(opts: StartOpts) -> containerd_shim::Result<String> {
-    let grouping = grouping(&opts.id)?;
-    let address = spawn(opts, &grouping, Vec::new()).await?;
-    containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
+async fn spawn_server(opts: StartOpts) -> Result<String, BundleError> {
+    if opts.id.is_empty() {
+        return Err(BundleError::NoId);
+    }
+    let bundle = bundle::current()?;
+    // A Sandbox API sandbox's bundle (containerd 2.x, `sandboxer = "shim"`) has no
+    // config.json: it is a pod of its own.
+    let grouping = if bundle.join("config.json").exists() {
+        let spec = bundle::load_spec(&bundle)?;
+        bundle::grouping(&bundle, &spec, &opts.id)?
+    } else {
+        opts.id.clone()
+    };
+    let address = spawn(opts, &grouping, Vec::new())
+        .await
+        .map_err(|err| BundleError::Spawn {
+            grouping: grouping.clone(),
+            err,
+        })?;
+    let path = bundle.join("address");
+    std::fs::write(&path, &address).map_err(|err| BundleError::Write { path, err })?;
     Ok(address)
 }
 
 /// The `start` action: the address as the calling containerd reads it (see `bootstrap`;
 /// with a bare address 1.7 and 2.x call the Task API by its v2 name, which the server
 /// answers too).
-async fn start(flags: &Flags) -> anyhow::Result<()> {
+async fn start(flags: &Flags) -> Result<(), BundleError> {
     use tokio::io::AsyncWriteExt;
     let opts = StartOpts {
         id: flags.id.clone(),
         publish_binary: flags.publish_binary.clone(),
         address: flags.address.clone(),
-        ttrpc_address: std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?,
+        ttrpc_address: std::env::var("TTRPC_ADDRESS").map_err(|_| BundleError::NoTtrpcAddress)?,
         namespace: flags.namespace.clone(),
         debug: flags.debug,
         ..Default::default()
@@ -119,11 +125,38 @@ async fn start(flags: &Flags) -> anyhow::Result<()> {
     let major = tokio::task::spawn_blocking(move || bootstrap::containerd_major(&containerd))
         .await
         .unwrap_or(None);
-    let answer = bootstrap::Answer::for_major(major).format(&address);
+    let answer_text = bootstrap::Answer::for_major(major).format(&address);
     let mut out = tokio::io::stdout();
-    out.write_all(answer.as_bytes()).await?;
-    out.flush().await?;
-    Ok(())
+    let answer = |e: std::io::Error| BundleError::Answer(e.to_string());
+    out.write_all(answer_text.as_bytes()).await.map_err(answer)?;
+    out.flush().await.map_err(answer)
+}
+
+/// Cleans up after the crashed shim of the task whose bundle is `bundle`.
+async fn delete_response(bundle: PathBuf) -> Result<DeleteResponse, BundleError> {
+    tokio::task::spawn_blocking(move || cleanup::delete_leftovers(&bundle))
+        .await
+        .map_err(|e| BundleError::Answer(e.to_string()))??;
+    let mut resp = DeleteResponse::new();
+    resp.exit_status = 128 + libc::SIGKILL as u32;
+    resp.exited_at =
+        Some(containerd_shim::util::timestamp().map_err(|e| BundleError::Answer(e.to_string()))?)
+            .into();
+    Ok(resp)
+}
+
+/// The `delete` action: cleans up and prints the DeleteResponse.
+async fn delete() -> Result<(), BundleError> {
+    use containerd_shim_protos::protobuf::Message;
+    use tokio::io::AsyncWriteExt;
+    let resp = delete_response(bundle::current()?).await?;
+    let bytes = resp
+        .write_to_bytes()
+        .map_err(|e| BundleError::Answer(e.to_string()))?;
+    let mut out = tokio::io::stdout();
+    let answer = |e: std::io::Error| BundleError::Answer(e.to_string());
+    out.write_all(&bytes).await.map_err(answer)?;
+    out.flush().await.map_err(answer)
 }
 
 struct SandboxShim {
@@ -143,20 +176,17 @@ impl Shim for SandboxShim {
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        spawn_server(opts).await
+        let id = opts.id.clone();
+        spawn_server(opts)
+            .await
+            .map_err(|e| containerd_shim::Error::Other(bundle::describe("start", &id, None, &e)))
     }
 
     async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        let bundle =
-            std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
-        tokio::task::spawn_blocking(move || cleanup::delete_leftovers(&bundle))
+        let fail = |e: BundleError| containerd_shim::Error::Other(e.to_string());
+        delete_response(bundle::current().map_err(fail)?)
             .await
-            .map_err(|e| containerd_shim::Error::Other(e.to_string()))?
-            .map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
-        let mut resp = DeleteResponse::new();
-        resp.exit_status = 128 + libc::SIGKILL as u32;
-        resp.exited_at = Some(containerd_shim::util::timestamp()?).into();
-        Ok(resp)
+            .map_err(fail)
     }
 
     async fn wait(&mut self) {
@@ -238,7 +268,8 @@ async fn serve(flags: Flags) -> anyhow::Result<()> {
     let sandbox: Arc<dyn containerd_shim_protos::sandbox_async::Sandbox + Send + Sync> = Arc::new(
         sandbox_service::SandboxService::new(service.pod(), shim.exit.clone()),
     );
-    let task: Arc<dyn containerd_shim_protos::shim_async::Task + Send + Sync> = Arc::new(service);
+    let task: Arc<dyn containerd_shim_protos::shim_async::Task + Send + Sync> =
+        Arc::new(Labelled(service));
     let mut services = create_task(task.clone());
     let v2 = create_task(task)
         .remove(TASK_V3)
@@ -283,14 +314,20 @@ async fn main() {
         );
         return;
     }
-    if flags.action == "start" {
-        if let Err(e) = start(&flags).await {
-            eprintln!("{RUNTIME_ID}: {e:#}");
+    if flags.action == "start" || flags.action == "delete" {
+        let result = match flags.action.as_str() {
+            "start" => start(&flags).await,
+            _ => delete().await,
+        };
+        if let Err(e) = result {
+            let bundle = std::env::current_dir().ok();
+            let line = bundle::describe(&flags.action, &flags.id, bundle.as_deref(), &e);
+            eprintln!("{RUNTIME_ID}: {line}");
             std::process::exit(1);
         }
         return;
     }
-    if flags.info || flags.action == "delete" {
+    if flags.info {
         containerd_shim::asynchronous::run::<SandboxShim>(RUNTIME_ID, Some(config())).await;
         return;
     }

@@ -230,7 +230,7 @@ impl Pod {
         if self.lock().containers.contains_key(&args.id) {
             return Err(ShimError::Exists(args.id));
         }
-        let spec = Spec::load(args.bundle.join("config.json"))?;
+        let spec = crate::bundle::load_spec(&args.bundle)?;
         let target = args.bundle.join("rootfs");
         let (rootfs_dir, mounted) = {
             let (mounts, t) = (args.rootfs.clone(), target.clone());
