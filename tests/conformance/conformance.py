@@ -243,7 +243,7 @@ def main():
     ap.add_argument("--scale", type=int, default=int(os.environ.get("CONFORMANCE_SCALE", 10)))
     ap.add_argument("--stop-scale", type=int,
                     default=int(os.environ.get("CONFORMANCE_STOP_SCALE", 60)))
-    ap.add_argument("--timeout", type=int, default=int(os.environ.get("CONFORMANCE_TIMEOUT", 1200)))
+    ap.add_argument("--timeout", type=int, default=int(os.environ.get("CONFORMANCE_TIMEOUT", 2400)))
     ap.add_argument("--logdir")
     ap.add_argument("tests", nargs="*")
     a = ap.parse_args()

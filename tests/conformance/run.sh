@@ -11,7 +11,7 @@
 # Uses target/release/sandbox-vm (or $SANDBOX_VM_BIN), which finds the guest kernel and
 # image as usual (the SANDBOX_VM_* variables scripts/setup.sh prints, else the build
 # cache and images/out). Knobs: CONFORMANCE_SCALE (sandbox-vm's waits, times the suite's;
-# default 15), CONFORMANCE_TIMEOUT (seconds per program, default 1200), --logdir DIR.
+# default 15), CONFORMANCE_TIMEOUT (seconds per program, default 2400), --logdir DIR.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
