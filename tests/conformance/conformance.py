@@ -186,7 +186,7 @@ class Runner:
         for cid in ids:
             subprocess.run([wrapper, "delete", "--force", cid], capture_output=True, timeout=300)
         # What a test left and `delete --force` took away is no leak; what is still there is.
-        for _ in range(10):
+        for _ in range(30):
             procs = processes_under(work)
             if not procs:
                 break
