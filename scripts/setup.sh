@@ -8,7 +8,14 @@ cd "$(dirname "$0")/.."
 PKGS=(build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils python3
       linux-source-6.12 qemu-system-x86 busybox-static e2fsprogs util-linux
       podman runc crun libseccomp-dev libcap-ng-dev pkg-config mmdebstrap
-      containerd containernetworking-plugins python3-venv curl iproute2 iperf3)
+      containerd containernetworking-plugins python3-venv curl iproute2 iperf3
+      # tests/conformance/build.sh: the OCI runtime-tools validation suite (GOPATH build)
+      golang-go golang-github-opencontainers-specs-dev golang-github-google-uuid-dev
+      golang-github-mrunalp-fileutils-dev golang-github-urfave-cli-dev
+      golang-github-opencontainers-selinux-dev golang-gocapability-dev
+      golang-github-xeipuuv-gojsonschema-dev golang-github-blang-semver-dev
+      golang-github-hashicorp-go-multierror-dev golang-golang-x-sys-dev
+      golang-github-sirupsen-logrus-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

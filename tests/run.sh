@@ -2,7 +2,8 @@
 # The test suite: setup (idempotent, cached), formatting and lint checks, a brief run of
 # the fuzz targets, the template the e2e tests restore from (tests/test-template.sh), then
 # every test in the workspace (unit, KVM tiny-guest, CLI, agent, and the e2e boots of the
-# real kernel).
+# real kernel), then the CI subset of the OCI runtime-tools validation suite
+# (tests/conformance/run.sh: sandbox-vm beside runc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/setup.sh)"
@@ -22,3 +23,5 @@ bash tests/test-template.sh
 export SANDBOX_VM_E2E_TEMPLATES=1
 echo "[test] cargo test" >&2
 cargo test --workspace -- --nocapture 2>&1
+echo "[test] OCI conformance: runtime-tools validation, CI subset, sandbox-vm beside runc" >&2
+bash tests/conformance/run.sh
