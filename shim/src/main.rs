@@ -128,7 +128,9 @@ async fn start(flags: &Flags) -> Result<(), BundleError> {
     let answer_text = bootstrap::Answer::for_major(major).format(&address);
     let mut out = tokio::io::stdout();
     let answer = |e: std::io::Error| BundleError::Answer(e.to_string());
-    out.write_all(answer_text.as_bytes()).await.map_err(answer)?;
+    out.write_all(answer_text.as_bytes())
+        .await
+        .map_err(answer)?;
     out.flush().await.map_err(answer)
 }
 
