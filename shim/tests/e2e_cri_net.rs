@@ -29,26 +29,8 @@ const BRIDGE: &str = "svmcri0";
 const GATEWAY: &str = "10.231.12.1";
 const SUBNET: &str = "10.231.12.0/24";
 
-/// A bridge network as a cluster's simplest CNI config gives it: the bridge is the pods'
-/// gateway, host-local hands out addresses (its state in the test's directory).
 fn conflist(dir: &Path) -> String {
-    serde_json::json!({
-        "cniVersion": "0.4.0",
-        "name": NETWORK,
-        "plugins": [{
-            "type": "bridge",
-            "bridge": BRIDGE,
-            "isGateway": true,
-            "ipMasq": false,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": SUBNET, "gateway": GATEWAY}]],
-                "routes": [{"dst": "0.0.0.0/0"}],
-                "dataDir": dir.join("ipam"),
-            },
-        }],
-    })
-    .to_string()
+    common::bridge_conflist(dir, NETWORK, BRIDGE, SUBNET, GATEWAY)
 }
 
 /// Names in a directory (empty if it does not exist).

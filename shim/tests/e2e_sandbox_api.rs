@@ -27,23 +27,7 @@ const GATEWAY: &str = "10.231.14.1";
 const SUBNET: &str = "10.231.14.0/24";
 
 fn conflist(dir: &Path) -> String {
-    serde_json::json!({
-        "cniVersion": "0.4.0",
-        "name": NETWORK,
-        "plugins": [{
-            "type": "bridge",
-            "bridge": BRIDGE,
-            "isGateway": true,
-            "ipMasq": false,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": SUBNET, "gateway": GATEWAY}]],
-                "routes": [{"dst": "0.0.0.0/0"}],
-                "dataDir": dir.join("ipam"),
-            },
-        }],
-    })
-    .to_string()
+    common::bridge_conflist(dir, NETWORK, BRIDGE, SUBNET, GATEWAY)
 }
 
 #[test]

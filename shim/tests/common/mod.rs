@@ -546,3 +546,31 @@ impl Drop for Containerd {
         }
     }
 }
+
+/// A bridge network as a cluster's simplest CNI config gives it: the bridge is the pods'
+/// gateway, host-local hands out addresses (its state in the test's directory `dir`).
+pub fn bridge_conflist(
+    dir: &Path,
+    network: &str,
+    bridge: &str,
+    subnet: &str,
+    gateway: &str,
+) -> String {
+    serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": network,
+        "plugins": [{
+            "type": "bridge",
+            "bridge": bridge,
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": subnet, "gateway": gateway}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": dir.join("ipam"),
+            },
+        }],
+    })
+    .to_string()
+}
