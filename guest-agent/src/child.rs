@@ -45,6 +45,9 @@ pub enum ChildError {
     /// The seccomp filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// The container's user namespace could not be made.
+    #[error(transparent)]
+    Userns(#[from] crate::userns::UsernsError),
     /// A system call failed.
     #[error("{op} failed: {cause}")]
     Sys {

@@ -14,7 +14,15 @@ use std::os::unix::net::UnixStream;
 use agent_protocol::oci_spec::runtime::{Linux, LinuxIdMapping};
 use nix::sched::{unshare, CloneFlags};
 
-use crate::child::ChildError;
+/// Making the container's user namespace failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} failed: {cause}")]
+pub struct UsernsError {
+    /// The step that failed.
+    pub op: &'static str,
+    /// Cause.
+    pub cause: io::Error,
+}
 
 /// The spec's mappings, as `/proc/PID/{uid,gid}_map` take them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,8 +62,8 @@ pub fn write_maps(pid: i32, maps: &IdMaps) -> io::Result<()> {
 }
 
 /// The init's side: makes the user namespace and waits until the agent mapped it.
-pub fn enter_new(sync: &mut &UnixStream) -> Result<(), ChildError> {
-    let err = |op| move |cause| ChildError::Sys { op, cause };
+pub fn enter_new(sync: &mut &UnixStream) -> Result<(), UsernsError> {
+    let err = |op| move |cause| UsernsError { op, cause };
     unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| err("unshare(user)")(io::Error::from(e)))?;
     sync.write_all(b"U").map_err(err("ask for id maps"))?;
     let mut b = [0u8; 1];
