@@ -20,7 +20,7 @@ KNOWN = os.path.join(HERE, "known-differences.txt")
 # (runc 16 s of it). Each program that runs runtimetest in the guest (mounts, namespaces,
 # uid mappings, propagation, oom_score_adj) took 6 minutes there: --all or by name.
 CI_TESTS = ["create", "state", "start", "kill"]
-KINDS = ("runc-fails", "vm-refuses", "fixing")
+KINDS = ("runc-fails", "vm-refuses", "in-guest", "by-design", "fixing")
 PROGRAM = "(the program ends cleanly, with its plan and no error)"
 POINT = re.compile(r"^(not ok|ok)\b(?:\s+(\d+))?(?:\s+-)?\s*(.*?)\s*(?:#\s*(skip|todo)\b.*)?$", re.I)
 
