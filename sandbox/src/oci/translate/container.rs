@@ -89,7 +89,15 @@ fn guest_mounts(
             HostPath::Dir => false,
             HostPath::Other => return Err(TranslateError::BadBindSource { src, dest }),
         };
-        let share_rel = share_dir(id).join("mounts").join(binds.len().to_string());
+        // Named after the source: the guest's mountinfo then shows the source's name as a
+        // file bind's root (a directory is a virtio-fs submount of its own, whose root
+        // reads `/`: it keeps its own device number, so inodes of different volumes never
+        // look alike).
+        let name = src.file_name().unwrap_or(std::ffi::OsStr::new("source"));
+        let share_rel = share_dir(id)
+            .join("mounts")
+            .join(binds.len().to_string())
+            .join(name);
         let mut guest = m.clone();
         let share = ShareKind::Volumes;
         guest.set_source(Some(PathBuf::from(guest_path(share, &share_rel))));
@@ -273,13 +281,13 @@ mod tests {
             HostBind {
                 src: "/host/hosts".into(),
                 share: ShareKind::Volumes,
-                share_rel: "c1/mounts/0".into(),
+                share_rel: "c1/mounts/0/hosts".into(),
                 is_file: true,
                 read_only: true,
                 recursive: true,
             }
         );
-        assert_eq!(p.binds[2].share_rel, PathBuf::from("c1/mounts/1"));
+        assert_eq!(p.binds[2].share_rel, PathBuf::from("c1/mounts/1/dir"));
         assert_eq!(
             p.binds[2].share,
             ShareKind::Volumes,
@@ -290,7 +298,7 @@ mod tests {
         assert_eq!(mounts.len(), 4);
         assert_eq!(
             mounts[1].source().as_deref(),
-            Some(Path::new("/run/sandbox-volumes/c1/mounts/0"))
+            Some(Path::new("/run/sandbox-volumes/c1/mounts/0/hosts"))
         );
         assert_eq!(mounts[1].options().as_ref().unwrap(), &["rbind", "ro"]);
         assert_eq!(mounts[2].typ().as_deref(), Some("tmpfs"));
