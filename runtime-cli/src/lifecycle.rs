@@ -560,7 +560,7 @@ mod tests {
         std::fs::write(
             bundle.join("config.json"),
             r#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}},
-               "root":{"path":"rootfs"},"linux":{"resources":{"memory":{"limit":1048576}}}}"#,
+               "root":{"path":"rootfs"},"linux":{"namespaces":[{"type":"mount"}],"resources":{"memory":{"limit":1048576}}}}"#,
         )
         .unwrap();
         let e = create(&store, &host, &opts("c")).unwrap_err();

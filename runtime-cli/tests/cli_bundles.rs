@@ -307,6 +307,14 @@ fn corpus() -> Vec<Case> {
             "the source must be an existing file or directory",
         ),
         case(
+            "no-mount-namespace",
+            with(
+                "/linux/namespaces",
+                json!([{"type": "pid"}, {"type": "uts"}]),
+            ),
+            "no mount namespace",
+        ),
+        case(
             "version-2",
             with("/ociVersion", json!("2.0.0")),
             "unsupported ociVersion",
@@ -325,7 +333,7 @@ fn corpus() -> Vec<Case> {
         "/linux/uidMappings",
         json!([map(0, 1000, 10), map(5, 5000, 10)]),
     );
-    userns["linux"]["namespaces"] = json!([{"type": "user"}, {"type": "uts"}]);
+    userns["linux"]["namespaces"] = json!([{"type": "user"}, {"type": "uts"}, {"type": "mount"}]);
     cases.push(case("uid-map-overlap", userns.clone(), "ranges overlap"));
     userns["linux"]["uidMappings"] = json!([map(0, 1000, 0)]);
     cases.push(case("uid-map-empty", userns, "a mapping of size 0"));

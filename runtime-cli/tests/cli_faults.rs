@@ -24,7 +24,7 @@ fn a_state_directory_on_a_full_tmpfs_gives_a_clear_error_and_leaves_nothing() {
     std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
     std::fs::write(
         bundle.join("config.json"),
-        r#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}},"root":{"path":"rootfs"}}"#,
+        r#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}},"root":{"path":"rootfs"},"linux":{"namespaces":[{"type":"mount"}]}}"#,
     )
     .unwrap();
     mount_tmpfs(&root, "64k");

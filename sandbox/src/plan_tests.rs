@@ -109,7 +109,14 @@ fn the_cli_container_is_alone_in_its_vm() {
         .into_iter()
         .map(|n| n.0)
         .collect();
-    assert_eq!(kinds, [LinuxNamespaceType::Uts, LinuxNamespaceType::Pid]);
+    assert_eq!(
+        kinds,
+        [
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Mount
+        ]
+    );
     assert_eq!(p.first.request.spec.hostname().as_deref(), Some("box"));
     assert_eq!(p.first.request.container_id, "c1");
     assert_eq!(p.virtiofsd, PathBuf::from("/usr/bin/virtiofsd"));
@@ -151,7 +158,14 @@ fn a_pod_keeps_its_network_namespace_and_sizes_from_cri() {
         .into_iter()
         .map(|n| n.0)
         .collect();
-    assert_eq!(kinds, [LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc]);
+    assert_eq!(
+        kinds,
+        [
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Mount
+        ]
+    );
     // A pod annotation overrides CRI's size.
     let mut s2 = s.clone();
     let mut a = s2.annotations().clone().unwrap();

@@ -101,6 +101,7 @@ fn spec() -> Spec {
         "ociVersion": "1.0.2",
         "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
         "root": {"path": "rootfs"},
+        "linux": {"namespaces": [{"type": "mount"}]},
     }))
     .unwrap()
 }

@@ -149,6 +149,10 @@ pub enum ValidateError {
     MappingOverlap(&'static str),
     #[error("process.oomScoreAdj {0} is outside -1000..=1000")]
     OomScoreAdj(i32),
+    #[error(
+        "linux.namespaces has no mount namespace, which asks to share the runtime's: a container in a VM cannot share the host's (add {{\"type\": \"mount\"}})"
+    )]
+    NoMountNamespace,
 }
 
 /// The spec's settings for a host LSM, which a VM cannot apply (the guest kernel has no
@@ -226,7 +230,12 @@ pub fn spec(spec: &Spec) -> Result<(), ValidateError> {
     uts_names(spec, &namespaces)?;
     mounts(spec)?;
     sysctls(spec, &namespaces)?;
-    id_mappings(spec, &namespaces)
+    id_mappings(spec, &namespaces)?;
+    // The guest agent refuses it too; saying so here fails before a VM boots.
+    if !namespaces.contains(&LinuxNamespaceType::Mount) {
+        return Err(ValidateError::NoMountNamespace);
+    }
+    Ok(())
 }
 
 fn has_nul(s: &str) -> bool {

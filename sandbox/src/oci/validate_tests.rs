@@ -30,8 +30,8 @@ fn a_minimal_and_a_full_spec_pass() {
             "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 4096}],
             "oomScoreAdj": -1000},
         "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
-        "linux": {"namespaces": [{"type": "uts"}, {"type": "ipc"}, {"type": "network"},
-                                 {"type": "user"}],
+        "linux": {"namespaces": [{"type": "mount"}, {"type": "uts"}, {"type": "ipc"},
+                                 {"type": "network"}, {"type": "user"}],
             "sysctl": {"net.ipv4.ip_forward": "1", "kernel.shmmax": "1", "fs.mqueue.msg_max": "9",
                        "kernel/hostname": "x"},
             "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536},
@@ -202,6 +202,24 @@ fn namespaces_and_id_mappings() {
         )),
         Err(ValidateError::MappingOverlap("uidMappings"))
     );
+}
+
+#[test]
+fn a_spec_without_a_mount_namespace_is_refused() {
+    // Built by hand: the test helper adds a mount namespace.
+    let bare: Spec = serde_json::from_value(json!({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+        "root": {"path": "rootfs"},
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "uts"}]},
+    }))
+    .unwrap();
+    assert_eq!(spec(&bare), Err(ValidateError::NoMountNamespace));
+    let mut none = bare.clone();
+    none.set_linux(None);
+    assert_eq!(spec(&none), Err(ValidateError::NoMountNamespace));
+    let e = ValidateError::NoMountNamespace.to_string();
+    assert!(e.contains(r#"{"type": "mount"}"#), "{e}");
 }
 
 #[test]

@@ -94,15 +94,25 @@ pub fn probe_host(path: &Path) -> HostPath {
 pub(crate) mod test_specs {
     use oci_spec::runtime::Spec;
 
-    /// A minimal valid spec with `json`'s top-level keys replaced.
+    /// A minimal valid spec with `json`'s top-level keys replaced, and a mount namespace
+    /// added to `linux.namespaces` if `json` has none (every valid spec has one).
     pub fn spec(json: serde_json::Value) -> Spec {
         let mut base = serde_json::json!({
             "ociVersion": "1.0.2",
             "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
             "root": {"path": "rootfs"},
+            "linux": {},
         });
         for (k, v) in json.as_object().unwrap() {
             base[k] = v.clone();
+        }
+        let linux = base["linux"].as_object_mut().expect("linux is an object");
+        let list = linux
+            .entry("namespaces")
+            .or_insert_with(|| serde_json::json!([]));
+        let list = list.as_array_mut().expect("namespaces is a list");
+        if !list.iter().any(|ns| ns["type"] == "mount") {
+            list.push(serde_json::json!({"type": "mount"}));
         }
         serde_json::from_value(base).unwrap()
     }
