@@ -120,7 +120,7 @@ pub fn build_images(dir: &Path) -> PathBuf {
     test_support::rootfs::busybox_rootfs(
         &d.join("rootfs"),
         &[
-            "sh", "cat", "echo", "uname", "sleep", "head", "ls", "true", "ps",
+            "sh", "cat", "echo", "uname", "sleep", "head", "ls", "true", "ps", "dd",
         ],
     );
     sh(&format!(
