@@ -16,12 +16,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
 use common::Containerd;
 use test_support::netns::TestNetns;
-use test_support::{run, text};
 
 /// The CNI network's name, bridge and subnet (inside the test's netns only).
 const NETWORK: &str = "svm-cri-e2e";
@@ -33,25 +30,10 @@ fn conflist(dir: &Path) -> String {
     common::bridge_conflist(dir, NETWORK, BRIDGE, SUBNET, GATEWAY)
 }
 
-/// Names in a directory (empty if it does not exist).
-fn names(dir: &str) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
 #[test]
 fn cri_pods_on_a_cni_bridge_get_their_ips_and_reach_each_other() {
     common::require_host();
-    for plugin in ["bridge", "host-local", "loopback"] {
-        assert!(
-            Path::new("/usr/lib/cni").join(plugin).is_file(),
-            "cannot run this e2e test: /usr/lib/cni/{plugin} is missing (apt-get install containernetworking-plugins)"
-        );
-    }
+    common::require_cni();
     let python = common::venv_python();
     let ns = TestNetns::new("cri");
     let c = Containerd::start_in_netns("cri-net", &ns.path(), conflist);
@@ -78,49 +60,9 @@ fn cri_pods_on_a_cni_bridge_get_their_ips_and_reach_each_other() {
             c.log_tail()
         );
     }
-    let pod_netns: Vec<&str> = result["pod_netns"]
-        .as_array()
-        .expect("pod_netns")
-        .iter()
-        .filter_map(|p| p.as_str())
-        .collect();
+    let pod_netns = common::json_strs(&result, "pod_netns");
     assert_eq!(pod_netns.len(), 2, "{result}");
-    let pod_ids: Vec<&str> = result["pod_ids"]
-        .as_array()
-        .expect("pod_ids")
-        .iter()
-        .filter_map(|p| p.as_str())
-        .collect();
+    let pod_ids = common::json_strs(&result, "pod_ids");
     assert_eq!(pod_ids.len(), 2, "{result}");
-
-    let left = c.wait_clean(Duration::from_secs(30));
-    assert!(
-        left.is_empty(),
-        "left behind after RemovePodSandbox: {left:#?}"
-    );
-    assert_eq!(
-        ns.links(),
-        ["lo", BRIDGE],
-        "only the CNI bridge stays in the test netns (no veth, no tap)"
-    );
-    let cache: Vec<String> = names("/var/lib/cni/results")
-        .into_iter()
-        .filter(|n| pod_ids.iter().any(|id| n.contains(id)))
-        .collect();
-    assert!(cache.is_empty(), "CNI cache entries left: {cache:?}");
-    drop(c);
-    let inside = ns.processes();
-    assert!(
-        inside.is_empty(),
-        "processes left in the test netns: {inside:#?}"
-    );
-    let out = run(Command::new("ip").args(["netns", "del", ns.name()]));
-    assert!(out.status.success(), "ip netns del: {}", text(&out.stderr));
-    for p in pod_netns
-        .iter()
-        .copied()
-        .chain([ns.path().to_str().unwrap()])
-    {
-        assert!(!Path::new(p).exists(), "netns {p} is left");
-    }
+    common::assert_pod_network_clean(c, &ns, BRIDGE, &pod_netns, &pod_ids);
 }

@@ -1,6 +1,7 @@
-//! containerd 1.6 (Debian's, started by the test) runs containers through the shim with
-//! `ctr`: each container in a microVM of its own (two boots in all). The second has a
-//! 1 GiB memory limit: its VM (1 GiB + the guest overhead) runs in the VMM's jail.
+//! containerd 1.6 (Debian's, started by the test) runs a detached container through the
+//! shim with `ctr` (one boot): exec, ps, kill and the exit status. It has a 1 GiB memory
+//! limit: its VM (1 GiB + the guest overhead) runs in the VMM's jail. (`ctr run --rm`
+//! against every containerd version is in e2e_versions.)
 
 mod common;
 
@@ -29,47 +30,11 @@ fn wait_stopped(c: &Containerd, id: &str) {
 }
 
 #[test]
-fn ctr_runs_execs_and_kills_containers_in_their_own_vms() {
+fn ctr_runs_execs_and_kills_a_container_in_its_own_vm() {
     common::require_host();
     let c = Containerd::start("ctr");
     c.import_images(NS);
     let host = kernel_release();
-
-    // `ctr run --rm`: the guest's kernel release, not the host's; nothing left after.
-    let t0 = Instant::now();
-    let out = c.ctr(
-        NS,
-        &[
-            "run",
-            "--runtime",
-            RUNTIME,
-            "--rm",
-            BUSYBOX,
-            "uname1",
-            "uname",
-            "-r",
-        ],
-    );
-    let release = text(&out.stdout).trim().to_string();
-    eprintln!("ctr run uname -r: {release:?} in {:.1?}", t0.elapsed());
-    assert!(
-        out.status.success(),
-        "ctr run failed: {}\ncontainerd log:\n{}",
-        text(&out.stderr),
-        c.log_tail()
-    );
-    assert!(
-        !release.is_empty(),
-        "no output; stderr: {}",
-        text(&out.stderr)
-    );
-    assert_ne!(release, host, "the container saw the host's kernel");
-    assert!(
-        release.contains("sandbox-vm"),
-        "not our guest kernel: {release}"
-    );
-    let left = c.wait_clean(Duration::from_secs(20));
-    assert!(left.is_empty(), "left behind after ctr run --rm: {left:#?}");
 
     // A detached container: exec in it, then kill it and read its status.
     let out = c.ctr(
@@ -106,7 +71,13 @@ fn ctr_runs_execs_and_kills_containers_in_their_own_vms() {
             "uname -r; exit 3",
         ],
     );
-    assert_eq!(text(&exec.stdout).trim(), release, "exec output");
+    // (`ctr run` showing the guest kernel is checked for every containerd version by
+    // e2e_versions.)
+    let release = text(&exec.stdout).trim().to_string();
+    assert!(
+        release.contains("sandbox-vm") && release != host,
+        "exec output: not our guest kernel: {release:?}"
+    );
     assert_eq!(
         exec.status.code(),
         Some(3),

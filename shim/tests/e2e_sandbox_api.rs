@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::Containerd;
+use common::{Containerd, Setup, Version};
 use test_support::netns::TestNetns;
 use test_support::{run, text};
 
@@ -33,15 +33,16 @@ fn conflist(dir: &Path) -> String {
 #[test]
 fn a_cri_pod_through_the_sandbox_api_is_one_vm_without_a_pause_container() {
     common::require_host();
-    for plugin in ["bridge", "host-local", "loopback"] {
-        assert!(
-            Path::new("/usr/lib/cni").join(plugin).is_file(),
-            "cannot run this e2e test: /usr/lib/cni/{plugin} is missing (apt-get install containernetworking-plugins)"
-        );
-    }
+    common::require_cni();
     let python = common::venv_python();
     let ns = TestNetns::new("sbapi");
-    let c = Containerd::start_2_1_in_netns("sbapi", &ns.path(), conflist, r#"sandboxer = "shim""#);
+    let setup = Setup {
+        version: Version::V2_1,
+        netns: Some(ns.path()),
+        runtime_extra: r#"sandboxer = "shim""#.into(),
+        ..Setup::default()
+    };
+    let c = Containerd::launch("sbapi", setup, conflist);
     c.import_images("k8s.io");
     let state = c.dir.join("state");
     let stdout = c.run_cri_script(

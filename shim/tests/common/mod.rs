@@ -1,4 +1,5 @@
-//! The e2e tests' containerd: Debian's containerd 1.6 started by the test with its own
+//! The e2e tests' containerd: Debian's containerd 1.6, or 1.7 / 2.1 from
+//! `scripts/fetch-containerd.sh` ([`Version`]), started by the test with its own
 //! root, state, sockets, config and PATH (holding this build's shim), images imported from
 //! a docker-archive tar made here from busybox-static, and the checks that nothing is left
 //! behind. Anything missing fails the test with the reason.
@@ -163,9 +164,90 @@ pub fn build_images(dir: &Path) -> PathBuf {
     dir.join("images.tar")
 }
 
+/// The containerd versions the e2e tests run against: Debian 12's own (1.6.20, on PATH)
+/// and those `scripts/fetch-containerd.sh` unpacks into a private prefix (trixie's 1.7.24,
+/// sid's 2.1.x), found through `$SANDBOX_VM_CONTAINERD_1_7` / `$SANDBOX_VM_CONTAINERD_2_1`
+/// (the directories holding `containerd` and `ctr`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V1_6,
+    V1_7,
+    V2_1,
+}
+
+impl Version {
+    pub const ALL: [Version; 3] = [Version::V1_6, Version::V1_7, Version::V2_1];
+
+    /// "1.6", "1.7", "2.1".
+    pub fn name(self) -> &'static str {
+        match self {
+            Version::V1_6 => "1.6",
+            Version::V1_7 => "1.7",
+            Version::V2_1 => "2.1",
+        }
+    }
+
+    /// The directory holding this version's `containerd`, `ctr` and
+    /// `containerd-shim-runc-v2`; fails the test when it is not there.
+    pub fn bin_dir(self) -> PathBuf {
+        let var = match self {
+            Version::V1_6 => {
+                let bin = which("containerd").expect("containerd is on PATH (require_host)");
+                return bin.parent().expect("containerd's directory").to_path_buf();
+            }
+            Version::V1_7 => "SANDBOX_VM_CONTAINERD_1_7",
+            Version::V2_1 => "SANDBOX_VM_CONTAINERD_2_1",
+        };
+        let dir = std::env::var_os(var).map(PathBuf::from);
+        match dir {
+            Some(d) if d.join("containerd").is_file() && d.join("ctr").is_file() => d,
+            _ => panic!(
+                "cannot run this e2e test: ${var} does not name a directory with containerd {} and ctr (eval \"$(scripts/fetch-containerd.sh)\")",
+                self.name()
+            ),
+        }
+    }
+
+    /// The config's schema: `version = 3` (CRI split into `io.containerd.cri.v1.runtime`
+    /// and `io.containerd.cri.v1.images`) for 2.x, `version = 2` before.
+    pub fn config_version(self) -> u32 {
+        match self {
+            Version::V1_6 | Version::V1_7 => 2,
+            Version::V2_1 => 3,
+        }
+    }
+}
+
+/// How a test's containerd is set up beyond its version (`Setup::default()`: Debian's
+/// 1.6, the host's network namespace, nothing extra).
+#[derive(Clone, Debug)]
+pub struct Setup {
+    pub version: Version,
+    /// Run containerd in this network namespace (`nsenter --net`).
+    pub netns: Option<PathBuf>,
+    /// TOML lines added to the `sandbox-vm` runtime's table (e.g. `sandboxer = "shim"`).
+    pub runtime_extra: String,
+    /// Environment variables for containerd (e.g. `ENABLE_CRI_SANDBOXES=1`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Setup {
+    fn default() -> Setup {
+        Setup {
+            version: Version::V1_6,
+            netns: None,
+            runtime_extra: String::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
 /// A containerd of the test's own.
 pub struct Containerd {
     child: Option<Child>,
+    pub version: Version,
+    /// Where this version's `containerd` and `ctr` are.
+    pub bin_dir: PathBuf,
     pub dir: PathBuf,
     pub sock: PathBuf,
     /// Where the shim keeps the pods' VM state (`$SANDBOX_VM_SHIM_ROOT`).
@@ -173,7 +255,8 @@ pub struct Containerd {
     pub log: PathBuf,
 }
 
-fn config(dir: &Path) -> String {
+/// The config of a 1.x containerd (`version = 2`).
+fn config_v2(dir: &Path, runtime_extra: &str) -> String {
     format!(
         r#"version = 2
 root = "{d}/root"
@@ -190,6 +273,7 @@ state = "{d}/state"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.sandbox-vm]
       runtime_type = "{RUNTIME}"
       pod_annotations = ["io.sandbox-vm.*"]
+      {runtime_extra}
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{d}/cni"
@@ -231,14 +315,10 @@ state = "{d}/state"
     )
 }
 
-/// The directory of containerd 2.1.x's `containerd` and `ctr`: `$SANDBOX_VM_CONTAINERD_2_1`.
-pub fn containerd_2_1_dir() -> PathBuf {
-    let dir = std::env::var_os("SANDBOX_VM_CONTAINERD_2_1").map(PathBuf::from);
-    match dir {
-        Some(d) if d.join("containerd").is_file() && d.join("ctr").is_file() => d,
-        _ => panic!(
-            "cannot run this e2e test: $SANDBOX_VM_CONTAINERD_2_1 does not name a directory with containerd 2.1.x and ctr"
-        ),
+fn config(dir: &Path, setup: &Setup) -> String {
+    match setup.version.config_version() {
+        2 => config_v2(dir, &setup.runtime_extra),
+        _ => config_v3(dir, &setup.runtime_extra),
     }
 }
 
@@ -248,13 +328,22 @@ const LOOPBACK_CONFLIST: &str =
     r#"{"cniVersion": "0.4.0", "name": "lo-only", "plugins": [{"type": "loopback"}]}"#;
 
 impl Containerd {
-    /// Starts containerd in a fresh directory and waits for its socket.
+    /// Starts containerd 1.6 in a fresh directory and waits for its socket.
     pub fn start(tag: &str) -> Containerd {
-        Self::launch(tag, None, |_| LOOPBACK_CONFLIST.to_string())
+        Self::launch(tag, Setup::default(), |_| LOOPBACK_CONFLIST.to_string())
     }
 
-    /// Starts containerd inside the network namespace at `netns` (`nsenter --net`, which
-    /// keeps the host's mounts, cgroups included), with the CNI network list
+    /// Starts containerd `version` (no pod network: loopback-only CNI config).
+    pub fn start_version(version: Version, tag: &str) -> Containerd {
+        let setup = Setup {
+            version,
+            ..Setup::default()
+        };
+        Self::launch(tag, setup, |_| LOOPBACK_CONFLIST.to_string())
+    }
+
+    /// Starts containerd 1.6 inside the network namespace at `netns` (`nsenter --net`,
+    /// which keeps the host's mounts, cgroups included), with the CNI network list
     /// `conflist(dir)` (`dir`: the test's directory, for the plugins' state): the pods'
     /// networks and all their traffic stay in that namespace.
     pub fn start_in_netns(
@@ -262,37 +351,16 @@ impl Containerd {
         netns: &Path,
         conflist: impl FnOnce(&Path) -> String,
     ) -> Containerd {
-        Self::launch(tag, Some(netns), conflist)
+        let setup = Setup {
+            netns: Some(netns.to_path_buf()),
+            ..Setup::default()
+        };
+        Self::launch(tag, setup, conflist)
     }
 
-    /// [`Containerd::start_in_netns`] with containerd 2.1.x ([`containerd_2_1_dir`]) and
-    /// its `version = 3` config, `runtime_extra` in the `sandbox-vm` runtime's table.
-    pub fn start_2_1_in_netns(
-        tag: &str,
-        netns: &Path,
-        conflist: impl FnOnce(&Path) -> String,
-        runtime_extra: &str,
-    ) -> Containerd {
-        let bin = containerd_2_1_dir().join("containerd");
-        let config = |dir: &Path| config_v3(dir, runtime_extra);
-        Self::launch_with(tag, Some(netns), conflist, &bin, config)
-    }
-
-    fn launch(
-        tag: &str,
-        netns: Option<&Path>,
-        conflist: impl FnOnce(&Path) -> String,
-    ) -> Containerd {
-        Self::launch_with(tag, netns, conflist, Path::new("containerd"), config)
-    }
-
-    fn launch_with(
-        tag: &str,
-        netns: Option<&Path>,
-        conflist: impl FnOnce(&Path) -> String,
-        containerd: &Path,
-        config: impl FnOnce(&Path) -> String,
-    ) -> Containerd {
+    /// Starts the containerd `setup` describes, with the CNI network list `conflist(dir)`.
+    pub fn launch(tag: &str, setup: Setup, conflist: impl FnOnce(&Path) -> String) -> Containerd {
+        let bin_dir = setup.version.bin_dir();
         let dir = PathBuf::from(format!("/tmp/shim-e2e-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         for sub in ["bin", "cni", "vms", "logs"] {
@@ -300,21 +368,24 @@ impl Containerd {
         }
         std::os::unix::fs::symlink(SHIM, dir.join("bin/containerd-shim-sandbox-vm-v2")).unwrap();
         std::fs::write(dir.join("cni/10-test.conflist"), conflist(&dir)).unwrap();
-        std::fs::write(dir.join("config.toml"), config(&dir)).unwrap();
+        std::fs::write(dir.join("config.toml"), config(&dir, &setup)).unwrap();
+        // This version's own runc shim first, then ours.
         let path = format!(
-            "{}:{}",
+            "{}:{}:{}",
+            bin_dir.display(),
             dir.join("bin").display(),
             std::env::var("PATH").unwrap_or_default()
         );
         let log = dir.join("containerd.log");
+        let containerd = bin_dir.join("containerd");
         // nsenter execs containerd: the child is containerd itself.
-        let mut cmd = match netns {
+        let mut cmd = match &setup.netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display())).arg(containerd);
+                c.arg(format!("--net={}", ns.display())).arg(&containerd);
                 c
             }
-            None => Command::new(containerd),
+            None => Command::new(&containerd),
         };
         let child = cmd
             .arg("--config")
@@ -324,13 +395,16 @@ impl Containerd {
             .env("PATH", path)
             .env("SANDBOX_VM_SHIM_ROOT", dir.join("vms"))
             .env("SANDBOX_VM_VMM", vmm_bin())
+            .envs(setup.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::options().append(true).open(&log).unwrap())
             .spawn()
-            .expect("cannot start containerd");
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", containerd.display()));
         let c = Containerd {
             child: Some(child),
+            version: setup.version,
+            bin_dir,
             sock: dir.join("containerd.sock"),
             vm_root: dir.join("vms"),
             log,
@@ -340,7 +414,8 @@ impl Containerd {
         while !c.ctr("default", &["version"]).status.success() {
             assert!(
                 Instant::now() < deadline,
-                "containerd did not come up: {}",
+                "containerd {} did not come up: {}",
+                c.version.name(),
                 c.log_tail()
             );
             std::thread::sleep(Duration::from_millis(200));
@@ -418,9 +493,9 @@ impl Containerd {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    /// `ctr --address SOCK -n NS ARGS`.
+    /// `ctr --address SOCK -n NS ARGS`, with this version's `ctr`.
     pub fn ctr(&self, ns: &str, args: &[&str]) -> Output {
-        run(Command::new("ctr")
+        run(Command::new(self.bin_dir.join("ctr"))
             .arg("--address")
             .arg(&self.sock)
             .arg("-n")
@@ -547,8 +622,8 @@ impl Drop for Containerd {
     }
 }
 
-/// A bridge network as a cluster's simplest CNI config gives it: the bridge is the pods'
-/// gateway, host-local hands out addresses (its state in the test's directory `dir`).
+/// A bridge network as a cluster's simplest CNI config gives it: bridge `bridge` is the
+/// pods' gateway, host-local hands out addresses of `subnet` (its state under `dir`).
 pub fn bridge_conflist(
     dir: &Path,
     network: &str,
@@ -573,4 +648,79 @@ pub fn bridge_conflist(
         }],
     })
     .to_string()
+}
+
+/// Fails the test unless the host has the CNI plugins the bridge network needs.
+pub fn require_cni() {
+    for plugin in ["bridge", "host-local", "loopback"] {
+        need(
+            Path::new("/usr/lib/cni").join(plugin).is_file(),
+            &format!(
+                "/usr/lib/cni/{plugin} is missing (apt-get install containernetworking-plugins)"
+            ),
+        );
+    }
+}
+
+/// Names in a directory (empty if it does not exist).
+fn names(dir: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A pod network test's end: nothing of the pods `pod_ids` (with netns `pod_netns`) is
+/// left — no shim, VMM or virtiofsd, mount or state, no veth or tap beside `bridge` in
+/// `ns`, no CNI cache entry; then containerd is stopped, no process is left in `ns`, and
+/// `ns` is deleted with the pods' netns gone too.
+pub fn assert_pod_network_clean(
+    c: Containerd,
+    ns: &test_support::netns::TestNetns,
+    bridge: &str,
+    pod_netns: &[&str],
+    pod_ids: &[&str],
+) {
+    let left = c.wait_clean(Duration::from_secs(30));
+    assert!(
+        left.is_empty(),
+        "left behind after RemovePodSandbox: {left:#?}"
+    );
+    assert_eq!(
+        ns.links(),
+        ["lo", bridge],
+        "only the CNI bridge stays in the test netns (no veth, no tap)"
+    );
+    let cache: Vec<String> = names("/var/lib/cni/results")
+        .into_iter()
+        .filter(|n| pod_ids.iter().any(|id| n.contains(id)))
+        .collect();
+    assert!(cache.is_empty(), "CNI cache entries left: {cache:?}");
+    drop(c);
+    let inside = ns.processes();
+    assert!(
+        inside.is_empty(),
+        "processes left in the test netns: {inside:#?}"
+    );
+    let out = run(Command::new("ip").args(["netns", "del", ns.name()]));
+    assert!(out.status.success(), "ip netns del: {}", text(&out.stderr));
+    for p in pod_netns
+        .iter()
+        .copied()
+        .chain([ns.path().to_str().unwrap()])
+    {
+        assert!(!Path::new(p).exists(), "netns {p} is left");
+    }
+}
+
+/// The strings of the JSON array `v[key]`.
+pub fn json_strs<'a>(v: &'a serde_json::Value, key: &str) -> Vec<&'a str> {
+    v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} in {v}"))
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect()
 }
