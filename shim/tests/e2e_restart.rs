@@ -63,7 +63,6 @@ fn shim_of(pod: &str) -> Option<i32> {
 }
 
 #[test]
-#[ignore = "not yet seen passing: on the loaded host it was written on, the restart half passed up to the OOM step, whose hog (16 MiB limit) had not been killed after 10 min (guest page faults); the crash half never ran"]
 fn cri_pods_survive_a_containerd_restart_and_a_shim_crash() {
     common::require_host();
     let python = common::venv_python();

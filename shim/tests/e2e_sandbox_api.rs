@@ -14,12 +14,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
 use common::{Containerd, Setup, Version};
 use test_support::netns::TestNetns;
-use test_support::{run, text};
 
 const NETWORK: &str = "svm-sbapi-e2e";
 const BRIDGE: &str = "svmsbapi0";
@@ -81,26 +78,6 @@ fn a_cri_pod_through_the_sandbox_api_is_one_vm_without_a_pause_container() {
         "the shim created a task for the pod itself"
     );
 
-    let left = c.wait_clean(Duration::from_secs(30));
-    assert!(
-        left.is_empty(),
-        "left behind after RemovePodSandbox: {left:#?}"
-    );
-    assert_eq!(
-        ns.links(),
-        ["lo", BRIDGE],
-        "only the CNI bridge stays (no veth, no tap)"
-    );
-    drop(c);
-    let inside = ns.processes();
-    assert!(
-        inside.is_empty(),
-        "processes left in the test netns: {inside:#?}"
-    );
-    let out = run(Command::new("ip").args(["netns", "del", ns.name()]));
-    assert!(out.status.success(), "ip netns del: {}", text(&out.stderr));
     let pod_netns = result["pod_netns"].as_str().expect("pod_netns");
-    for p in [pod_netns, ns.path().to_str().unwrap()] {
-        assert!(!Path::new(p).exists(), "netns {p} is left");
-    }
+    common::assert_pod_network_clean(c, &ns, BRIDGE, &[pod_netns], &[pod_id]);
 }
