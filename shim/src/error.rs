@@ -41,6 +41,8 @@ pub enum ShimError {
     #[error("{0}")]
     PodConfig(#[from] crate::pod_config::PodConfigError),
     #[error("{0}")]
+    PodFiles(#[from] crate::pod_files::PodFilesError),
+    #[error("{0}")]
     Internal(String),
 }
 

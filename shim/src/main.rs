@@ -24,6 +24,7 @@ mod metrics;
 mod mount;
 mod pod;
 mod pod_config;
+mod pod_files;
 mod publisher;
 mod sandbox_life;
 mod sandbox_service;

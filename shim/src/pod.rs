@@ -310,6 +310,10 @@ impl Pod {
             Some(vm) => (vm.clone(), vm.plan.first.clone()),
             None if self.vm()?.api => {
                 let vm = self.vm()?;
+                let mut spec = spec.clone();
+                if let Some(files) = self.api_files() {
+                    files.mount_into(&mut spec);
+                }
                 let plan = vm
                     .plan
                     .member_of_vm(&args.id, &spec, &rootfs_dir, &RealHost)?;

@@ -34,7 +34,15 @@ pub struct Resources {
     pub memory_limit: i64,
 }
 
-/// What the VM needs of a CRI `PodSandboxConfig`.
+/// The pod's DNS settings (CRI `DNSConfig`); all empty: none given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dns {
+    pub servers: Vec<String>,
+    pub searches: Vec<String>,
+    pub options: Vec<String>,
+}
+
+/// What the VM and the pod's files need of a CRI `PodSandboxConfig`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodConfig {
     pub name: String,
@@ -45,6 +53,7 @@ pub struct PodConfig {
     pub annotations: BTreeMap<String, String>,
     pub cgroup_parent: String,
     pub resources: Option<Resources>,
+    pub dns: Dns,
 }
 
 /// One field of a protobuf message: a varint, or length-delimited bytes.
@@ -94,6 +103,20 @@ fn map_entry(b: &[u8]) -> Result<(String, String), PodConfigError> {
     Ok((k, v))
 }
 
+fn dns(b: &[u8]) -> Result<Dns, PodConfigError> {
+    let mut d = Dns::default();
+    for (n, f) in fields(b)? {
+        let Field::Bytes(b) = f else { continue };
+        match n {
+            1 => d.servers.push(text(&b)?),
+            2 => d.searches.push(text(&b)?),
+            3 => d.options.push(text(&b)?),
+            _ => {}
+        }
+    }
+    Ok(d)
+}
+
 fn resources(b: &[u8]) -> Result<Resources, PodConfigError> {
     let mut r = Resources::default();
     for (n, f) in fields(b)? {
@@ -126,6 +149,7 @@ impl PodConfig {
                 1 => c.metadata(&b)?,
                 2 => c.hostname = text(&b)?,
                 3 => c.log_directory = text(&b)?,
+                4 => c.dns = dns(&b)?,
                 7 => {
                     let (k, v) = map_entry(&b)?;
                     c.annotations.insert(k, v);
@@ -270,10 +294,17 @@ mod tests {
                 .unwrap();
             o.write_bytes(5, &res).unwrap();
         });
+        let dns = encode(|o| {
+            o.write_string(1, "10.96.0.10").unwrap();
+            o.write_string(2, "default.svc.cluster.local").unwrap();
+            o.write_string(2, "cluster.local").unwrap();
+            o.write_string(3, "ndots:5").unwrap();
+        });
         encode(|o| {
             o.write_bytes(1, &metadata).unwrap();
             o.write_string(2, "web-host").unwrap();
             o.write_string(3, "/var/log/pods/web").unwrap();
+            o.write_bytes(4, &dns).unwrap();
             o.write_bytes(6, &entry("app", "web")).unwrap();
             o.write_bytes(7, &entry("io.sandbox-vm.vcpus", "2"))
                 .unwrap();
@@ -295,6 +326,14 @@ mod tests {
         assert_eq!(c.log_directory, "/var/log/pods/web");
         assert_eq!(c.cgroup_parent, "/kubepods/burstable/pod-uid-1");
         assert_eq!(c.annotations.len(), 2);
+        assert_eq!(
+            c.dns,
+            Dns {
+                servers: vec!["10.96.0.10".into()],
+                searches: vec!["default.svc.cluster.local".into(), "cluster.local".into()],
+                options: vec!["ndots:5".into()],
+            }
+        );
         assert_eq!(
             c.resources,
             Some(Resources {

@@ -15,13 +15,15 @@ use super::{BUNDLE_RECORD, LOST_STATUS};
 use crate::container::Exit;
 use crate::error::ShimError;
 use crate::pod_config::{vm_spec, PodConfig};
+use crate::pod_files::PodFiles;
 use crate::sandbox_life::{Phase, SandboxLife};
 
-/// The sandbox: its life, its VM's plan and its bundle.
+/// The sandbox: its life, its VM's plan, its bundle and the files its containers get.
 pub struct ApiSandbox {
     life: SandboxLife,
     plan: Arc<PodPlan>,
     bundle: PathBuf,
+    files: PodFiles,
 }
 
 /// What CreateSandbox gets.
@@ -53,6 +55,11 @@ impl Pod {
     /// Whether a Sandbox API sandbox holds the shim (a Task Shutdown must not end it).
     pub fn has_api_sandbox(&self) -> bool {
         self.lock().api.is_some()
+    }
+
+    /// The pod files a Sandbox API sandbox's containers get (`crate::pod_files`).
+    pub fn api_files(&self) -> Option<PodFiles> {
+        self.lock().api.as_ref().map(|a| a.files.clone())
     }
 
     fn api_vm(&self) -> Option<PodVm> {
@@ -93,6 +100,7 @@ impl Pod {
             )?)
         })
         .await?;
+        let files = PodFiles::write(&args.bundle, &pod)?;
         let mut st = self.lock();
         if let Some(e) = taken(&st) {
             return Err(e);
@@ -101,6 +109,7 @@ impl Pod {
             life: SandboxLife::new(&args.id),
             plan: Arc::new(plan),
             bundle: args.bundle,
+            files,
         });
         Ok(())
     }

@@ -5,7 +5,7 @@ raises; each phase prints one `RESULT {json}` line.
 usage: cri_restart_e2e.py CONTAINERD_SOCK LOG_DIR VM_ROOT IMAGE PHASE [ARGS...]
   start CGROUP_PARENT     two pods (two VMs): "survivor" with a sleeping container, and
                           "victim" (kubelet-style, in CGROUP_PARENT) with one too
-  after-restart POD CTR   the survivor, after containerd restarted: Ready, ExecSync, a
+  after-restart POD CTR   the survivor, after containerd restarted: Ready, ExecSync, its log, a
                           container killed by its memory limit is OOMKilled, StopContainer,
                           StopPodSandbox + RemovePodSandbox
   after-crash POD PARENT  the victim, after its shim was SIGKILLed: not ready, then
@@ -116,6 +116,15 @@ def after_restart(pod, ctr):
                         timeout=600)
     assert r.stdout.decode().strip() == "exec-ok" and r.exit_code == 5, f"ExecSync: {r}"
     m["exec_sync_s"] = round(time.time() - t, 2)
+    # The container's log still reaches the CRI log file: the new containerd reopened the
+    # shim's stdio FIFOs. The exec writes to the container's own stdout (its init's).
+    t = time.time()
+    log_path = cri.rt.ContainerStatus(pb.ContainerStatusRequest(container_id=ctr)).status.log_path
+    cri.rt.ExecSync(pb.ExecSyncRequest(container_id=ctr, cmd=["sh", "-c", "echo log-after-restart > /proc/1/fd/1"],
+                                       timeout=300), timeout=600)
+    lines = cri.wait_lines(log_path, 2, timeout=120)
+    assert "log-after-restart" in lines[-1], f"the container's log after the restart: {lines}"
+    m["log_s"] = round(time.time() - t, 2)
     m["hog"], m["oom_s"] = oom_killed_container(pod, "survivor")
     # StopContainer waits for the exit event: it hangs if events no longer arrive.
     t = time.time()

@@ -3,7 +3,9 @@ cri_e2e.py drives a containerd 2.1 that runs inside a network namespace the Rust
 One pod on the CNI bridge (one VM, no pause container), one container in the pod's PID
 namespace: it gets the IP CRI reports, containerd created it through the sandbox's shim
 connection (bootstrap version 3: its bundle says so), ExecSync works, and no process in the
-guest is a pause container (CRI's sandbox image here runs `sleep 2147483647`). Then
+guest is a pause container (CRI's sandbox image here runs `sleep 2147483647`), and the
+container's /etc/resolv.conf and /etc/hostname are the pod's (its DNS config and hostname,
+which CRI leaves to the runtime in this mode). Then
 StopPodSandbox and RemovePodSandbox. Every failed check raises. Prints one `RESULT {json}`
 line (timings, `pod_netns`: the pod's netns path, which must be gone, and `pod_id`).
 
@@ -21,6 +23,8 @@ from cri_api.v1 import api_pb2 as pb
 from cri_net_e2e import guest_inet, remove_all_pods, wait_for_line
 
 NETNS_DIR = "/var/run/netns"
+# The pod's DNS config: the shim writes it as the containers' /etc/resolv.conf.
+DNS_SERVER, DNS_SEARCH = "10.231.13.53", "svc.sbapi.test"
 
 
 def log(msg):
@@ -33,6 +37,7 @@ def run_pod_sharing_pids(name):
         metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="default"),
         hostname=name,
         log_directory=os.path.join(cri.LOG_DIR, name),
+        dns_config=pb.DNSConfig(servers=[DNS_SERVER], searches=[DNS_SEARCH], options=["ndots:3"]),
         linux=pb.LinuxPodSandboxConfig(
             security_context=pb.LinuxSandboxSecurityContext(
                 namespace_options=pb.NamespaceOption(network=pb.POD, pid=pb.POD)
@@ -99,6 +104,13 @@ def run(state, gateway):
     assert r.exit_code == 0, f"ExecSync: {r}"
     assert "sleep 100000" in out, f"the container's own process is not listed: {out}"
     assert "2147483647" not in out and "/pause" not in out, f"a pause container runs in the guest: {out}"
+
+    # The pod's files, which CRI leaves to the runtime in this mode.
+    r = cri.rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["cat", "/etc/resolv.conf", "/etc/hostname"],
+                                           timeout=600), timeout=900)
+    files = r.stdout.decode()
+    want = f"search {DNS_SEARCH}\nnameserver {DNS_SERVER}\noptions ndots:3\nsbapi\n"
+    assert r.exit_code == 0 and files == want, f"the container's resolv.conf and hostname: {files!r} ({r})"
 
     cri.rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=600)
     cri.rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=600)

@@ -5,7 +5,8 @@
 //!
 //! * restart: containerd is stopped (SIGTERM) and started again on the same root and
 //!   state. The "survivor" pod is still Ready; ExecSync works and its exec's start and
-//!   exit events reach the new containerd (`ctr events`); a container killed by its
+//!   exit events reach the new containerd (`ctr events`); what the container writes to its
+//!   stdout after the restart reaches its CRI log file; a container killed by its
 //!   memory limit is reported OOMKilled (that reason comes only from the shim's
 //!   `/tasks/oom` event); StopContainer (which waits for the exit event) and
 //!   StopPodSandbox + RemovePodSandbox work, and nothing of the pod is left.
