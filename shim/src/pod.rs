@@ -310,7 +310,7 @@ impl Pod {
             Some(vm) => (vm.clone(), vm.plan.first.clone()),
             None if self.vm()?.api => {
                 let vm = self.vm()?;
-                let mut spec = spec.clone();
+                let mut spec = spec;
                 if let Some(files) = self.api_files() {
                     files.mount_into(&mut spec);
                 }

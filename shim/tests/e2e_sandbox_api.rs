@@ -37,7 +37,6 @@ fn a_cri_pod_through_the_sandbox_api_is_one_vm_without_a_pause_container() {
         version: Version::V2_1,
         netns: Some(ns.path()),
         runtime_extra: r#"sandboxer = "shim""#.into(),
-        ..Setup::default()
     };
     let c = Containerd::launch("sbapi", setup, conflist);
     c.import_images("k8s.io");

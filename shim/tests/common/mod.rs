@@ -227,8 +227,6 @@ pub struct Setup {
     pub netns: Option<PathBuf>,
     /// TOML lines added to the `sandbox-vm` runtime's table (e.g. `sandboxer = "shim"`).
     pub runtime_extra: String,
-    /// Environment variables for containerd (e.g. `ENABLE_CRI_SANDBOXES=1`).
-    pub env: Vec<(String, String)>,
 }
 
 impl Default for Setup {
@@ -237,7 +235,6 @@ impl Default for Setup {
             version: Version::V1_6,
             netns: None,
             runtime_extra: String::new(),
-            env: Vec::new(),
         }
     }
 }
@@ -333,15 +330,6 @@ impl Containerd {
         Self::launch(tag, Setup::default(), |_| LOOPBACK_CONFLIST.to_string())
     }
 
-    /// Starts containerd `version` (no pod network: loopback-only CNI config).
-    pub fn start_version(version: Version, tag: &str) -> Containerd {
-        let setup = Setup {
-            version,
-            ..Setup::default()
-        };
-        Self::launch(tag, setup, |_| LOOPBACK_CONFLIST.to_string())
-    }
-
     /// Starts containerd 1.6 inside the network namespace at `netns` (`nsenter --net`,
     /// which keeps the host's mounts, cgroups included), with the CNI network list
     /// `conflist(dir)` (`dir`: the test's directory, for the plugins' state): the pods'
@@ -395,7 +383,6 @@ impl Containerd {
             .env("PATH", path)
             .env("SANDBOX_VM_SHIM_ROOT", dir.join("vms"))
             .env("SANDBOX_VM_VMM", vmm_bin())
-            .envs(setup.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::options().append(true).open(&log).unwrap())
